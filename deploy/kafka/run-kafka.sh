@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# Run one Apache Kafka 4.x node in KRaft mode (combined broker+controller) from Maven Central jars.
+#
+#   run-kafka.sh resolve                                   fetch the jars into target/lib (idempotent)
+#   run-kafka.sh start      [--port P] [--dir D] [...]     daemon: format, start, wait until ready
+#   run-kafka.sh stop       [--port P] [--dir D]           SIGTERM, wait, SIGKILL after --timeout
+#   run-kafka.sh status     [--port P] [--dir D]           exit 0 when the node of that dir runs
+#   run-kafka.sh foreground [--port P] [--dir D] [...]     format, then exec the broker in this process
+#   run-kafka.sh version                                   print the Kafka version of the resolved jars
+#
+# Options:
+#   --port P              client (PLAINTEXT) port, default 19092
+#   --controller-port C   KRaft controller port, default P+1
+#   --dir D               state dir (config, data, log, pid), default ${TMPDIR:-/tmp}/sparq-kafka-P;
+#                         a dir that was formatted before keeps its topics on the next start
+#   --timeout S           start: seconds to wait for readiness (120); stop: seconds before SIGKILL (30)
+#   --set KEY=VALUE       extra broker setting, repeatable (wins over the built-in defaults)
+#
+# Environment: JAVA_HOME or JAVA (java binary), MVN (maven binary), SPARQ_KAFKA_LIB (a folder of
+# Kafka jars to use instead of resolving, e.g. the libs/ of a Kafka distribution),
+# KAFKA_HEAP_OPTS (default "-Xms128m -Xmx512m"), KAFKA_JVM_OPTS (extra JVM flags),
+# KAFKA_LOG_LEVEL (root log level, default INFO).
+#
+# Exit codes: 0 ok, 1 failure (the log tail is printed on stderr), 2 bad usage,
+# 3 a required tool (java, mvn) is missing.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+POM="$HERE/pom.xml"
+LIB="${SPARQ_KAFKA_LIB:-$HERE/target/lib}"
+STAMP="$LIB/.resolved"
+READY_MARK="Kafka Server started"
+
+die() { echo "run-kafka: $*" >&2; exit 1; }
+usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+missing() { echo "run-kafka: missing: $1 ($2)" >&2; exit 3; }
+
+java_bin() {
+    if [[ -n "${JAVA:-}" ]]; then echo "$JAVA"
+    elif [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then echo "$JAVA_HOME/bin/java"
+    elif command -v java >/dev/null 2>&1; then command -v java
+    else missing java "install a Java 17+ runtime or set JAVA_HOME"
+    fi
+}
+
+pom_hash() { sha256sum "$POM" | cut -d' ' -f1; }
+
+resolve() {
+    # Jars given from outside: nothing to resolve, but they must be there.
+    if [[ -n "${SPARQ_KAFKA_LIB:-}" ]]; then
+        compgen -G "$LIB/kafka_*.jar" >/dev/null || die "SPARQ_KAFKA_LIB=$LIB holds no kafka_*.jar"
+        return 0
+    fi
+    [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(pom_hash)" ]] && return 0
+    local mvn="${MVN:-mvn}"
+    command -v "$mvn" >/dev/null 2>&1 || missing mvn "install Apache Maven or set MVN, or point SPARQ_KAFKA_LIB at a folder of Kafka jars"
+    mkdir -p "$HERE/target"
+    # One resolver at a time (parallel test runs share this folder).
+    exec 9>"$HERE/target/.resolve.lock"
+    flock 9
+    if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(pom_hash)" ]]; then exec 9>&-; return 0; fi
+    echo "run-kafka: resolving Kafka jars with Maven into $LIB" >&2
+    # Resolve into a fresh folder, then swap it in: a broker running from the old jars keeps them open.
+    local out tmp="$LIB.new.$$"
+    rm -rf "$tmp"
+    # Released artifacts already in ~/.m2 are not fetched again, so this also works offline.
+    if ! out="$("$mvn" -q -B -Dstyle.color=never -f "$POM" \
+            org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+            -Dkafka.lib.dir="$tmp" 2>&1)"; then
+        rm -rf "$tmp"
+        exec 9>&-
+        echo "$out" | tail -n 40 >&2
+        die "maven could not resolve $POM (no network and an empty ~/.m2?)"
+    fi
+    rm -rf "$LIB.old"
+    if [[ -e "$LIB" ]]; then mv "$LIB" "$LIB.old"; fi
+    mv "$tmp" "$LIB"
+    rm -rf "$LIB.old"
+    pom_hash >"$STAMP"
+    exec 9>&-
+}
+
+kafka_version() {
+    local jar
+    jar="$(compgen -G "$LIB/kafka_*.jar" | grep -v -e '-test' -e '-sources' | head -n1 || true)"
+    [[ -n "$jar" ]] || die "no kafka_*.jar in $LIB (run: $0 resolve)"
+    jar="$(basename "$jar" .jar)"
+    echo "${jar#kafka_*-}"
+}
+
+# ---- options -------------------------------------------------------------------------------------
+CMD="${1:-}"; [[ -n "$CMD" ]] || usage; shift
+PORT=19092; CPORT=""; DIR=""; TIMEOUT=""; EXTRA=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --port) PORT="${2:?--port needs a value}"; shift 2 ;;
+        --controller-port) CPORT="${2:?--controller-port needs a value}"; shift 2 ;;
+        --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
+        --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
+        --set) [[ "${2:-}" == *=* ]] || { echo "run-kafka: --set needs KEY=VALUE" >&2; exit 2; }
+               EXTRA+=("$2"); shift 2 ;;
+        -h|--help) usage ;;
+        *) echo "run-kafka: unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[[ "$PORT" =~ ^[0-9]+$ ]] || { echo "run-kafka: --port must be a number" >&2; exit 2; }
+CPORT="${CPORT:-$((PORT + 1))}"
+[[ "$CPORT" =~ ^[0-9]+$ ]] || { echo "run-kafka: --controller-port must be a number" >&2; exit 2; }
+DIR="${DIR:-${TMPDIR:-/tmp}/sparq-kafka-$PORT}"
+[[ -d "$DIR" ]] && DIR="$(cd "$DIR" && pwd)"
+PIDFILE="$DIR/kafka.pid"
+LOG="$DIR/kafka.log"
+PROPS="$DIR/server.properties"
+LOG4J="$DIR/log4j2.properties"
+
+# ---- node set-up ---------------------------------------------------------------------------------
+write_config() {
+    mkdir -p "$DIR/data"
+    DIR="$(cd "$DIR" && pwd)"; PIDFILE="$DIR/kafka.pid"; LOG="$DIR/kafka.log"
+    PROPS="$DIR/server.properties"; LOG4J="$DIR/log4j2.properties"
+    cat >"$PROPS" <<EOF
+# Written by run-kafka.sh: one combined KRaft broker+controller for tests and a single machine.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CPORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DIR/data
+auto.create.topics.enable=true
+delete.topic.enable=true
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+# Internal topics on one node: replication 1, few partitions (fast first join and first txn).
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+# Compaction that happens within a test: the cleaner wakes every second; topics set
+# segment.ms / min.cleanable.dirty.ratio themselves.
+log.cleaner.enable=true
+log.cleaner.threads=1
+log.cleaner.backoff.ms=1000
+log.cleaner.dedupe.buffer.size=16777216
+log.retention.check.interval.ms=10000
+# Modest threads: 2-core machines run tests beside the broker.
+num.network.threads=2
+num.io.threads=2
+background.threads=4
+num.recovery.threads.per.data.dir=1
+num.replica.fetchers=1
+EOF
+    local kv
+    for kv in "${EXTRA[@]+"${EXTRA[@]}"}"; do echo "$kv" >>"$PROPS"; done
+    cat >"$LOG4J" <<EOF
+status = warn
+name = sparq-kafka
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = ${KAFKA_LOG_LEVEL:-INFO}
+rootLogger.appenderRef.out.ref = STDOUT
+logger.state.name = state.change.logger
+logger.state.level = WARN
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.clients.name = org.apache.kafka.clients
+logger.clients.level = WARN
+logger.authorizer.name = kafka.authorizer.logger
+logger.authorizer.level = WARN
+# The full config dump of every component (thousands of lines); server.properties has ours.
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = WARN
+EOF
+}
+
+random_cluster_id() {
+    # A Kafka Uuid: 16 random bytes, base64url without padding, not starting with '-'.
+    local id
+    while :; do
+        id="$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+        [[ "$id" != -* ]] && { echo "$id"; return; }
+    done
+}
+
+format_storage() {
+    [[ -f "$DIR/data/meta.properties" ]] && return 0
+    [[ -f "$DIR/cluster.id" ]] || random_cluster_id >"$DIR/cluster.id"
+    "$JAVA_BIN" -Xmx256m -XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile="$LOG4J" \
+        -cp "$LIB/*" kafka.tools.StorageTool format \
+        -t "$(cat "$DIR/cluster.id")" -c "$PROPS" --ignore-formatted >>"$LOG" 2>&1 \
+        || { tail -n 30 "$LOG" >&2; die "formatting storage in $DIR/data failed"; }
+}
+
+java_cmd() {
+    # shellcheck disable=SC2206  # word splitting of the option strings is intended
+    JAVA_CMD=("$JAVA_BIN" ${KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}
+        -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError
+        -Djava.awt.headless=true -Dlog4j2.configurationFile="$LOG4J"
+        ${KAFKA_JVM_OPTS:-}
+        -cp "$LIB/*" kafka.Kafka "$PROPS")
+}
+
+node_pid() {
+    # The pid of this dir's running broker, or nothing.
+    local pid
+    [[ -f "$PIDFILE" ]] || return 0
+    pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$PROPS"; then
+        echo "$pid"
+    fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_ready() {
+    local pid="$1" deadline=$((SECONDS + ${TIMEOUT:-120}))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 40 "$LOG" >&2
+            die "the broker exited during start-up (log: $LOG)"
+        fi
+        if grep -qF "$READY_MARK" "$LOG" 2>/dev/null && port_open "$PORT"; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    tail -n 40 "$LOG" >&2
+    stop_node 10 || true
+    die "the broker was not ready within ${TIMEOUT:-120}s (log: $LOG)"
+}
+
+stop_node() {
+    local grace="${1:-30}" pid deadline
+    pid="$(node_pid)"
+    if [[ -z "$pid" ]]; then rm -f "$PIDFILE"; return 0; fi
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + grace))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "run-kafka: broker $pid ignored SIGTERM for ${grace}s, sending SIGKILL" >&2
+        kill -KILL "$pid" 2>/dev/null || true
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+    fi
+    rm -f "$PIDFILE"
+}
+
+prepare() {
+    JAVA_BIN="$(java_bin)"
+    resolve
+    write_config
+    [[ -z "$(node_pid)" ]] || die "a broker already runs for $DIR (pid $(node_pid)); stop it first"
+    if port_open "$PORT"; then die "port $PORT is already in use"; fi
+    if port_open "$CPORT"; then die "controller port $CPORT is already in use"; fi
+    : >"$LOG"
+    format_storage
+    java_cmd
+}
+
+case "$CMD" in
+    resolve)
+        resolve
+        echo "$LIB" ;;
+    version)
+        kafka_version ;;
+    start)
+        prepare
+        rm -f "$PIDFILE"
+        # The broker writes its own pid (exec keeps it), in a new session away from this terminal.
+        setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" "${JAVA_CMD[@]}" \
+            </dev/null >>"$LOG" 2>&1 &
+        for _ in $(seq 100); do [[ -s "$PIDFILE" ]] && break; sleep 0.05; done
+        [[ -s "$PIDFILE" ]] || die "the broker did not write $PIDFILE"
+        wait_ready "$(cat "$PIDFILE")"
+        echo "127.0.0.1:$PORT" ;;
+    foreground)
+        prepare
+        echo $$ >"$PIDFILE"
+        echo "run-kafka: Kafka $(kafka_version) on 127.0.0.1:$PORT (controller $CPORT), dir $DIR" >&2
+        exec "${JAVA_CMD[@]}" ;;
+    stop)
+        stop_node "${TIMEOUT:-30}" ;;
+    status)
+        pid="$(node_pid)"
+        if [[ -n "$pid" ]]; then echo "running pid $pid on 127.0.0.1:$PORT"; else echo "stopped"; exit 1; fi ;;
+    -h|--help|help)
+        usage ;;
+    *)
+        echo "run-kafka: unknown command $CMD" >&2; usage ;;
+esac

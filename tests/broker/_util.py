@@ -1,0 +1,81 @@
+"""Helpers for broker tests: produce, collect from the beginning, run services as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from sparq_stream.bus.compacted import caught_up, partitions_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def produce(bootstrap: str, topic: str, items: list[tuple[bytes | None, bytes | None]], headers: Any = None) -> None:
+    """Produce keyed records and wait for every acknowledgement."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    futures = [producer.send(topic, key=k, value=v, headers=headers) for k, v in items]
+    producer.flush()
+    for fut in futures:
+        fut.get(timeout=30)
+    producer.close()
+
+
+def read_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    until: Callable[[list[Any]], bool] | None = None,
+    timeout_s: float = 60.0,
+    isolation_level: str = "read_uncommitted",
+) -> list[Any]:
+    """Read a topic from the beginning: until ``until(records)`` holds, or to its end when no predicate."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level)
+    try:
+        parts = partitions_of(consumer, topic, timeout_s=20)
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for tp, recs in consumer.poll(timeout_ms=200, max_records=5000).items():
+                records.extend(recs)
+            if until is not None:
+                if until(records):
+                    return records
+            elif caught_up(consumer, parts):
+                return records
+        return records
+    finally:
+        consumer.close(autocommit=False)
+
+
+def sparq(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the sparq CLI in a subprocess and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "sparq_stream.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=kwargs.pop("timeout", 300),
+        **kwargs,
+    )
+
+
+def start_service(*args: str, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``sparq run ...`` as a subprocess (its log goes to ``log_path``)."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "sparq_stream.cli", "run", *args], stdout=out, stderr=subprocess.STDOUT)
+
+
+def keys_of(records: list[Any]) -> list[bytes]:
+    """The keys of a list of records."""
+    return [r.key for r in records]
+
+
+__all__ = ["produce", "read_all", "sparq", "start_service", "keys_of", "TopicPartition"]

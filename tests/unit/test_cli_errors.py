@@ -1,0 +1,52 @@
+"""CLI errors: one line naming what is wrong, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _sparq(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "sparq_stream.cli", *args], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tail", "seeds", "-b", "127.0.0.1:1"], "error: no Kafka broker reachable at 127.0.0.1:1"),
+        (["seed", "/nonexistent/seeds.jsonl", "-b", "127.0.0.1:1"], "error: seed file /nonexistent/seeds.jsonl does not exist"),
+        (["run", "nosuch", "-b", "127.0.0.1:1"], "error: unknown service 'nosuch'; allowed: "),
+        (["run", "relay", "-b", "127.0.0.1:1", "--bogus", "1"], "error: unknown setting --bogus; allowed: "),
+        (
+            ["run", "relay", "-b", "127.0.0.1:1", "--processing-guarantee", "maybe"],
+            "error: setting 'processing_guarantee': Input should be 'at_least_once' or 'exactly_once' (got 'maybe')",
+        ),
+        (["topics", "create", "-b", "nohostport"], "error: bootstrap 'nohostport' is not host:port"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:
+    done = _sparq(*args)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), done.stderr
+
+
+def test_env_fallback_is_used(tmp_path: Path) -> None:
+    done = _sparq("tail", "seeds", env={"SPARQ_BOOTSTRAP": "127.0.0.1:2"})
+    assert done.stderr.strip() == "error: no Kafka broker reachable at 127.0.0.1:2"
+
+
+def test_every_command_has_help() -> None:
+    for cmd in (["--help"], ["broker", "--help"], ["topics", "create", "--help"], ["topics", "describe", "--help"],
+                ["seed", "--help"], ["tail", "--help"], ["run", "--help"], ["schemas", "--help"]):
+        done = _sparq(*cmd)
+        assert done.returncode == 0 and "Usage" in done.stdout, cmd

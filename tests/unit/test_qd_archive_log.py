@@ -1,0 +1,127 @@
+"""The archive A on disk: JSONL and Parquet parts, crash behaviour, de-duplication on read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sparq_stream.errors import ConfigError
+from sparq_stream.messages import Elite, SolveResult
+from sparq_stream.qd.archive_log import (
+    ARCHIVE_SCHEMA,
+    JSONL_NAME,
+    PARTS_DIR,
+    ArchiveLog,
+    dedupe_by_id,
+    part_files,
+    read_archive,
+    read_table,
+)
+
+
+def _result(i: int, q: float = 0.5) -> SolveResult:
+    return SolveResult(
+        id=f"id{i:04d}",
+        problem=f"problem {i} \u00e9\u2211",
+        solution="so \\boxed{1}",
+        answer="1",
+        parent_ids=[f"par{i}"],
+        skills=["algebra", "ratio"],
+        niche="algebra|ratio",
+        nearest_id=None if i % 2 else "x",
+        k=16,
+        rollouts_used=16,
+        n_correct=8,
+        solve_rate=0.5,
+        quality=q,
+        early_stopped=bool(i % 3),
+        correct_rollouts=["r1", "r2"] if i % 2 else [],
+        step=i,
+    )
+
+
+def test_schema_has_a_column_per_field() -> None:
+    assert ARCHIVE_SCHEMA.names == list(SolveResult.model_fields)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_round_trip(tmp_path: Path, fmt: str) -> None:
+    rows = [_result(i) for i in range(25)]
+    with ArchiveLog(tmp_path, formats=[fmt], rows_per_part=10) as log:
+        log.extend(rows)
+        assert log.pending == 5
+    assert read_archive(tmp_path, fmt) == rows
+    assert read_archive(tmp_path) == rows
+    if fmt == "parquet":
+        assert [p.name for p in part_files(tmp_path)] == [f"part-0000000{i}.parquet" for i in (1, 2, 3)]
+        assert [pq.read_metadata(p).num_rows for p in part_files(tmp_path)] == [10, 10, 5]
+
+
+def test_both_formats_hold_the_same_rows(tmp_path: Path) -> None:
+    rows = [_result(i) for i in range(7)]
+    with ArchiveLog(tmp_path, rows_per_part=3) as log:
+        log.extend(rows)
+    assert read_archive(tmp_path, "jsonl") == read_archive(tmp_path, "parquet") == rows
+    first = json.loads((tmp_path / JSONL_NAME).read_text().splitlines()[0])
+    assert (first["schema"], first["version"]) == ("sparq.solved", 1)
+
+
+def test_a_crash_loses_only_the_unflushed_buffer(tmp_path: Path) -> None:
+    log = ArchiveLog(tmp_path, rows_per_part=4)
+    log.extend(_result(i) for i in range(10))  # 8 flushed in two parts, 2 buffered
+    del log  # crash: no close()
+    for fmt in ("jsonl", "parquet"):
+        assert [r.id for r in read_archive(tmp_path, fmt)] == [f"id{i:04d}" for i in range(8)]
+
+
+def test_redelivered_results_count_once(tmp_path: Path) -> None:
+    rows = [_result(i) for i in range(6)]
+    with ArchiveLog(tmp_path, rows_per_part=4) as log:
+        log.extend(rows)
+        log.extend(rows[2:5])  # redelivered after a restart
+    for fmt in ("jsonl", "parquet"):
+        assert read_archive(tmp_path, fmt) == rows
+    table = read_table(tmp_path)
+    assert table.num_rows == 6 and table.column("id").to_pylist() == [r.id for r in rows]
+    assert dedupe_by_id(rows + rows[:2]) == rows
+
+
+def test_reopening_continues_the_parts_and_cuts_a_torn_line(tmp_path: Path) -> None:
+    with ArchiveLog(tmp_path, rows_per_part=2) as log:
+        log.extend(_result(i) for i in range(4))
+    with open(tmp_path / JSONL_NAME, "a", encoding="utf-8") as fh:
+        fh.write('{"schema": "sparq.solved", "id": "torn')  # a crash mid-write
+    (tmp_path / PARTS_DIR / "part-00000003.parquet.tmp").write_bytes(b"half a part")
+    assert [r.id for r in read_archive(tmp_path, "jsonl")] == [f"id{i:04d}" for i in range(4)]
+    with ArchiveLog(tmp_path, rows_per_part=2) as log:
+        log.extend(_result(i) for i in range(4, 6))
+    assert not list((tmp_path / PARTS_DIR).glob("*.tmp"))
+    assert [p.name for p in part_files(tmp_path)][-1] == "part-00000003.parquet"
+    expected = [f"id{i:04d}" for i in range(6)]
+    for fmt in ("jsonl", "parquet"):
+        assert [r.id for r in read_archive(tmp_path, fmt)] == expected
+
+
+def test_an_elite_is_archived_as_its_solve_result(tmp_path: Path) -> None:
+    base = _result(1)
+    elite = Elite(**base.model_dump(), slot="algebra|ratio", inserted_step=3)
+    with ArchiveLog(tmp_path) as log:
+        log.append(elite)
+        with pytest.raises(TypeError):
+            log.append({"id": "x"})  # type: ignore[arg-type]
+    for fmt in ("jsonl", "parquet"):
+        (back,) = read_archive(tmp_path, fmt)
+        assert type(back) is SolveResult and back == base
+
+
+def test_empty_and_bad_settings(tmp_path: Path) -> None:
+    assert read_archive(tmp_path) == [] and read_table(tmp_path).num_rows == 0
+    with pytest.raises(ConfigError):
+        ArchiveLog(tmp_path, formats=["csv"])
+    with pytest.raises(ConfigError):
+        ArchiveLog(tmp_path, rows_per_part=0)
+    with pytest.raises(ConfigError):
+        read_archive(tmp_path, "csv")
