@@ -238,6 +238,21 @@ def _tail_row(rec: Any, is_dlq: bool, decode: Any, to_jsonable: Any, dead_letter
         return {"_meta": meta, "key": key, "undecodable": str(exc)}
 
 
+# ---------------------------------------------------------------------- verify
+@app.command()
+def verify(
+    file: str = typer.Argument(..., help='JSONL lines {"gold": ..., "response": ...}; "-" reads stdin.'),
+    out: Optional[str] = typer.Option(None, "--out", "-o", help="Output JSONL (default stdout)."),
+    workers: Optional[int] = typer.Option(None, "--workers", envvar="SPARQ_VERIFY_WORKERS", min=1, help="Checker processes."),
+    timeout: float = typer.Option(5.0, "--timeout", envvar="SPARQ_VERIFY_TIMEOUT", min=0.1, help="Seconds per check."),
+) -> None:
+    """Check answers by value: one JSON result (extracted, equal, reason) per input line."""
+    from sparq_stream.verify.jsonl import verify_file
+
+    summary = verify_file(file, out, workers=workers, timeout_s=timeout)
+    typer.echo(json.dumps(summary, sort_keys=True), err=True)
+
+
 # ---------------------------------------------------------------------- schemas
 @app.command()
 def schemas(

@@ -25,6 +25,7 @@ __all__ = [
     "ModelVersion",
     "Metric",
     "DeadLetter",
+    "Dropped",
     "MESSAGE_TYPES",
     "encode",
     "decode",
@@ -137,7 +138,7 @@ class ModelVersion(Message):
     VERSION: ClassVar[int] = 1
 
     name: str
-    version: int = Field(ge=0)
+    number: int = Field(ge=0, description="the model version number, increasing per name")
     path: str
     base_model: str = ""
     parent_version: int | None = None
@@ -184,10 +185,36 @@ class DeadLetter(Message):
     ts: float = Field(default_factory=time.time)
 
 
+class Dropped(Message):
+    """A candidate the novelty filter dropped, and why: returns the mutator's credit, and audits drops."""
+
+    SCHEMA: ClassVar[str] = "sparq.dropped"
+    VERSION: ClassVar[int] = 1
+
+    id: str = Field(description="the dropped candidate's problem id")
+    reason: str = Field(description="exact_duplicate | near_duplicate | contamination")
+    similarity: float = Field(default=0.0, description="cosine similarity to the problem it matched")
+    match_id: str | None = Field(default=None, description="id of the seen or held-out problem it matched")
+    match_source: str = Field(default="", description="'seen', or the held-out file it matched")
+    problem: str = ""
+    parent_ids: list[str] = Field(default_factory=list)
+    step: int = 0
+    variant: str = ""
+    model: str = ""
+    created_at: float = Field(default_factory=time.time)
+
+
+_ENVELOPE = frozenset({"schema", "version"})
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.SCHEMA: cls
-    for cls in (Seed, Candidate, NovelCandidate, SolveResult, Elite, ModelVersion, Metric, DeadLetter)
+    for cls in (Seed, Candidate, NovelCandidate, SolveResult, Elite, ModelVersion, Metric, DeadLetter, Dropped)
 }
+
+
+for _cls in MESSAGE_TYPES.values():
+    if _ENVELOPE & set(_cls.model_fields):
+        raise TypeError(f"{_cls.__name__} may not define the envelope fields {sorted(_ENVELOPE)}")
 
 
 def encode(message: Message) -> bytes:

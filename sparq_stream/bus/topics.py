@@ -23,6 +23,7 @@ LOGICAL_TOPICS: tuple[str, ...] = (
     "seeds",
     "candidates",
     "novel",
+    "drops",
     "solved",
     "elites",
     "archive",
