@@ -26,8 +26,10 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Create or describe the loop's topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 
-_BOOTSTRAP = typer.Option("127.0.0.1:9092", "--bootstrap", "-b", envvar="SPARQ_BOOTSTRAP", help="Kafka host:port[,host:port].")
-_PREFIX = typer.Option("sparq", "--prefix", envvar="SPARQ_PREFIX", help="Topic name prefix.")
+_BOOTSTRAP = typer.Option(
+    None, "--bootstrap", "-b", envvar="SPARQ_BOOTSTRAP", help="Kafka host:port[,host:port] [default: 127.0.0.1:9092]."
+)
+_PREFIX = typer.Option(None, "--prefix", envvar="SPARQ_PREFIX", help="Topic name prefix [default: sparq].")
 _CONFIG = typer.Option(None, "--config", envvar="SPARQ_CONFIG", help="Settings file (TOML, YAML or JSON).")
 
 
@@ -35,10 +37,13 @@ def _err(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
 
 
-def _service_settings(bootstrap: str, prefix: str, config: Optional[Path] = None, **values: Any) -> Any:
+def _service_settings(bootstrap: Optional[str], prefix: Optional[str], **values: Any) -> Any:
+    """Connection settings for the utility commands; a shared settings file may hold other services' keys."""
     from sparq_stream.settings import ServiceSettings, load_settings
 
-    return load_settings(ServiceSettings, config=config, bootstrap=bootstrap, prefix=prefix, **values)
+    settings = load_settings(ServiceSettings, bootstrap=bootstrap, prefix=prefix, ignore_unknown_file_keys=True, **values)
+    _require_broker(settings.bootstrap)
+    return settings
 
 
 def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
@@ -87,15 +92,14 @@ def broker(
 # ---------------------------------------------------------------------- topics
 @topics_app.command("create")
 def topics_create(
-    bootstrap: str = _BOOTSTRAP,
-    prefix: str = _PREFIX,
+    bootstrap: Optional[str] = _BOOTSTRAP,
+    prefix: Optional[str] = _PREFIX,
     partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1, help="Partitions per topic."),
     replication_factor: int = typer.Option(1, "--replication-factor", envvar="SPARQ_REPLICATION_FACTOR", min=1),
 ) -> None:
     """Create every topic of the loop under the prefix (elites and models compacted)."""
     from sparq_stream.bus.topics import create_topics
 
-    _require_broker(bootstrap)
     settings = _service_settings(bootstrap, prefix)
     created = create_topics(settings, partitions=partitions, replication_factor=replication_factor)
     for name in created:
@@ -106,18 +110,17 @@ def topics_create(
 
 @topics_app.command("describe")
 def topics_describe(
-    bootstrap: str = _BOOTSTRAP,
-    prefix: str = _PREFIX,
+    bootstrap: Optional[str] = _BOOTSTRAP,
+    prefix: Optional[str] = _PREFIX,
     topic: Optional[list[str]] = typer.Argument(None, help="Topics (logical or full names); default all of the loop."),
 ) -> None:
     """Describe topics: partitions, replication and configs, one JSON object per line."""
     from sparq_stream.bus.topics import describe_topics
 
-    _require_broker(bootstrap)
     settings = _service_settings(bootstrap, prefix)
     rows = describe_topics(settings, topic or None)
     if not rows:
-        raise ConfigError(f"no topics under prefix {prefix!r}; run 'sparq topics create' first")
+        raise ConfigError(f"no topics under prefix {settings.prefix!r}; run 'sparq topics create' first")
     for row in rows:
         typer.echo(json.dumps(row, sort_keys=True))
 
@@ -126,8 +129,8 @@ def topics_describe(
 @app.command()
 def seed(
     file: Path = typer.Argument(..., help="JSONL seeds: question/answer (#### n) or problem/solution/answer."),
-    bootstrap: str = _BOOTSTRAP,
-    prefix: str = _PREFIX,
+    bootstrap: Optional[str] = _BOOTSTRAP,
+    prefix: Optional[str] = _PREFIX,
     limit: Optional[int] = typer.Option(None, "--limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish at most N seeds."),
 ) -> None:
     """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported and skipped."""
@@ -138,9 +141,8 @@ def seed(
 
     if not file.is_file():
         raise ConfigError(f"seed file {file} does not exist")
-    _require_broker(bootstrap)
     settings = _service_settings(bootstrap, prefix)
-    topic = TopicNames(prefix).topic("seeds")
+    topic = TopicNames(settings.prefix).topic("seeds")
     producer = make_producer(settings)
     sent = bad = 0
     futures = []
@@ -166,8 +168,8 @@ def seed(
 @app.command()
 def tail(
     topic: str = typer.Argument(..., help="Topic: a logical name (seeds, candidates, ..., dlq) or a full name."),
-    bootstrap: str = _BOOTSTRAP,
-    prefix: str = _PREFIX,
+    bootstrap: Optional[str] = _BOOTSTRAP,
+    prefix: Optional[str] = _PREFIX,
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record, not the newest."),
     max_messages: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N messages."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after S seconds without a message."),
@@ -179,10 +181,9 @@ def tail(
     from sparq_stream.bus.topics import TopicNames
     from sparq_stream.messages import decode, to_jsonable
 
-    _require_broker(bootstrap)
-    names = TopicNames(prefix)
-    full = names.resolve(topic)
     settings = _service_settings(bootstrap, prefix, auto_offset_reset="earliest" if from_beginning else "latest")
+    names = TopicNames(settings.prefix)
+    full = names.resolve(topic)
     consumer = make_consumer(settings, None)
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
@@ -279,15 +280,15 @@ def schemas(
 def run(
     ctx: typer.Context,
     service: str = typer.Argument(..., help="Service to run: relay (more in later releases)."),
-    bootstrap: str = _BOOTSTRAP,
-    prefix: str = _PREFIX,
+    bootstrap: Optional[str] = _BOOTSTRAP,
+    prefix: Optional[str] = _PREFIX,
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Run one service against a Kafka cluster; extra --field value flags set its settings."""
     from sparq_stream.services import build_service
 
     core, settings = build_service(service, bootstrap=bootstrap, prefix=prefix, config=config, args=list(ctx.args))
-    _require_broker(bootstrap)
+    _require_broker(settings.bootstrap)
     from sparq_stream.bus.process import run_service
 
     raise typer.Exit(run_service(core, settings))
@@ -310,14 +311,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # usage errors from typer's bundled click: show the one-line usage error
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
         raise
 
 

@@ -81,7 +81,7 @@ def parse_flags(args: list[str], settings_cls: type[ServiceSettings]) -> dict[st
 
 
 def build_service(
-    name: str, *, bootstrap: str, prefix: str, config: str | Path | None = None, args: list[str] | None = None
+    name: str, *, bootstrap: str | None, prefix: str | None, config: str | Path | None = None, args: list[str] | None = None
 ) -> tuple[Core, ServiceSettings]:
     """Build a service's core and frozen settings from flags, environment and a settings file."""
     spec = SERVICES.get(name)

@@ -167,10 +167,17 @@ def _read_file(path: Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def load_settings(cls: type[S], config: str | Path | None = None, **values: Any) -> S:
-    """Build a frozen settings object from flags (``values``), environment and a file."""
+def load_settings(
+    cls: type[S], config: str | Path | None = None, *, ignore_unknown_file_keys: bool = False, **values: Any
+) -> S:
+    """Build a frozen settings object from flags (``values``), environment and a file.
+
+    ``ignore_unknown_file_keys`` lets a tool read its own keys from a file shared with other services.
+    """
     config = config or os.environ.get("SPARQ_CONFIG")
     file_values = _read_file(Path(config)) if config else {}
+    if ignore_unknown_file_keys:
+        file_values = {k: v for k, v in file_values.items() if k in cls.model_fields}
     token = _FILE_VALUES.set(file_values)
     try:
         return cls(**{k: v for k, v in values.items() if v is not None})

