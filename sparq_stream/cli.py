@@ -279,7 +279,7 @@ def schemas(
 )
 def run(
     ctx: typer.Context,
-    service: str = typer.Argument(..., help="Service to run: relay (more in later releases)."),
+    service: str = typer.Argument(..., help="mutator | novelty | solver | archivist | trainer | relay ('sparq settings SERVICE' lists its settings)."),
     bootstrap: Optional[str] = _BOOTSTRAP,
     prefix: Optional[str] = _PREFIX,
     config: Optional[Path] = _CONFIG,
@@ -292,6 +292,94 @@ def run(
     from sparq_stream.bus.process import run_service
 
     raise typer.Exit(run_service(core, settings))
+
+
+# ---------------------------------------------------------------------- up
+@app.command()
+def up(
+    seeds: Path = typer.Option(..., "--seeds", envvar="SPARQ_SEEDS", help="Seed JSONL (GSM8K or MATH style)."),
+    out: Path = typer.Option(Path("runs/latest"), "--out", envvar="SPARQ_OUT", help="Output folder."),
+    steps: Optional[int] = typer.Option(None, "--steps", envvar="SPARQ_STEPS", min=1, help="Mutation steps (b parents each)."),
+    max_candidates: Optional[int] = typer.Option(None, "--max-candidates", envvar="SPARQ_MAX_CANDIDATES", min=1),
+    variant: str = typer.Option("qd", "--variant", envvar="SPARQ_VARIANT", help="static-uniform | static-diverse | dynamic-uniform | qd"),
+    backend: str = typer.Option("transformers", "--backend", envvar="SPARQ_BACKEND", help="scripted | transformers | openai | vllm"),
+    model: Optional[str] = typer.Option(None, "--model", envvar="SPARQ_MODEL", help="Model path or served name."),
+    backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object of backend options."),
+    embedder: str = typer.Option("sentence-transformers", "--embedder", envvar="SPARQ_EMBEDDER", help="sentence-transformers | hash"),
+    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b", envvar="SPARQ_BOOTSTRAP", help="Kafka to use (default: embedded)."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", envvar="SPARQ_PREFIX", help="Topic prefix (default: new per run)."),
+    partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1),
+    solvers: int = typer.Option(1, "--solvers", envvar="SPARQ_SOLVERS", min=1, help="Solver processes."),
+    batch_size: int = typer.Option(64, "--batch-size", envvar="SPARQ_BATCH_SIZE", min=1, help="Parents per step (b)."),
+    k: int = typer.Option(16, "--k", envvar="SPARQ_K", min=1, help="Solver rollouts per candidate (K)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", envvar="SPARQ_MAX_TOKENS", min=16),
+    cap: Optional[int] = typer.Option(None, "--cap", envvar="SPARQ_CAP", min=1, help="W's cap (top-T, or per niche)."),
+    seed: int = typer.Option(0, "--seed", envvar="SPARQ_SEED"),
+    seed_limit: Optional[int] = typer.Option(None, "--seed-limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish only N seeds."),
+    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
+    threads: Optional[int] = typer.Option(None, "--threads", envvar="SPARQ_THREADS", min=1, help="Torch threads per service."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", envvar="SPARQ_TIMEOUT", help="Stop after S seconds."),
+    with_flags: Optional[list[str]] = typer.Option(
+        None, "--with", help='Extra flags for one service, e.g. --with "solver --early-stop exact".'
+    ),
+) -> None:
+    """Run the whole loop on one machine: broker, topics, seeds, every service, a live view, the report."""
+    import shlex
+
+    from sparq_stream.orchestrator.live import LiveView
+    from sparq_stream.orchestrator.up import UpConfig, run_up
+    from sparq_stream.settings import config_error
+
+    from pydantic import ValidationError
+
+    extra: dict[str, list[str]] = {}
+    for item in with_flags or []:
+        parts = shlex.split(item)
+        if not parts:
+            continue
+        extra.setdefault(parts[0], []).extend(parts[1:])
+    try:
+        options = json.loads(backend_options) if backend_options else {}
+        config = UpConfig(
+            seeds=seeds, out=out, steps=steps, max_candidates=max_candidates, variant=variant, backend=backend,
+            model=model, backend_options=options, embedder=embedder, bootstrap=bootstrap, prefix=prefix,
+            partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
+            seed=seed, seed_limit=seed_limit, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
+        )
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
+    except ValidationError as exc:
+        raise config_error(exc, where="option") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = run_up(config, view=LiveView)
+    s = result.summary
+    typer.echo(
+        f"{result.reason}: scored {s.get('scored', 0)}, kept {s.get('kept', 0)} (yield {s.get('yield', 0):.0%}), "
+        f"skill-sets {s.get('coverage', 0)}, QD-score {s.get('qd_score', 0):.2f}; "
+        f"export {s.get('export', {}).get('examples', 0)} examples; outputs in {result.out}"
+    )
+
+
+@app.command("settings")
+def settings_cmd(
+    service: str = typer.Argument(..., help="Service whose settings to list."),
+) -> None:
+    """List a service's settings: flag, environment variable, default and meaning."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sparq_stream.services import service_spec
+
+    spec = service_spec(service)
+    table = Table(title=f"sparq run {service}: {spec.help}", show_lines=False)
+    for column in ("flag", "environment", "default", "meaning"):
+        table.add_column(column, overflow="fold")
+    for name, info in sorted(spec.settings_cls.model_fields.items()):
+        default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=False))
+        if info.default_factory is not None:
+            default = "(computed)"
+        table.add_row("--" + name.replace("_", "-"), "SPARQ_" + name.upper(), default, info.description or "")
+    Console(width=160).print(table)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,7 +14,16 @@ from sparq_stream.core import Core
 from sparq_stream.errors import ConfigError
 from sparq_stream.settings import ServiceSettings, load_settings
 
-__all__ = ["ServiceSpec", "RelaySettings", "SERVICES", "parse_flags", "build_service", "register"]
+__all__ = [
+    "ServiceSpec",
+    "RelaySettings",
+    "SERVICES",
+    "parse_flags",
+    "build_service",
+    "register",
+    "service_spec",
+    "service_names",
+]
 
 
 class RelaySettings(ServiceSettings):
@@ -38,9 +49,50 @@ def _relay(settings: RelaySettings) -> Core:
     return RelayCore(settings.source, settings.target)
 
 
+def _settings_class(name: str, module: str, config: str) -> type[ServiceSettings]:
+    """Combine the Kafka/wrapper settings with a core's own config class."""
+    import importlib
+
+    config_cls = getattr(importlib.import_module(module), config)
+    return type(f"{name.title()}Settings", (ServiceSettings, config_cls), {"__doc__": f"Settings of the {name} service."})
+
+
+def _lazy(module: str, factory: str) -> Callable[[Any], Core]:
+    def build(settings: Any) -> Core:
+        import importlib
+
+        return getattr(importlib.import_module(module), factory)(settings)
+
+    return build
+
+
+_CORES = {
+    "mutator": ("sparq_stream.cores.mutator", "MutatorConfig", "build_mutator", "sample parents from W and write child problems"),
+    "novelty": ("sparq_stream.cores.novelty", "NoveltyConfig", "build_novelty", "drop duplicates and contamination, score novelty, assign the niche"),
+    "solver": ("sparq_stream.cores.solver", "SolverConfig", "build_solver", "K rollouts per candidate: solve-rate, quality, correct rollouts"),
+    "archivist": ("sparq_stream.cores.archivist", "ArchivistConfig", "build_archivist", "own W and A; publish elites to the compacted topic"),
+    "trainer": ("sparq_stream.cores.trainer", "TrainerConfig", "build_trainer", "export the training set; fine-tune and publish model versions"),
+}
+
 SERVICES: dict[str, ServiceSpec] = {
     "relay": ServiceSpec("relay", RelaySettings, _relay, "copy one topic into another, unchanged"),
 }
+
+
+def service_spec(name: str) -> ServiceSpec:
+    """Return a service's spec (its settings class is built on first use); unknown names raise ConfigError."""
+    if name not in SERVICES and name in _CORES:
+        module, config, factory, text = _CORES[name]
+        SERVICES[name] = ServiceSpec(name, _settings_class(name, module, config), _lazy(module, factory), text)
+    spec = SERVICES.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown service {name!r}; allowed: {', '.join(service_names())}")
+    return spec
+
+
+def service_names() -> list[str]:
+    """Every service that ``sparq run`` can start."""
+    return sorted(set(SERVICES) | set(_CORES))
 
 
 def register(spec: ServiceSpec) -> None:
@@ -75,18 +127,37 @@ def parse_flags(args: list[str], settings_cls: type[ServiceSettings]) -> dict[st
                 raise ConfigError(f"setting --{name} needs a value")
             value = args[i + 1]
             i += 1
-        values[field] = value
+        values[field] = _coerce(field, value, annotation)
         i += 1
     return values
+
+
+def _coerce(field: str, value: str, annotation: Any) -> Any:
+    """Flags are strings: JSON for mappings, JSON or comma-separated for lists, 'none' for optionals."""
+    kinds = {typing.get_origin(a) or a for a in (typing.get_args(annotation) or (annotation,))}
+    kinds.add(typing.get_origin(annotation) or annotation)
+    if value.strip().lower() in ("none", "null") and type(None) in kinds:
+        return None
+    if dict in kinds:
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"setting --{field.replace('_', '-')}: expected a JSON object ({exc.msg})") from None
+    if (list in kinds or tuple in kinds) and str not in kinds:
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"setting --{field.replace('_', '-')}: expected a JSON list ({exc.msg})") from None
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 def build_service(
     name: str, *, bootstrap: str | None, prefix: str | None, config: str | Path | None = None, args: list[str] | None = None
 ) -> tuple[Core, ServiceSettings]:
     """Build a service's core and frozen settings from flags, environment and a settings file."""
-    spec = SERVICES.get(name)
-    if spec is None:
-        raise ConfigError(f"unknown service {name!r}; allowed: {', '.join(sorted(SERVICES))}")
+    spec = service_spec(name)
     values = parse_flags(args or [], spec.settings_cls)
     settings = load_settings(spec.settings_cls, config=config, bootstrap=bootstrap, prefix=prefix, **values)
     return spec.factory(settings), settings

@@ -174,7 +174,11 @@ class ServiceProcess:
                     self.metrics.inc("table_decode_errors")
                     continue
                 inbound = self._inbound(rec, message)
-                outputs.extend(self.core.on_table(inbound))
+                try:
+                    outputs.extend(self.core.on_table(inbound))
+                except Exception as exc:  # noqa: BLE001 - a bad table record must not stop the service
+                    self.log.error("table record %s[%d]@%d failed: %s: %s", tp.topic, tp.partition, rec.offset, type(exc).__name__, exc)
+                    self.metrics.inc("table_errors")
         if n:
             self.metrics.inc("table_records", n)
         if outputs:
@@ -347,13 +351,16 @@ class ServiceProcess:
     def _publish_metrics(self, force: bool = False) -> None:
         if not (force or self.metrics.due()):
             return
-        if self._consumer is not None:
-            lag = 0
-            for tp in self._consumer.assignment():
-                hw = self._consumer.highwater(tp)
-                if hw is not None:
-                    lag += max(0, hw - self._consumer.position(tp))
-            self.metrics.set("lag", lag)
+        lag = 0
+        for client in (self._consumer, self._tables):  # input lag, and how far behind the tables are
+            if client is None:
+                continue
+            for tp in client.assignment():
+                hw = client.highwater(tp)
+                position = client.position(tp, timeout_ms=0) if hw is not None else None
+                if hw is not None and position is not None:
+                    lag += max(0, hw - position)
+        self.metrics.set("lag", lag)
         snap = self.metrics.snapshot(self.core.metrics())
         self.log.debug("metrics %s", snap.counters)
         if self._txn:

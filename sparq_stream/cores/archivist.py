@@ -1,0 +1,555 @@
+"""The archivist core: owns the working set W and the archive A.
+
+Message flow: ``solved`` (:class:`SolveResult`, key = problem id) in; out go ``archive``
+(the same result, key = problem id: every scored child once) and ``elites`` (compacted, key
+= slot: an :class:`Elite` for every slot the update policy U writes, a tombstone for every
+slot it empties). The ``elites`` topic is read back as a table: it IS the state of W.
+Run exactly one archivist per topic prefix: W is one global structure (its caps span
+every partition of ``solved``), so replicas would each hold a part of it.
+
+Restart: the wrapper replays the ``elites`` table (and ``seeds``, with ``track_seeds``)
+through :meth:`ArchivistCore.on_table` before the first input. The first
+:meth:`~ArchivistCore.handle_batch` or :meth:`~ArchivistCore.tick` then goes *live*: it
+applies :meth:`WorkingSet.reconcile` (a restore may break a cap after a crash between a
+write and its tombstone, or after a cap change) and publishes the records that fix the
+topic. If the table held no record at all but the archive directory holds results (the
+embedded broker keeps topics in memory only, so ``sparq up`` resumes from disk), W is
+rebuilt by offering every archived result again: U keeps the best ``cap`` of whatever was
+offered in any order, so that gives the same W. Once live, table records are the
+archivist's own writes coming back and are ignored (re-applying a stale echo could
+regress a slot).
+
+Idempotence: a result whose id was already archived is not archived again (an id window
+of ``dedupe_window`` ids, rebuilt from disk on start) and is offered to W again, which is a
+no-op unless its elite records were lost (then it repairs them: a group's members only
+ever get better, so a result once rejected or evicted is rejected again). Two cases
+re-publish records, all of them equal to the current state, so the topics do not change:
+
+- the wrapper redelivers the *same offset* in the same process (its send or commit failed
+  and it rewound the batch): the result's archive record and those of its elite records
+  that are still current are sent again;
+- after a restart the id is known only from disk: its archive record is sent again (the
+  crash may have come between the disk flush and the broker's acknowledgement).
+
+A duplicate with a new offset in the same process (the solver published it twice)
+publishes nothing.
+
+The archive on disk: JSONL appended and flushed at the end of every batch, before the
+wrapper commits (at-least-once: a crash after the flush and before the commit redelivers
+the batch; the id window and the readers' de-duplication make that harmless); Parquet part
+files of ``parquet_rows`` rows, with a small ``parquet.offset`` file saying how much of the
+JSONL the parts cover, so the rows of a part lost in a crash are recovered from the JSONL
+on restart. :func:`load_archive` reads the directory back the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.errors import ConfigError, FatalError, RetriableError
+from sparq_stream.messages import Elite, Seed, SolveResult
+from sparq_stream.qd.archive_log import JSONL_NAME, ArchiveLog, dedupe_by_id, part_files
+from sparq_stream.qd.descriptors import DescriptorError, niche_of
+from sparq_stream.qd.quality import T_HIGH, T_LOW
+from sparq_stream.qd.stats import (
+    best_per_niche,
+    coverage_over_steps,
+    sr_histogram,
+    summary,
+)
+from sparq_stream.qd.update import Update
+from sparq_stream.qd.working_set import WorkingSet, make_working_set
+
+__all__ = [
+    "OFFSET_NAME",
+    "INVALID_NICHE",
+    "iter_results",
+    "ArchivistConfig",
+    "ArchivistCore",
+    "build_archivist",
+    "load_archive",
+    "run_summary",
+    "summarize_archive",
+]
+
+log = logging.getLogger(__name__)
+
+#: The niche counted for a result whose skills cannot form a descriptor (it never enters W).
+INVALID_NICHE = "(invalid)"
+#: The file holding the JSONL byte offset up to which the Parquet parts hold every row.
+OFFSET_NAME = "parquet.offset"
+_NEVER = 1 << 62  # rows_per_part of the inner logs: this core decides when to flush
+
+
+class ArchivistConfig(BaseModel):
+    """Every setting of the archivist core, with the paper's defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    variant: Literal["static-uniform", "static-diverse", "dynamic-uniform", "qd"] = Field(
+        default="qd", description="the SPARQ variant: its update policy U and cap"
+    )
+    cap: int | None = Field(
+        default=None, ge=1, description="T: top-T for dynamic-uniform (1000), per skill-set for qd (1); None = the variant's"
+    )
+    archive_dir: str = Field(default="sparq-archive", description="folder of the archive A on disk")
+    archive_formats: tuple[Literal["jsonl", "parquet"], ...] = Field(
+        default=("jsonl", "parquet"),
+        min_length=1,
+        description="formats of the archive on disk, e.g. jsonl,parquet (Parquet alone: one small part per batch)",
+    )
+    parquet_rows: int = Field(default=10_000, ge=1, description="rows per Parquet part file")
+    fsync: bool = Field(default=False, description="fsync the archive files on every flush")
+    publish_archive: bool = Field(default=True, description="also publish every scored child on the archive topic")
+    track_seeds: bool = Field(default=True, description="read the seeds table into W (a child equal to a seed never becomes an elite)")
+    restore_from_archive: bool = Field(
+        default=True, description="rebuild W from the archive on disk when the elites topic is empty"
+    )
+    dedupe_window: int = Field(default=1_000_000, ge=0, description="archived ids remembered to drop redeliveries (0 = all)")
+    replay_cache: int = Field(default=10_000, ge=0, description="recent results whose records are re-sent on a rewound batch")
+    sr_bins: int = Field(default=10, ge=1, description="bins of the solve-rate histogram in the metrics")
+
+    @field_validator("archive_formats", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+
+@dataclass(frozen=True)
+class _Handled:
+    """What handling one result produced, to re-send on a rewound batch."""
+
+    where: tuple[str, int, int]
+    update: Update
+
+
+class ArchivistCore(BaseCore):
+    """Owns W (policy U of one variant) and A (disk and topic); see the module docstring."""
+
+    name = "archivist"
+    inputs: tuple[str, ...] = ("solved",)
+
+    def __init__(self, config: ArchivistConfig | None = None, *, working_set: WorkingSet | None = None) -> None:
+        """Open (or resume) the archive in ``config.archive_dir`` and start with an empty W."""
+        self.config = config or ArchivistConfig()
+        self.tables = ("elites", "seeds") if self.config.track_seeds else ("elites",)
+        self.ws = working_set if working_set is not None else make_working_set(self.config.variant, self.config.cap)
+        self.directory = Path(self.config.archive_dir)
+        formats = self.config.archive_formats
+        self._jsonl = ArchiveLog(self.directory, formats=("jsonl",), rows_per_part=_NEVER, fsync=self.config.fsync) if "jsonl" in formats else None
+        self._parquet = ArchiveLog(self.directory, formats=("parquet",), rows_per_part=_NEVER, fsync=self.config.fsync) if "parquet" in formats else None
+        self._live = False
+        self._table_elites = 0
+        self._pending: list[Outgoing] = []
+        self._seen: OrderedDict[str, bool] = OrderedDict()  # id -> archived by this process
+        self._replay: OrderedDict[str, _Handled] = OrderedDict()
+        self._counters: dict[str, float] = {}
+        self._best: dict[str, float] = {}
+        self._sr_counts = [0] * self.config.sr_bins
+        self._scored = 0
+        self._kept = 0
+        self._max_step = 0
+        self._resume()
+
+    # ------------------------------------------------------------------ the core contract
+    def handle(self, inbound: Inbound) -> list[Outgoing]:
+        """Archive one result and offer it to W (the per-message fallback of :meth:`handle_batch`)."""
+        return self.handle_batch([inbound])[0]
+
+    def handle_batch(self, batch: Sequence[Inbound]) -> list[list[Outgoing]]:
+        """Archive and offer every result; flush the archive; return each result's records."""
+        self._go_live()
+        outputs = [self._handle_one(item) for item in batch]
+        self.flush()
+        if self._pending and outputs:
+            outputs[0] = self._pending + outputs[0]
+            self._pending = []
+        return outputs
+
+    def on_table(self, inbound: Inbound) -> list[Outgoing]:
+        """Restore one elites record into W (before going live) or add a seed; never raises."""
+        message = inbound.message
+        try:
+            if inbound.topic == "seeds":
+                if isinstance(message, Seed):
+                    self.ws.add_seed(message)
+                return []
+            if inbound.topic != "elites":
+                return []
+            self._inc("table_records")
+            if self._live:
+                self._inc("table_echoes")
+                return []
+            if inbound.key is None or not (message is None or isinstance(message, Elite)):
+                self._inc("table_skipped")
+                log.warning("elites record at offset %d has no key or is not an Elite: skipped", inbound.offset)
+                return []
+            self._table_elites += 1
+            self.ws.restore(inbound.key, message)
+        except Exception as exc:  # noqa: BLE001 - a bad table record must not stop the service
+            self._inc("table_errors")
+            log.warning("cannot apply %s record %r: %s", inbound.topic, inbound.key, exc)
+        return []
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Go live (reconcile or rebuild W) if no batch did yet; emit what that produced."""
+        self._go_live()
+        pending, self._pending = self._pending, []
+        return pending
+
+    def metrics(self) -> dict[str, float]:
+        """Counters and gauges for the live view: scored, kept, coverage, QD-score, |W|, |A|, SR bins."""
+        out = dict(self._counters)
+        out.update(
+            scored=float(self._scored),
+            kept=float(self._kept),
+            yield_rate=self._kept / self._scored if self._scored else 0.0,
+            coverage=float(len(self._best)),
+            qd_score=math.fsum(self._best.values()),
+            w_size=float(len(self.ws)),
+            w_elites=float(len(self.ws.elites())),
+            archive_size=float(self._scored),
+            step=float(self._max_step),
+            pending_rows=float(self._parquet.pending if self._parquet is not None else 0),
+        )
+        for i, count in enumerate(self._sr_counts):
+            out[f"sr_bin_{i}"] = float(count)
+        return out
+
+    def close(self) -> None:
+        """Flush everything, Parquet parts included (a failure is logged: the JSONL already holds every row)."""
+        try:
+            self.flush(final=True)
+        except RetriableError as exc:
+            log.error("final archive flush failed: %s", exc)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def working_set(self) -> WorkingSet:
+        """The working set W."""
+        return self.ws
+
+    @property
+    def live(self) -> bool:
+        """True once W was reconciled (or rebuilt) and the core handles input."""
+        return self._live
+
+    def flush(self, final: bool = False) -> None:
+        """Write buffered rows: JSONL always, a Parquet part when ``parquet_rows`` are buffered (or ``final``)."""
+        try:
+            if self._jsonl is not None:
+                self._jsonl.flush()
+            if self._parquet is not None and self._parquet.pending and (
+                final or self._jsonl is None or self._parquet.pending >= self.config.parquet_rows
+            ):
+                self._parquet.flush()
+                if self._jsonl is not None:
+                    self._write_offset(_size(self.directory / JSONL_NAME))
+        except OSError as exc:
+            raise RetriableError(f"cannot write the archive in {self.directory}: {exc}") from exc
+
+    # ------------------------------------------------------------------ one result
+    def _handle_one(self, item: Inbound) -> list[Outgoing]:
+        result = item.message
+        if result is None:
+            return []
+        if not isinstance(result, SolveResult):
+            raise FatalError(f"the archivist takes SolveResult messages, got {type(result).__name__}")
+        where = (item.topic, item.partition, item.offset)
+        outputs: list[Outgoing] = []
+        known = self._seen.get(result.id)
+        if known is None:
+            self._remember_id(result.id, True)
+            self._append(result)
+            if self.config.publish_archive:
+                outputs.append(Outgoing("archive", result))
+        else:
+            self._inc("duplicates")
+            earlier = self._replay.get(result.id)
+            if earlier is not None and earlier.where == where:
+                self._inc("replays")
+                if self.config.publish_archive:
+                    outputs.append(Outgoing("archive", result))
+                outputs.extend(self._records(self._still_current(earlier.update)))
+            elif not known:
+                # Known only from disk: the crash may have come before the broker acknowledged it.
+                self._seen[result.id] = True
+                if self.config.publish_archive:
+                    outputs.append(Outgoing("archive", result))
+        update = self._offer(result)
+        outputs.extend(self._records(update))
+        if known is None or update:
+            self._remember_update(result.id, _Handled(where, update))
+        return outputs
+
+    def _offer(self, result: SolveResult) -> Update:
+        try:
+            return self.ws.offer(result)
+        except DescriptorError as exc:
+            self._inc("bad_niche")
+            log.warning("result %s has no valid niche (%s): archived, not offered to W", result.id, exc)
+            return Update()
+
+    def _records(self, update: Update) -> list[Outgoing]:
+        if update.deleted:
+            self._inc("elites_deleted", len(update.deleted))
+        if update.written:
+            self._inc("elites_written", len(update.written))
+        return [Outgoing("elites", elite, key=slot) for slot, elite in update.records()]
+
+    def _still_current(self, update: Update) -> Update:
+        current = self.ws.elites()
+        written = {slot: e for slot, e in update.written.items() if current.get(slot) == e}
+        deleted = tuple(slot for slot in update.deleted if slot not in current)
+        return Update(written, deleted)
+
+    def _append(self, result: SolveResult) -> None:
+        if self._jsonl is not None:
+            self._jsonl.append(result)
+        if self._parquet is not None:
+            self._parquet.append(result)
+        self._observe(result.quality, result.solve_rate, _niche(result), result.step, result.early_stopped)
+
+    # ------------------------------------------------------------------ restart
+    def _go_live(self) -> None:
+        if self._live:
+            return
+        self._live = True
+        update = Update()
+        if self._table_elites == 0 and self.config.restore_from_archive and self.ws.update_policy.dynamic and self._scored:
+            count = 0
+            for result in self._archived():
+                count += 1
+                self._offer(result)
+            update = Update(self.ws.elites(), ())
+            log.info("elites topic empty: rebuilt W from %d archived result(s): %d elite(s)", count, len(self.ws.elites()))
+            self._inc("rebuilt_from_archive", count)
+        else:
+            update = self.ws.reconcile()
+        self._pending.extend(self._records(update))
+
+    def _resume(self) -> None:
+        """Recover the Parquet tail from the JSONL, and the id window and statistics from disk."""
+        parquet_ids: set[str] = set()
+        if self._parquet is not None:
+            for part in part_files(self.directory):
+                table = pq.read_table(part, columns=["id", "quality", "solve_rate", "niche", "skills", "step", "early_stopped"])
+                for row in table.to_pylist():
+                    if row["id"] in parquet_ids:
+                        continue
+                    parquet_ids.add(row["id"])
+                    self._remember_id(row["id"], False)
+                    self._observe(row["quality"], row["solve_rate"], _niche(_Row(row)), row["step"], row["early_stopped"])
+        if self._jsonl is not None:
+            start = self._read_offset() if self._parquet is not None and part_files(self.directory) else 0
+            tail = 0
+            for result in _read_jsonl(self.directory / JSONL_NAME, start):
+                if result.id in parquet_ids or result.id in self._seen:
+                    continue
+                self._remember_id(result.id, False)
+                self._observe(result.quality, result.solve_rate, _niche(result), result.step, result.early_stopped)
+                if self._parquet is not None:
+                    self._parquet.append(result)
+                tail += 1
+            if tail and self._parquet is not None:
+                log.info("%d archived row(s) were not in a Parquet part yet: buffered again", tail)
+        if self._scored:
+            log.info("resumed the archive in %s: %d result(s), %d kept", self.directory, self._scored, self._kept)
+
+    def _archived(self) -> Iterator[SolveResult]:
+        """Yield every archived result once (Parquet parts, then the recovered or JSONL-only rows)."""
+        yield from iter_results(self.directory)
+
+    def _read_offset(self) -> int:
+        path = self.directory / OFFSET_NAME
+        try:
+            return max(0, int(path.read_text(encoding="utf-8").strip()))
+        except (OSError, ValueError):
+            return 0  # no offset file: re-read the whole JSONL (rows already in parts are skipped by id)
+
+    def _write_offset(self, offset: int) -> None:
+        path = self.directory / OFFSET_NAME
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(f"{offset}\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _remember_id(self, problem_id: str, here: bool) -> None:
+        self._seen[problem_id] = here
+        limit = self.config.dedupe_window
+        if limit and len(self._seen) > limit:
+            self._seen.popitem(last=False)
+
+    def _remember_update(self, problem_id: str, handled: _Handled) -> None:
+        limit = self.config.replay_cache
+        if limit <= 0:
+            return
+        self._replay[problem_id] = handled
+        self._replay.move_to_end(problem_id)
+        while len(self._replay) > limit:
+            self._replay.popitem(last=False)
+
+    def _observe(self, quality: float, solve_rate: float, niche: str, step: int, early: bool) -> None:
+        self._scored += 1
+        if quality > 0.0:
+            self._kept += 1
+            if niche != INVALID_NICHE and quality > self._best.get(niche, 0.0):
+                self._best[niche] = quality
+        bins = self.config.sr_bins
+        self._sr_counts[max(0, min(int(math.floor(solve_rate * bins + 1e-9)), bins - 1))] += 1
+        self._max_step = max(self._max_step, int(step))
+        if early:
+            self._inc("early_stopped")
+
+    def _inc(self, name: str, by: float = 1.0) -> None:
+        self._counters[name] = self._counters.get(name, 0.0) + by
+
+
+class _Row:
+    """Attribute view of an Arrow row for :func:`niche_of`."""
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        self.niche = row.get("niche") or ""
+        self.skills = row.get("skills") or []
+
+
+def _niche(item: Any) -> str:
+    """Return the item's niche, or ``(invalid)`` when its skills cannot form one."""
+    try:
+        return niche_of(item)
+    except DescriptorError:
+        return INVALID_NICHE
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read_jsonl(path: Path, start: int = 0) -> Iterator[SolveResult]:
+    """Yield the results of a JSONL archive from byte offset ``start`` (unreadable lines skipped)."""
+    if not path.exists():
+        return
+    with open(path, "rb") as fh:
+        if start > _size(path):
+            log.warning("%s is shorter than the recorded Parquet offset %d: reading it whole", path, start)
+            start = 0
+        fh.seek(start)
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                body = json.loads(line)
+                if not isinstance(body, dict) or body.pop("schema", SolveResult.SCHEMA) != SolveResult.SCHEMA:
+                    raise ValueError("not a sparq.solved row")
+                body.pop("version", None)
+                yield SolveResult.model_validate(body)
+            except (ValueError, ValidationError) as exc:
+                log.warning("%s: skipping an unreadable row: %s", path, str(exc).splitlines()[0])
+
+
+def iter_results(directory: str | Path) -> Iterator[SolveResult]:
+    """Yield every result of an archive directory once: Parquet parts, then JSONL rows past them."""
+    directory = Path(directory)
+    seen: set[str] = set()
+    parts = part_files(directory)
+    for part in parts:
+        for row in pq.read_table(part).to_pylist():
+            if row["id"] not in seen:
+                seen.add(row["id"])
+                yield SolveResult.model_validate(row)
+    start = 0
+    if parts:
+        try:
+            start = max(0, int((directory / OFFSET_NAME).read_text(encoding="utf-8").strip()))
+        except (OSError, ValueError):
+            start = 0
+    for result in _read_jsonl(directory / JSONL_NAME, start):
+        if result.id not in seen:
+            seen.add(result.id)
+            yield result
+
+
+def load_archive(directory: str | Path) -> list[SolveResult]:
+    """Return every archived result of ``directory`` once, in the order first written."""
+    return list(iter_results(directory))
+
+
+def build_archivist(config: ArchivistConfig) -> ArchivistCore:
+    """Build an archivist core from its settings."""
+    if not isinstance(config, ArchivistConfig):
+        raise ConfigError(f"build_archivist needs an ArchivistConfig, got {type(config).__name__}")
+    return ArchivistCore(config)
+
+
+# ---------------------------------------------------------------------- the run summary
+def run_summary(
+    results: Iterable[SolveResult],
+    *,
+    stages: Mapping[str, float] | None = None,
+    elites: Mapping[str, Elite] | None = None,
+    t_low: float = T_LOW,
+    t_high: float = T_HIGH,
+    bins: int = 10,
+) -> dict[str, Any]:
+    """Return the JSON-ready summary of a run: counts, yield, coverage, QD-score, SR histogram, coverage over steps.
+
+    ``results`` are de-duplicated by id first. ``stages`` (counts per stage from the
+    services' metrics) and ``elites`` (the final W by slot) are copied in when given.
+    """
+    rows = dedupe_by_id(results)
+    head = summary(rows)
+    dropped = [r for r in rows if not r.quality > 0.0]
+    hist = sr_histogram(rows, bins)
+    asked = sum(r.k for r in rows)
+    used = sum(r.rollouts_used for r in rows)
+    out: dict[str, Any] = {
+        "scored": int(head["scored"]),
+        "kept": int(head["kept"]),
+        "yield": head["yield"],
+        "coverage": int(head["coverage"]),
+        "coverage_all": int(head["coverage_all"]),
+        "qd_score": head["qd_score"],
+        "mean_kept_quality": head["mean_kept_quality"],
+        "dropped": {
+            "too_easy": sum(1 for r in dropped if r.solve_rate > t_high),
+            "unsolvable": sum(1 for r in dropped if r.solve_rate < t_low),
+            "other": sum(1 for r in dropped if t_low <= r.solve_rate <= t_high),
+        },
+        "early_stopped": sum(1 for r in rows if r.early_stopped),
+        "rollouts": {"asked": asked, "used": used, "saved_fraction": 1.0 - used / asked if asked else 0.0},
+        "correct_rollouts_kept": sum(len(r.correct_rollouts) for r in rows if r.quality > 0.0),
+        "steps": max((r.step for r in rows), default=0),
+        "sr_histogram": {"edges": list(hist.edges), "counts": list(hist.counts)},
+        "coverage_over_steps": [[step, cov] for step, cov in coverage_over_steps(rows)],
+        "best_per_niche": best_per_niche(rows),
+    }
+    if stages is not None:
+        out["stages"] = {k: float(v) for k, v in sorted(stages.items())}
+    if elites is not None:
+        out["working_set"] = {
+            "elites": len(elites),
+            "niches": len({niche_of(e) for e in elites.values()}),
+            "mean_quality": math.fsum(e.quality for e in elites.values()) / len(elites) if elites else 0.0,
+        }
+    return out
+
+
+def summarize_archive(directory: str | Path, **options: Any) -> dict[str, Any]:
+    """Read an archive directory and return :func:`run_summary` of it."""
+    return run_summary(iter_results(directory), **options)
