@@ -62,6 +62,7 @@ class UpResult(BaseModel):
     bootstrap: str
     reason: str
     summary: dict[str, Any]
+    restarts: dict[str, int] = {}
 
 
 def _common(config: UpConfig, prefix: str, bootstrap: str, name: str) -> list[str]:
@@ -175,8 +176,16 @@ def _finished(monitor: Any, idle_since: dict[str, float]) -> bool:
     return all(now - idle_since[n] >= 2.0 for n in ("archivist", "trainer"))
 
 
-def run_up(config: UpConfig, *, view: Callable[[Any, Any], Any] | None = None) -> UpResult:
-    """Run the loop to its budget (or Ctrl-C / timeout), stop every service cleanly, write the outputs."""
+def run_up(
+    config: UpConfig,
+    *,
+    view: Callable[[Any, Any], Any] | None = None,
+    on_tick: Callable[[Any, Any], None] | None = None,
+) -> UpResult:
+    """Run the loop to its budget (or Ctrl-C / timeout), stop every service cleanly, write the outputs.
+
+    ``on_tick(supervisor, monitor)`` is called twice a second (tests use it to kill services mid-run).
+    """
     from sparq_stream.bus.topics import create_topics
     from sparq_stream.orchestrator.monitor import MetricsMonitor
     from sparq_stream.orchestrator.report import write_report
@@ -225,6 +234,8 @@ def run_up(config: UpConfig, *, view: Callable[[Any, Any], Any] | None = None) -
                 time.sleep(0.5)
                 if live is not None:
                     live.refresh_view()
+                if on_tick is not None:
+                    on_tick(supervisor, monitor)
                 failed = supervisor.check()
                 if failed:
                     tails = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
@@ -244,4 +255,6 @@ def run_up(config: UpConfig, *, view: Callable[[Any, Any], Any] | None = None) -
             time.sleep(2 * config.metrics_interval_s)  # the services' final metrics, published on exit
             final_metrics = monitor.snapshot()
         summary = write_report(out, final_metrics, reason=reason, prefix=prefix)
-    return UpResult(out=out, prefix=prefix, bootstrap=bootstrap, reason=reason, summary=summary)
+    restarts = {svc.name: svc.restarts for svc in supervisor.services if svc.restarts}
+    summary["restarts"] = restarts
+    return UpResult(out=out, prefix=prefix, bootstrap=bootstrap, reason=reason, summary=summary, restarts=restarts)
