@@ -132,30 +132,38 @@ def seed(
     bootstrap: Optional[str] = _BOOTSTRAP,
     prefix: Optional[str] = _PREFIX,
     limit: Optional[int] = typer.Option(None, "--limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish at most N seeds."),
+    label: bool = typer.Option(False, "--label/--no-label", envvar="SPARQ_LABEL_SEEDS", help="Classify each seed's skill-set first."),
+    backend: str = typer.Option("transformers", "--backend", envvar="SPARQ_BACKEND", help="Classifier backend for --label."),
+    backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object."),
+    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
 ) -> None:
     """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported and skipped."""
     from sparq_stream.bus.client import make_producer
     from sparq_stream.bus.topics import TopicNames
     from sparq_stream.messages import encode
-    from sparq_stream.seeds import BadLine, read_seeds
+    from sparq_stream.seeds import BadLine, label_seeds, read_seeds
 
     if not file.is_file():
         raise ConfigError(f"seed file {file} does not exist")
     settings = _service_settings(bootstrap, prefix)
     topic = TopicNames(settings.prefix).topic("seeds")
+    seeds = []
+    bad = 0
+    for item in read_seeds(file):
+        if isinstance(item, BadLine):
+            bad += 1
+            _err(f"{file}:{item.line}: {item.reason} (skipped)")
+            continue
+        seeds.append(item)
+        if limit is not None and len(seeds) >= limit:
+            break
+    if label:
+        options = json.loads(backend_options) if backend_options else {}
+        seeds = label_seeds(seeds, backend, backend_options=options, vocabulary=vocabulary)
     producer = make_producer(settings)
-    sent = bad = 0
-    futures = []
+    sent = len(seeds)
     try:
-        for item in read_seeds(file):
-            if isinstance(item, BadLine):
-                bad += 1
-                _err(f"{file}:{item.line}: {item.reason} (skipped)")
-                continue
-            futures.append(producer.send(topic, key=item.id.encode(), value=encode(item)))
-            sent += 1
-            if limit is not None and sent >= limit:
-                break
+        futures = [producer.send(topic, key=s.id.encode(), value=encode(s)) for s in seeds]
         producer.flush()
         for fut in futures:
             fut.get(timeout=0)
@@ -316,6 +324,7 @@ def up(
     cap: Optional[int] = typer.Option(None, "--cap", envvar="SPARQ_CAP", min=1, help="W's cap (top-T, or per niche)."),
     seed: int = typer.Option(0, "--seed", envvar="SPARQ_SEED"),
     seed_limit: Optional[int] = typer.Option(None, "--seed-limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish only N seeds."),
+    label_seeds: bool = typer.Option(True, "--label-seeds/--no-label-seeds", envvar="SPARQ_LABEL_SEEDS", help="Classify seed skill-sets first."),
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
     threads: Optional[int] = typer.Option(None, "--threads", envvar="SPARQ_THREADS", min=1, help="Torch threads per service."),
     timeout: Optional[float] = typer.Option(None, "--timeout", envvar="SPARQ_TIMEOUT", help="Stop after S seconds."),
@@ -344,7 +353,7 @@ def up(
             seeds=seeds, out=out, steps=steps, max_candidates=max_candidates, variant=variant, backend=backend,
             model=model, backend_options=options, embedder=embedder, bootstrap=bootstrap, prefix=prefix,
             partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
-            seed=seed, seed_limit=seed_limit, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
+            seed=seed, seed_limit=seed_limit, label_seeds=label_seeds, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
         )
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None

@@ -11,7 +11,7 @@ from sparq_stream.errors import ConfigError
 from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed
 
-__all__ = ["BadLine", "parse_seed_line", "read_seeds"]
+__all__ = ["BadLine", "parse_seed_line", "read_seeds", "label_seeds"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,22 @@ def read_seeds(path: str | Path) -> Iterator[Union[Seed, BadLine]]:
             item = parse_seed_line(raw, number, source=path.name)
             if item is not None:
                 yield item
+
+
+def label_seeds(
+    seeds: list[Seed],
+    backend: str,
+    *,
+    backend_options: dict | None = None,
+    vocabulary: str | Path | None = None,
+    batch_size: int = 64,
+) -> list[Seed]:
+    """Give each seed its skill-set with the skill-classification prompt (the diverse variants need it)."""
+    from sparq_stream.models.registry import make_generation_backend
+    from sparq_stream.skills import annotate_seeds, load_vocabulary
+
+    generator = make_generation_backend(backend, **(backend_options or {}))
+    try:
+        return annotate_seeds(seeds, generator, load_vocabulary(vocabulary), batch_size=batch_size)
+    finally:
+        generator.close()

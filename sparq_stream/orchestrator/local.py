@@ -124,16 +124,12 @@ class LocalResult:
 
 def run_local(config: Any, timeout_s: float = 600.0) -> LocalResult:
     """Run the loop of an ``UpConfig`` in memory (same cores, same flags as ``sparq up``)."""
-    from sparq_stream.messages import Seed
-    from sparq_stream.orchestrator.up import service_args
-    from sparq_stream.seeds import read_seeds
+    from sparq_stream.orchestrator.up import load_seed_set, service_args
 
     config.out.mkdir(parents=True, exist_ok=True)
+    seeds, _bad = load_seed_set(config)
     cores = build_local_cores(service_args(config, "local", "in-memory:0"))
     bus = LocalBus(list(cores.values()))
-    seeds = [s for s in read_seeds(config.seeds) if isinstance(s, Seed)]
-    if config.seed_limit is not None:
-        seeds = seeds[: config.seed_limit]
     bus.publish([Outgoing("seeds", s) for s in seeds])
     try:
         bus.run(lambda: bool(getattr(cores["mutator"], "done", False)), timeout_s=timeout_s)

@@ -46,6 +46,7 @@ class UpConfig(BaseModel):
     cap: int | None = Field(default=None, ge=1, description="W's cap (top-T or per niche)")
     seed: int = 0
     seed_limit: int | None = Field(default=None, ge=1, description="publish only the first N seeds")
+    label_seeds: bool = Field(default=True, description="classify the seeds' skills before publishing (diverse selection needs them)")
     vocabulary: Path | None = Field(default=None, description="skill vocabulary JSON (default: packaged fallback)")
     contamination: list[Path] | None = Field(default=None, description="held-out files (default: the shared test sets)")
     threads: int | None = Field(default=None, ge=1, description="torch threads per model service")
@@ -76,19 +77,18 @@ def _common(config: UpConfig, prefix: str, bootstrap: str, name: str) -> list[st
     ]
 
 
-def _backend_flags(config: UpConfig) -> list[str]:
-    flags = ["--backend", config.backend]
+def _backend_options(config: UpConfig) -> dict[str, Any]:
     options = dict(config.backend_options)
-    if config.model:
-        if config.backend in ("transformers", "vllm"):
-            options.setdefault("model", config.model)
-        elif config.backend == "openai":
-            options.setdefault("model", config.model)
+    if config.model and config.backend != "scripted":
+        options.setdefault("model", config.model)
     if config.threads and config.backend == "transformers":
         options.setdefault("num_threads", config.threads)
-    if options:
-        flags += ["--backend-options", json.dumps(options)]
-    return flags
+    return options
+
+
+def _backend_flags(config: UpConfig) -> list[str]:
+    options = _backend_options(config)
+    return ["--backend", config.backend, *(["--backend-options", json.dumps(options)] if options else [])]
 
 
 def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, list[str]]:
@@ -135,29 +135,42 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
     return args
 
 
-def _publish_seeds(settings: Any, path: Path, limit: int | None) -> tuple[int, int]:
+def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
+    """The run's seeds (first ``seed_limit``), labelled with their skill-sets unless disabled; and the bad lines."""
+    from sparq_stream.messages import Seed
+    from sparq_stream.seeds import BadLine, label_seeds, read_seeds
+
+    seeds: list[Seed] = []
+    bad = 0
+    for item in read_seeds(config.seeds):
+        if isinstance(item, BadLine):
+            bad += 1
+            log.warning("%s:%d: %s (skipped)", config.seeds, item.line, item.reason)
+            continue
+        seeds.append(item)
+        if config.seed_limit is not None and len(seeds) >= config.seed_limit:
+            break
+    if config.label_seeds and seeds:
+        log.info("labelling %d seeds with their skill-sets (%s backend)", len(seeds), config.backend)
+        vocabulary = str(config.vocabulary) if config.vocabulary else None
+        seeds = label_seeds(seeds, config.backend, backend_options=_backend_options(config), vocabulary=vocabulary)
+    return seeds, bad
+
+
+def _publish_seeds(settings: Any, seeds: list[Any]) -> None:
     from sparq_stream.bus.client import make_producer
     from sparq_stream.bus.topics import TopicNames
     from sparq_stream.messages import encode
-    from sparq_stream.seeds import BadLine, read_seeds
 
     topic = TopicNames(settings.prefix).topic("seeds")
     producer = make_producer(settings)
-    sent = bad = 0
     try:
-        for item in read_seeds(path):
-            if isinstance(item, BadLine):
-                bad += 1
-                log.warning("%s:%d: %s (skipped)", path, item.line, item.reason)
-                continue
-            producer.send(topic, key=item.id.encode(), value=encode(item))
-            sent += 1
-            if limit is not None and sent >= limit:
-                break
+        futures = [producer.send(topic, key=s.id.encode(), value=encode(s)) for s in seeds]
         producer.flush()
+        for fut in futures:
+            fut.get(timeout=0)
     finally:
         producer.close(timeout=10)
-    return sent, bad
 
 
 def _finished(monitor: Any, idle_since: dict[str, float]) -> bool:
@@ -213,8 +226,9 @@ def run_up(
             json.dumps({"prefix": prefix, "bootstrap": bootstrap, "config": config.model_dump(mode="json")}, indent=2)
         )
         create_topics(settings, partitions=config.partitions)
-        seeded, bad = _publish_seeds(settings, config.seeds, config.seed_limit)
-        log.info("published %d seeds (%d bad lines skipped) to %s.seeds", seeded, bad, prefix)
+        seeds, bad = load_seed_set(config)
+        _publish_seeds(settings, seeds)
+        log.info("published %d seeds (%d bad lines skipped) to %s.seeds", len(seeds), bad, prefix)
         monitor = MetricsMonitor(settings).start()
         stack.callback(monitor.stop)
         supervisor = Supervisor(out / "logs")
