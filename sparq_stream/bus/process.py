@@ -65,6 +65,7 @@ class ServiceProcess:
         self._tables: Any = None
         self._producer: Any = None
         self._dlq_topic = self.names.topic("dlq")
+        self._carry: list[Outgoing] = []
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -219,9 +220,12 @@ class ServiceProcess:
             handled, failed = self._handle(inbound, records)
             outputs.extend(handled)
             dead.extend(failed)
-        outputs.extend(self.core.tick(time.time()))
+        ticked = self._carry + self.core.tick(time.time())
+        self._carry = []
+        outputs.extend(ticked)
         if records or outputs or dead:
-            self._send_and_commit(outputs, dead, offsets, records)
+            if not self._send_and_commit(outputs, dead, offsets, records):
+                self._carry = ticked  # the rewound records redo their outputs; tick outputs are kept to resend
         if records:
             self.metrics.inc("consumed", len(records))
             self.metrics.inc("batches")
@@ -302,8 +306,11 @@ class ServiceProcess:
         dead: Sequence[_Dead],
         offsets: dict[TopicPartition, OffsetAndMetadata],
         records: Sequence[Any] = (),
-    ) -> None:
-        """Send outputs and dead letters, wait for the broker's acknowledgement, then commit offsets."""
+    ) -> bool:
+        """Send outputs and dead letters, wait for the broker's acknowledgement, then commit offsets.
+
+        Returns False when the sends failed and the batch was rewound to be handled again.
+        """
         try:
             if self._txn:
                 self._producer.begin_transaction()
@@ -321,7 +328,7 @@ class ServiceProcess:
             # The group rebalanced: another member now owns (and will redeliver) these records.
             self.metrics.inc("commit_failures")
             self.log.warning("commit failed after a rebalance; records will be redelivered: %s", exc)
-            return
+            return True
         except KafkaError as exc:
             self.metrics.inc("produce_failures")
             self.log.warning("send/commit failed (%s: %s): rewinding the batch to retry it", type(exc).__name__, exc)
@@ -332,10 +339,11 @@ class ServiceProcess:
                     self.log.warning("abort_transaction: %s", abort_exc)
             self._rewind(records)
             self._stop.wait(self.settings.retry_backoff_ms / 1000)
-            return
+            return False
         self.metrics.inc("produced", len(outputs))
         if dead:
             self.metrics.inc("dead_lettered", len(dead))
+        return True
 
     def _rewind(self, records: Sequence[Any]) -> None:
         first: dict[TopicPartition, int] = {}

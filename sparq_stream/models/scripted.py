@@ -13,6 +13,18 @@ thread. Sample ``i`` of a mutation request emits the parent's child number
 ``i + (params.seed or 0)`` (see :meth:`ScriptedBackend.child_for`). For a solve prompt
 asked for ``n`` samples, exactly ``round(sr * n)`` samples end in ``\\boxed{<answer>}``
 and the others in a different value, ``sr`` being the problem's scripted solve-rate.
+
+Skill models (``Script.skill_model``): with ``"hash"`` (the default) a problem's skills are
+a hash of its text, so a child's niche is unrelated to its parent's. With ``"inherit"``
+skills are heritable: a seed (a text without a marker) gets 1..``max_skills`` skills drawn
+by hash from ``skill_vocabulary``; a default child carries its parent's skill-set with at
+most one random change (``drift``: replace, add or drop one skill, drawn by hash) and
+writes it into its text as a marker ``[skills: a; b]`` just before its ``[variant ...]``
+tag. The classification call reads the marker back (it may run in another process: the
+text is all it sees) and answers those skills, restricted to the offered list. The marker
+is part of the text like any other words: answers and solve-rates are drawn from the
+whole text exactly as without it. Set ``skill_vocabulary`` to the classifier's vocabulary
+so that what is inherited is what can be answered.
 """
 
 from __future__ import annotations
@@ -38,10 +50,13 @@ from sparq_stream.prompts import MUTATION, SKILL_CLASSIFICATION, SKILL_EXTRACTIO
 
 __all__ = [
     "DEFAULT_SKILLS",
+    "SKILL_MODELS",
     "ChildSpec",
+    "SkillDrift",
     "ProblemScript",
     "Script",
     "ScriptedBackend",
+    "parse_skill_marker",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,6 +93,11 @@ _OBJECTS = ("apples", "tickets", "books", "tiles", "marbles", "boxes", "coins", 
             "pencils", "chairs", "cakes", "stamps")
 _PERIODS = ("day", "week", "hour", "month")
 _VARIANT = re.compile(r"\s*\[variant [^\]]*\]\s*$")
+_MARKER = re.compile(r"\[skills: ([^\]]*)\]")
+_TRAILER = re.compile(r"\s*\[(?:variant|skills:) [^\]]*\]\s*$")
+_MARKER_FORBIDDEN = ("[", "]", ";")
+#: The skill models a :class:`Script` can use.
+SKILL_MODELS: tuple[str, ...] = ("hash", "inherit")
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s*(.+?)\s*$")
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _CHARS_PER_TOKEN = 4
@@ -98,6 +118,27 @@ class ChildSpec(BaseModel):
     def _complete(self) -> ChildSpec:
         if self.raw is None and (not self.problem.strip() or not self.answer.strip()):
             raise ValueError("a child needs 'problem' and 'answer' (or a verbatim 'raw' output)")
+        return self
+
+
+class SkillDrift(BaseModel):
+    """How a default child's skill-set differs from its parent's (``inherit`` skill model).
+
+    Per child, one of: replace one skill by another, add one, drop one, or keep the set
+    (the rest of the probability). An ``add`` to a full set or a ``drop`` from a single
+    skill becomes a ``replace``, so the chance of a change does not depend on the set's size.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replace: float = Field(default=0.3, ge=0.0, le=1.0)
+    add: float = Field(default=0.15, ge=0.0, le=1.0)
+    drop: float = Field(default=0.15, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _total(self) -> SkillDrift:
+        if self.replace + self.add + self.drop > 1.0 + 1e-9:
+            raise ValueError("drift probabilities (replace + add + drop) must sum to at most 1")
         return self
 
 
@@ -126,8 +167,13 @@ class Script(BaseModel):
     solve_rate_weights: list[float] | None = None
     #: Most skills the default classification rule picks (1..3).
     max_skills: int = Field(default=3, ge=1, le=3)
-    #: Phrases the default skill-extraction rule picks from (skewed towards the first ones).
+    #: Phrases the default skill-extraction rule picks from (skewed towards the first ones);
+    #: with ``skill_model="inherit"`` also the skills of seeds and of drift.
     skill_vocabulary: list[str] = Field(default_factory=lambda: list(DEFAULT_SKILLS))
+    #: ``hash``: skills are a hash of the text; ``inherit``: a default child inherits its parent's (module docstring).
+    skill_model: Literal["hash", "inherit"] = "hash"
+    #: Per-child change of the inherited skill-set (``inherit`` only).
+    drift: SkillDrift = Field(default_factory=SkillDrift)
     #: Words of the parent kept at the start of a default child.
     parent_words: int = Field(default=6, ge=1)
     #: Default answers are integers in [answer_min, answer_max].
@@ -159,6 +205,10 @@ class Script(BaseModel):
             raise ValueError("solve_rate_weights needs one non-negative weight per solve rate, not all zero")
         if self.answer_min > self.answer_max:
             raise ValueError("answer_min must be <= answer_max")
+        if self.skill_model == "inherit":
+            bad = [v for v in self.skill_vocabulary if any(c in v for c in _MARKER_FORBIDDEN) or not v.strip()]
+            if bad:
+                raise ValueError(f"with skill_model='inherit' skills may not be blank or contain '[', ']' or ';': {bad[:3]}")
         return self
 
     @classmethod
@@ -290,16 +340,69 @@ class ScriptedBackend:
         return [i in chosen for i in range(n)]
 
     def skills_for(self, problem: str, allowed: Sequence[str]) -> list[str]:
-        """Return the skills the classifier answers for ``problem`` given the offered list ``allowed``."""
+        """Return the skills the classifier answers for ``problem`` given the offered list ``allowed``.
+
+        A scripted ``skills`` entry wins. With ``skill_model="inherit"`` the answer is the
+        problem's inherited skills (:meth:`inherited_skills_for`) that are in ``allowed``,
+        in vocabulary order; only when none of them is offered does the hash rule below apply.
+        Otherwise: 1..``max_skills`` of ``allowed``, drawn by hash of the problem.
+        """
         pid = problem_id(problem)
         entry = self._by_id.get(pid)
         if entry is not None and entry.skills is not None:
             return list(entry.skills)
         if not allowed:
             return []
-        k = min(len(allowed), 1 + self._hash("k", pid) % self.script.max_skills)
-        ranked = sorted(range(len(allowed)), key=lambda i: (self._hash("skill", pid, allowed[i]), i))
-        return [allowed[i] for i in sorted(ranked[:k])]
+        if self.script.skill_model == "inherit":
+            offered = {_skill_key(a): a for a in allowed}
+            kept = [offered[_skill_key(s)] for s in self.inherited_skills_for(problem) if _skill_key(s) in offered]
+            if kept:
+                return kept
+        return self._hash_skills(pid, list(allowed))
+
+    def inherited_skills_for(self, problem: str) -> list[str]:
+        """Return the heritable skill-set of ``problem`` (``inherit`` model): its marker's, else seed skills by hash.
+
+        Seed skills are 1..``max_skills`` of ``skill_vocabulary`` drawn by hash of the text; a
+        scripted ``skills`` entry is used as is. The list is in vocabulary order.
+        """
+        pid = problem_id(problem)
+        entry = self._by_id.get(pid)
+        if entry is not None and entry.skills is not None:
+            return list(entry.skills)
+        marked = parse_skill_marker(problem)
+        if marked is not None:
+            return marked
+        return self._hash_skills(pid, self.script.skill_vocabulary)
+
+    def drifted_skills(self, parent: str, index: int) -> list[str]:
+        """Return the skill-set of the parent's default child number ``index`` (``inherit`` model)."""
+        vocab = self.script.skill_vocabulary
+        skills = [s for s in self.inherited_skills_for(parent)]
+        pid = problem_id(parent)
+        drift = self.script.drift
+        u = (self._hash("drift", pid, index) % 1_000_003) / 1_000_003
+        if u < drift.replace:
+            op = "replace"
+        elif u < drift.replace + drift.add:
+            op = "add"
+        elif u < drift.replace + drift.add + drift.drop:
+            op = "drop"
+        else:
+            return skills
+        if op == "add" and len(skills) >= self.script.max_skills:
+            op = "replace"
+        if op == "drop" and len(skills) <= 1:
+            op = "replace"
+        fresh = [v for v in vocab if v not in skills]
+        if op == "drop":
+            del skills[self._hash("drift-drop", pid, index) % len(skills)]
+        elif fresh:
+            if op == "replace" and skills:
+                del skills[self._hash("drift-out", pid, index) % len(skills)]
+            skills.append(fresh[self._hash("drift-in", pid, index) % len(fresh)])
+        order = {v: i for i, v in enumerate(vocab)}
+        return sorted(skills, key=lambda s: (order.get(s, len(order)), s))
 
     def extracted_skills_for(self, problem: str) -> list[str]:
         """Return the 1-3 skill phrases the extraction prompt answers for ``problem``."""
@@ -339,8 +442,9 @@ class ScriptedBackend:
 
     def _default_child(self, parent: str, index: int) -> ChildSpec:
         base = parent
-        while _VARIANT.search(base):
-            base = _VARIANT.sub("", base)
+        trailer = _TRAILER if self.script.skill_model == "inherit" else _VARIANT
+        while trailer.search(base):
+            base = trailer.sub("", base)
         words = base.split()[: self.script.parent_words]
         pid = problem_id(parent)
         h = self._hash("child", pid, index)
@@ -350,11 +454,21 @@ class ScriptedBackend:
         period = _PERIODS[(h >> 24) % len(_PERIODS)]
         a, b = 2 + (h >> 32) % 18, 2 + (h >> 40) % 9
         tag = f"{self._hash('tag', pid) % 16**6:06x}-{index}"
+        marker = ""
+        if self.script.skill_model == "inherit":
+            marker = f"[skills: {'; '.join(self.drifted_skills(parent, index))}] "
         problem = (
             f"{' '.join(words)} ... Then {subject} {action} {a} {thing} every {period} "
-            f"for {b} {period}s. How many {thing} is that in total? [variant {tag}]"
+            f"for {b} {period}s. How many {thing} is that in total? {marker}[variant {tag}]"
         )
         return ChildSpec(problem=problem, answer=self.answer_for(problem))
+
+    def _hash_skills(self, pid: str, allowed: Sequence[str]) -> list[str]:
+        if not allowed:
+            return []
+        k = min(len(allowed), 1 + self._hash("k", pid) % self.script.max_skills)
+        ranked = sorted(range(len(allowed)), key=lambda i: (self._hash("skill", pid, allowed[i]), i))
+        return [allowed[i] for i in sorted(ranked[:k])]
 
     def _one(self, prompt: Prompt, n: int, params: SamplingParams) -> GenerationResult:
         invalid = prompt_error(prompt)
@@ -433,6 +547,18 @@ def _as_script(script: Script | Mapping[str, Any] | str | Path | None) -> Script
     if isinstance(script, (str, Path)):
         return Script.from_file(script)
     raise ConfigError(f"script must be a Script, a dict or a file path, got {type(script).__name__}")
+
+
+def parse_skill_marker(problem: str) -> list[str] | None:
+    """Return the skills of the last ``[skills: a; b]`` marker in ``problem``, or None when it has none."""
+    found = _MARKER.findall(problem)
+    if not found:
+        return None
+    return [part.strip() for part in found[-1].split(";") if part.strip()]
+
+
+def _skill_key(skill: str) -> str:
+    return " ".join(skill.lower().split())
 
 
 def _tokens(text: str) -> int:

@@ -51,7 +51,8 @@ class Supervisor:
 
     def _start(self, svc: ServiceProc) -> None:
         out = open(svc.log_path, "ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **svc.env}
+        # Several model processes share few cores: OpenMP threads must sleep, not spin, while they wait.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE", **svc.env}
         svc.proc = subprocess.Popen(
             [sys.executable, "-m", "sparq_stream.cli", *svc.args],
             stdout=out,

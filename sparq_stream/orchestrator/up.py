@@ -49,7 +49,7 @@ class UpConfig(BaseModel):
     label_seeds: bool = Field(default=True, description="classify the seeds' skills before publishing (diverse selection needs them)")
     vocabulary: Path | None = Field(default=None, description="skill vocabulary JSON (default: packaged fallback)")
     contamination: list[Path] | None = Field(default=None, description="held-out files (default: the shared test sets)")
-    threads: int | None = Field(default=None, ge=1, description="torch threads per model service")
+    threads: int | None = Field(default=1, ge=1, description="torch threads per model service (5 processes share the cores)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop the run after this long, whatever is left")
     metrics_interval_s: float = Field(default=1.0, gt=0)
     extra: dict[str, list[str]] = Field(default_factory=dict, description="extra flags per service")
@@ -108,6 +108,7 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
         *(["--embedder-options", json.dumps(embedder_options)] if embedder_options else []),
         *_backend_flags(config),
         "--state-dir", str(state / "novelty"),
+        "--max-poll-records", "64", "--max-poll-interval-ms", str(3_600_000),
     ]
     if config.vocabulary:
         novelty += ["--vocabulary", str(config.vocabulary.resolve())]
@@ -116,7 +117,11 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
     args = {
         "archivist": ["--variant", config.variant, *cap, "--archive-dir", str(out / "archive")],
         "trainer": ["--export-dir", str(out / "export"), "--models-dir", str(out / "models"), "--export-every", "1"],
-        "solver": [*_backend_flags(config), "--k", str(config.k), *tokens, "--max-batch", str(config.batch_size)],
+        "solver": [
+            *_backend_flags(config), "--k", str(config.k), *tokens, "--max-batch", str(config.batch_size),
+            # a poll's batch is one backend call: keep it to b candidates and give slow CPU models time
+            "--max-poll-records", str(config.batch_size), "--max-poll-interval-ms", str(3_600_000),
+        ],
         "novelty": novelty,
         "mutator": [
             "--variant", config.variant, *cap,

@@ -1,0 +1,147 @@
+"""Novelty core throughput with the real embedder, and FAISS add+search cost and memory per item.
+
+    python bench/_novelty_bench.py core  [--n 1024] [--batch 64] [--threads 2]
+    python bench/_novelty_bench.py index [--sizes 10000 100000] [--kinds flat hnsw-fp16]
+
+``core``: the NoveltyCore with the packaged all-MiniLM-L6-v2 embedder and the scripted
+skill classifier (the classifier's cost is the generation backend's, measured elsewhere),
+its index holding the GSM8K train seeds; candidates are GSM8K test problems with their
+numbers changed, alternating with GSM8K train problems with their numbers changed (so about
+half of them are near copies of held-out problems, dropped as contamination).
+``index``: random unit vectors (384-d); add and 64-query search cost per index kind and
+size, and the resident memory each item adds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(os.environ.get("SPARQ_DATA_DIR", "/work/shared/data"))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _questions(name: str) -> list[str]:
+    out = []
+    for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+        obj = json.loads(line)
+        out.append(obj.get("question") or obj.get("problem"))
+    return out
+
+
+def bench_core(n: int, batch: int, threads: int) -> None:
+    """Candidates/s through NoveltyCore.handle_batch with the real embedder."""
+    import torch
+
+    from sparq_stream.core import Inbound
+    from sparq_stream.cores.novelty import NoveltyConfig, NoveltyCore, load_heldout
+    from sparq_stream.ids import problem_id
+    from sparq_stream.messages import Candidate, Seed
+    from sparq_stream.models.embeddings import SentenceTransformerEmbedder
+    from sparq_stream.models.scripted import ScriptedBackend
+
+    torch.set_num_threads(threads)
+    embedder = SentenceTransformerEmbedder(num_threads=threads)
+    t0 = time.perf_counter()
+    heldout = load_heldout([DATA / "gsm8k_test.jsonl", DATA / "math500_test.jsonl"], embedder)
+    t_held = time.perf_counter() - t0
+    core = NoveltyCore(NoveltyConfig(), embedder=embedder, backend=ScriptedBackend(), heldout=heldout)
+    seeds = _questions("gsm8k_train.jsonl")
+    t0 = time.perf_counter()
+    for i, text in enumerate(seeds):
+        core.on_table(Inbound("seeds", None, Seed(id=problem_id(text), problem=text, answer="0"), offset=i))
+    core.tick(0.0)
+    t_seeds = time.perf_counter() - t0
+    seed_vectors = core.index.vectors()
+    nearest = np.array([sim for sim, _ in heldout.nearest(seed_vectors)])
+    cut = core.config.contamination_threshold
+    rng = np.random.default_rng(0)
+    test = _questions("gsm8k_test.jsonl")
+    pool = [q for pair in zip(test, seeds[-len(test) :]) for q in pair]  # test- and train-derived, alternating
+    texts = [re.sub(r"\d+", lambda m: str(int(m.group()) + int(rng.integers(1, 50))), pool[i % len(pool)]) + f" (v{i})" for i in range(n)]
+    cands = [Candidate(id=problem_id(t), problem=t, solution="\\boxed{1}", answer="1", step=i) for i, t in enumerate(texts)]
+    t0 = time.perf_counter()
+    for start in range(0, n, batch):
+        chunk = cands[start : start + batch]
+        core.handle_batch([Inbound("candidates", c.id, c, offset=start + j) for j, c in enumerate(chunk)])
+    dt = time.perf_counter() - t0
+    m = core.metrics()
+    print(f"embedder all-MiniLM-L6-v2, torch threads={threads}, batch={batch}, load average {os.getloadavg()[0]:.1f}")
+    print(f"held-out: {len(heldout)} problems embedded in {t_held:.1f}s ({len(heldout) / t_held:.0f}/s)")
+    print(f"seeds: {len(seeds)} indexed in {t_seeds:.1f}s ({len(seeds) / t_seeds:.0f}/s)")
+    print(
+        f"train seeds whose nearest held-out problem is >= {cut}: {(nearest >= cut).mean():.2%} "
+        f"(>= 0.95: {(nearest >= 0.95).mean():.2%}; quantiles 50/99/99.9%: {np.quantile(nearest, [0.5, 0.99, 0.999]).round(3)})"
+    )
+    print(f"candidates: {n} in {dt:.1f}s = {n / dt:.1f} candidates/s")
+    print(
+        f"  embed {m['embed_seconds']:.1f}s (incl. seeds), decide+search {m['search_seconds']:.2f}s, classify(scripted) {m['classify_seconds']:.2f}s"
+    )
+    print(f"  accepted {m['accepted']:.0f}, drops: " + ", ".join(f"{k[8:]}={v:.0f}" for k, v in m.items() if k.startswith("dropped_")))
+    print(f"  index {m['index_size']:.0f} items, estimated {m['index_bytes'] / 2**20:.1f} MiB")
+
+
+def bench_index(sizes: list[int], kinds: list[str], dim: int = 384, queries: int = 64) -> None:
+    """Add and search cost, and memory per item, per index kind and size."""
+    from sparq_stream.index import VectorIndex, bytes_per_item
+
+    rng = np.random.default_rng(0)
+    print(f"dim={dim}, {queries}-query search (k=10), load average {os.getloadavg()[0]:.1f}")
+    print(f"{'kind':10} {'items':>9} {'add us/item':>12} {'search ms/query':>16} {'RSS B/item':>11} {'est B/item':>11}")
+    for kind in kinds:
+        for size in sizes:
+            base = _rss_mb()
+            index = VectorIndex(dim, kind)
+            ids = [f"{i:032x}" for i in range(size)]
+            add_s = 0.0
+            for start in range(0, size, 50_000):
+                block = rng.standard_normal((min(50_000, size - start), dim)).astype(np.float32)
+                block /= np.linalg.norm(block, axis=1, keepdims=True)
+                t0 = time.perf_counter()
+                index.add(ids[start : start + len(block)], block)
+                add_s += time.perf_counter() - t0
+                del block
+            rss = (_rss_mb() - base) * 2**20 / size
+            q = rng.standard_normal((queries, dim)).astype(np.float32)
+            q /= np.linalg.norm(q, axis=1, keepdims=True)
+            t0 = time.perf_counter()
+            index.search(q, 10)
+            search_s = time.perf_counter() - t0
+            print(
+                f"{kind:10} {size:>9} {add_s / size * 1e6:>12.1f} {search_s / queries * 1e3:>16.3f} {rss:>11.0f} {bytes_per_item(kind, dim):>11}"
+            )
+            del index, ids
+
+
+def main() -> None:
+    """Run one of the benchmarks."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    core = sub.add_parser("core")
+    core.add_argument("--n", type=int, default=1024)
+    core.add_argument("--batch", type=int, default=64)
+    core.add_argument("--threads", type=int, default=2)
+    index = sub.add_parser("index")
+    index.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    index.add_argument("--kinds", nargs="+", default=["flat", "flat-fp16", "hnsw", "hnsw-fp16"])
+    args = parser.parse_args()
+    if args.what == "core":
+        bench_core(args.n, args.batch, args.threads)
+    else:
+        bench_index(args.sizes, args.kinds)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,596 @@
+"""The novelty core: drop duplicates and contamination before the solver, attach novelty and skills.
+
+It sits before the solver on purpose: rejecting a duplicate costs one embedding, solving
+it costs K generations. For every batch of candidates it
+
+1. embeds the problem texts (one embedder call per batch);
+2. drops, in this order, ``exact_duplicate`` (the problem id was seen, or cosine >=
+   ``exact_threshold``), ``contamination`` (cosine >= ``contamination_threshold`` to a
+   held-out problem, or the same id) and ``near_duplicate`` (cosine >= ``dup_threshold``
+   to something seen), each counted as ``dropped_<reason>``. "Seen" is every seed and
+   every accepted candidate, including those accepted earlier in the same batch, so of
+   two candidates that duplicate each other the second is dropped;
+3. attaches ``novelty`` = mean cosine distance (1 - similarity) to the ``k_neighbours``
+   nearest seen problems (as pyribs' ProximityArchive; 1.0 when nothing was seen yet),
+   ``nearest_id`` and ``nearest_similarity``;
+4. classifies the survivors with the skill-classification prompt over the vocabulary
+   (``niche`` = :func:`~sparq_stream.qd.descriptors.niche_key` of the skills);
+5. adds the survivors to the index and emits a :class:`NovelCandidate` to ``novel``; every
+   dropped candidate becomes a :class:`Dropped` notice on ``drops`` (it returns the
+   mutator's flow-control credit: a duplicate never reaches ``solved``).
+
+Nothing changes in the index until the whole batch is decided and classified, so a
+retried batch (a retriable classifier failure) is decided the same way again.
+
+Message flow: inputs ``candidates``; tables ``seeds`` (indexed, never emitted) and, with
+``follow_novel``, ``novel`` (every accepted problem, from any replica); outputs ``novel``
+(key = problem id) and ``drops`` (key = problem id).
+
+Restart safety (snapshot plus replay): with ``state_dir`` set, the index, the ids, the
+offsets of the ``novel`` table it has read and the recent accepted outputs are
+snapshotted atomically every ``snapshot_every_s`` seconds or ``snapshot_every_items``
+additions, and on close. On start the snapshot is loaded; the wrapper then replays the
+tables: seeds already indexed are skipped by id, ``novel`` records below the snapshot's
+offsets are skipped, and the rest (what was accepted after the snapshot, by this or
+another replica) is embedded and added. So everything accepted before a crash is in the
+index again, and a candidate seen again after a restart is still a duplicate. A candidate
+*redelivered* (same problem and provenance: its batch was handled but not committed) is
+recognised against the recent outputs and re-emits the same NovelCandidate instead of
+being dropped as its own duplicate.
+
+Replicas: with ``follow_novel`` each replica also indexes what the others accept (they
+embed it once more), so near duplicates across partitions are caught once the other
+replica's output arrives; one replica is exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.errors import ConfigError, FatalError, RetriableError
+from sparq_stream.ids import problem_id
+from sparq_stream.index import VectorIndex
+from sparq_stream.messages import Candidate, Dropped, NovelCandidate, Seed
+from sparq_stream.models.base import EmbeddingBackend, GenerationBackend, SamplingParams
+from sparq_stream.prompts import SKILL_CLASSIFICATION, load_prompt
+from sparq_stream.qd.descriptors import niche_key
+from sparq_stream.qd.vocabulary import Vocabulary
+from sparq_stream.skills import classify_skills, load_vocabulary
+
+__all__ = [
+    "DROP_REASONS",
+    "DEFAULT_HELDOUT_FILES",
+    "NoveltyConfig",
+    "HeldOut",
+    "load_heldout",
+    "NoveltyCore",
+    "build_novelty",
+]
+
+log = logging.getLogger(__name__)
+
+EXACT = "exact_duplicate"
+NEAR = "near_duplicate"
+CONTAMINATION = "contamination"
+#: Every reason a candidate can be dropped for.
+DROP_REASONS: tuple[str, ...] = (EXACT, NEAR, CONTAMINATION)
+#: Held-out files checked for contamination when ``contamination`` is not set.
+DEFAULT_HELDOUT_FILES: tuple[str, ...] = ("gsm8k_test.jsonl", "math500_test.jsonl")
+#: Folders searched for the default held-out files, in order ($SPARQ_DATA_DIR first).
+_DEFAULT_DATA_DIRS: tuple[str, ...] = ("../shared/data", "/work/shared/data", "/data")
+_CANDIDATE_FIELDS = tuple(f for f in Candidate.model_fields if f != "created_at")
+_TABLE_FLUSH = 256
+_SNAPSHOT_DIR = "novelty-index"
+
+
+class NoveltyConfig(BaseModel):
+    """Every setting of the novelty core (defaults are the paper's where it has one)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    embedder: str = Field(default="sentence-transformers", description="embedding backend: sentence-transformers | hash")
+    embedder_options: dict[str, Any] = Field(default_factory=dict, description="embedding backend constructor options")
+    backend: str = Field(default="transformers", description="skill classifier backend: transformers | openai | vllm | scripted")
+    model: str | None = Field(default=None, description="classifier model (path or served name); unset: the backend's default")
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="generation backend constructor options")
+    vocabulary: str | None = Field(default=None, description="skill vocabulary JSON (sparq skills build); unset: the packaged fallback")
+    classify: bool = Field(default=True, description="attach the skill-set descriptor (off: every problem is in the empty niche)")
+    skill_batch_size: int = Field(default=64, ge=1, description="prompts per skill-classification call")
+    skill_max_tokens: int = Field(default=96, ge=8, description="token limit of a skill-classification answer")
+    dup_threshold: float = Field(default=0.95, gt=0.0, le=1.0, description="cosine at or above which a candidate is a near duplicate")
+    exact_threshold: float = Field(default=0.999, gt=0.0, le=1.0, description="cosine at or above which it counts as an exact duplicate")
+    contamination: list[str] | None = Field(
+        default=None,
+        description="held-out JSONL files (question or problem field); unset: gsm8k_test.jsonl and math500_test.jsonl "
+        "from $SPARQ_DATA_DIR, ../shared/data, /work/shared/data or /data; [] turns the check off",
+    )
+    contamination_threshold: float = Field(
+        default=0.90, gt=0.0, le=1.0, description="cosine to a held-out problem at or above which a candidate is contamination"
+    )
+    k_neighbours: int = Field(default=10, ge=1, description="k of the novelty score (mean distance to the k nearest seen)")
+    index_kind: Literal["flat", "flat-fp16", "hnsw", "hnsw-fp16"] = Field(
+        default="flat", description="FAISS index: flat (exact) for small runs, hnsw-fp16 for millions of problems"
+    )
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree")
+    ef_search: int = Field(default=128, ge=1, description="HNSW search breadth")
+    state_dir: str | None = Field(default=None, description="folder of the index snapshot; unset: no snapshot (restart = empty index)")
+    snapshot_every_s: float = Field(default=300.0, gt=0, description="snapshot at most this often while items are added")
+    snapshot_every_items: int = Field(default=20_000, ge=1, description="snapshot after this many additions")
+    follow_novel: bool = Field(default=True, description="also index the novel topic as a table (restart replay, replicas)")
+    redelivery_window: int = Field(default=2048, ge=0, description="recent outputs kept to recognise a redelivered candidate")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> NoveltyConfig:
+        if self.exact_threshold < self.dup_threshold:
+            raise ValueError("exact_threshold must be >= dup_threshold")
+        return self
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out problems for the contamination check: ids, source file names and unit vectors."""
+
+    ids: tuple[str, ...]
+    sources: tuple[str, ...]
+    vectors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def nearest(self, vectors: np.ndarray) -> list[tuple[float, int]]:
+        """Return (best cosine, row) of the held-out problem nearest to each query row; row -1 when empty."""
+        if not len(self.ids) or vectors.shape[0] == 0:
+            return [(-1.0, -1)] * vectors.shape[0]
+        sims = vectors @ self.vectors.T
+        rows = sims.argmax(axis=1)
+        return [(float(sims[i, r]), int(r)) for i, r in enumerate(rows)]
+
+
+def _read_problems(path: Path) -> list[str]:
+    problems: list[str] = []
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    log.warning("%s:%d is not JSON; skipped", path, number)
+                    continue
+                text = obj.get("problem", obj.get("question")) if isinstance(obj, dict) else None
+                if isinstance(text, str) and text.strip():
+                    problems.append(text.strip())
+    except OSError as exc:
+        raise ConfigError(f"cannot read held-out file {path}: {exc}") from None
+    return problems
+
+
+def _default_heldout_paths() -> list[Path]:
+    dirs = [os.environ["SPARQ_DATA_DIR"]] if os.environ.get("SPARQ_DATA_DIR") else []
+    for folder in [*dirs, *_DEFAULT_DATA_DIRS]:
+        found = [Path(folder) / name for name in DEFAULT_HELDOUT_FILES]
+        if all(p.is_file() for p in found):
+            return found
+    return []
+
+
+def load_heldout(
+    paths: Sequence[str | Path] | None, embedder: EmbeddingBackend, cache_dir: str | Path | None = None
+) -> HeldOut:
+    """Read and embed the held-out problems (None: the default files, if found); cache vectors in ``cache_dir``."""
+    if paths is None:
+        resolved = _default_heldout_paths()
+        if not resolved:
+            log.warning(
+                "no held-out files found (%s in $SPARQ_DATA_DIR or %s): the contamination check is OFF",
+                ", ".join(DEFAULT_HELDOUT_FILES),
+                ", ".join(_DEFAULT_DATA_DIRS),
+            )
+    else:
+        resolved = [Path(p) for p in paths]
+        missing = [str(p) for p in resolved if not p.is_file()]
+        if missing:
+            raise ConfigError(f"contamination: held-out file(s) not found: {', '.join(missing)}")
+    ids: list[str] = []
+    sources: list[str] = []
+    blocks: list[np.ndarray] = []
+    name = str(getattr(embedder, "model_name", type(embedder).__name__))
+    for path in resolved:
+        problems = _read_problems(path)
+        if not problems:
+            continue
+        digest = hashlib.sha256("\x1f".join([name, str(embedder.dim), *problems]).encode("utf-8")).hexdigest()[:16]
+        cached = Path(cache_dir) / f"heldout-{path.stem}-{digest}.npy" if cache_dir else None
+        vectors = None
+        if cached is not None and cached.is_file():
+            vectors = np.load(cached, allow_pickle=False)
+            if vectors.shape != (len(problems), embedder.dim):
+                vectors = None
+        if vectors is None:
+            vectors = np.asarray(embedder.embed(problems), dtype=np.float32)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cached.with_name(cached.name + ".tmp.npy")
+                np.save(tmp, vectors, allow_pickle=False)
+                os.replace(tmp, cached)
+        ids.extend(problem_id(p) for p in problems)
+        sources.extend([path.name] * len(problems))
+        blocks.append(vectors)
+        log.info("contamination check: %d held-out problems from %s", len(problems), path)
+    matrix = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
+    return HeldOut(tuple(ids), tuple(sources), np.ascontiguousarray(matrix, dtype=np.float32))
+
+
+@dataclass
+class _Decision:
+    """What happens to one candidate of a batch."""
+
+    kind: Literal["accept", "drop", "redeliver", "invalid"]
+    reason: str = ""
+    similarity: float = 0.0
+    match_id: str | None = None
+    match_source: str = ""
+    novelty: float = 1.0
+    output: NovelCandidate | None = None
+    same_as: int | None = None
+
+
+def _same_candidate(candidate: Candidate, seen: Candidate) -> bool:
+    """True when two candidates carry the same problem and provenance (a redelivery, not a new duplicate)."""
+    return all(getattr(candidate, f) == getattr(seen, f) for f in _CANDIDATE_FIELDS)
+
+
+class NoveltyCore(BaseCore):
+    """Dedup, contamination, novelty score and skill-set descriptor (see the module docstring)."""
+
+    name = "novelty"
+    inputs: tuple[str, ...] = ("candidates",)
+
+    def __init__(
+        self,
+        config: NoveltyConfig,
+        *,
+        embedder: EmbeddingBackend,
+        backend: GenerationBackend | None = None,
+        vocabulary: Vocabulary | None = None,
+        heldout: HeldOut | None = None,
+        owned: Sequence[Any] = (),
+    ) -> None:
+        """Build the core from already-built dependencies (``backend`` may be None when ``classify`` is off)."""
+        if config.classify and backend is None:
+            raise ConfigError("the novelty core needs a generation backend to classify skills (or classify=false)")
+        self.config = config
+        self.embedder = embedder
+        self.backend = backend
+        self.vocabulary = vocabulary if vocabulary is not None else (load_vocabulary(config.vocabulary) if config.classify else None)
+        self.tables = ("seeds", "novel") if config.follow_novel else ("seeds",)
+        self._owned = list(owned)
+        self._template = load_prompt(SKILL_CLASSIFICATION)
+        self._skill_params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=config.skill_max_tokens)
+        self._embedder_name = str(getattr(embedder, "model_name", type(embedder).__name__))
+        self.counters: Counter[str] = Counter()
+        self._timers: Counter[str] = Counter()
+        self._recent: OrderedDict[str, NovelCandidate] = OrderedDict()
+        self._pending: OrderedDict[str, str] = OrderedDict()
+        self._table_offsets: dict[str, int] = {}
+        self._skip_below: dict[str, int] = {}
+        self._snapshot_root = Path(config.state_dir) / _SNAPSHOT_DIR if config.state_dir else None
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self.index = self._load_or_create()
+        if heldout is None:
+            cache = Path(config.state_dir) if config.state_dir else None
+            heldout = load_heldout(config.contamination, embedder, cache)
+        if heldout.vectors.shape[1] != embedder.dim:
+            raise ConfigError(f"held-out vectors have dimension {heldout.vectors.shape[1]}, the embedder {embedder.dim}")
+        self.heldout = heldout
+        self._heldout_ids = {pid: i for i, pid in enumerate(heldout.ids)}
+
+    # ------------------------------------------------------------------ the core contract
+    def handle(self, inbound: Inbound) -> list[Outgoing]:
+        """Handle one candidate (the batch path does the work)."""
+        return self.handle_batch([inbound])[0]
+
+    def handle_batch(self, batch: Sequence[Inbound]) -> list[list[Outgoing]]:
+        """Decide a batch of candidates together (one embedding call, one classifier pass)."""
+        self._flush_pending()
+        candidates: list[Candidate] = []
+        for item in batch:
+            if not isinstance(item.message, Candidate):
+                got = "a tombstone" if item.message is None else type(item.message).__name__
+                raise FatalError(f"the novelty core reads Candidate messages, got {got} at {item.topic}[{item.partition}]@{item.offset}")
+            candidates.append(item.message)
+        if not candidates:
+            return []
+        started = time.perf_counter()
+        vectors = np.asarray(self.embedder.embed([c.problem for c in candidates]), dtype=np.float32)
+        self._timers["embed_seconds"] += time.perf_counter() - started
+        started = time.perf_counter()
+        decisions = self._decide(candidates, vectors)
+        self._timers["search_seconds"] += time.perf_counter() - started
+        accepted = [i for i, d in enumerate(decisions) if d.kind == "accept"]
+        skills = self._classify([candidates[i].problem for i in accepted])
+        for i, names in zip(accepted, skills):
+            decisions[i].output = self._novel(candidates[i], decisions[i], names)
+        self._apply(candidates, vectors, decisions)
+        return [self._outputs(c, d) for c, d in zip(candidates, decisions)]
+
+    def on_table(self, inbound: Inbound) -> list[Outgoing]:
+        """Index seeds, and (``follow_novel``) problems accepted after the snapshot or by another replica."""
+        message = inbound.message
+        if inbound.topic == "seeds" and isinstance(message, Seed):
+            if message.id not in self.index:
+                self._pending.setdefault(message.id, message.problem)
+                self.counters["seeds_indexed"] += 1
+        elif inbound.topic == "novel" and isinstance(message, NovelCandidate):
+            part = str(inbound.partition)
+            if inbound.offset < self._skip_below.get(part, 0):
+                return []
+            self._table_offsets[part] = max(self._table_offsets.get(part, 0), inbound.offset + 1)
+            if message.id not in self.index:
+                self._pending.setdefault(message.id, message.problem)
+                self.counters["replayed"] += 1
+            self._remember(message)
+        if len(self._pending) >= _TABLE_FLUSH:
+            self._flush_pending()
+        return []
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """Index what the tables brought in, and snapshot when due."""
+        self._flush_pending()
+        if self._snapshot_root is not None and self._since_snapshot:
+            due = time.monotonic() - self._last_snapshot >= self.config.snapshot_every_s
+            if due or self._since_snapshot >= self.config.snapshot_every_items:
+                self.snapshot()
+        return []
+
+    def metrics(self) -> dict[str, float]:
+        """Counters (received, accepted, dropped, dropped_<reason>, ...) and gauges (index size and memory, timings)."""
+        out = {k: float(v) for k, v in self.counters.items()}
+        out.update({k: float(v) for k, v in self._timers.items()})
+        for name in ("received", "accepted", "dropped", "redelivered", *(f"dropped_{r}" for r in DROP_REASONS)):
+            out.setdefault(name, 0.0)
+        out["index_size"] = float(len(self.index))
+        out["index_bytes"] = float(self.index.memory_bytes())
+        out["heldout_size"] = float(len(self.heldout))
+        out["pending"] = float(len(self._pending))
+        return out
+
+    def close(self) -> None:
+        """Index what is pending, write a last snapshot, release owned backends."""
+        self._flush_pending()
+        if self._snapshot_root is not None and self._since_snapshot:
+            self.snapshot()
+        for resource in self._owned:
+            closer = getattr(resource, "close", None)
+            if callable(closer):
+                closer()
+        self._owned.clear()
+
+    # ------------------------------------------------------------------ snapshots
+    def snapshot(self) -> Path | None:
+        """Write the index snapshot now (no-op without ``state_dir``); return its folder."""
+        if self._snapshot_root is None:
+            return None
+        self._flush_pending()
+        started = time.perf_counter()
+        extra = {
+            "embedder": self._embedder_name,
+            "novel_offsets": dict(self._table_offsets),
+            "recent": [nc.model_dump(mode="json") for nc in self._recent.values()],
+        }
+        folder = self.index.snapshot(self._snapshot_root, extra)
+        self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
+        self.counters["snapshots"] += 1
+        self._timers["snapshot_seconds"] += time.perf_counter() - started
+        log.info("novelty index snapshot: %d items -> %s", len(self.index), folder)
+        return folder
+
+    def _load_or_create(self) -> VectorIndex:
+        cfg = self.config
+        if self._snapshot_root is not None:
+            loaded = VectorIndex.restore(self._snapshot_root)
+            if loaded is not None:
+                index, extra = loaded
+                if index.dim != self.embedder.dim or extra.get("embedder") != self._embedder_name:
+                    raise ConfigError(
+                        f"the index snapshot in {self._snapshot_root} was made with embedder {extra.get('embedder')!r} "
+                        f"({index.dim}-d), this core uses {self._embedder_name!r} ({self.embedder.dim}-d): "
+                        "use another state_dir or delete the snapshot"
+                    )
+                if index.kind != cfg.index_kind:
+                    log.warning("the snapshot holds a %s index; index_kind=%s is ignored", index.kind, cfg.index_kind)
+                self._skip_below = {str(k): int(v) for k, v in (extra.get("novel_offsets") or {}).items()}
+                self._table_offsets = dict(self._skip_below)
+                for data in extra.get("recent") or []:
+                    self._remember(NovelCandidate.model_validate(data))
+                log.info("restored the novelty index: %d items from %s", len(index), self._snapshot_root)
+                self.counters["restored_items"] = len(index)
+                return index
+        return VectorIndex(self.embedder.dim, cfg.index_kind, hnsw_m=cfg.hnsw_m, ef_search=cfg.ef_search)
+
+    # ------------------------------------------------------------------ internals
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        ids = list(self._pending)
+        texts = [self._pending[i] for i in ids]
+        self._pending.clear()
+        started = time.perf_counter()
+        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32)
+        self._timers["embed_seconds"] += time.perf_counter() - started
+        self._since_snapshot += self.index.add(ids, vectors)
+
+    def _remember(self, output: NovelCandidate) -> None:
+        if self.config.redelivery_window <= 0:
+            return
+        self._recent[output.id] = output
+        self._recent.move_to_end(output.id)
+        while len(self._recent) > self.config.redelivery_window:
+            self._recent.popitem(last=False)
+
+    def _decide(self, candidates: list[Candidate], vectors: np.ndarray) -> list[_Decision]:
+        cfg = self.config
+        found = self.index.search(vectors, cfg.k_neighbours)
+        held = self.heldout.nearest(vectors)
+        gram = vectors @ vectors.T
+        accepted: list[int] = []
+        accepted_by_id: dict[str, int] = {}
+        decisions: list[_Decision] = []
+        for i, cand in enumerate(candidates):
+            decisions.append(self._decide_one(i, cand, found[i], held[i], gram, accepted, accepted_by_id, candidates))
+            if decisions[-1].kind == "accept":
+                accepted.append(i)
+                accepted_by_id[cand.id] = i
+        return decisions
+
+    def _decide_one(
+        self,
+        i: int,
+        cand: Candidate,
+        found: list[tuple[str, float]],
+        held: tuple[float, int],
+        gram: np.ndarray,
+        accepted: list[int],
+        accepted_by_id: dict[str, int],
+        candidates: list[Candidate],
+    ) -> _Decision:
+        cfg = self.config
+        if cand.id in accepted_by_id:
+            first = accepted_by_id[cand.id]
+            if _same_candidate(cand, candidates[first]):
+                return _Decision("redeliver", same_as=first)
+            return _Decision("drop", EXACT, 1.0, cand.id, "seen")
+        if cand.id in self.index:
+            previous = self._recent.get(cand.id)
+            if previous is not None and _same_candidate(cand, previous):
+                return _Decision("redeliver", output=previous)
+            return _Decision("drop", EXACT, 1.0, cand.id, "seen")
+        row = self._heldout_ids.get(cand.id)
+        if row is not None:
+            return _Decision("drop", CONTAMINATION, 1.0, cand.id, self.heldout.sources[row])
+        held_sim, held_row = held
+        if held_row >= 0 and held_sim >= cfg.contamination_threshold:
+            return _Decision("drop", CONTAMINATION, held_sim, self.heldout.ids[held_row], self.heldout.sources[held_row])
+        neighbours = list(found)
+        neighbours.extend((candidates[j].id, float(gram[i, j])) for j in accepted)
+        neighbours.sort(key=lambda pair: (-pair[1], pair[0]))
+        neighbours = neighbours[: cfg.k_neighbours]
+        if neighbours:
+            best_id, best = neighbours[0]
+            if best >= cfg.exact_threshold:
+                return _Decision("drop", EXACT, best, best_id, "seen")
+            if best >= cfg.dup_threshold:
+                return _Decision("drop", NEAR, best, best_id, "seen")
+            novelty = float(np.mean([1.0 - s for _, s in neighbours]))
+            return _Decision("accept", similarity=best, match_id=best_id, novelty=novelty)
+        return _Decision("accept", similarity=0.0, match_id=None, novelty=1.0)
+
+    def _classify(self, problems: list[str]) -> list[list[str]]:
+        if not problems or not self.config.classify:
+            return [[] for _ in problems]
+        assert self.backend is not None and self.vocabulary is not None
+        started = time.perf_counter()
+        answers = classify_skills(
+            problems,
+            self.backend,
+            self.vocabulary,
+            batch_size=self.config.skill_batch_size,
+            params=self._skill_params,
+            template=self._template,
+        )
+        self._timers["classify_seconds"] += time.perf_counter() - started
+        failed = [a.error for a in answers if not a.ok]
+        if failed:
+            self.counters["skill_errors"] += len(failed)
+            raise RetriableError(f"skill classification failed for {len(failed)} of {len(problems)} problems: {failed[0]}")
+        for answer in answers:
+            if not answer.skills:
+                self.counters["skill_parse_failures"] += 1
+        return [a.skills for a in answers]
+
+    def _novel(self, cand: Candidate, decision: _Decision, skills: list[str]) -> NovelCandidate:
+        data = {name: getattr(cand, name) for name in Candidate.model_fields}
+        return NovelCandidate(
+            **data,
+            novelty=decision.novelty,
+            skills=sorted(skills),
+            niche=niche_key(skills),
+            nearest_id=decision.match_id,
+            nearest_similarity=decision.similarity,
+        )
+
+    def _apply(self, candidates: list[Candidate], vectors: np.ndarray, decisions: list[_Decision]) -> None:
+        accepted = [i for i, d in enumerate(decisions) if d.kind == "accept"]
+        if accepted:
+            self._since_snapshot += self.index.add([candidates[i].id for i in accepted], vectors[accepted])
+        for decision in decisions:
+            self.counters["received"] += 1
+            if decision.same_as is not None:
+                decision.output = decisions[decision.same_as].output
+            if decision.kind in ("accept", "redeliver"):
+                assert decision.output is not None
+                self._remember(decision.output)
+                self.counters["accepted" if decision.kind == "accept" else "redelivered"] += 1
+            else:
+                self.counters["dropped"] += 1
+                self.counters[f"dropped_{decision.reason}"] += 1
+
+    def _outputs(self, cand: Candidate, decision: _Decision) -> list[Outgoing]:
+        if decision.output is not None:
+            return [Outgoing("novel", decision.output)]
+        dropped = Dropped(
+            id=cand.id,
+            reason=decision.reason,
+            similarity=decision.similarity,
+            match_id=decision.match_id,
+            match_source=decision.match_source,
+            problem=cand.problem,
+            parent_ids=list(cand.parent_ids),
+            step=cand.step,
+            variant=cand.variant,
+            model=cand.model,
+        )
+        return [Outgoing("drops", dropped)]
+
+
+def build_novelty(
+    config: NoveltyConfig,
+    *,
+    embedder: EmbeddingBackend | None = None,
+    backend: GenerationBackend | None = None,
+    vocabulary: Vocabulary | None = None,
+    heldout: HeldOut | None = None,
+) -> NoveltyCore:
+    """Build the novelty core, creating the embedder and classifier backend named in ``config`` unless given."""
+    from sparq_stream.models.registry import make_embedding_backend, make_generation_backend
+
+    owned: list[Any] = []
+    if embedder is None:
+        embedder = make_embedding_backend(config.embedder, **config.embedder_options)
+        owned.append(embedder)
+    if backend is None and config.classify:
+        options = dict(config.backend_options)
+        if config.model is not None:
+            options.setdefault("model", config.model)
+        backend = make_generation_backend(config.backend, **options)
+        owned.append(backend)
+    if vocabulary is None and config.classify:
+        vocabulary = load_vocabulary(config.vocabulary)
+    return NoveltyCore(
+        config, embedder=embedder, backend=backend, vocabulary=vocabulary, heldout=heldout, owned=owned
+    )

@@ -1,0 +1,437 @@
+"""The trainer core: follows the elites (and optionally the archive), exports the training set, fine-tunes.
+
+Message flow (no input topic; everything arrives as tables, read whole on every start):
+
+- ``elites`` (compacted, key = slot): the working set W. The core keeps the last value per
+  slot; a tombstone deletes the slot. ``archive`` (only with ``include_archive``): every
+  scored child; those with QUALITY > 0 and correct rollouts join the training set too.
+  ``models`` (compacted, key = model name): the latest published version of
+  ``model_name``, so version numbers keep increasing across restarts.
+- ``tick`` exports the training set (every problem with QUALITY > 0 paired with each of its
+  correct rollouts) to ``export_dir`` once ``export_every`` changes have accumulated or
+  ``export_every_s`` seconds after the first unexported change, and on close. Exports are
+  atomic and deterministic (same state, byte-identical files).
+- With ``train_every > 0``, an export holding at least that many examples the latest version
+  was not trained on starts a fine-tuning run (in a background thread by default) on a frozen
+  snapshot of the export; when it finishes, the core publishes a :class:`ModelVersion` on
+  ``models`` keyed by ``model_name``. Version folders are ``models_dir/<name>-vNNNN`` holding
+  ``model/`` (a full model folder every backend loads), ``adapter/`` (LoRA), ``data/`` (the
+  training set it saw) and ``train_result.json``. A version folder that was finished but not
+  published before a crash is published on the next start.
+
+Idempotent: state is keyed (slot, problem id, version), so a redelivered record changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.errors import ConfigError
+from sparq_stream.messages import Elite, ModelVersion, SolveResult
+from sparq_stream.training.evaluate import EvalResult, evaluate
+from sparq_stream.training.export import ExportInfo, build_examples, read_examples, write_examples
+from sparq_stream.training.sft import MODEL_SUBDIR, RESULT_NAME, TrainingCancelled, TrainResult, train_sft
+
+__all__ = ["TrainerConfig", "TrainerCore", "build_trainer", "version_dir_name"]
+
+log = logging.getLogger(__name__)
+
+_DATA_SUBDIR = "data"
+
+
+class TrainerConfig(BaseModel):
+    """Every setting of the trainer service."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    export_dir: Path = Field(Path("sparq-out/export"), description="where the training set (JSONL + Parquet) is written")
+    export_every: int = Field(64, ge=1, description="export after this many changes to the training set")
+    export_every_s: float = Field(
+        30.0, gt=0, description="or this many seconds after the first change not yet exported"
+    )
+    include_archive: bool = Field(
+        False, description="also keep every archived child with QUALITY > 0 (reads the archive topic), not only the elites"
+    )
+    train_every: int = Field(
+        0,
+        ge=0,
+        description="fine-tune when an export holds this many examples the latest version did not see; 0 = never",
+    )
+    model_name: str = Field(
+        "student", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="published model name (the models topic key)"
+    )
+    models_dir: Path = Field(Path("sparq-out/models"), description="where model versions are saved")
+    base_model: str | None = Field(
+        None, description="model to fine-tune: GGUF file or model folder; unset = the packaged SmolLM2-135M-Instruct"
+    )
+    train_from: Literal["base", "latest"] = Field(
+        "base", description="start each version from the base model, or from the latest published version"
+    )
+    train_method: Literal["lora", "full"] = Field("lora", description="full fine-tuning or LoRA (peft)")
+    train_epochs: int = Field(1, ge=1, description="passes over the training set")
+    train_lr: float | None = Field(None, gt=0, description="learning rate; unset = 2e-4 for LoRA, 1e-5 for full")
+    train_batch_size: int = Field(4, ge=1, description="examples per optimiser step")
+    train_max_steps: int | None = Field(None, ge=1, description="cap on optimiser steps per version")
+    train_max_seq_len: int = Field(1024, ge=8, description="tokens per example (prompt + target); longer targets are cut")
+    train_seed: int = Field(0, description="seed of the data order and the adapter initialisation")
+    train_threads: int | None = Field(None, ge=1, description="torch CPU threads for training and evaluation")
+    train_bf16: bool = Field(False, description="bfloat16 autocast for training (faster on CPUs with AVX512-BF16)")
+    train_in_background: bool = Field(
+        True, description="train in a background thread (the core keeps following and exporting meanwhile)"
+    )
+    eval_path: Path | None = Field(None, description="held-out JSONL to score each new version on (unset = no eval)")
+    eval_limit: int = Field(50, ge=1, description="held-out problems per evaluation")
+    eval_max_tokens: int = Field(512, ge=1, description="max new tokens per evaluation answer")
+
+
+def version_dir_name(model_name: str, version: int) -> str:
+    """Return the folder name of one model version, e.g. ``student-v0003``."""
+    return f"{model_name}-v{version:04d}"
+
+
+class TrainerCore(BaseCore):
+    """Follows W (and optionally A), exports the training set, and optionally fine-tunes and publishes versions."""
+
+    name = "trainer"
+    inputs: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        *,
+        train_fn: Callable[..., TrainResult] = train_sft,
+        eval_fn: Callable[..., EvalResult] = evaluate,
+    ) -> None:
+        self.config = config
+        self.tables = ("elites", "models") + (("archive",) if config.include_archive else ())
+        self._train_fn = train_fn
+        self._eval_fn = eval_fn
+        self._elites: dict[str, Elite] = {}
+        self._archive: dict[str, SolveResult] = {}
+        self._latest: ModelVersion | None = None
+        self._changes = 0
+        self._first_change: float | None = None
+        self._last_export: ExportInfo | None = None
+        self._export_ids: list[str] = []
+        self._rows_cache: list[dict[str, Any]] = []
+        self._trained_ids: set[str] | None = None
+        self._started = False
+        self._stop = threading.Event()
+        self._executor: ThreadPoolExecutor | None = None
+        self._job: Future[ModelVersion] | None = None
+        self._job_version = 0
+        self._counts: Counter[str] = Counter()
+
+    # ------------------------------------------------------------------ tables
+    def on_table(self, inbound: Inbound) -> list[Outgoing]:
+        """Apply one elites / archive / models record (tombstones delete an elite slot)."""
+        if inbound.topic == "elites":
+            self._on_elite(inbound)
+        elif inbound.topic == "archive":
+            self._on_archived(inbound)
+        elif inbound.topic == "models":
+            self._on_model(inbound)
+        else:
+            log.warning("ignoring a record of unexpected table topic %r", inbound.topic)
+        return []
+
+    def _on_elite(self, inbound: Inbound) -> None:
+        message = inbound.message
+        if message is not None and not isinstance(message, Elite):
+            self._counts["ignored_records"] += 1
+            log.warning("elites topic: ignoring a %s record", type(message).__name__)
+            return
+        slot = inbound.key if inbound.key is not None else (message.slot if message is not None else None)
+        if slot is None:
+            self._counts["ignored_records"] += 1
+            return
+        if message is None:
+            self._counts["tombstones_seen"] += 1
+            if self._elites.pop(slot, None) is not None:
+                self._changed()
+            return
+        self._counts["elites_seen"] += 1
+        if self._elites.get(slot) != message:
+            self._elites[slot] = message
+            self._changed()
+
+    def _on_archived(self, inbound: Inbound) -> None:
+        message = inbound.message
+        if not isinstance(message, SolveResult):
+            self._counts["ignored_records"] += 1
+            return
+        self._counts["archive_seen"] += 1
+        if message.quality > 0 and message.correct_rollouts and message.id not in self._archive:
+            self._archive[message.id] = message
+            self._changed()
+
+    def _on_model(self, inbound: Inbound) -> None:
+        message = inbound.message
+        if not isinstance(message, ModelVersion) or message.name != self.config.model_name:
+            return
+        if self._latest is None or message.number > self._latest.number:
+            self._latest = message
+            self._trained_ids = None  # reload lazily from the version's data folder
+
+    def _changed(self) -> None:
+        self._changes += 1
+
+    # ------------------------------------------------------------------ timers
+    def tick(self, now: float) -> list[Outgoing]:
+        """Publish a finished version, export when due, and start training when enough is new."""
+        outputs: list[Outgoing] = []
+        if not self._started:
+            self._started = True
+            outputs.extend(self._recover_unpublished())
+        outputs.extend(self._collect_job())
+        if self._changes and self._first_change is None:
+            self._first_change = now
+        if self._export_due(now):
+            self.export()
+            started = self._maybe_train()
+            if started is not None:
+                outputs.extend(started)
+        return outputs
+
+    def _export_due(self, now: float) -> bool:
+        if not self._changes:
+            return False
+        if self._changes >= self.config.export_every:
+            return True
+        return self._first_change is not None and now - self._first_change >= self.config.export_every_s
+
+    def export(self) -> ExportInfo:
+        """Write the current training set to ``export_dir`` now (atomic, deterministic)."""
+        skipped: Counter[str] = Counter()
+        rows = self._rows(skipped)
+        source = "elites+archive" if self.config.include_archive else "elites"
+        info = write_examples(rows, self.config.export_dir, skipped=skipped, extra={"filtered": True, "source": source})
+        self._rows_cache = rows
+        self._export_ids = [row["id"] for row in rows]
+        self._last_export = info
+        self._changes = 0
+        self._first_change = None
+        self._counts["exports"] += 1
+        log.info("exported %d examples of %d problems to %s", info.examples, info.problems, info.out_dir)
+        return info
+
+    def _rows(self, skipped: Counter[str]) -> list[dict[str, Any]]:
+        """The current example rows: elites first (by slot), then archived problems (by id)."""
+        rows = build_examples((self._elites[s] for s in sorted(self._elites)), source="elites", skipped=skipped)
+        if self.config.include_archive:
+            in_elites = {e.id for e in self._elites.values()}
+            archived = (self._archive[i] for i in sorted(self._archive) if i not in in_elites)
+            rows += build_examples(archived, source="archive", skipped=skipped)
+            rows.sort(key=lambda r: (r["problem_id"], r["rollout_index"]))
+        return rows
+
+    # ------------------------------------------------------------------ training
+    @property
+    def latest_version(self) -> int:
+        """The latest published version number of ``model_name`` (0: none yet)."""
+        return self._latest.number if self._latest is not None else 0
+
+    @property
+    def training(self) -> bool:
+        """True while a fine-tuning run is in progress."""
+        return self._job is not None and not self._job.done()
+
+    def _maybe_train(self) -> list[Outgoing] | None:
+        """Start a fine-tuning run on the last export when ``train_every`` new examples have accumulated."""
+        if self.config.train_every <= 0 or self._job is not None or not self._export_ids:
+            return None
+        trained = self._load_trained_ids()
+        new = sum(1 for i in self._export_ids if i not in trained)
+        if new < self.config.train_every:
+            return None
+        version = self.latest_version + 1
+        snapshot = self.config.models_dir / f".pending-{version_dir_name(self.config.model_name, version)}"
+        if snapshot.exists():
+            shutil.rmtree(snapshot)
+        write_examples(self._rows_cache, snapshot, extra={"filtered": True, "version": version})
+        self._job_version = version
+        self._trained_ids = set(self._export_ids)  # what this version sees (also after a failure: no retry loop)
+        log.info("training %s version %d on %d examples (%d new)", self.config.model_name, version, len(self._export_ids), new)
+        if self.config.train_in_background:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer")
+            self._job = self._executor.submit(self._train_job, version, snapshot, self._latest)
+            return []
+        done: Future[ModelVersion] = Future()
+        try:
+            done.set_result(self._train_job(version, snapshot, self._latest))
+        except BaseException as exc:  # noqa: BLE001 - reported by _collect_job like a background failure
+            done.set_exception(exc)
+        self._job = done
+        return self._collect_job()
+
+    def _train_job(self, version: int, snapshot: Path, parent: ModelVersion | None) -> ModelVersion:
+        """Fine-tune on ``snapshot``, evaluate if configured, and return the version to publish."""
+        cfg = self.config
+        out = cfg.models_dir / version_dir_name(cfg.model_name, version)
+        base: str | None = cfg.base_model
+        if cfg.train_from == "latest" and parent is not None:
+            base = parent.path
+        result = self._train_fn(
+            snapshot,
+            base,
+            out,
+            method=cfg.train_method,
+            epochs=cfg.train_epochs,
+            lr=cfg.train_lr,
+            batch_size=cfg.train_batch_size,
+            max_steps=cfg.train_max_steps,
+            max_seq_len=cfg.train_max_seq_len,
+            seed=cfg.train_seed,
+            num_threads=cfg.train_threads,
+            bf16=cfg.train_bf16,
+            overwrite=True,
+            should_stop=self._stop.is_set,
+        )
+        data = out / _DATA_SUBDIR
+        if data.exists():
+            shutil.rmtree(data)
+        os.replace(snapshot, data)
+        metrics = _train_metrics(result.to_dict())
+        if cfg.eval_path is not None:
+            scored = self._eval_fn(
+                result.path, cfg.eval_path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens, num_threads=cfg.train_threads
+            )
+            metrics.update(eval_accuracy=scored.accuracy, eval_n=float(scored.n), eval_seconds=scored.seconds)
+        return ModelVersion(
+            name=cfg.model_name,
+            number=version,
+            path=str(Path(result.path).resolve()),
+            base_model=base or "SmolLM2-135M-Instruct",
+            parent_version=parent.number if parent is not None else None,
+            train_examples=result.examples,
+            metrics=metrics,
+        )
+
+    def _collect_job(self) -> list[Outgoing]:
+        """Publish the finished run's version (or log its failure)."""
+        job = self._job
+        if job is None or not job.done():
+            return []
+        self._job = None
+        try:
+            version = job.result()
+        except TrainingCancelled as exc:
+            log.info("training cancelled: %s", exc)
+            return []
+        except Exception:
+            self._counts["train_failures"] += 1
+            log.exception("training version %d failed; waiting for %d new examples", self._job_version, self.config.train_every)
+            return []
+        return [self._publish(version)]
+
+    def _publish(self, version: ModelVersion) -> Outgoing:
+        if self._latest is None or version.number > self._latest.number:
+            self._latest = version
+        self._counts["versions"] += 1
+        log.info("publishing %s version %d (%s)", version.name, version.number, version.path)
+        return Outgoing("models", version, key=version.name)
+
+    def _load_trained_ids(self) -> set[str]:
+        """The example ids the latest version was trained on (empty when unknown)."""
+        if self._trained_ids is None:
+            self._trained_ids = set()
+            if self._latest is not None:
+                data = Path(self._latest.path).parent / _DATA_SUBDIR
+                try:
+                    self._trained_ids = {row["id"] for row in read_examples(data, columns=["id"])}
+                except ConfigError:
+                    log.info("no training data recorded for %s v%d", self._latest.name, self._latest.number)
+        return self._trained_ids
+
+    def _recover_unpublished(self) -> list[Outgoing]:
+        """Publish version folders that were finished but not published (a crash between save and publish)."""
+        pattern = re.compile(rf"^{re.escape(self.config.model_name)}-v(\d{{4,}})$")
+        if not self.config.models_dir.is_dir():
+            return []
+        for stale in self.config.models_dir.glob(f".pending-{self.config.model_name}-v*"):
+            shutil.rmtree(stale, ignore_errors=True)  # the snapshot of a run that never finished
+        outputs = []
+        for folder in sorted(self.config.models_dir.iterdir()):
+            found = pattern.match(folder.name)
+            if not found or int(found.group(1)) <= self.latest_version:
+                continue
+            result_file = folder / RESULT_NAME
+            if not result_file.is_file() or not (folder / MODEL_SUBDIR / "config.json").is_file():
+                continue
+            try:
+                result = json.loads(result_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s: %s", result_file, exc)
+                continue
+            version = ModelVersion(
+                name=self.config.model_name,
+                number=int(found.group(1)),
+                path=str((folder / MODEL_SUBDIR).resolve()),
+                base_model=str(result.get("base_model") or ""),
+                parent_version=self.latest_version or None,
+                train_examples=int(result.get("examples") or 0),
+                metrics=_train_metrics(result),
+            )
+            log.info("publishing %s, finished before a restart", folder)
+            outputs.append(self._publish(version))
+        return outputs
+
+    # ------------------------------------------------------------------ lifecycle
+    def metrics(self) -> dict[str, float]:
+        """Counters: elites_seen, examples, exports, versions, and gauges of the current state."""
+        last = self._last_export
+        return {
+            "elites_seen": float(self._counts["elites_seen"]),
+            "tombstones_seen": float(self._counts["tombstones_seen"]),
+            "archive_seen": float(self._counts["archive_seen"]),
+            "elites": float(len(self._elites)),
+            "problems": float(last.problems if last else 0),
+            "examples": float(last.examples if last else 0),
+            "exports": float(self._counts["exports"]),
+            "versions": float(self._counts["versions"]),
+            "latest_version": float(self.latest_version),
+            "training": float(self.training),
+            "train_failures": float(self._counts["train_failures"]),
+            "pending_changes": float(self._changes),
+        }
+
+    def close(self) -> None:
+        """Cancel a run in progress (nothing half-saved is published) and write a final export."""
+        self._stop.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._changes:
+            self.export()
+
+
+def _train_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The numeric training figures published with a version."""
+    keys = ("steps", "loss_first", "loss_last", "examples", "tokens", "seconds", "steps_per_s")
+    out = {}
+    for key in keys:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out["train_" + key if not key.startswith("train") else key] = float(value)
+    return out
+
+
+def build_trainer(config: TrainerConfig, **deps: Any) -> TrainerCore:
+    """Build the trainer core from its config (``deps``: optional ``train_fn`` / ``eval_fn`` overrides)."""
+    if config.eval_path is not None and not Path(config.eval_path).is_file():
+        raise ConfigError(f"eval_path {config.eval_path} does not exist")
+    return TrainerCore(config, **deps)

@@ -1,0 +1,364 @@
+"""The training set: kept problems paired with their correct rollouts, exported as JSONL and Parquet.
+
+One training example per (problem, target): for the *filtered* set (the paper's), every
+problem with QUALITY > 0 is paired with each of its correct solver rollouts; for the
+*unfiltered* baseline, every scored child is paired with its own (possibly wrong)
+self-generated solution. Each example is a chat (``messages``: the rendered solve prompt,
+then the assistant's target) plus provenance columns.
+
+Exports are deterministic and atomic: rows are sorted by (problem id, rollout index), no
+timestamp is written, and each file is written under a temporary name then renamed into
+place, so two exports of the same state are byte-identical and a reader never sees a
+half-written file. Both files load with ``datasets.load_dataset("json"|"parquet", ...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sparq_stream.errors import ConfigError
+from sparq_stream.messages import Elite, SolveResult
+from sparq_stream.prompts import SOLVE, PromptTemplate, load_prompt
+
+__all__ = [
+    "EXPORT_SCHEMA",
+    "JSONL_NAME",
+    "MANIFEST_NAME",
+    "PARQUET_NAME",
+    "ExportInfo",
+    "build_examples",
+    "example_id",
+    "export_from_archive",
+    "export_training_set",
+    "read_examples",
+    "write_examples",
+]
+
+log = logging.getLogger(__name__)
+
+#: File names inside an export directory.
+JSONL_NAME = "train.jsonl"
+PARQUET_NAME = "train.parquet"
+MANIFEST_NAME = "export.json"
+_MANIFEST_SCHEMA = "sparq.training_set"
+_MANIFEST_VERSION = 1
+
+_MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+#: The Arrow schema of one training example (the JSONL rows hold the same fields, in this order).
+EXPORT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("problem_id", pa.string()),
+        pa.field("rollout_index", pa.int64()),
+        pa.field("messages", pa.list_(_MESSAGE)),
+        pa.field("problem", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("response", pa.string()),
+        pa.field("target", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("slot", pa.string()),
+        pa.field("niche", pa.string()),
+        pa.field("skills", pa.list_(pa.string())),
+        pa.field("parent_ids", pa.list_(pa.string())),
+        pa.field("solve_rate", pa.float64()),
+        pa.field("quality", pa.float64()),
+        pa.field("novelty", pa.float64()),
+        pa.field("k", pa.int64()),
+        pa.field("n_correct", pa.int64()),
+        pa.field("model", pa.string()),
+        pa.field("model_version", pa.int64()),
+        pa.field("solver_model", pa.string()),
+        pa.field("solver_version", pa.int64()),
+        pa.field("prompt_hash", pa.string()),
+        pa.field("solve_prompt", pa.string()),
+        pa.field("solve_prompt_hash", pa.string()),
+        pa.field("operator", pa.string()),
+        pa.field("step", pa.int64()),
+        pa.field("variant", pa.string()),
+    ],
+    metadata={b"sparq.schema": _MANIFEST_SCHEMA.encode(), b"sparq.version": str(_MANIFEST_VERSION).encode()},
+)
+_COLUMNS = tuple(EXPORT_SCHEMA.names)
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What one export wrote: its files, how many problems and examples, and what was skipped why."""
+
+    out_dir: Path
+    jsonl_path: Path
+    parquet_path: Path
+    manifest_path: Path
+    problems: int
+    examples: int
+    skipped: dict[str, int] = field(default_factory=dict)
+    sha256: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the info as a JSON-ready dict."""
+        return {
+            "out_dir": str(self.out_dir),
+            "jsonl": str(self.jsonl_path),
+            "parquet": str(self.parquet_path),
+            "manifest": str(self.manifest_path),
+            "problems": self.problems,
+            "examples": self.examples,
+            "skipped": dict(self.skipped),
+            "sha256": self.sha256,
+        }
+
+
+def example_id(problem_id: str, rollout_index: int) -> str:
+    """Return the id of the example pairing ``problem_id`` with its rollout (or -1: its own solution)."""
+    return f"{problem_id}/{rollout_index}"
+
+
+def build_examples(
+    results: Iterable[SolveResult],
+    *,
+    filtered: bool = True,
+    source: str = "elites",
+    solve_prompt: PromptTemplate | None = None,
+    limit: int | None = None,
+    skipped: Counter[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Turn results into sorted example rows (filtered: quality > 0 x correct rollouts; else own solution).
+
+    A problem id met twice keeps its first occurrence. ``limit`` keeps the first ``limit``
+    examples in (problem id, rollout index) order: an id-hash order, so a deterministic
+    pseudo-random subset (use it to compare filtered and unfiltered sets at equal size).
+    """
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0, got {limit}")
+    template = solve_prompt or load_prompt(SOLVE)
+    counts: Counter[str] = skipped if skipped is not None else Counter()
+    seen: set[str] = set()
+    rows: list[dict[str, Any]] = []
+    for result in results:
+        if not isinstance(result, SolveResult):
+            raise TypeError(f"expected SolveResult or Elite messages, got {type(result).__name__}")
+        if result.id in seen:
+            counts["duplicate"] += 1
+            continue
+        seen.add(result.id)
+        targets = _targets(result, filtered, counts)
+        if not targets:
+            continue
+        prompt = template.render(problem=result.problem)
+        base = _provenance(result, source, template)
+        for index, text in targets:
+            messages = [dict(turn) for turn in prompt] + [{"role": "assistant", "content": text}]
+            rows.append(
+                {
+                    "id": example_id(result.id, index),
+                    "problem_id": result.id,
+                    "rollout_index": index,
+                    "messages": messages,
+                    "problem": result.problem,
+                    "answer": result.answer,
+                    "response": text,
+                    "target": "rollout" if index >= 0 else "solution",
+                    **base,
+                }
+            )
+    rows.sort(key=lambda r: (r["problem_id"], r["rollout_index"]))
+    if limit is not None and len(rows) > limit:
+        counts["over_limit"] += len(rows) - limit
+        rows = rows[:limit]
+    return rows
+
+
+def _targets(result: SolveResult, filtered: bool, counts: Counter[str]) -> list[tuple[int, str]]:
+    """The (index, text) assistant targets of one result, counting why a result gives none."""
+    if filtered:
+        if not result.quality > 0:
+            counts["quality_zero"] += 1
+            return []
+        targets = [(i, text) for i, text in enumerate(result.correct_rollouts) if text.strip()]
+        if not targets:
+            counts["no_correct_rollouts"] += 1
+        return targets
+    if not result.solution.strip():
+        counts["no_solution"] += 1
+        return []
+    return [(-1, result.solution)]
+
+
+def _provenance(result: SolveResult, source: str, template: PromptTemplate) -> dict[str, Any]:
+    """The provenance columns shared by every example of one problem."""
+    return {
+        "source": source,
+        "slot": result.slot if isinstance(result, Elite) else "",
+        "niche": result.niche,
+        "skills": list(result.skills),
+        "parent_ids": list(result.parent_ids),
+        "solve_rate": float(result.solve_rate),
+        "quality": float(result.quality),
+        "novelty": float(result.novelty),
+        "k": int(result.k),
+        "n_correct": int(result.n_correct),
+        "model": result.model,
+        "model_version": int(result.model_version),
+        "solver_model": result.solver_model,
+        "solver_version": int(result.solver_version),
+        "prompt_hash": result.prompt_hash,
+        "solve_prompt": template.ref,
+        "solve_prompt_hash": template.sha256,
+        "operator": result.operator,
+        "step": int(result.step),
+        "variant": result.variant,
+    }
+
+
+def write_examples(
+    rows: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    skipped: Mapping[str, int] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    fsync: bool = False,
+) -> ExportInfo:
+    """Write sorted example rows to ``out_dir``: every file goes to a temporary name first, then all are renamed."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the export directory {out}: {exc}") from exc
+    _remove_stale_tmp(out)
+    jsonl = "".join(json.dumps({c: row[c] for c in _COLUMNS}, ensure_ascii=False) + "\n" for row in rows).encode()
+    digest = hashlib.sha256(jsonl).hexdigest()
+    table = pa.Table.from_pylist([{c: row[c] for c in _COLUMNS} for row in rows], schema=EXPORT_SCHEMA)
+    manifest = {
+        "schema": _MANIFEST_SCHEMA,
+        "version": _MANIFEST_VERSION,
+        "examples": len(rows),
+        "problems": len({row["problem_id"] for row in rows}),
+        "files": {"jsonl": JSONL_NAME, "parquet": PARQUET_NAME},
+        "jsonl_sha256": digest,
+        "skipped": dict(sorted((skipped or {}).items())),
+        **dict(extra or {}),
+    }
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    _atomic_write_all(
+        [
+            (out / JSONL_NAME, lambda tmp: tmp.write_bytes(jsonl)),
+            (out / PARQUET_NAME, lambda tmp: pq.write_table(table, tmp, compression="zstd")),
+            (out / MANIFEST_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        ],
+        fsync,
+    )
+    return ExportInfo(
+        out_dir=out,
+        jsonl_path=out / JSONL_NAME,
+        parquet_path=out / PARQUET_NAME,
+        manifest_path=out / MANIFEST_NAME,
+        problems=manifest["problems"],
+        examples=len(rows),
+        skipped=dict(manifest["skipped"]),
+        sha256=digest,
+    )
+
+
+def export_training_set(
+    elites: Iterable[Elite | SolveResult],
+    out_dir: str | Path,
+    *,
+    filtered: bool = True,
+    limit: int | None = None,
+    source: str = "elites",
+    solve_prompt: PromptTemplate | None = None,
+) -> ExportInfo:
+    """Export the training set of ``elites`` (or any scored results) to ``out_dir`` as JSONL + Parquet."""
+    skipped: Counter[str] = Counter()
+    template = solve_prompt or load_prompt(SOLVE)
+    rows = build_examples(elites, filtered=filtered, source=source, solve_prompt=template, limit=limit, skipped=skipped)
+    info = write_examples(rows, out_dir, skipped=skipped, extra={"filtered": filtered, "source": source, "limit": limit})
+    log.info("exported %d examples of %d problems to %s (skipped: %s)", info.examples, info.problems, out_dir, dict(skipped))
+    return info
+
+
+def export_from_archive(
+    archive_dir: str | Path,
+    out_dir: str | Path,
+    filtered: bool = True,
+    *,
+    limit: int | None = None,
+    fmt: str = "auto",
+    solve_prompt: PromptTemplate | None = None,
+) -> ExportInfo:
+    """Export from an archive A on disk: filtered (quality > 0, correct rollouts) or every child with its own solution."""
+    from sparq_stream.qd.archive_log import JSONL_NAME as ARCHIVE_JSONL
+    from sparq_stream.qd.archive_log import iter_archive, part_files
+
+    archive = Path(archive_dir)
+    if not archive.is_dir() or not (part_files(archive) or (archive / ARCHIVE_JSONL).is_file()):
+        raise ConfigError(f"{archive} is not an archive directory (no {ARCHIVE_JSONL} and no Parquet parts)")
+    return export_training_set(
+        iter_archive(archive, fmt), out_dir, filtered=filtered, limit=limit, source="archive", solve_prompt=solve_prompt
+    )
+
+
+def read_examples(path: str | Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Read example rows from an export directory, a ``.parquet`` file or a ``.jsonl`` file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / PARQUET_NAME if (path / PARQUET_NAME).is_file() else path / JSONL_NAME
+    if not path.is_file():
+        raise ConfigError(f"training set {path} does not exist")
+    if path.suffix == ".parquet":
+        try:
+            return pq.read_table(path, columns=list(columns) if columns else None).to_pylist()
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"cannot read the training set {path}: {exc}") from exc
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: not JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{number}: expected a JSON object")
+            rows.append({c: row.get(c) for c in columns} if columns else row)
+    return rows
+
+
+def _atomic_write_all(files: Sequence[tuple[Path, Callable[[Path], Any]]], fsync: bool) -> None:
+    """Write every file under a temporary sibling name, then rename them all into place (manifest last)."""
+    written: list[tuple[Path, Path]] = []
+    try:
+        for final, write in files:
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            written.append((tmp, final))
+            write(tmp)
+            if fsync:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, final in written:
+        os.replace(tmp, final)
+
+
+def _remove_stale_tmp(out: Path) -> None:
+    """Delete temporary files a killed export left behind."""
+    for stale in out.glob(".*.tmp-*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)

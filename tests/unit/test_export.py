@@ -1,0 +1,175 @@
+"""The training-set export: examples, provenance, determinism, atomicity, `datasets` loading, archive modes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from sparq_stream.errors import ConfigError
+from sparq_stream.messages import Elite, SolveResult
+from sparq_stream.prompts import SOLVE, load_prompt
+from sparq_stream.qd.archive_log import ArchiveLog
+from sparq_stream.training import export as export_mod
+from sparq_stream.training.export import (
+    EXPORT_SCHEMA,
+    JSONL_NAME,
+    MANIFEST_NAME,
+    PARQUET_NAME,
+    export_from_archive,
+    export_training_set,
+    read_examples,
+)
+
+
+def _result(i: int, quality: float = 0.5, rollouts: int = 2, cls: type[SolveResult] = Elite) -> SolveResult:
+    extra = {"slot": f"niche{i % 3}/{i}"} if cls is Elite else {}
+    return cls(
+        id=f"{i:032x}",
+        problem=f"Problem {i}: what is {i} + {i}? \u00e9",
+        solution=f"{i} + {i} = {2 * i}. \\boxed{{{2 * i + (0 if quality else 1)}}}",
+        answer=str(2 * i),
+        parent_ids=[f"parent{i}"],
+        skills=["addition", "doubling"],
+        niche="addition|doubling",
+        novelty=0.25,
+        k=16,
+        rollouts_used=16,
+        n_correct=rollouts,
+        solve_rate=0.5 if quality else 0.0,
+        quality=quality,
+        correct_rollouts=[f"rollout {j} of {i}: \\boxed{{{2 * i}}}" for j in range(rollouts)],
+        model="gen",
+        model_version=3,
+        solver_model="solv",
+        solver_version=4,
+        prompt_hash="ab" * 32,
+        step=i,
+        variant="qd",
+        **extra,
+    )
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {name: (directory / name).read_bytes() for name in (JSONL_NAME, PARQUET_NAME, MANIFEST_NAME)}
+
+
+def test_one_example_per_kept_problem_and_correct_rollout(tmp_path: Path) -> None:
+    results = [_result(1, rollouts=3), _result(2, quality=0.0), _result(3, rollouts=1), _result(4, rollouts=0)]
+    info = export_training_set(results, tmp_path)
+    rows = read_examples(tmp_path)
+    assert (info.problems, info.examples) == (2, 4)
+    assert info.skipped == {"quality_zero": 1, "no_correct_rollouts": 1}
+    assert [(r["problem_id"], r["rollout_index"]) for r in rows] == [
+        (f"{1:032x}", 0), (f"{1:032x}", 1), (f"{1:032x}", 2), (f"{3:032x}", 0)
+    ]  # fmt: skip
+    solve = load_prompt(SOLVE)
+    first = rows[0]
+    assert first["messages"][:-1] == solve.render(problem=results[0].problem)
+    assert first["messages"][-1] == {"role": "assistant", "content": "rollout 0 of 1: \\boxed{2}"}
+    assert first["response"] == first["messages"][-1]["content"] and first["target"] == "rollout"
+    provenance = {k: first[k] for k in ("parent_ids", "niche", "skills", "solve_rate", "quality", "model", "model_version")}
+    assert provenance == {
+        "parent_ids": ["parent1"], "niche": "addition|doubling", "skills": ["addition", "doubling"],
+        "solve_rate": 0.5, "quality": 0.5, "model": "gen", "model_version": 3,
+    }  # fmt: skip
+    assert (first["prompt_hash"], first["solve_prompt_hash"], first["solve_prompt"]) == ("ab" * 32, solve.sha256, "solve@v1")
+    assert (first["slot"], first["source"], first["id"]) == ("niche1/1", "elites", f"{1:032x}/0")
+    assert set(first) == set(EXPORT_SCHEMA.names)
+
+
+def test_same_state_gives_byte_identical_files_whatever_the_input_order(tmp_path: Path) -> None:
+    results = [_result(i, rollouts=1 + i % 3) for i in range(12)]
+    export_training_set(results, tmp_path / "a")
+    export_training_set(list(reversed(results)), tmp_path / "b")
+    export_training_set(results, tmp_path / "a")  # re-export over itself
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    manifest = json.loads((tmp_path / "a" / MANIFEST_NAME).read_text())
+    assert manifest["examples"] == sum(1 + i % 3 for i in range(12)) and manifest["problems"] == 12
+
+
+def test_duplicate_problem_ids_keep_the_first(tmp_path: Path) -> None:
+    first, again = _result(5, rollouts=1), _result(5, rollouts=3)
+    info = export_training_set([first, again], tmp_path)
+    assert (info.examples, info.skipped) == (1, {"duplicate": 1})
+
+
+def test_loadable_with_datasets_json_and_parquet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    datasets = pytest.importorskip("datasets")
+    info = export_training_set([_result(i, rollouts=2) for i in range(5)], tmp_path / "out")
+    cache = str(tmp_path / "hf-cache")
+    from_json = datasets.load_dataset("json", data_files=str(info.jsonl_path), split="train", cache_dir=cache)
+    from_parquet = datasets.load_dataset("parquet", data_files=str(info.parquet_path), split="train", cache_dir=cache)
+    expected = read_examples(info.jsonl_path)
+    for ds in (from_json, from_parquet):
+        assert ds.num_rows == 10
+        assert set(ds.column_names) == set(EXPORT_SCHEMA.names)
+        assert ds[3]["messages"] == expected[3]["messages"] and ds[3]["id"] == expected[3]["id"]
+        assert ds["rollout_index"] == [0, 1] * 5
+
+
+def test_export_is_atomic_a_failed_write_keeps_the_previous_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export_training_set([_result(1)], tmp_path)
+    before = _files(tmp_path)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_mod.pq, "write_table", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_training_set([_result(1), _result(2)], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary file left behind
+    assert _files(tmp_path) == before  # all three files are still the previous export's
+
+
+def test_stale_temporary_files_are_removed(tmp_path: Path) -> None:
+    stale = tmp_path / f".{JSONL_NAME}.tmp-1-deadbeef"
+    stale.write_text("half")
+    export_training_set([_result(1)], tmp_path)
+    assert not stale.exists()
+
+
+def test_export_from_archive_filtered_and_unfiltered_with_limit(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    results = [_result(i, quality=0.5 if i % 2 else 0.0, rollouts=3 if i % 2 else 0, cls=SolveResult) for i in range(10)]
+    with ArchiveLog(archive, rows_per_part=4) as log:
+        log.extend(results)
+        log.append(results[1])  # a redelivered result is read once
+    filtered = export_from_archive(archive, tmp_path / "filtered")
+    unfiltered = export_from_archive(archive, tmp_path / "unfiltered", filtered=False)
+    assert (filtered.problems, filtered.examples) == (5, 15)
+    assert (unfiltered.problems, unfiltered.examples) == (10, 10)
+    rows = read_examples(unfiltered.parquet_path)
+    assert {r["target"] for r in rows} == {"solution"} and {r["rollout_index"] for r in rows} == {-1}
+    assert rows[0]["response"] == results[0].solution and rows[0]["quality"] == 0.0  # wrong answers stay in
+    equal = export_from_archive(archive, tmp_path / "equal", filtered=True, limit=unfiltered.examples)
+    assert equal.examples == 10 and equal.skipped["over_limit"] == 5
+    assert [r["id"] for r in read_examples(equal.jsonl_path)] == [r["id"] for r in read_examples(filtered.jsonl_path)][:10]
+    assert all(r["source"] == "archive" and r["slot"] == "" for r in read_examples(equal.jsonl_path))
+
+
+def test_bad_inputs_raise_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not an archive"):
+        export_from_archive(tmp_path, tmp_path / "out")
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_examples(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"id": 1}\nnot json\n')
+    with pytest.raises(ConfigError, match="bad.jsonl:2"):
+        read_examples(tmp_path / "bad.jsonl")
+    with pytest.raises(ConfigError, match="limit"):
+        export_training_set([_result(1)], tmp_path / "x", limit=-1)
+    with pytest.raises(TypeError):
+        export_training_set([{"id": "x"}], tmp_path / "y")  # type: ignore[list-item]
+
+
+def test_empty_state_exports_empty_but_valid_files(tmp_path: Path) -> None:
+    info = export_training_set([], tmp_path)
+    assert info.examples == 0 and (tmp_path / JSONL_NAME).read_bytes() == b""
+    assert pq.read_table(tmp_path / PARQUET_NAME).schema.equals(EXPORT_SCHEMA, check_metadata=False)
+    assert os.listdir(tmp_path) and read_examples(tmp_path) == []
