@@ -369,6 +369,108 @@ def up(
     )
 
 
+# ---------------------------------------------------------------------- skills / export / train / eval / report
+skills_app = typer.Typer(help="The M=100 skill vocabulary.", no_args_is_help=True)
+app.add_typer(skills_app, name="skills")
+
+
+@skills_app.command("build")
+def skills_build(
+    seeds: Path = typer.Option(..., "--seeds", envvar="SPARQ_SEEDS", help="Seed JSONL."),
+    out: Path = typer.Option(Path("skills.json"), "--out", help="Where to save the vocabulary (JSON)."),
+    backend: str = typer.Option("transformers", "--backend", envvar="SPARQ_BACKEND"),
+    backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object."),
+    m: int = typer.Option(100, "--m", min=1, help="Vocabulary size (the M most frequent skills)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use a seeded sample of N seeds."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Run the skill-extraction prompt over the seeds and keep the M most frequent skills."""
+    from sparq_stream.skills import build_skill_vocabulary
+
+    if not seeds.is_file():
+        raise ConfigError(f"seed file {seeds} does not exist")
+    options = json.loads(backend_options) if backend_options else {}
+    vocab = build_skill_vocabulary(seeds, backend, m=m, limit=limit, batch_size=batch_size, out=out, backend_options=options)
+    typer.echo(f"saved {len(vocab.skills)} skills to {out}")
+
+
+@app.command()
+def export(
+    archive: Path = typer.Option(..., "--archive", help="Archive folder written by the archivist (or sparq up's out/archive)."),
+    out: Path = typer.Option(Path("export"), "--out", help="Folder for train.jsonl, train.parquet, export.json."),
+    unfiltered: bool = typer.Option(False, "--unfiltered", help="Every scored child with its own solution (baseline)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Keep the first N examples (equal-size comparisons)."),
+) -> None:
+    """Export the training set: kept problems x correct rollouts (or the unfiltered baseline), with provenance."""
+    from sparq_stream.training import export_from_archive
+
+    if not archive.is_dir():
+        raise ConfigError(f"archive folder {archive} does not exist")
+    info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit)
+    typer.echo(json.dumps(info.to_dict(), sort_keys=True, default=str))
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., "--data", help="train.jsonl or train.parquet from 'sparq export'."),
+    out: Path = typer.Option(Path("trained"), "--out", help="Output folder (model/, adapter/, train_result.json)."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help="Model folder or GGUF (default: packaged SmolLM2)."),
+    method: str = typer.Option("lora", "--method", help="lora | full"),
+    epochs: int = typer.Option(1, "--epochs", min=1),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1),
+    max_seq_len: int = typer.Option(1024, "--max-seq-len", min=8),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Fine-tune the student on an export (SFT; full or LoRA with peft); loss on the assistant tokens only."""
+    from sparq_stream.training import train_sft
+
+    if method not in ("lora", "full"):
+        raise ConfigError(f"--method: got {method!r}; allowed: lora, full")
+    if not data.is_file():
+        raise ConfigError(f"training data {data} does not exist")
+    result = train_sft(
+        data, base_model, out, method=method, epochs=epochs, lr=lr, batch_size=batch_size, max_steps=max_steps,
+        max_seq_len=max_seq_len, num_threads=threads, overwrite=overwrite,
+    )
+    typer.echo(f"trained {result.steps} steps on {result.examples} examples: loss {result.loss_first:.3f} -> {result.loss_last:.3f}; model in {result.path}")
+
+
+@app.command("eval")
+def eval_cmd(
+    heldout: Path = typer.Option(..., "--heldout", help="Held-out JSONL (gsm8k_test.jsonl, math500_test.jsonl, ...)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model folder or GGUF (default: packaged SmolLM2)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1),
+    k: int = typer.Option(1, "--k", min=1, help="Samples per problem (k=1: greedy)."),
+    max_tokens: int = typer.Option(512, "--max-tokens", min=1),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    out: Optional[Path] = typer.Option(None, "--out", help="Per-problem results as JSONL."),
+) -> None:
+    """Score a model on held-out problems with the solver's answer checker."""
+    from sparq_stream.training import evaluate
+
+    if not heldout.is_file():
+        raise ConfigError(f"held-out file {heldout} does not exist")
+    result = evaluate(model, heldout, limit=limit, k=k, max_tokens=max_tokens, num_threads=threads, out_path=out)
+    typer.echo(f"accuracy {result.accuracy:.3f} on {result.n} problems (pass@{result.k} {result.pass_at_k:.3f}, {result.seconds:.0f}s)")
+
+
+@app.command()
+def report(
+    out: Path = typer.Argument(..., help="A run folder written by 'sparq up' (holds archive/)."),
+) -> None:
+    """Rebuild summary.json and the plots of a run from its archive on disk."""
+    from sparq_stream.orchestrator.report import write_report
+
+    if not (out / "archive").is_dir():
+        raise ConfigError(f"{out} holds no archive/ folder")
+    run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
+    summary = write_report(out, {}, reason="report", prefix=run.get("prefix", ""))
+    typer.echo(f"scored {summary.get('scored', 0)}, kept {summary.get('kept', 0)}, skill-sets {summary.get('coverage', 0)}; wrote {out / 'summary.json'}")
+
+
 @app.command("settings")
 def settings_cmd(
     service: str = typer.Argument(..., help="Service whose settings to list."),

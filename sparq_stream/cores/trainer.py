@@ -129,6 +129,7 @@ class TrainerCore(BaseCore):
         self._rows_cache: list[dict[str, Any]] = []
         self._trained_ids: set[str] | None = None
         self._started = False
+        self._recheck = False
         self._stop = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
         self._job: Future[ModelVersion] | None = None
@@ -196,14 +197,15 @@ class TrainerCore(BaseCore):
         if not self._started:
             self._started = True
             outputs.extend(self._recover_unpublished())
-        outputs.extend(self._collect_job())
+        finished = self._collect_job()
+        outputs.extend(finished)
         if self._changes and self._first_change is None:
             self._first_change = now
         if self._export_due(now):
             self.export()
-            started = self._maybe_train()
-            if started is not None:
-                outputs.extend(started)
+            outputs.extend(self._maybe_train())
+        elif self._recheck:  # a run just ended: what was exported meanwhile may be enough for the next one
+            outputs.extend(self._maybe_train())
         return outputs
 
     def _export_due(self, now: float) -> bool:
@@ -219,7 +221,7 @@ class TrainerCore(BaseCore):
         rows = self._rows(skipped)
         source = "elites+archive" if self.config.include_archive else "elites"
         info = write_examples(rows, self.config.export_dir, skipped=skipped, extra={"filtered": True, "source": source})
-        self._rows_cache = rows
+        self._rows_cache = rows if self.config.train_every > 0 else []
         self._export_ids = [row["id"] for row in rows]
         self._last_export = info
         self._changes = 0
@@ -249,14 +251,15 @@ class TrainerCore(BaseCore):
         """True while a fine-tuning run is in progress."""
         return self._job is not None and not self._job.done()
 
-    def _maybe_train(self) -> list[Outgoing] | None:
+    def _maybe_train(self) -> list[Outgoing]:
         """Start a fine-tuning run on the last export when ``train_every`` new examples have accumulated."""
+        self._recheck = False
         if self.config.train_every <= 0 or self._job is not None or not self._export_ids:
-            return None
+            return []
         trained = self._load_trained_ids()
         new = sum(1 for i in self._export_ids if i not in trained)
         if new < self.config.train_every:
-            return None
+            return []
         version = self.latest_version + 1
         snapshot = self.config.models_dir / f".pending-{version_dir_name(self.config.model_name, version)}"
         if snapshot.exists():
@@ -327,6 +330,7 @@ class TrainerCore(BaseCore):
         if job is None or not job.done():
             return []
         self._job = None
+        self._recheck = True
         try:
             version = job.result()
         except TrainingCancelled as exc:

@@ -378,7 +378,7 @@ class ScriptedBackend:
     def drifted_skills(self, parent: str, index: int) -> list[str]:
         """Return the skill-set of the parent's default child number ``index`` (``inherit`` model)."""
         vocab = self.script.skill_vocabulary
-        skills = [s for s in self.inherited_skills_for(parent)]
+        skills = list(self.inherited_skills_for(parent))
         pid = problem_id(parent)
         drift = self.script.drift
         u = (self._hash("drift", pid, index) % 1_000_003) / 1_000_003

@@ -69,9 +69,7 @@ class Supervisor:
         for svc in self.services:
             if svc.proc is None or svc.proc.poll() is None:
                 continue
-            code = svc.proc.returncode
-            if code == 0:
-                continue
+            code = svc.proc.returncode  # any exit we did not ask for, clean or not, is a failure to recover
             if svc.restarts >= self.max_restarts:
                 failed.append(svc.name)
                 continue

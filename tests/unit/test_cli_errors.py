@@ -30,6 +30,15 @@ def _sparq(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
             "error: setting 'processing_guarantee': Input should be 'at_least_once' or 'exactly_once' (got 'maybe')",
         ),
         (["topics", "create", "-b", "nohostport"], "error: bootstrap 'nohostport' is not host:port"),
+        (["export", "--archive", "/nonexistent"], "error: archive folder /nonexistent does not exist"),
+        (["train", "--data", "/nonexistent.jsonl"], "error: training data /nonexistent.jsonl does not exist"),
+        (["train", "--data", "/x", "--method", "qlora"], "error: --method: got 'qlora'; allowed: lora, full"),
+        (["eval", "--heldout", "/nonexistent.jsonl"], "error: held-out file /nonexistent.jsonl does not exist"),
+        (["skills", "build", "--seeds", "/nonexistent.jsonl"], "error: seed file /nonexistent.jsonl does not exist"),
+        (["report", "/nonexistent"], "error: /nonexistent holds no archive/ folder"),
+        (["settings", "nosuch"], "error: unknown service 'nosuch'; allowed: archivist, mutator"),
+        (["up", "--seeds", "/nonexistent.jsonl", "--steps", "1"], "error: seed file /nonexistent.jsonl does not exist"),
+        (["up", "--seeds", "/nonexistent.jsonl", "--variant", "best"], "error: option 'variant': Input should be"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:
@@ -47,7 +56,9 @@ def test_env_fallback_is_used(tmp_path: Path) -> None:
 
 def test_every_command_has_help() -> None:
     for cmd in (["--help"], ["broker", "--help"], ["topics", "create", "--help"], ["topics", "describe", "--help"],
-                ["seed", "--help"], ["tail", "--help"], ["run", "--help"], ["schemas", "--help"]):
+                ["seed", "--help"], ["tail", "--help"], ["run", "--help"], ["schemas", "--help"], ["up", "--help"],
+                ["verify", "--help"], ["export", "--help"], ["train", "--help"], ["eval", "--help"], ["report", "--help"],
+                ["skills", "build", "--help"], ["settings", "--help"]):
         done = _sparq(*cmd)
         assert done.returncode == 0 and "Usage" in done.stdout, cmd
 

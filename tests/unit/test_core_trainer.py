@@ -263,6 +263,15 @@ def test_background_training_keeps_following_and_publishes_when_done(tmp_path: P
             break
         threading.Event().wait(0.01)
     assert [o.message.number for o in out] == [1] and len(fake.calls) == 1
+    # problem 2 was exported while version 1 trained: the next tick starts version 2 without new input
+    core.tick(T0 + 301)
+    for _ in range(500):
+        out = core.tick(T0 + 302)
+        if out:
+            break
+        threading.Event().wait(0.01)
+    assert [o.message.number for o in out] == [2] and [len(c["dataset"]) for c in fake.calls] == [2, 4]
+    assert core.tick(T0 + 303) == [] and len(fake.calls) == 2
     core.close()
 
 

@@ -234,3 +234,169 @@ def test_problems_can_be_keyed_by_id() -> None:
     backend = ScriptedBackend({"problems": {problem_id("Keyed by id?"): {"answer": "99", "solve_rate": 1.0}}})
     answers = {boxed(c.text) for c in backend.generate([solve("Keyed   by ID?")], 3, PARAMS)[0].completions}
     assert answers == {"99"}
+
+
+# ---------------------------------------------------------------------- heritable skills (skill_model="inherit")
+
+SMALL = ("addition", "area", "average", "counting", "division", "fraction", "percentage", "probability", "ratio", "subtraction")
+
+
+def _inherit(**extra) -> ScriptedBackend:
+    return ScriptedBackend({"seed": 4, "skill_model": "inherit", "skill_vocabulary": list(SMALL), **extra})
+
+
+def _edit_distance(a: list[str], b: list[str]) -> tuple[int, int]:
+    """(skills removed, skills added) from a to b."""
+    return len(set(a) - set(b)), len(set(b) - set(a))
+
+
+def test_inherit_children_carry_their_parents_skills_with_at_most_one_change() -> None:
+    from sparq_stream.models.scripted import parse_skill_marker
+
+    backend = _inherit()
+    parent_skills = backend.inherited_skills_for(PARENT)
+    assert 1 <= len(parent_skills) <= 3 and set(parent_skills) <= set(SMALL)
+    assert parse_skill_marker(PARENT) is None  # a seed has no marker: its skills are drawn by hash
+    ops = set()
+    for i in range(60):
+        child = backend.child_for(PARENT, i).problem
+        marked = parse_skill_marker(child)
+        assert marked == backend.drifted_skills(PARENT, i) == backend.inherited_skills_for(child)
+        assert child.count("[skills:") == 1 and 1 <= len(marked) <= 3 and set(marked) <= set(SMALL)
+        removed, added = _edit_distance(parent_skills, marked)
+        assert (removed, added) in {(0, 0), (1, 1), (0, 1), (1, 0)}
+        ops.add((removed, added))
+    assert len(ops) >= 3  # keep, replace and add or drop all happen with the default drift
+
+
+def test_inherit_grandchildren_keep_one_marker_and_a_bounded_text() -> None:
+    backend = _inherit()
+    text = PARENT
+    lengths = []
+    for generation in range(6):
+        child = backend.child_for(text, generation).problem
+        removed, added = _edit_distance(backend.inherited_skills_for(text), backend.inherited_skills_for(child))
+        assert removed <= 1 and added <= 1
+        assert child.count("[skills:") == 1 and child.count("[variant") == 1
+        assert child.startswith("Janet's ducks lay")
+        lengths.append(len(child))
+        text = child
+    assert max(lengths) - min(lengths) < 60  # no marker pile-up over generations
+
+
+def test_the_classifier_recovers_the_inherited_skills_from_the_text_alone() -> None:
+    from sparq_stream.skills import classify_skills
+
+    writer = _inherit()
+    children = [writer.child_for(PARENT, i).problem for i in range(12)]
+    grandchildren = [writer.child_for(c, 3).problem for c in children]
+    other_process = _inherit()  # a second instance, as in the novelty service: it sees only the text
+    vocab = Vocabulary(SMALL)
+    answers = classify_skills([PARENT, *children, *grandchildren], other_process, vocab)
+    for problem, answer in zip([PARENT, *children, *grandchildren], answers):
+        assert answer.ok and answer.skills == sorted(writer.inherited_skills_for(problem))
+
+
+def test_inherit_answers_only_offered_skills_and_falls_back_to_the_hash_rule() -> None:
+    backend = _inherit(seed=3, drift={"replace": 0.0, "add": 0.0, "drop": 0.0})
+    child = backend.child_for(PARENT, 0).problem
+    inherited = backend.inherited_skills_for(child)
+    assert inherited == backend.inherited_skills_for(PARENT)  # no drift: the parent's set
+    assert backend.skills_for(child, list(SMALL)) == inherited
+    assert len(inherited) == 2  # this parent's seed skills (fixed by the script's seed)
+    offered = [s for s in SMALL if s != inherited[0]]
+    assert backend.skills_for(child, offered) == inherited[1:]
+    unrelated = ["logic", "matrix", "vector", "symmetry"]
+    fallback = backend.skills_for(child, unrelated)
+    assert fallback and set(fallback) <= set(unrelated)
+    assert fallback == ScriptedBackend({"seed": 3}).skills_for(child, unrelated)  # the hash rule, exactly
+    # case and spacing of the offered names do not matter; the offered spelling is answered
+    assert backend.skills_for(child, [s.upper() for s in SMALL]) == [s.upper() for s in inherited]
+
+
+@pytest.mark.parametrize(
+    ("drift", "check"),
+    [
+        ({"replace": 1.0, "add": 0.0, "drop": 0.0}, lambda r, a, p, c: (r, a) == (1, 1) and len(c) == len(p)),
+        ({"replace": 0.0, "add": 1.0, "drop": 0.0}, lambda r, a, p, c: (r, a) == ((0, 1) if len(p) < 3 else (1, 1))),
+        ({"replace": 0.0, "add": 0.0, "drop": 1.0}, lambda r, a, p, c: (r, a) == ((1, 0) if len(p) > 1 else (1, 1))),
+        ({"replace": 0.0, "add": 0.0, "drop": 0.0}, lambda r, a, p, c: (r, a) == (0, 0)),
+    ],
+)
+def test_each_drift_operation(drift: dict, check) -> None:
+    backend = _inherit(drift=drift)
+    parents = [PARENT] + [backend.child_for(PARENT, i).problem for i in range(8)]
+    for parent in parents:
+        before = backend.inherited_skills_for(parent)
+        for i in range(5):
+            after = backend.drifted_skills(parent, i)
+            removed, added = _edit_distance(before, after)
+            assert check(removed, added, before, after), (before, after)
+            assert len(after) == len(set(after)) and 1 <= len(after) <= 3
+
+
+def test_a_marker_does_not_change_answers_or_solve_rates() -> None:
+    backend = _inherit()
+    result = backend.generate([mutation()], 4, PARAMS)[0]
+    for i, completion in enumerate(result.completions):
+        problem = extract_problem(completion.text).value
+        assert "[skills:" in problem and problem == backend.child_for(PARENT, i).problem
+        solution_answer = boxed(extract_solution(completion.text).value)
+        # the solver holds the answer the mutation wrote, and exactly round(sr * n) rollouts find it
+        assert solution_answer == backend.answer_for(problem)
+        rollouts = backend.generate([solve(problem)], 16, PARAMS)[0].completions
+        hits = sum(boxed(c.text) == solution_answer for c in rollouts)
+        assert hits == round(backend.solve_rate_for(problem) * 16)
+    # answers and solve-rates are drawn from the whole text the same way in both skill models
+    marked = backend.child_for(PARENT, 0).problem
+    plain = ScriptedBackend({"seed": 4, "skill_vocabulary": list(SMALL)})
+    assert backend.answer_for(marked) == plain.answer_for(marked)
+    assert backend.solve_rate_for(marked) == plain.solve_rate_for(marked)
+    # a scripted entry keyed by a marked text still applies
+    scripted = _inherit(problems={marked: {"answer": "41", "solve_rate": 0.25, "skills": ["ratio"]}})
+    assert scripted.answer_for(marked) == "41" and scripted.solve_rate_for(marked) == 0.25
+    assert scripted.skills_for(marked, list(SMALL)) == ["ratio"]
+
+
+def test_hash_model_is_unchanged_and_ignores_markers() -> None:
+    backend = ScriptedBackend({"seed": 4, "skill_vocabulary": list(SMALL)})
+    child = backend.child_for(PARENT, 0).problem
+    assert "[skills:" not in child
+    answers = [backend.skills_for(f"Problem {i} about tiles. [skills: area; ratio] [variant 000000-0]", list(SMALL)) for i in range(20)]
+    assert sum(a == ["area", "ratio"] for a in answers) < 5  # the marker is just text: the hash rule answers
+    assert len({len(a) for a in answers}) > 1
+
+
+def problem_id_of(text: str) -> str:
+    from sparq_stream.ids import problem_id
+
+    return problem_id(text)
+
+
+def test_inherit_siblings_are_not_near_duplicates_for_the_novelty_filter() -> None:
+    import numpy as np
+
+    from sparq_stream.models.hashing_embedder import HashingEmbedder
+
+    backend = _inherit(drift={"replace": 0.0, "add": 0.0, "drop": 0.0})  # every sibling has the same marker
+    siblings = [backend.child_for(PARENT, i).problem for i in range(30)]
+    assert len({problem_id_of(s) for s in siblings}) == 30
+    vectors = HashingEmbedder(seed=4).embed(siblings)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, 0.0)
+    assert sims.max() < 0.95  # the novelty core's default near-duplicate threshold
+
+
+def test_inherit_script_validation() -> None:
+    with pytest.raises(ConfigError):
+        Script.from_dict({"skill_model": "inherit", "skill_vocabulary": ["ratio", "a; b"]})
+    with pytest.raises(ConfigError):
+        Script.from_dict({"skill_model": "inherit", "drift": {"replace": 0.6, "add": 0.3, "drop": 0.2}})
+    with pytest.raises(ConfigError):
+        Script.from_dict({"skill_model": "genetic"})
+    with pytest.raises(ConfigError):
+        Script.from_dict({"drift": {"swap": 0.1}})
+    assert Script.from_dict({"skill_model": "hash", "skill_vocabulary": ["a; b"]}).skill_model == "hash"
+    # the registry options path: a dict script travels as JSON through backend_options
+    backend = ScriptedBackend(json.loads(json.dumps({"skill_model": "inherit", "skill_vocabulary": list(SMALL)})))
+    assert backend.script.skill_model == "inherit"
