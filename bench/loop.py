@@ -8,7 +8,10 @@
     (start-up, group joins and the drain at the end excluded). Measured in the mutator's
     asynchronous mode (it keeps up to ``max_in_flight`` candidates downstream: the steady
     state a long job runs in) and in the paper's synchronous rounds (a step of b
-    candidates must be scored before the next starts).
+    candidates must be scored before the next starts), where each step is profiled: its
+    measured length against the backend calls of its busiest replica (keys spread over
+    partitions by hash, so one replica holds more than half of a step, and a partial
+    batch costs a whole call) plus the hops between services.
 (b) duplicates: a loop whose generator repeats itself (scripted children that cycle
     through a small pool of problems, exact copies and near copies) on the embedded
     broker; from the archive on disk, the share of rollouts spent on a problem that is an
@@ -19,7 +22,7 @@
     its parent's skill-set with one random change), on the in-memory reference runner
     (the same cores and flags as ``sparq up``, deterministic), mean over repetitions.
 
-    python bench/loop.py                 # the full run (about 6-8 minutes on 2 cores)
+    python bench/loop.py                 # the full run (about 6 minutes on 2 cores)
     python bench/loop.py --quick         # smaller budgets (about 3 minutes)
     python bench/loop.py --only c --json out.json
 """

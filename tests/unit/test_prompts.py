@@ -41,7 +41,9 @@ def test_each_prompt_has_version_hash_and_fields(name: str) -> None:
     assert template.version >= 1
     assert template.sha256 == hashlib.sha256(data).hexdigest()
     assert template.fields == EXPECTED_FIELDS[name]
-    assert [role for role, _ in template.messages] == ["system", "user"]
+    roles = [role for role, _ in template.messages]
+    # the mutation prompt carries one worked example turn (user, assistant) before the real request
+    assert roles == (["system", "user", "assistant", "user"] if name == MUTATION else ["system", "user"])
     assert template.ref == f"{name}@v{template.version}"
 
 
@@ -50,17 +52,17 @@ def test_render_inserts_values_verbatim_and_matches_back(name: str) -> None:
     template = load_prompt(name)
     values = {field: f"{field}: {LATEX}" for field in template.fields}
     prompt = template.render(**values)
-    assert [turn["role"] for turn in prompt] == ["system", "user"]
+    assert [turn["role"] for turn in prompt][0] == "system" and prompt[-1]["role"] == "user"
     for value in values.values():
-        assert value in prompt[1]["content"]
-    assert "$" not in prompt[1]["content"].replace(LATEX, "")  # no placeholder left unfilled
+        assert value in prompt[-1]["content"]
+    assert "$" not in prompt[-1]["content"].replace(LATEX, "")  # no placeholder left unfilled
     assert template.match(prompt) == values
     others = [load_prompt(n) for n in PROMPT_NAMES if n != name]
     assert all(other.match(prompt) is None for other in others)
 
 
 def test_mutation_prompt_asks_for_the_tagged_format() -> None:
-    text = load_prompt(MUTATION).render(problem="p", solution="s", answer="a")[1]["content"]
+    text = load_prompt(MUTATION).render(problem="p", solution="s", answer="a")[-1]["content"]
     assert "<problem>" in text and "</problem>" in text
     assert "<solution>" in text and "</solution>" in text
     assert r"\boxed{" in text
