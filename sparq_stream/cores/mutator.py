@@ -149,7 +149,11 @@ _HEADED = re.compile(
     r"\n\s*\**(?:worked\s+)?solution\**\s*[:：]\**\s*(?P<solution>.+)$",
     re.IGNORECASE | re.DOTALL,
 )
-_STATED_ANSWER = re.compile(r"(?:final\s+answer|the\s+answer\s+is|answer)\s*(?:is)?\s*[:：]?\s*\$?\s*(?P<answer>[^\n$]{1,60})", re.IGNORECASE)
+_LOOSE_TAGS = re.compile(
+    r"<problem>\s*(?P<problem>(?:(?!<problem>).)+?)\s*(?:</problem>\s*)?<solution>\s*(?P<solution>.+?)\s*(?:</solution>|$)",
+    re.IGNORECASE | re.DOTALL,
+)
+_STATED_ANSWER = re.compile(r"(?:final\s+answer\s*(?:is\b|[:：])|the\s+answer\s+is\b|answer\s*[:：])\s*\$?\s*(?P<answer>[^\n$]{1,60})", re.IGNORECASE)
 
 
 def parse_child(text: str, *, lenient: bool = False) -> tuple[tuple[str, str, str] | None, str | None]:
@@ -161,6 +165,9 @@ def parse_child(text: str, *, lenient: bool = False) -> tuple[tuple[str, str, st
     problem = extract_problem(text)
     solution = extract_solution(text)
     if lenient and not (problem.ok and solution.ok):
+        loose = _LOOSE_TAGS.search(text[:20_000])  # unclosed tags: <problem> ... <solution> ... [</solution>]
+        if loose is not None:
+            return _lenient_child(loose.group("problem").strip(), loose.group("solution").strip())
         headed = _HEADED.search(text[:20_000])
         if headed is not None:
             return _lenient_child(headed.group("problem").strip(), headed.group("solution").strip())

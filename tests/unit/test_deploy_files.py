@@ -40,7 +40,7 @@ REQUIRED_KEYS = {
     "mutator": {"variant": "qd", "batch_size": 64, "max_in_flight": None, "backend": None},
     "novelty": {"dup_threshold": None, "contamination": None, "embedder": None},
     "solver": {"k": 16, "t_low": 0.1, "t_high": 0.9, "early_stop": None, "backend": None},
-    "archivist": {"variant": "qd", "out_dir": None},
+    "archivist": {"variant": "qd", "archive_dir": None},
     "trainer": {"export_dir": None, "train_every": None},
 }
 #: Environment variables that are not settings fields but are read by sparq itself.
@@ -132,12 +132,9 @@ def _allowed_env(subcommand: Any, service: str | None) -> set[str]:
 
 def _service_fields(service: str) -> set[str]:
     """A service's settings: its registered settings class, else its default settings file's keys."""
-    from sparq_stream.services import SERVICES
+    from sparq_stream.services import service_spec
 
-    spec = SERVICES.get(service)
-    if spec is not None:
-        return set(spec.settings_cls.model_fields)
-    return set(ServiceSettings.model_fields) | set(_settings_toml(service))
+    return set(service_spec(service).settings_cls.model_fields)
 
 
 def _check_argv(argv: list[str], where: str) -> tuple[Any, str | None, Any]:
@@ -155,10 +152,10 @@ def _check_argv(argv: list[str], where: str) -> tuple[Any, str | None, Any]:
         return cmd, None, ctx
     service = ctx.params["service"]
     assert service in RUNNABLE, f"{where}: sparq run {service!r} is not one of {sorted(RUNNABLE)}"
-    from sparq_stream.services import SERVICES, parse_flags
+    from sparq_stream.services import parse_flags, service_spec
 
-    if service in SERVICES:
-        parse_flags(list(ctx.args), SERVICES[service].settings_cls)
+    if True:  # every runnable service has a real settings class
+        parse_flags(list(ctx.args), service_spec(service).settings_cls)
     else:
         fields = _service_fields(service)
         for arg in ctx.args:
@@ -218,11 +215,10 @@ def test_settings_file_defaults(name: str, tmp_path: Path) -> None:
     common_file = tmp_path / "common.json"
     common_file.write_text(json.dumps(common), encoding="utf-8")
     load_settings(ServiceSettings, config=common_file)
-    # Once the service is registered, its own settings class must accept the whole file.
-    from sparq_stream.services import SERVICES
+    # The service's own settings class must accept the whole file.
+    from sparq_stream.services import service_spec
 
-    if name in SERVICES:
-        load_settings(SERVICES[name].settings_cls, config=path)
+    load_settings(service_spec(name).settings_cls, config=path)
 
 
 @pytest.mark.parametrize("name", SERVICE_NAMES)
@@ -249,7 +245,7 @@ def test_settings_file_values_are_ones_the_library_accepts(name: str) -> None:
     if "contamination" in data:
         paths = data["contamination"]
         assert paths and all(PurePosixPath(p).is_absolute() and p.endswith(".jsonl") for p in paths)
-    for key in ("out_dir", "export_dir"):
+    for key in ("archive_dir", "export_dir"):
         if key in data:
             assert PurePosixPath(data[key]).is_relative_to("/var/lib/sparq"), f"{name}: {key} outside the data volume"
 
@@ -385,7 +381,7 @@ def test_compose_volumes_hold_outputs_and_inputs() -> None:
         pairs = [_interpolate(m).split(":")[:2] for m in services[name].get("volumes", [])]
         return {dst: src for src, dst in pairs}
 
-    for name, key in (("archivist", "out_dir"), ("trainer", "export_dir")):
+    for name, key in (("archivist", "archive_dir"), ("trainer", "export_dir")):
         target = _compose_env(services[name]).get(f"SPARQ_{key.upper()}") or _settings_toml(name)[key]
         holders = [(dst, src) for dst, src in mounts(name).items() if PurePosixPath(target).is_relative_to(dst)]
         assert holders, f"{name}: {key} {target} is on no volume"
@@ -523,7 +519,7 @@ def test_k8s_volumes_and_claims_exist() -> None:
             for m in c.get("volumeMounts", []):
                 assert m["name"] in volumes or m["name"] in templates, f"{where}/{c['name']}: mounts unknown {m['name']}"
     outputs = {}
-    for name, key in (("archivist", "out_dir"), ("trainer", "export_dir")):
+    for name, key in (("archivist", "archive_dir"), ("trainer", "export_dir")):
         pod = _objects("Deployment")[name]["spec"]["template"]["spec"]
         mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
         target = PurePosixPath(_settings_toml(name)[key])
