@@ -138,37 +138,22 @@ def seed(
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
 ) -> None:
     """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported and skipped."""
-    from sparq_stream.bus.client import make_producer
+    from sparq_stream.bus.client import publish_all
     from sparq_stream.bus.topics import TopicNames
-    from sparq_stream.messages import encode
-    from sparq_stream.seeds import BadLine, label_seeds, read_seeds
+    from sparq_stream.seeds import collect_seeds, label_seeds
 
     if not file.is_file():
         raise ConfigError(f"seed file {file} does not exist")
     settings = _service_settings(bootstrap, prefix)
     topic = TopicNames(settings.prefix).topic("seeds")
-    seeds = []
-    bad = 0
-    for item in read_seeds(file):
-        if isinstance(item, BadLine):
-            bad += 1
-            _err(f"{file}:{item.line}: {item.reason} (skipped)")
-            continue
-        seeds.append(item)
-        if limit is not None and len(seeds) >= limit:
-            break
+    seeds, bad_lines = collect_seeds(file, limit)
+    for line in bad_lines:
+        _err(f"{file}:{line.line}: {line.reason} (skipped)")
     if label:
         options = json.loads(backend_options) if backend_options else {}
         seeds = label_seeds(seeds, backend, backend_options=options, vocabulary=vocabulary)
-    producer = make_producer(settings)
-    sent = len(seeds)
-    try:
-        futures = [producer.send(topic, key=s.id.encode(), value=encode(s)) for s in seeds]
-        producer.flush()
-        for fut in futures:
-            fut.get(timeout=0)
-    finally:
-        producer.close(timeout=10)
+    sent = publish_all(settings, topic, seeds)
+    bad = len(bad_lines)
     typer.echo(f"published {sent} seed(s) to {topic}; skipped {bad} bad line(s)", err=True)
 
 

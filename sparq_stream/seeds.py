@@ -11,7 +11,7 @@ from sparq_stream.errors import ConfigError
 from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed
 
-__all__ = ["BadLine", "parse_seed_line", "read_seeds", "label_seeds"]
+__all__ = ["BadLine", "parse_seed_line", "read_seeds", "collect_seeds", "label_seeds"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,20 @@ def read_seeds(path: str | Path) -> Iterator[Union[Seed, BadLine]]:
             item = parse_seed_line(raw, number, source=path.name)
             if item is not None:
                 yield item
+
+
+def collect_seeds(path: str | Path, limit: int | None = None) -> tuple[list[Seed], list[BadLine]]:
+    """Read up to ``limit`` good seeds from a file, and every bad line met on the way."""
+    seeds: list[Seed] = []
+    bad: list[BadLine] = []
+    for item in read_seeds(path):
+        if isinstance(item, BadLine):
+            bad.append(item)
+            continue
+        seeds.append(item)
+        if limit is not None and len(seeds) >= limit:
+            break
+    return seeds, bad
 
 
 def label_seeds(

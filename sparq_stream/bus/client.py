@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaTimeoutError
 
 from sparq_stream.errors import BrokerUnavailable
+from sparq_stream.messages import Message, encode
 from sparq_stream.settings import KafkaSettings, ServiceSettings
 
-__all__ = ["consumer_options", "producer_options", "make_consumer", "make_producer"]
+__all__ = ["consumer_options", "producer_options", "make_consumer", "make_producer", "publish_all"]
 
 
 def consumer_options(settings: ServiceSettings, group_id: str | None) -> dict[str, Any]:
@@ -59,3 +60,16 @@ def make_producer(settings: KafkaSettings, transactional_id: str | None = None) 
         return KafkaProducer(**producer_options(settings, transactional_id))
     except KafkaTimeoutError:
         raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
+
+
+def publish_all(settings: KafkaSettings, topic: str, messages: Sequence[Message]) -> int:
+    """Send messages keyed by their own key, wait until the broker acknowledged every one; return the count."""
+    producer = make_producer(settings)
+    try:
+        futures = [producer.send(topic, key=(m.kafka_key() or "").encode(), value=encode(m)) for m in messages]
+        producer.flush()
+        for fut in futures:
+            fut.get(timeout=0)
+    finally:
+        producer.close(timeout=10)
+    return len(messages)

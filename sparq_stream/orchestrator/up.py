@@ -142,40 +142,16 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
 
 def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
     """The run's seeds (first ``seed_limit``), labelled with their skill-sets unless disabled; and the bad lines."""
-    from sparq_stream.messages import Seed
-    from sparq_stream.seeds import BadLine, label_seeds, read_seeds
+    from sparq_stream.seeds import collect_seeds, label_seeds
 
-    seeds: list[Seed] = []
-    bad = 0
-    for item in read_seeds(config.seeds):
-        if isinstance(item, BadLine):
-            bad += 1
-            log.warning("%s:%d: %s (skipped)", config.seeds, item.line, item.reason)
-            continue
-        seeds.append(item)
-        if config.seed_limit is not None and len(seeds) >= config.seed_limit:
-            break
+    seeds, bad_lines = collect_seeds(config.seeds, config.seed_limit)
+    for line in bad_lines:
+        log.warning("%s:%d: %s (skipped)", config.seeds, line.line, line.reason)
     if config.label_seeds and seeds:
         log.info("labelling %d seeds with their skill-sets (%s backend)", len(seeds), config.backend)
         vocabulary = str(config.vocabulary) if config.vocabulary else None
         seeds = label_seeds(seeds, config.backend, backend_options=_backend_options(config), vocabulary=vocabulary)
-    return seeds, bad
-
-
-def _publish_seeds(settings: Any, seeds: list[Any]) -> None:
-    from sparq_stream.bus.client import make_producer
-    from sparq_stream.bus.topics import TopicNames
-    from sparq_stream.messages import encode
-
-    topic = TopicNames(settings.prefix).topic("seeds")
-    producer = make_producer(settings)
-    try:
-        futures = [producer.send(topic, key=s.id.encode(), value=encode(s)) for s in seeds]
-        producer.flush()
-        for fut in futures:
-            fut.get(timeout=0)
-    finally:
-        producer.close(timeout=10)
+    return seeds, len(bad_lines)
 
 
 def _finished(monitor: Any, idle_since: dict[str, float]) -> bool:
@@ -204,7 +180,8 @@ def run_up(
 
     ``on_tick(supervisor, monitor)`` is called twice a second (tests use it to kill services mid-run).
     """
-    from sparq_stream.bus.topics import create_topics
+    from sparq_stream.bus.client import publish_all
+    from sparq_stream.bus.topics import TopicNames, create_topics
     from sparq_stream.orchestrator.monitor import MetricsMonitor
     from sparq_stream.orchestrator.report import write_report
     from sparq_stream.orchestrator.supervisor import Supervisor
@@ -232,7 +209,7 @@ def run_up(
         )
         create_topics(settings, partitions=config.partitions)
         seeds, bad = load_seed_set(config)
-        _publish_seeds(settings, seeds)
+        publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
         log.info("published %d seeds (%d bad lines skipped) to %s.seeds", len(seeds), bad, prefix)
         monitor = MetricsMonitor(settings).start()
         stack.callback(monitor.stop)
