@@ -359,16 +359,22 @@ class ServiceProcess:
     def _publish_metrics(self, force: bool = False) -> None:
         if not (force or self.metrics.due()):
             return
-        lag = 0
+        lag = unknown = 0
         for client in (self._consumer, self._tables):  # input lag, and how far behind the tables are
             if client is None:
                 continue
-            for tp in client.assignment():
+            assigned = client.assignment()
+            if client is self._consumer and not assigned:
+                unknown += 1  # still joining the group: nothing is known yet
+            for tp in assigned:
                 hw = client.highwater(tp)
                 position = client.position(tp, timeout_ms=0) if hw is not None else None
-                if hw is not None and position is not None:
+                if hw is None or position is None:
+                    unknown += 1  # no fetch answered yet for this partition
+                else:
                     lag += max(0, hw - position)
         self.metrics.set("lag", lag)
+        self.metrics.set("lag_unknown", unknown)
         snap = self.metrics.snapshot(self.core.metrics())
         self.log.debug("metrics %s", snap.counters)
         if self._txn:

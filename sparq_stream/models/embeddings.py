@@ -50,7 +50,7 @@ class SentenceTransformerEmbedder:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot load a sentence-transformers model from {path}: {exc}") from exc
-        self.model.eval()
+        self.model.train(False)  # inference mode
         dim = self.model.get_embedding_dimension() if hasattr(self.model, "get_embedding_dimension") else None
         if dim is None:
             dim = int(self.model.encode(["x"], convert_to_numpy=True).shape[1])

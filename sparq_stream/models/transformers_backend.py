@@ -180,7 +180,7 @@ class TransformersBackend:
             hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=self.dtype, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot load a causal LM from {hf_dir}: {exc}") from exc
-        hf_model.to(self.device).eval()
+        hf_model.to(self.device).train(False)  # inference mode
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(f"the tokenizer in {hf_dir} has no chat template")
         tokenizer.padding_side = "left"

@@ -163,7 +163,8 @@ def _finished(monitor: Any, idle_since: dict[str, float]) -> bool:
     now = time.monotonic()
     for name in ("archivist", "trainer"):
         row = snap.get(name)
-        if row is None or row["gauges"].get("lag", 1.0) > 0:
+        gauges = row["gauges"] if row else {}
+        if row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0:
             idle_since.pop(name, None)
             return False
         idle_since.setdefault(name, now)

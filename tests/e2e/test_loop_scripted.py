@@ -141,15 +141,16 @@ def test_an_independent_consumer_group_sees_every_result_while_the_loop_runs(tan
 @pytest.mark.parametrize("victim", ["mutator", "novelty", "solver-0", "archivist", "trainer"])
 def test_kill_9_of_a_service_mid_run_ends_in_the_same_archive(victim: str, tansu: str, shared_data: Path, tmp_path: Path) -> None:
     steps = 6
+    slow = {"latency_per_call_s": 0.4}  # a latency-bound backend, so the kill lands early in the run
     reference = run_local(_config(shared_data, tmp_path / "local", "qd", steps=steps))
     prefix = "kill" + uuid.uuid4().hex[:8]
-    config = _config(shared_data, tmp_path / "run", "qd", bootstrap=tansu, prefix=prefix, steps=steps)
+    config = _config(shared_data, tmp_path / "run", "qd", bootstrap=tansu, prefix=prefix, steps=steps, backend_options=slow)
     killed_at_step: list[float] = []
 
     def chaos(supervisor, monitor) -> None:
         if killed_at_step:
             return
-        if monitor.value("archivist", "scored") >= 1:
+        if monitor.value("archivist", "scored") >= 1 and monitor.value("mutator", "step") <= 2:
             svc = next(s for s in supervisor.services if s.name == victim)
             if svc.alive:
                 os.kill(svc.proc.pid, signal.SIGKILL)
