@@ -373,7 +373,7 @@ def _save(model: Any, tokenizer: Any, method: str, out: Path, overwrite: bool, r
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        model.train(False)  # inference mode (same as .eval())
+        model.train(False)  # inference mode
         if method == "lora":
             model.save_pretrained(str(tmp / ADAPTER_SUBDIR))
             model = model.merge_and_unload()
