@@ -157,7 +157,6 @@ class ServiceProcess:
             if caught_up(self._tables, parts):
                 break
         self.log.info("restored %d table record(s) from %s", n, [tp.topic for tp in parts])
-        self.metrics.inc("table_records", 0)
 
     def _poll_tables(self, timeout_ms: int = 0) -> int:
         if self._tables is None:
