@@ -97,15 +97,14 @@ def topics_create(
     partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1, help="Partitions per topic."),
     replication_factor: int = typer.Option(1, "--replication-factor", envvar="SPARQ_REPLICATION_FACTOR", min=1),
 ) -> None:
-    """Create every topic of the loop under the prefix (elites and models compacted)."""
-    from sparq_stream.bus.topics import create_topics
+    """Create every topic of the loop under the prefix with its role's configs; mend configs of existing ones."""
+    from sparq_stream.bus.topics import ensure_topics, format_report
 
     settings = _service_settings(bootstrap, prefix)
-    created = create_topics(settings, partitions=partitions, replication_factor=replication_factor)
-    for name in created:
-        typer.echo(f"created {name}")
-    if not created:
-        typer.echo("all topics already exist")
+    report = ensure_topics(settings, partitions=partitions, replication_factor=replication_factor)
+    typer.echo(format_report(report))
+    if report.differ:
+        raise ConfigError("some topics keep configs that differ from their role (see above); alter them by hand")
 
 
 @topics_app.command("describe")

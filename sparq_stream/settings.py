@@ -102,14 +102,20 @@ class KafkaSettings(BaseSparqSettings):
 
 
 def _default_instance() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """The host name: stable across restarts (a StatefulSet pod name), so a restarted replica fences its predecessor."""
+    return socket.gethostname() or "localhost"
 
 
 class ServiceSettings(KafkaSettings):
     """Settings shared by every service run by the process wrapper."""
 
     group_id: str | None = Field(default=None, description="consumer group; default <prefix>.<service>")
-    instance: str = Field(default_factory=_default_instance, description="this replica's name (metrics, txn id)")
+    instance: str = Field(
+        default_factory=_default_instance,
+        min_length=1,
+        description="this replica's stable name (metrics key; transactional id <group>.<instance>); default the host name, "
+        "give each replica on one host its own",
+    )
     partitions: int = Field(default=3, ge=1, description="partitions per topic when topics are created")
     replication_factor: int = Field(default=1, ge=1)
     session_timeout_ms: int = Field(default=6000, ge=1000)
@@ -126,6 +132,21 @@ class ServiceSettings(KafkaSettings):
     retry_backoff_ms: int = Field(default=200, ge=0)
     retry_backoff_max_ms: int = Field(default=30_000, ge=0)
     metrics_interval_s: float = Field(default=5.0, gt=0)
+    restore_timeout_s: float = Field(
+        default=300.0, gt=0, description="longest wait to read the table topics on start; then exit non-zero (retriable)"
+    )
+    shutdown_timeout_s: float = Field(
+        default=8.0, gt=0, description="after SIGTERM/SIGINT, longest wait for a clean stop before exiting without commit"
+    )
+    client_timeout_s: float = Field(
+        default=30.0, gt=0, description="bound on each flush, commit and transaction call of the wrapper"
+    )
+    max_request_size: int = Field(
+        default=1_048_576, ge=1024, description="largest record the producer sends (bytes); dead letters are truncated to fit"
+    )
+    changelog_segment_ms: int = Field(
+        default=3_600_000, ge=1000, description="segment.ms of compacted topics created by 'sparq topics create'"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 

@@ -11,7 +11,17 @@ from sparq_stream.errors import BrokerUnavailable
 from sparq_stream.messages import Message, encode
 from sparq_stream.settings import KafkaSettings, ServiceSettings
 
-__all__ = ["consumer_options", "producer_options", "make_consumer", "make_producer", "publish_all"]
+__all__ = ["consumer_options", "producer_options", "make_consumer", "make_producer", "max_request_size", "publish_all"]
+
+_DEFAULT_MAX_REQUEST_SIZE = 1_048_576  # kafka-python's and the Java client's default
+
+
+def max_request_size(settings: KafkaSettings) -> int:
+    """The producer's record size limit: ``kafka_options['max_request_size']``, else the setting, else 1 MiB."""
+    explicit = settings.kafka_options.get("max_request_size")
+    if explicit is not None:
+        return int(explicit)
+    return int(getattr(settings, "max_request_size", _DEFAULT_MAX_REQUEST_SIZE))
 
 
 def consumer_options(settings: ServiceSettings, group_id: str | None) -> dict[str, Any]:
@@ -35,7 +45,13 @@ def consumer_options(settings: ServiceSettings, group_id: str | None) -> dict[st
 
 def producer_options(settings: KafkaSettings, transactional_id: str | None = None) -> dict[str, Any]:
     """Producer options: every send acknowledged by all in-sync replicas, small linger for batching."""
-    opts: dict[str, Any] = {"acks": "all", "linger_ms": 5, "retries": 5, "max_in_flight_requests_per_connection": 5}
+    opts: dict[str, Any] = {
+        "acks": "all",
+        "linger_ms": 5,
+        "retries": 5,
+        "max_in_flight_requests_per_connection": 5,
+        "max_request_size": max_request_size(settings),
+    }
     if transactional_id:
         opts["transactional_id"] = transactional_id
         opts["enable_idempotence"] = True

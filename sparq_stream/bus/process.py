@@ -10,33 +10,68 @@ transaction instead (honoured by Apache Kafka; Tansu accepts but does not honour
 Retriable errors back off and retry; other errors send that message to the
 dead-letter topic with its original bytes and the reason, and its offset is
 committed, so a poison message never blocks a partition and is never lost.
-SIGTERM/SIGINT finish the batch in flight, commit, close and return 0.
+A dead-letter copy never exceeds the producer's ``max_request_size``: a larger
+value is truncated and the copy says so (``sparq.dlq.truncated``, original size
+and SHA-256). An output the broker can never take (too large, invalid record)
+dead-letters the input that produced it instead of being retried forever.
+
+Table topics are read whole on start (bounded by ``restore_timeout_s``; past it
+the service ends with a retriable error and a non-zero exit). A table record
+that does not decode, fails in ``on_table``, or is a tombstone on a topic that
+carries no deletes is dead-lettered by each replica's reader (headers name the
+service and instance) and counted.
+
+Exactly-once: everything a core returns, changelog writes included, is an
+ordinary output, so it goes in the same transaction as the other outputs and
+the input offsets; a restarted replica with the same ``instance`` keeps the
+transactional id ``<group>.<instance>`` and fences its predecessor.
+
+SIGTERM/SIGINT finish the batch in flight, commit, close and return 0; every
+flush/commit/close is bounded, and a watchdog ends the process
+``shutdown_timeout_s`` after the signal whatever it is blocked on (the broker
+gone, say), without committing: at-least-once redelivers, exactly-once aborts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from kafka import TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import (
+    CommitFailedError,
+    CorruptRecordError,
+    InvalidProducerEpochError,
+    InvalidRecordError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFencedError,
+    RecordListTooLargeError,
+)
 from kafka.structs import OffsetAndMetadata
 
-from sparq_stream.bus.client import make_consumer, make_producer
+from sparq_stream.bus.client import make_consumer, make_producer, max_request_size
 from sparq_stream.bus.compacted import caught_up, partitions_of
-from sparq_stream.bus.dlq import dlq_headers
+from sparq_stream.bus.dlq import dlq_headers, fit_record, record_size
 from sparq_stream.bus.metrics import ServiceMetrics
-from sparq_stream.bus.topics import TopicNames
+from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
 from sparq_stream.core import Core, Inbound, Outgoing
-from sparq_stream.errors import SparqError
+from sparq_stream.errors import FatalError, RetriableError, SparqError
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
 
 __all__ = ["ServiceProcess", "run_service"]
+
+#: Send errors that concern one record and that no retry can fix: the record's input is dead-lettered.
+_RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
+#: Another producer took over this transactional id: this process must end.
+_FENCED_ERRORS = (ProducerFencedError, InvalidProducerEpochError)
+_Coords = tuple[str, int, int]
 
 
 @dataclass
@@ -46,6 +81,38 @@ class _Dead:
     record: Any
     error_type: str
     error: str
+
+
+@dataclass
+class _Copy:
+    """A record-like copy of an output that has no input to dead-letter in its place."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass
+class _Out:
+    """One encoded output and the input record (None for tick outputs) that produced it."""
+
+    outgoing: Outgoing
+    source: Any
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class _RecordsRejected(KafkaError):
+    """The broker refused some records for good; their inputs are dead-lettered on the redo."""
+
+
+def _coords(record: Any) -> _Coords:
+    return (record.topic, record.partition, record.offset)
 
 
 class ServiceProcess:
@@ -66,6 +133,11 @@ class ServiceProcess:
         self._producer: Any = None
         self._dlq_topic = self.names.topic("dlq")
         self._carry: list[Outgoing] = []
+        self._max_record = max_request_size(settings)
+        self._poisoned: dict[_Coords, tuple[str, str]] = {}  # input -> (error type, reason): dead-letter on redo
+        self._poisoned_ticks: dict[int, tuple[str, str]] = {}  # id() of a carried tick output -> reason
+        self._shrink: set[_Coords] = set()  # dead letters the broker refused: resend without their value
+        self._watchdog: threading.Timer | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -78,8 +150,23 @@ class ServiceProcess:
         return self._stop.is_set()
 
     def _on_signal(self, signum: int, _frame: object) -> None:
-        self.log.info("received %s: finishing the batch in flight", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        self.log.info("received %s: finishing the batch in flight (at most %.0fs)", name, self.settings.shutdown_timeout_s)
         self.stop()
+        if self._watchdog is None:
+            self._watchdog = threading.Timer(self.settings.shutdown_timeout_s, self._force_exit, args=(128 + signum,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
+
+    def _force_exit(self, code: int) -> None:
+        """The stop did not finish in time (a broker gone, a blocked call): exit now, without a final commit."""
+        self.log.error(
+            "did not stop within %.0fs of the signal (broker unreachable?): exiting without a final commit; "
+            "uncommitted input is redelivered",
+            self.settings.shutdown_timeout_s,
+        )
+        logging.shutdown()
+        os._exit(code)
 
     def _open(self) -> None:
         topics = [self.names.resolve(t) for t in self.core.inputs]
@@ -94,18 +181,22 @@ class ServiceProcess:
             self._restore_tables()
 
     def _close(self) -> None:
+        bound_ms = int(min(self.settings.client_timeout_s, self.settings.shutdown_timeout_s / 2) * 1000)
         for name in ("_consumer", "_tables"):
             client = getattr(self, name)
             if client is not None:
                 try:
-                    client.close(autocommit=False)
+                    client.close(autocommit=False, timeout_ms=bound_ms)
                 except Exception as exc:  # closing must not mask the real exit reason
                     self.log.warning("closing %s: %s", name, exc)
                 setattr(self, name, None)
         if self._producer is not None:
             try:
-                self._producer.flush(timeout=10)
-                self._producer.close(timeout=10)
+                self._producer.flush(timeout=bound_ms / 2000)
+            except Exception as exc:
+                self.log.warning("flushing producer: %s", exc)
+            try:
+                self._producer.close(timeout=bound_ms / 2000)
             except Exception as exc:
                 self.log.warning("closing producer: %s", exc)
             self._producer = None
@@ -115,17 +206,20 @@ class ServiceProcess:
         if self._install_signals and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
-        self._open()
-        self.log.info(
-            "%s running: group=%s inputs=%s tables=%s guarantee=%s",
-            self.core.name,
-            self.group_id,
-            list(self.core.inputs),
-            list(self.core.tables),
-            self.settings.processing_guarantee,
-        )
-        last_input = time.monotonic()
+        opened = False
         try:
+            self._open()
+            opened = True
+            self.log.info(
+                "%s running: group=%s instance=%s inputs=%s tables=%s guarantee=%s",
+                self.core.name,
+                self.group_id,
+                self.settings.instance,
+                list(self.core.inputs),
+                list(self.core.tables),
+                self.settings.processing_guarantee,
+            )
+            last_input = time.monotonic()
             while not self._stop.is_set():
                 if self._step():
                     last_input = time.monotonic()
@@ -135,10 +229,11 @@ class ServiceProcess:
                 if until is not None and until():
                     break
         finally:
-            try:
-                self._publish_metrics(force=True)
-            except Exception as exc:
-                self.log.warning("final metrics: %s", exc)
+            if opened:
+                try:
+                    self._publish_metrics(force=True)
+                except Exception as exc:
+                    self.log.warning("final metrics: %s", exc)
             self.core.close()
             self._close()
             self.log.info("%s stopped", self.core.name)
@@ -146,44 +241,91 @@ class ServiceProcess:
 
     # ------------------------------------------------------------------ tables
     def _restore_tables(self) -> None:
-        """Read every table topic from the beginning up to its high watermark before handling input."""
+        """Read every table topic from the beginning up to its high watermark before handling input.
+
+        Raises a retriable error (the service exits non-zero; its supervisor restarts it) when the
+        tables are not read to their end within ``restore_timeout_s``.
+        """
         parts = [tp for logical in self.core.tables for tp in partitions_of(self._tables, self.names.resolve(logical))]
         self._tables.assign(parts)
         self._tables.seek_to_beginning(*parts)
         n = 0
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
+        started = time.monotonic()
+        deadline = started + self.settings.restore_timeout_s
+        next_report = started + 10.0
+        while True:
             n += self._poll_tables(timeout_ms=200)
             if caught_up(self._tables, parts):
                 break
-        self.log.info("restored %d table record(s) from %s", n, [tp.topic for tp in parts])
+            now = time.monotonic()
+            if self._stop.is_set():
+                self.log.info("stop requested while restoring tables (%d record(s) read)", n)
+                return
+            if now >= deadline:
+                raise RetriableError(
+                    f"{self.core.name}: table topics not read to their end within {self.settings.restore_timeout_s:.0f}s "
+                    f"({n} record(s) read; behind: {self._table_lag(parts)}); exiting so the service is restarted "
+                    "(raise --restore-timeout-s for large tables)"
+                )
+            if now >= next_report:
+                self.log.info("restoring tables: %d record(s) read in %.0fs; behind: %s", n, now - started, self._table_lag(parts))
+                next_report = now + 10.0
+        self.log.info("restored %d table record(s) from %s in %.1fs", n, [tp.topic for tp in parts], time.monotonic() - started)
+
+    def _table_lag(self, parts: list[TopicPartition]) -> dict[str, Any]:
+        lag: dict[str, Any] = {}
+        for tp in parts:
+            hw = self._tables.highwater(tp)
+            lag[f"{tp.topic}[{tp.partition}]"] = "unknown" if hw is None else max(0, hw - self._tables.position(tp, timeout_ms=0))
+        return lag
 
     def _poll_tables(self, timeout_ms: int = 0) -> int:
         if self._tables is None:
             return 0
         polled = self._tables.poll(timeout_ms=timeout_ms, max_records=self.settings.max_poll_records)
         n = 0
-        outputs: list[Outgoing] = []
+        pairs: list[tuple[Outgoing, Any]] = []
+        dead: list[_Dead] = []
         for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
             for rec in polled[tp]:
                 n += 1
-                try:
-                    message = None if rec.value is None else decode(rec.value)
-                except SparqError as exc:
-                    self.log.warning("table record %s[%d]@%d does not decode: %s", tp.topic, tp.partition, rec.offset, exc)
-                    self.metrics.inc("table_decode_errors")
-                    continue
-                inbound = self._inbound(rec, message)
-                try:
-                    outputs.extend(self.core.on_table(inbound))
-                except Exception as exc:  # noqa: BLE001 - a bad table record must not stop the service
-                    self.log.error("table record %s[%d]@%d failed: %s: %s", tp.topic, tp.partition, rec.offset, type(exc).__name__, exc)
-                    self.metrics.inc("table_errors")
+                failure = self._apply_table_record(rec, pairs)
+                if failure is not None:
+                    dead.append(failure)
         if n:
             self.metrics.inc("table_records", n)
-        if outputs:
-            self._send_and_commit(outputs, [], {})
+        if dead:
+            self.metrics.inc("table_dead_lettered", len(dead))
+        while (pairs or dead) and not self._deliver(pairs, dead, {}):
+            if self._stop.is_set():  # outputs of table records are not redelivered: retry in place until stopped
+                break
         return n
+
+    def _apply_table_record(self, rec: Any, pairs: list[tuple[Outgoing, Any]]) -> _Dead | None:
+        """Hand one table record to the core; return a dead letter when it cannot be applied."""
+        where = f"table record {rec.topic}[{rec.partition}]@{rec.offset}"
+        if rec.value is None and not self._table_carries_deletes(rec.topic):
+            self.log.warning("%s: tombstone on a table that carries no deletes: dead-lettered", where)
+            self.metrics.inc("table_tombstones_rejected")
+            return _Dead(rec, "UnexpectedTombstone", f"tombstone on table topic {rec.topic}, which carries no deletes")
+        try:
+            message = None if rec.value is None else decode(rec.value)
+        except SparqError as exc:
+            self.log.warning("%s does not decode: %s", where, exc)
+            self.metrics.inc("table_decode_errors")
+            return _Dead(rec, type(exc).__name__, str(exc))
+        try:
+            outputs = self.core.on_table(self._inbound(rec, message))
+        except Exception as exc:  # noqa: BLE001 - a bad table record must not stop the service
+            self.log.error("%s failed: %s: %s", where, type(exc).__name__, exc)
+            self.metrics.inc("table_errors")
+            return _Dead(rec, type(exc).__name__, str(exc) or repr(exc))
+        pairs.extend((out, rec) for out in outputs)
+        return None
+
+    def _table_carries_deletes(self, topic: str) -> bool:
+        logical = self.names.logical(topic)
+        return logical is None or logical not in LOGICAL_TOPICS or spec_of(logical).deletes
 
     # ------------------------------------------------------------------ one step
     def _inbound(self, rec: Any, message: Any) -> Inbound:
@@ -206,6 +348,10 @@ class ServiceProcess:
         dead: list[_Dead] = []
         for rec in records:
             offsets[TopicPartition(rec.topic, rec.partition)] = OffsetAndMetadata(rec.offset + 1, "", -1)
+            poisoned = self._poisoned.get(_coords(rec))
+            if poisoned is not None:  # its outputs were refused for good on an earlier try
+                dead.append(_Dead(rec, *poisoned))
+                continue
             try:
                 message = None if rec.value is None else decode(rec.value)
             except SparqError as exc:
@@ -214,16 +360,16 @@ class ServiceProcess:
                 continue
             inbound.append(self._inbound(rec, message))
         started = time.monotonic()
-        outputs: list[Outgoing] = []
+        pairs: list[tuple[Outgoing, Any]] = []
         if inbound:
             handled, failed = self._handle(inbound, records)
-            outputs.extend(handled)
+            pairs.extend(handled)
             dead.extend(failed)
         ticked = self._carry + self.core.tick(time.time())
         self._carry = []
-        outputs.extend(ticked)
-        if records or outputs or dead:
-            if not self._send_and_commit(outputs, dead, offsets, records):
+        pairs.extend((out, None) for out in ticked)
+        if records or pairs or dead:
+            if not self._deliver(pairs, dead, offsets, records):
                 self._carry = ticked  # the rewound records redo their outputs; tick outputs are kept to resend
         if records:
             self.metrics.inc("consumed", len(records))
@@ -232,29 +378,36 @@ class ServiceProcess:
         self._publish_metrics()
         return bool(records)
 
-    def _handle(self, batch: list[Inbound], records: list[Any]) -> tuple[list[Outgoing], list[_Dead]]:
-        """Handle a batch; on failure fall back to one message at a time so only the culprit is dead-lettered."""
+    def _handle(self, batch: list[Inbound], records: list[Any]) -> tuple[list[tuple[Outgoing, Any]], list[_Dead]]:
+        """Handle a batch; on failure fall back to one message at a time so only the culprit is dead-lettered.
+
+        Returns each output with the input record that produced it.
+        """
+        by_coords = {_coords(r): r for r in records}
+
+        def source(item: Inbound) -> Any:
+            return by_coords[(self.names.resolve(item.topic), item.partition, item.offset)]
+
         try:
             per_item = self._with_retries(lambda: self.core.handle_batch(batch), what=f"batch of {len(batch)}")
-            return [out for outs in per_item for out in outs], []
+            return [(out, source(item)) for item, outs in zip(batch, per_item) for out in outs], []
         except Exception as exc:  # noqa: BLE001 - isolate the culprit below
             if len(batch) == 1:
-                return [], [self._dead_for(batch[0], records, exc)]
+                return [], [self._dead_for(batch[0], source(batch[0]), exc)]
             self.log.warning("batch failed (%s: %s): retrying one message at a time", type(exc).__name__, exc)
-        outputs: list[Outgoing] = []
+        pairs: list[tuple[Outgoing, Any]] = []
         dead: list[_Dead] = []
         for item in batch:
             try:
-                outputs.extend(self._with_retries(lambda item=item: self.core.handle(item), what=f"offset {item.offset}"))
+                outs = self._with_retries(lambda item=item: self.core.handle(item), what=f"offset {item.offset}")
+                pairs.extend((out, source(item)) for out in outs)
             except Exception as exc:  # noqa: BLE001 - any handler error dead-letters that message
-                dead.append(self._dead_for(item, records, exc))
-        return outputs, dead
+                dead.append(self._dead_for(item, source(item), exc))
+        return pairs, dead
 
-    def _dead_for(self, item: Inbound, records: list[Any], exc: BaseException) -> _Dead:
+    def _dead_for(self, item: Inbound, rec: Any, exc: BaseException) -> _Dead:
         self.metrics.inc("handler_errors")
         self.log.error("message %s[%d]@%d dead-lettered: %s: %s", item.topic, item.partition, item.offset, type(exc).__name__, exc)
-        topic = self.names.resolve(item.topic)
-        rec = next(r for r in records if r.topic == topic and r.partition == item.partition and r.offset == item.offset)
         return _Dead(rec, type(exc).__name__, str(exc) or repr(exc))
 
     def _with_retries(self, fn: Callable[[], Any], what: str) -> Any:
@@ -273,19 +426,48 @@ class ServiceProcess:
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ output
-    def _send(self, outputs: Sequence[Outgoing], dead: Sequence[_Dead]) -> list[Any]:
-        futures = []
-        for out in outputs:
+    def _screen(self, pairs: Sequence[tuple[Outgoing, Any]], dead: list[_Dead]) -> list[_Out]:
+        """Encode outputs; an input with an output that can never be sent is dead-lettered instead, with the reason."""
+        outs: list[_Out] = []
+        refused: dict[_Coords, tuple[str, str]] = {}
+        for out, source in pairs:
             key = out.resolved_key()
-            value = None if out.message is None else encode(out.message)
-            futures.append(
-                self._producer.send(
-                    self.names.resolve(out.topic),
-                    key=key.encode("utf-8") if key is not None else None,
-                    value=value,
-                    headers=list(out.headers) or None,
-                )
+            item = _Out(
+                out,
+                source,
+                self.names.resolve(out.topic),
+                key.encode("utf-8") if key is not None else None,
+                None if out.message is None else encode(out.message),
+                list(out.headers),
             )
+            size = record_size(item.key, item.value, item.headers)
+            reason = self._poisoned.get(_coords(source)) if source is not None else self._poisoned_ticks.pop(id(out), None)
+            if reason is None and size > self._max_record:
+                reason = (
+                    "MessageSizeTooLargeError",
+                    f"output to {item.topic} is {size} bytes, over max_request_size {self._max_record}",
+                )
+            if reason is None:
+                outs.append(item)
+            elif source is None:  # a tick output: its own (truncated) copy is the dead letter
+                self.log.error("output to %s dead-lettered: %s", item.topic, reason[1])
+                dead.append(_Dead(_Copy(item.topic, item.key, item.value, item.headers), *reason))
+            else:
+                refused.setdefault(_coords(source), reason)
+        if refused:
+            outs = [o for o in outs if o.source is None or _coords(o.source) not in refused]
+            sources = {_coords(s): s for _, s in pairs if s is not None}
+            for coords, (error_type, error) in refused.items():
+                self.log.error("%s[%d]@%d dead-lettered: %s", *coords, error)
+                self.metrics.inc("output_refused")
+                dead.append(_Dead(sources[coords], error_type, error))
+        return outs
+
+    def _send(self, outs: Sequence[_Out], dead: Sequence[_Dead]) -> list[tuple[Any, _Out | _Dead]]:
+        sent: list[tuple[Any, _Out | _Dead]] = []
+        for out in outs:
+            fut = self._producer.send(out.topic, key=out.key, value=out.value, headers=out.headers or None)
+            sent.append((fut, out))
         for d in dead:
             headers = dlq_headers(
                 source_topic=d.record.topic,
@@ -294,14 +476,42 @@ class ServiceProcess:
                 error_type=d.error_type,
                 error=d.error,
                 service=self.core.name,
+                instance=self.settings.instance,
                 original_headers=d.record.headers or (),
             )
-            futures.append(self._producer.send(self._dlq_topic, key=d.record.key, value=d.record.value, headers=headers))
-        return futures
+            value = d.record.value
+            if _coords(d.record) in self._shrink:  # the broker refused the copy even within our limit
+                headers.append(("sparq.dlq.original_size", str(len(value or b"")).encode()))
+                value = b""
+            value, headers = fit_record(d.record.key, value, headers, self._max_record)
+            sent.append((self._producer.send(self._dlq_topic, key=d.record.key, value=value, headers=headers), d))
+        return sent
 
-    def _send_and_commit(
+    def _check_sends(self, sent: Sequence[tuple[Any, _Out | _Dead]]) -> None:
+        """Raise the first send error; records the broker refused for good are remembered for the redo."""
+        refused = 0
+        for fut, what in sent:
+            exc = fut.exception if fut.is_done else None
+            if exc is None:
+                if not fut.is_done:
+                    fut.get(timeout=0)  # raises a timeout: not acknowledged in time
+                continue
+            if not isinstance(exc, _RECORD_ERRORS):
+                raise exc
+            refused += 1
+            reason = (type(exc).__name__, f"the broker refused a record: {exc}")
+            if isinstance(what, _Dead):
+                self._shrink.add(_coords(what.record))
+            elif what.source is not None:
+                self._poisoned[_coords(what.source)] = reason
+            else:
+                self._poisoned_ticks[id(what.outgoing)] = reason
+        if refused:
+            raise _RecordsRejected(f"{refused} record(s) refused for good: dead-lettering their inputs")
+
+    def _deliver(
         self,
-        outputs: Sequence[Outgoing],
+        pairs: Sequence[tuple[Outgoing, Any]],
         dead: Sequence[_Dead],
         offsets: dict[TopicPartition, OffsetAndMetadata],
         records: Sequence[Any] = (),
@@ -310,19 +520,26 @@ class ServiceProcess:
 
         Returns False when the sends failed and the batch was rewound to be handled again.
         """
+        dead = list(dead)
+        outs = self._screen(pairs, dead)
+        bound = self.settings.client_timeout_s
         try:
             if self._txn:
                 self._producer.begin_transaction()
-            futures = self._send(outputs, dead)
-            self._producer.flush()
-            for fut in futures:
-                fut.get(timeout=0)  # raises the send's error, if any
+            sent = self._send(outs, dead)
+            self._producer.flush(timeout=bound)
+            self._check_sends(sent)
             if self._txn:
                 if offsets:
                     self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
                 self._producer.commit_transaction()
             elif offsets:
-                self._consumer.commit(offsets)
+                self._consumer.commit(offsets, timeout_ms=int(bound * 1000))
+        except _FENCED_ERRORS as exc:
+            raise FatalError(
+                f"another process took over transactional id {self.group_id}.{self.settings.instance} ({exc}); "
+                "give each replica its own --instance"
+            ) from None
         except CommitFailedError as exc:
             # The group rebalanced: another member now owns (and will redeliver) these records.
             self.metrics.inc("commit_failures")
@@ -337,9 +554,13 @@ class ServiceProcess:
                 except KafkaError as abort_exc:
                     self.log.warning("abort_transaction: %s", abort_exc)
             self._rewind(records)
-            self._stop.wait(self.settings.retry_backoff_ms / 1000)
+            if not isinstance(exc, _RecordsRejected):
+                self._stop.wait(self.settings.retry_backoff_ms / 1000)
             return False
-        self.metrics.inc("produced", len(outputs))
+        for d in dead:
+            self._poisoned.pop(_coords(d.record), None)
+            self._shrink.discard(_coords(d.record))
+        self.metrics.inc("produced", len(outs))
         if dead:
             self.metrics.inc("dead_lettered", len(dead))
         return True
@@ -376,13 +597,23 @@ class ServiceProcess:
         self.metrics.set("lag_unknown", unknown)
         snap = self.metrics.snapshot(self.core.metrics())
         self.log.debug("metrics %s", snap.counters)
-        if self._txn:
-            self._producer.begin_transaction()
-        self._producer.send(self.names.topic("metrics"), key=snap.kafka_key().encode(), value=encode(snap))
-        if self._txn:
-            self._producer.commit_transaction()
-        else:
-            self._producer.flush()
+        try:
+            if self._txn:
+                self._producer.begin_transaction()
+            self._producer.send(self.names.topic("metrics"), key=snap.kafka_key().encode(), value=encode(snap))
+            if self._txn:
+                self._producer.commit_transaction()
+            else:
+                self._producer.flush(timeout=self.settings.client_timeout_s)
+        except _FENCED_ERRORS as exc:
+            raise FatalError(f"another process took over transactional id {self.group_id}.{self.settings.instance}: {exc}") from None
+        except KafkaError as exc:  # metrics are best effort: the next snapshot carries the same counters
+            self.log.warning("publishing metrics failed: %s: %s", type(exc).__name__, exc)
+            if self._txn:
+                try:
+                    self._producer.abort_transaction()
+                except KafkaError as abort_exc:
+                    self.log.warning("abort_transaction: %s", abort_exc)
 
 
 def run_service(core: Core, settings: ServiceSettings, **kwargs: Any) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaAdminClient
@@ -14,27 +14,101 @@ from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from sparq_stream.errors import BrokerUnavailable, ConfigError
 from sparq_stream.settings import KafkaSettings
 
-__all__ = ["LOGICAL_TOPICS", "COMPACTED", "SINGLE_PARTITION", "TopicNames", "admin_client", "create_topics", "describe_topics"]
+__all__ = [
+    "COMPACTED",
+    "LOGICAL_TOPICS",
+    "SINGLE_PARTITION",
+    "TOPIC_SPECS",
+    "TopicNames",
+    "TopicReport",
+    "TopicSpec",
+    "admin_client",
+    "changelog",
+    "create_topics",
+    "describe_topics",
+    "ensure_topics",
+    "format_report",
+    "spec_of",
+    "topic_configs",
+]
 
 log = logging.getLogger(__name__)
 
-#: Every logical topic of the loop, in pipeline order.
-LOGICAL_TOPICS: tuple[str, ...] = (
-    "seeds",
-    "candidates",
-    "novel",
-    "drops",
-    "solved",
-    "elites",
-    "archive",
-    "models",
-    "metrics",
-    "dlq",
+_DAY_MS = 86_400_000
+#: segment.ms of state topics (compaction only cleans closed segments; the broker's default is 7 days).
+DEFAULT_SEGMENT_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How one logical topic is created: cleanup policy, retention, partitions, and whether tombstones mean delete.
+
+    ``retention_ms=-1`` keeps records forever; ``short_segments`` rolls segments every
+    ``segment_ms`` so compaction actually runs; ``deletes`` says whether a tombstone is a
+    legitimate delete on this topic (elsewhere a table reader dead-letters it).
+    """
+
+    name: str
+    cleanup: str = "delete"
+    retention_ms: int | None = 7 * _DAY_MS
+    single_partition: bool = False
+    short_segments: bool = False
+    deletes: bool = False
+
+    @property
+    def compacted(self) -> bool:
+        """True when the topic keeps the last value per key."""
+        return "compact" in self.cleanup
+
+
+def changelog(name: str, *, single_partition: bool = False) -> TopicSpec:
+    """A service's state changelog: compacted by key, kept forever, short segments, tombstones delete."""
+    return TopicSpec(name, "compact", -1, single_partition=single_partition, short_segments=True, deletes=True)
+
+
+#: Every logical topic of the loop, in pipeline order, with its role's configs. Add a row to add a topic
+#: (e.g. ``changelog("mutator-changelog")``); names must not contain dots.
+TOPIC_SPECS: tuple[TopicSpec, ...] = (
+    TopicSpec("seeds", "compact", -1),  # read whole on every start: never expires; keys are problem ids
+    TopicSpec("candidates"),
+    TopicSpec("novel", "compact", -1),  # read whole on start by novelty followers
+    TopicSpec("drops"),
+    TopicSpec("solved"),
+    changelog("elites"),  # W: last value per slot; tombstones evict
+    TopicSpec("archive", "compact", -1),  # the run's record; readers dedupe by key
+    changelog("models", single_partition=True),
+    TopicSpec("metrics", retention_ms=_DAY_MS),
+    TopicSpec("dlq", retention_ms=30 * _DAY_MS),
 )
+_SPECS: dict[str, TopicSpec] = {spec.name: spec for spec in TOPIC_SPECS}
+
+#: Every logical topic name, in pipeline order.
+LOGICAL_TOPICS: tuple[str, ...] = tuple(spec.name for spec in TOPIC_SPECS)
 #: Topics whose state is the last value per key.
-COMPACTED: frozenset[str] = frozenset({"elites", "models"})
+COMPACTED: frozenset[str] = frozenset(spec.name for spec in TOPIC_SPECS if spec.compacted)
 #: Topics where a total order matters more than parallelism.
-SINGLE_PARTITION: frozenset[str] = frozenset({"models"})
+SINGLE_PARTITION: frozenset[str] = frozenset(spec.name for spec in TOPIC_SPECS if spec.single_partition)
+
+
+def spec_of(logical: str) -> TopicSpec:
+    """Return the spec of a logical topic; unknown names raise ConfigError."""
+    try:
+        return _SPECS[logical]
+    except KeyError:
+        raise ConfigError(f"unknown topic {logical!r}; allowed: {', '.join(LOGICAL_TOPICS)}") from None
+
+
+def topic_configs(spec: TopicSpec, replication_factor: int = 1, segment_ms: int = DEFAULT_SEGMENT_MS) -> dict[str, str]:
+    """The topic-level configs ``sparq topics create`` sets for a spec."""
+    configs = {"cleanup.policy": spec.cleanup}
+    if spec.retention_ms is not None:
+        configs["retention.ms"] = str(spec.retention_ms)
+    if spec.short_segments:
+        configs["segment.ms"] = str(segment_ms)
+        configs["min.cleanable.dirty.ratio"] = "0.1"
+    if replication_factor >= 3:
+        configs["min.insync.replicas"] = "2"
+    return configs
 
 
 @dataclass(frozen=True)
@@ -44,24 +118,22 @@ class TopicNames:
     prefix: str = "sparq"
 
     def __getattr__(self, logical: str) -> str:
-        if logical.startswith("_") or logical not in LOGICAL_TOPICS:
+        if logical.startswith("_") or logical not in _SPECS:
             raise AttributeError(logical)
         return self.topic(logical)
 
     def topic(self, logical: str) -> str:
         """Return the Kafka topic for a logical name; unknown names raise ConfigError."""
-        if logical not in LOGICAL_TOPICS:
-            raise ConfigError(f"unknown topic {logical!r}; allowed: {', '.join(LOGICAL_TOPICS)}")
-        return f"{self.prefix}.{logical}"
+        return f"{self.prefix}.{spec_of(logical).name}"
 
     def logical(self, topic: str) -> str | None:
         """Return the logical name of a Kafka topic under this prefix, or None."""
         head, _, tail = topic.rpartition(".")
-        return tail if head == self.prefix and tail in LOGICAL_TOPICS else None
+        return tail if head == self.prefix and tail in _SPECS else None
 
     def resolve(self, name: str) -> str:
         """Accept a logical name or a full topic name; return the full Kafka topic name."""
-        return self.topic(name) if name in LOGICAL_TOPICS else name
+        return self.topic(name) if name in _SPECS else name
 
     def all(self) -> list[str]:
         """Return every Kafka topic of the loop."""
@@ -76,6 +148,16 @@ def admin_client(settings: KafkaSettings, timeout_s: float = 10.0) -> KafkaAdmin
         raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
 
 
+@dataclass
+class TopicReport:
+    """What ``ensure_topics`` did: topics created, configs altered, and configs that still differ."""
+
+    created: list[str] = field(default_factory=list)
+    altered: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
+    differ: dict[str, dict[str, tuple[str | None, str]]] = field(default_factory=dict)
+    unchecked: list[str] = field(default_factory=list)
+
+
 def create_topics(
     settings: KafkaSettings,
     partitions: int = 3,
@@ -83,30 +165,101 @@ def create_topics(
     logical: tuple[str, ...] = LOGICAL_TOPICS,
     timeout_s: float = 30.0,
 ) -> list[str]:
-    """Create the loop's topics (compacted where the state is last-value-per-key); return those created."""
+    """Create the loop's topics with their role's configs (and mend existing ones); return those created."""
+    return ensure_topics(settings, partitions, replication_factor, logical, timeout_s).created
+
+
+def ensure_topics(
+    settings: KafkaSettings,
+    partitions: int = 3,
+    replication_factor: int = 1,
+    logical: tuple[str, ...] = LOGICAL_TOPICS,
+    timeout_s: float = 30.0,
+    *,
+    alter: bool = True,
+) -> TopicReport:
+    """Create missing topics with their role's configs; alter (or, with ``alter=False``, report) differing ones."""
     names = TopicNames(settings.prefix)
+    segment_ms = int(getattr(settings, "changelog_segment_ms", DEFAULT_SEGMENT_MS))
+    wanted_configs = {names.topic(n): topic_configs(spec_of(n), replication_factor, segment_ms) for n in logical}
+    report = TopicReport()
     admin = admin_client(settings)
     try:
         existing = set(admin.list_topics())
-        wanted = []
         for name in logical:
             topic = names.topic(name)
             if topic in existing:
                 continue
-            configs = {"cleanup.policy": "compact"} if name in COMPACTED else {}
-            count = 1 if name in SINGLE_PARTITION else partitions
-            wanted.append(NewTopic(topic, num_partitions=count, replication_factor=replication_factor, topic_configs=configs))
-        created = []
-        for new in wanted:
+            count = 1 if spec_of(name).single_partition else partitions
+            new = NewTopic(topic, num_partitions=count, replication_factor=replication_factor, topic_configs=wanted_configs[topic])
             try:
                 admin.create_topics([new], timeout_ms=int(timeout_s * 1000))
-                created.append(new.name)
+                report.created.append(topic)
             except TopicAlreadyExistsError:
-                pass
+                existing.add(topic)
         _wait_for_topics(admin, [names.topic(n) for n in logical], timeout_s)
-        return created
+        old = [t for t in wanted_configs if t in existing]
+        if old:
+            _mend_configs(admin, {t: wanted_configs[t] for t in old}, report, alter)
+        return report
     finally:
         admin.close()
+
+
+def _current_configs(admin: KafkaAdminClient, wanted: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    resources = [ConfigResource(ConfigResourceType.TOPIC, t, {k: None for k in cfg}) for t, cfg in wanted.items()]
+    answer = admin.describe_configs(resources, config_filter="all")
+    return answer.get("topic", {}) if isinstance(answer, dict) else {}
+
+
+def _mend_configs(admin: KafkaAdminClient, wanted: dict[str, dict[str, str]], report: TopicReport, alter: bool) -> None:
+    """Compare existing topics' configs with their role's; alter those that differ (where the broker keeps configs)."""
+    try:
+        current = _current_configs(admin, wanted)
+    except KafkaError as exc:  # some brokers (Tansu) keep no topic configs
+        log.info("cannot read topic configs (%s): not checked", exc)
+        report.unchecked.extend(wanted)
+        return
+    for topic, cfg in wanted.items():
+        have = {k: _config_value(v) for k, v in (current.get(topic) or {}).items()}
+        if not have:
+            report.unchecked.append(topic)
+            continue
+        diff = {k: (None if have.get(k) is None else str(have.get(k)), v) for k, v in cfg.items() if str(have.get(k)) != v}
+        if diff:
+            report.differ[topic] = diff
+    if not alter or not report.differ:
+        return
+    for topic, diff in list(report.differ.items()):
+        try:
+            answer = admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {k: v for k, (_, v) in diff.items()})])
+            errors = [r for r in _flatten(answer) if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+        except (KafkaError, ValueError) as exc:
+            log.warning("altering %s failed: %s", topic, exc)
+            continue
+        report.altered[topic] = report.differ.pop(topic)
+
+
+def format_report(report: TopicReport) -> str:
+    """Lines for ``sparq topics create``: created, altered (with old -> new) and still-differing configs."""
+    lines = [f"created {t}" for t in report.created]
+    for verb, table in (("altered", report.altered), ("differs", report.differ)):
+        for topic, diff in table.items():
+            shown = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in sorted(diff.items()))
+            lines.append(f"{verb} {topic}: {shown}")
+    if not report.created and not report.altered and not report.differ:
+        lines.append("all topics already exist")
+    return "\n".join(lines)
+
+
+def _flatten(answer: Any) -> list[Any]:
+    if isinstance(answer, dict):
+        return [x for v in answer.values() for x in _flatten(v)]
+    if isinstance(answer, (list, tuple)):
+        return [x for v in answer for x in _flatten(v)]
+    return [answer]
 
 
 def _wait_for_topics(admin: KafkaAdminClient, topics: list[str], timeout_s: float) -> None:

@@ -77,7 +77,7 @@ def test_topics_describe_and_unknown_topic(broker: str, broker_name: str, prefix
     if broker_name == "kafka":  # Tansu does not keep topic configs
         assert rows[f"{prefix}.elites"]["configs"]["cleanup.policy"] == "compact"
         assert rows[f"{prefix}.models"]["configs"]["cleanup.policy"] == "compact"
-        assert rows[f"{prefix}.seeds"]["configs"].get("cleanup.policy", "delete") == "delete"
+        assert rows[f"{prefix}.seeds"]["configs"]["cleanup.policy"] == "compact"  # read whole on start: kept forever
     missing = sparq("tail", "no-such-topic", "-b", broker, "--prefix", prefix, "--max", "1")
     assert missing.returncode != 0
     assert missing.stderr.strip() == "error: unknown topic 'no-such-topic'"
