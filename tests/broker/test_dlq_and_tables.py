@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from typing import Sequence
 
 import msgpack
 import pytest
 from kafka import KafkaProducer
+from kafka.admin import NewTopic
 
 from sparq_stream.bus import ServiceProcess, create_topics, dead_letter_from_record, read_latest
+from sparq_stream.bus.topics import admin_client
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.relay import RelayCore
 from sparq_stream.errors import FatalError, RetriableError
 from sparq_stream.messages import Elite, Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
-from ._util import read_all
+from ._util import produce, read_all
 
 pytestmark = pytest.mark.broker
 
@@ -201,3 +204,183 @@ def test_table_topics_are_restored_before_the_first_step(broker: str, prefix: st
     restored = core.restored_before_first_tick
     assert restored is not None and len(restored) == 49 and "k3" not in restored
     assert restored["k7"] == _seed(257)
+
+
+# ---------------------------------------------------------------------- size limits (issue 12, item 1)
+_LIMIT = 1_048_576  # the producer's default max_request_size
+
+
+def test_a_near_limit_poison_value_is_dead_lettered_truncated_and_the_partition_moves_on(
+    broker: str, prefix: str, group: str
+) -> None:
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
+    create_topics(settings, partitions=1)
+    huge = (b"\xc1" + bytes(range(256)) * 4096)[: _LIMIT - 100]  # not msgpack; fits the producer alone, not with DLQ headers
+    produce(broker, f"{prefix}.seeds", [(b"s0000", encode(_seed(0))), (b"huge", huge), (b"s0001", encode(_seed(1)))])
+    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
+    thread = _run(proc)
+    try:
+        out = read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 2, timeout_s=60)
+        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 1, timeout_s=60)
+    finally:
+        proc.stop()
+        thread.join(30)
+    assert sorted(r.key for r in out) == [b"s0000", b"s0001"]
+    assert [r.key for r in dlq] == [b"huge"]
+    headers = dict(dlq[0].headers)
+    assert headers["sparq.dlq.truncated"] == b"true"
+    assert int(headers["sparq.dlq.original_size"]) == len(huge)
+    assert headers["sparq.dlq.original_sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    letter = dead_letter_from_record(dlq[0].key, dlq[0].value, dlq[0].headers)
+    assert letter.error_type == "DecodeError" and letter.offset == 1
+    assert 0 < len(letter.original) < len(huge) and huge.startswith(letter.original)
+    assert proc.metrics.counters.get("produce_failures", 0) == 0
+
+
+class _InflateCore(BaseCore):
+    """Relays seeds; the seed keyed ``big`` becomes an output of ``size`` bytes."""
+
+    name = "inflate"
+    inputs = ("seeds",)
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def handle(self, inbound: Inbound) -> list[Outgoing]:
+        message = inbound.message
+        if inbound.key == "big":
+            message = Seed(id="big", problem="x" * self.size, answer="1")
+        return [Outgoing("candidates", message), Outgoing("solved", inbound.message)]
+
+
+def test_an_output_over_the_producer_limit_dead_letters_its_input(broker: str, prefix: str, group: str) -> None:
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
+    create_topics(settings, partitions=1)
+    items = [_seed(0), Seed(id="big", problem="p", answer="1"), _seed(1)]
+    produce(broker, f"{prefix}.seeds", [(m.id.encode(), encode(m)) for m in items])
+    proc = ServiceProcess(_InflateCore(_LIMIT + 10), settings, install_signals=False)
+    thread = _run(proc)
+    try:
+        out = read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 2, timeout_s=60)
+        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 1, timeout_s=60)
+        solved = read_all(broker, f"{prefix}.solved", until=lambda r: len(r) >= 2, timeout_s=30)
+    finally:
+        proc.stop()
+        thread.join(30)
+    assert sorted(r.key for r in out) == [b"s0000", b"s0001"]
+    assert sorted(r.key for r in solved) == [b"s0000", b"s0001"]  # none of the culprit's outputs went out
+    letter = dead_letter_from_record(dlq[0].key, dlq[0].value, dlq[0].headers)
+    assert [r.key for r in dlq] == [b"big"] and letter.offset == 1
+    assert letter.error_type == "MessageSizeTooLargeError" and "max_request_size" in letter.error
+    assert decode(letter.original) == items[1]
+
+
+def test_an_output_the_broker_refuses_dead_letters_its_input(broker: str, broker_name: str, prefix: str, group: str) -> None:
+    if broker_name != "kafka":
+        pytest.skip("Tansu keeps no topic configs (no per-topic max.message.bytes)")
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
+    admin = admin_client(settings)
+    try:
+        admin.create_topics([NewTopic(f"{prefix}.candidates", 1, 1, topic_configs={"max.message.bytes": "20000"})])
+    finally:
+        admin.close()
+    create_topics(settings, partitions=1)
+    items = [_seed(0), Seed(id="big", problem="p", answer="1"), _seed(1)]
+    produce(broker, f"{prefix}.seeds", [(m.id.encode(), encode(m)) for m in items])
+    proc = ServiceProcess(_InflateCore(50_000), settings, install_signals=False)
+    thread = _run(proc)
+    try:
+        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 1, timeout_s=60)
+        out = read_all(broker, f"{prefix}.candidates", until=lambda r: {b"s0000", b"s0001"} <= {x.key for x in r}, timeout_s=60)
+    finally:
+        proc.stop()
+        thread.join(30)
+    assert {r.key for r in out} == {b"s0000", b"s0001"}
+    letter = dead_letter_from_record(dlq[0].key, dlq[0].value, dlq[0].headers)
+    assert [r.key for r in dlq] == [b"big"] and letter.error_type == "MessageSizeTooLargeError"
+    assert decode(letter.original) == items[1]
+
+
+# ---------------------------------------------------------------------- table records (issue 12, item 8)
+class _SeedTableCore(BaseCore):
+    """Follows seeds and elites as tables; an elite keyed ``boom`` makes ``on_table`` fail."""
+
+    name = "follower"
+    inputs = ()
+    tables = ("seeds", "elites")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def on_table(self, inbound: Inbound) -> list[Outgoing]:
+        if inbound.key == "boom":
+            raise ValueError("cannot apply this elite")
+        self.seen.append(inbound.key or "")
+        return []
+
+
+def test_bad_table_records_are_dead_lettered_with_reason_and_counted(broker: str, prefix: str) -> None:
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, instance="replica-a")
+    create_topics(settings, partitions=1)
+    produce(broker, f"{prefix}.seeds", [(b"s0000", encode(_seed(0))), (b"junk", b"\xc1 not msgpack"), (b"s0000", None), (b"s0001", encode(_seed(1)))])
+    produce(broker, f"{prefix}.elites", [(b"boom", encode(_seed(2))), (b"ok", None)])  # elites carry deletes
+    core = _SeedTableCore()
+    proc = ServiceProcess(core, settings, install_signals=False)
+    thread = _run(proc)
+    try:
+        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 3, timeout_s=60)
+    finally:
+        proc.stop()
+        thread.join(30)
+    letters = {(r.key, dead_letter_from_record(r.key, r.value, r.headers).error_type): r for r in dlq}
+    assert set(letters) == {(b"junk", "DecodeError"), (b"s0000", "UnexpectedTombstone"), (b"boom", "ValueError")}
+    tombstone = dead_letter_from_record(b"s0000", None, letters[(b"s0000", "UnexpectedTombstone")].headers)
+    assert "carries no deletes" in tombstone.error and tombstone.offset == 2
+    assert letters[(b"junk", "DecodeError")].value == b"\xc1 not msgpack"
+    assert dict(letters[(b"boom", "ValueError")].headers)["sparq.dlq.instance"] == b"replica-a"
+    assert sorted(core.seen) == ["ok", "s0000", "s0001"]
+    assert proc.metrics.counters["table_dead_lettered"] == 3
+    assert proc.metrics.counters["table_tombstones_rejected"] == 1
+
+
+# ---------------------------------------------------------------------- restore bound (issue 12, item 12)
+def test_table_restore_past_its_timeout_ends_the_service_with_a_retriable_error(broker: str, prefix: str) -> None:
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, max_poll_records=1, restore_timeout_s=0.001)
+    create_topics(settings, partitions=1)
+    produce(broker, f"{prefix}.seeds", [(_seed(i).id.encode(), encode(_seed(i))) for i in range(20)])
+    proc = ServiceProcess(_SeedTableCore(), settings, install_signals=False)
+    with pytest.raises(RetriableError, match="not read to their end within") as caught:
+        proc.run()
+    assert caught.value.retriable and "restore-timeout-s" in str(caught.value)
+
+
+class _ChangelogCore(_InflateCore):
+    """Like ``_InflateCore``, and records each input in a state changelog (elites stands in for one)."""
+
+    def handle(self, inbound: Inbound) -> list[Outgoing]:
+        return [Outgoing("elites", inbound.message, key=inbound.key), *super().handle(inbound)]
+
+
+def test_changelog_writes_share_the_transaction_of_outputs_and_offsets(broker: str, broker_name: str, prefix: str, group: str) -> None:
+    if broker_name != "kafka":
+        pytest.skip("Tansu accepts transactions but its read_committed consumers still see aborted records")
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group, processing_guarantee="exactly_once", instance="eos")
+    admin = admin_client(settings)
+    try:
+        admin.create_topics([NewTopic(f"{prefix}.candidates", 1, 1, topic_configs={"max.message.bytes": "20000"})])
+    finally:
+        admin.close()
+    create_topics(settings, partitions=1)
+    items = [_seed(0), Seed(id="big", problem="p", answer="1"), _seed(1)]
+    produce(broker, f"{prefix}.seeds", [(m.id.encode(), encode(m)) for m in items])
+    proc = ServiceProcess(_ChangelogCore(50_000), settings, install_signals=False)
+    thread = _run(proc)
+    try:
+        read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 1, timeout_s=60, isolation_level="read_committed")
+        committed = read_all(broker, f"{prefix}.elites", isolation_level="read_committed")
+        everything = read_all(broker, f"{prefix}.elites")
+    finally:
+        proc.stop()
+        thread.join(30)
+    assert sorted(r.key for r in committed) == [b"s0000", b"s0001"]  # the refused input's state change was aborted
+    assert b"big" in {r.key for r in everything}, "no transaction was aborted: the test proves nothing"
