@@ -37,8 +37,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -49,6 +51,7 @@ from kafka.errors import (
     InvalidProducerEpochError,
     InvalidRecordError,
     KafkaError,
+    KafkaTimeoutError,
     MessageSizeTooLargeError,
     ProducerFencedError,
     RecordListTooLargeError,
@@ -138,10 +141,13 @@ class ServiceProcess:
         self._poisoned_ticks: dict[int, tuple[str, str]] = {}  # id() of a carried tick output -> reason
         self._shrink: set[_Coords] = set()  # dead letters the broker refused: resend without their value
         self._watchdog: threading.Timer | None = None
+        self._stop_at: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
         """Ask the loop to finish the batch in flight, commit and exit (thread- and signal-safe)."""
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
         self._stop.set()
 
     @property
@@ -160,10 +166,13 @@ class ServiceProcess:
 
     def _force_exit(self, code: int) -> None:
         """The stop did not finish in time (a broker gone, a blocked call): exit now, without a final commit."""
+        frame = sys._current_frames().get(threading.main_thread().ident or 0)
+        where = "".join(traceback.format_stack(frame, limit=6)) if frame is not None else "?"
         self.log.error(
             "did not stop within %.0fs of the signal (broker unreachable?): exiting without a final commit; "
-            "uncommitted input is redelivered",
+            "uncommitted input is redelivered. Blocked in:\n%s",
             self.settings.shutdown_timeout_s,
+            where,
         )
         logging.shutdown()
         os._exit(code)
@@ -192,13 +201,10 @@ class ServiceProcess:
                 setattr(self, name, None)
         if self._producer is not None:
             try:
-                self._producer.flush(timeout=bound_ms / 2000)
-            except Exception as exc:
-                self.log.warning("flushing producer: %s", exc)
-            try:
-                self._producer.close(timeout=bound_ms / 2000)
-            except Exception as exc:
-                self.log.warning("closing producer: %s", exc)
+                self._producer.close(timeout=bound_ms / 1000)
+            except Exception as exc:  # records still unsent (the broker is gone): drop them, they are uncommitted
+                self.log.warning("closing producer: %s: dropping unsent records", exc)
+                _force_close(self._producer)
             self._producer = None
 
     def run(self, until: Callable[[], bool] | None = None, max_idle_s: float | None = None) -> int:
@@ -487,6 +493,18 @@ class ServiceProcess:
             sent.append((self._producer.send(self._dlq_topic, key=d.record.key, value=value, headers=headers), d))
         return sent
 
+    def _flush(self, bound_s: float) -> None:
+        """Flush in short slices: give up after ``bound_s``, or soon after a stop request (the broker may be gone)."""
+        deadline = time.monotonic() + bound_s
+        while True:
+            try:
+                self._producer.flush(timeout=0.5)
+                return
+            except KafkaTimeoutError:
+                now = time.monotonic()
+                if now >= deadline or (self._stop_at is not None and now - self._stop_at > 1.0):
+                    raise
+
     def _check_sends(self, sent: Sequence[tuple[Any, _Out | _Dead]]) -> None:
         """Raise the first send error; records the broker refused for good are remembered for the redo."""
         refused = 0
@@ -527,7 +545,7 @@ class ServiceProcess:
             if self._txn:
                 self._producer.begin_transaction()
             sent = self._send(outs, dead)
-            self._producer.flush(timeout=bound)
+            self._flush(bound)
             self._check_sends(sent)
             if self._txn:
                 if offsets:
@@ -603,8 +621,7 @@ class ServiceProcess:
             self._producer.send(self.names.topic("metrics"), key=snap.kafka_key().encode(), value=encode(snap))
             if self._txn:
                 self._producer.commit_transaction()
-            else:
-                self._producer.flush(timeout=self.settings.client_timeout_s)
+            # at-least-once: no flush; the producer sends within linger_ms and close() flushes the last one
         except _FENCED_ERRORS as exc:
             raise FatalError(f"another process took over transactional id {self.group_id}.{self.settings.instance}: {exc}") from None
         except KafkaError as exc:  # metrics are best effort: the next snapshot carries the same counters
@@ -614,6 +631,18 @@ class ServiceProcess:
                     self._producer.abort_transaction()
                 except KafkaError as abort_exc:
                     self.log.warning("abort_transaction: %s", abort_exc)
+
+
+def _force_close(producer: Any) -> None:
+    """Close a producer whose records cannot be delivered: stop its sender (aborting them), then close."""
+    sender = getattr(producer, "_sender", None)
+    try:
+        if sender is not None:
+            sender.force_close()
+            sender.join(2)
+        producer.close(timeout=1)
+    except Exception:  # noqa: BLE001 - best effort at exit
+        pass
 
 
 def run_service(core: Core, settings: ServiceSettings, **kwargs: Any) -> int:
