@@ -142,6 +142,7 @@ class ServiceProcess:
         self._shrink: set[_Coords] = set()  # dead letters the broker refused: resend without their value
         self._watchdog: threading.Timer | None = None
         self._stop_at: float | None = None
+        self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -179,10 +180,7 @@ class ServiceProcess:
 
     def _open(self) -> None:
         topics = [self.names.resolve(t) for t in self.core.inputs]
-        txn_id = f"{self.group_id}.{self.settings.instance}" if self._txn else None
-        self._producer = make_producer(self.settings, transactional_id=txn_id)
-        if self._txn:
-            self._producer.init_transactions()
+        self._producer = self._new_producer()
         if topics:
             self._consumer = make_consumer(self.settings, self.group_id, *topics)
         if self.core.tables:
@@ -470,28 +468,35 @@ class ServiceProcess:
         return outs
 
     def _send(self, outs: Sequence[_Out], dead: Sequence[_Dead]) -> list[tuple[Any, _Out | _Dead]]:
+        """Send every output and dead letter; while isolating a refusal, one record per acknowledged batch."""
         sent: list[tuple[Any, _Out | _Dead]] = []
-        for out in outs:
-            fut = self._producer.send(out.topic, key=out.key, value=out.value, headers=out.headers or None)
-            sent.append((fut, out))
-        for d in dead:
-            headers = dlq_headers(
-                source_topic=d.record.topic,
-                partition=d.record.partition,
-                offset=d.record.offset,
-                error_type=d.error_type,
-                error=d.error,
-                service=self.core.name,
-                instance=self.settings.instance,
-                original_headers=d.record.headers or (),
-            )
-            value = d.record.value
-            if _coords(d.record) in self._shrink:  # the broker refused the copy even within our limit
-                headers.append(("sparq.dlq.original_size", str(len(value or b"")).encode()))
-                value = b""
-            value, headers = fit_record(d.record.key, value, headers, self._max_record)
-            sent.append((self._producer.send(self._dlq_topic, key=d.record.key, value=value, headers=headers), d))
+        for what in [*outs, *dead]:
+            sent.append((self._send_one(what), what))
+            if self._isolate:
+                self._flush(self.settings.client_timeout_s)
+                self._check_sends(sent[-1:])
         return sent
+
+    def _send_one(self, what: _Out | _Dead) -> Any:
+        if isinstance(what, _Out):
+            return self._producer.send(what.topic, key=what.key, value=what.value, headers=what.headers or None)
+        rec = what.record
+        headers = dlq_headers(
+            source_topic=rec.topic,
+            partition=rec.partition,
+            offset=rec.offset,
+            error_type=what.error_type,
+            error=what.error,
+            service=self.core.name,
+            instance=self.settings.instance,
+            original_headers=rec.headers or (),
+        )
+        value = rec.value
+        if _coords(rec) in self._shrink:  # the broker refused the copy even within our limit
+            headers.append(("sparq.dlq.original_size", str(len(value or b"")).encode()))
+            value = b""
+        value, headers = fit_record(rec.key, value, headers, self._max_record)
+        return self._producer.send(self._dlq_topic, key=rec.key, value=value, headers=headers)
 
     def _flush(self, bound_s: float) -> None:
         """Flush in short slices: give up after ``bound_s``, or soon after a stop request (the broker may be gone)."""
@@ -506,8 +511,13 @@ class ServiceProcess:
                     raise
 
     def _check_sends(self, sent: Sequence[tuple[Any, _Out | _Dead]]) -> None:
-        """Raise the first send error; records the broker refused for good are remembered for the redo."""
-        refused = 0
+        """Raise the first send error.
+
+        A record the broker refuses for good (too large, invalid) also fails the producer's other
+        batches, so the culprit is not known yet: the producer is replaced and the redo sends one
+        record per batch; the record that fails then is the culprit, and its input is remembered
+        to be dead-lettered on the next redo.
+        """
         for fut, what in sent:
             exc = fut.exception if fut.is_done else None
             if exc is None:
@@ -516,16 +526,31 @@ class ServiceProcess:
                 continue
             if not isinstance(exc, _RECORD_ERRORS):
                 raise exc
-            refused += 1
-            reason = (type(exc).__name__, f"the broker refused a record: {exc}")
+            self._reset_producer()
+            if not self._isolate:
+                self._isolate = True
+                raise _RecordsRejected(f"the broker refused a record ({exc}): resending one record at a time to find it")
+            reason = (type(exc).__name__, f"the broker refused the record: {exc}")
             if isinstance(what, _Dead):
                 self._shrink.add(_coords(what.record))
             elif what.source is not None:
                 self._poisoned[_coords(what.source)] = reason
             else:
                 self._poisoned_ticks[id(what.outgoing)] = reason
-        if refused:
-            raise _RecordsRejected(f"{refused} record(s) refused for good: dead-lettering their inputs")
+            raise _RecordsRejected(f"the broker refused a record for good ({exc}): dead-lettering its input")
+
+    def _reset_producer(self) -> None:
+        """Replace the producer (a refused record leaves kafka-python's idempotent producer failed for good)."""
+        _force_close(self._producer)
+        self._producer = None
+        self._producer = self._new_producer()  # exactly-once: init_transactions aborts the old one's transaction
+
+    def _new_producer(self) -> Any:
+        txn_id = f"{self.group_id}.{self.settings.instance}" if self._txn else None
+        producer = make_producer(self.settings, transactional_id=txn_id)
+        if self._txn:
+            producer.init_transactions()
+        return producer
 
     def _deliver(
         self,
@@ -566,15 +591,13 @@ class ServiceProcess:
         except KafkaError as exc:
             self.metrics.inc("produce_failures")
             self.log.warning("send/commit failed (%s: %s): rewinding the batch to retry it", type(exc).__name__, exc)
-            if self._txn:
-                try:
-                    self._producer.abort_transaction()
-                except KafkaError as abort_exc:
-                    self.log.warning("abort_transaction: %s", abort_exc)
+            if not isinstance(exc, _RecordsRejected):  # else the producer was replaced: nothing open to abort
+                self._abort()
             self._rewind(records)
             if not isinstance(exc, _RecordsRejected):
                 self._stop.wait(self.settings.retry_backoff_ms / 1000)
             return False
+        self._isolate = False
         for d in dead:
             self._poisoned.pop(_coords(d.record), None)
             self._shrink.discard(_coords(d.record))
@@ -626,11 +649,15 @@ class ServiceProcess:
             raise FatalError(f"another process took over transactional id {self.group_id}.{self.settings.instance}: {exc}") from None
         except KafkaError as exc:  # metrics are best effort: the next snapshot carries the same counters
             self.log.warning("publishing metrics failed: %s: %s", type(exc).__name__, exc)
-            if self._txn:
-                try:
-                    self._producer.abort_transaction()
-                except KafkaError as abort_exc:
-                    self.log.warning("abort_transaction: %s", abort_exc)
+            self._abort()
+
+    def _abort(self) -> None:
+        """Abort the open transaction, if any (exactly-once only)."""
+        if self._txn:
+            try:
+                self._producer.abort_transaction()
+            except KafkaError as exc:
+                self.log.warning("abort_transaction: %s", exc)
 
 
 def _force_close(producer: Any) -> None:

@@ -275,18 +275,24 @@ def test_an_output_over_the_producer_limit_dead_letters_its_input(broker: str, p
     assert decode(letter.original) == items[1]
 
 
-def test_an_output_the_broker_refuses_dead_letters_its_input(broker: str, broker_name: str, prefix: str, group: str) -> None:
-    if broker_name != "kafka":
-        pytest.skip("Tansu keeps no topic configs (no per-topic max.message.bytes)")
-    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
+def _refusing_candidates(settings: ServiceSettings) -> list[Seed]:
+    """Topics where candidates refuse records over 20,000 bytes; seeds s0000, big, s0001 published; return them."""
     admin = admin_client(settings)
     try:
-        admin.create_topics([NewTopic(f"{prefix}.candidates", 1, 1, topic_configs={"max.message.bytes": "20000"})])
+        admin.create_topics([NewTopic(f"{settings.prefix}.candidates", 1, 1, topic_configs={"max.message.bytes": "20000"})])
     finally:
         admin.close()
     create_topics(settings, partitions=1)
     items = [_seed(0), Seed(id="big", problem="p", answer="1"), _seed(1)]
-    produce(broker, f"{prefix}.seeds", [(m.id.encode(), encode(m)) for m in items])
+    produce(settings.bootstrap, f"{settings.prefix}.seeds", [(m.id.encode(), encode(m)) for m in items])
+    return items
+
+
+def test_an_output_the_broker_refuses_dead_letters_its_input(broker: str, broker_name: str, prefix: str, group: str) -> None:
+    if broker_name != "kafka":
+        pytest.skip("Tansu keeps no topic configs (no per-topic max.message.bytes)")
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
+    items = _refusing_candidates(settings)
     proc = ServiceProcess(_InflateCore(50_000), settings, install_signals=False)
     thread = _run(proc)
     try:
@@ -365,14 +371,7 @@ def test_changelog_writes_share_the_transaction_of_outputs_and_offsets(broker: s
     if broker_name != "kafka":
         pytest.skip("Tansu accepts transactions but its read_committed consumers still see aborted records")
     settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group, processing_guarantee="exactly_once", instance="eos")
-    admin = admin_client(settings)
-    try:
-        admin.create_topics([NewTopic(f"{prefix}.candidates", 1, 1, topic_configs={"max.message.bytes": "20000"})])
-    finally:
-        admin.close()
-    create_topics(settings, partitions=1)
-    items = [_seed(0), Seed(id="big", problem="p", answer="1"), _seed(1)]
-    produce(broker, f"{prefix}.seeds", [(m.id.encode(), encode(m)) for m in items])
+    _refusing_candidates(settings)
     proc = ServiceProcess(_ChangelogCore(50_000), settings, install_signals=False)
     thread = _run(proc)
     try:
