@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -54,40 +55,54 @@ def test_sigterm_stops_the_service_when_the_broker_is_gone(tmp_path: Path, prefi
         broker.stop()
 
 
+_PREDECESSOR = """
+import sys, time
+from kafka import KafkaProducer
+bootstrap, topic, txn_id = sys.argv[1:4]
+producer = KafkaProducer(bootstrap_servers=bootstrap, transactional_id=txn_id, transaction_timeout_ms=300000)
+producer.init_transactions()
+producer.begin_transaction()
+for partition in range(3):
+    producer.send(topic, key=b"uncommitted", value=b"x", partition=partition)
+producer.flush()
+print("open", flush=True)
+time.sleep(600)
+"""
+
+
 @pytest.mark.slow
 def test_a_restarted_exactly_once_replica_fences_its_predecessor_by_default(
-    broker: str, broker_name: str, prefix: str, tmp_path: Path
+    broker: str, broker_name: str, prefix: str
 ) -> None:
     if broker_name == "tansu":
         pytest.skip("Tansu accepts transactions but its read_committed consumers still see aborted records")
     create_topics(ServiceSettings(bootstrap=broker, prefix=prefix), partitions=3)
-    items = _items(4000)
+    items = _items(1000)
     produce(broker, f"{prefix}.seeds", items)
-    args = _relay(broker, prefix, "--max-poll-records", "50", "--processing-guarantee", "exactly_once")  # no --instance
-    first = start_service(*args, log_path=tmp_path / "eos1.log")
-    second = None
+    # The predecessor: a replica of this group on this host, kill -9'd with a transaction open on every
+    # partition of the output topic (its transactional id is the one the wrapper derives by default).
+    txn_id = f"{prefix}-g.{ServiceSettings().instance}"
+    predecessor = subprocess.Popen(
+        [sys.executable, "-c", _PREDECESSOR, broker, f"{prefix}.candidates", txn_id], stdout=subprocess.PIPE, text=True
+    )
+    assert predecessor.stdout is not None and predecessor.stdout.readline().strip() == "open"
+    predecessor.kill()
+    predecessor.wait(10)
+    args = _relay(broker, prefix, "--processing-guarantee", "exactly_once")  # no --instance: the default
+    service = start_service(*args)
     try:
-        read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 500, timeout_s=120)
-        first.kill()  # most likely inside a transaction: the relay spends its time in them
-        first.wait(10)
-        second = start_service(*args, log_path=tmp_path / "eos2.log")
-        # Without fencing, the killed replica's open transaction holds read_committed readers back until the
-        # broker times it out (60 s); with the same transactional id the restart aborts it at once.
+        # Unfenced, the open transaction holds read_committed readers back for its 300 s timeout;
+        # a restart with the same transactional id aborts it at once.
         out = read_all(
             broker,
             f"{prefix}.candidates",
             until=lambda r: len({x.key for x in r}) >= len(items),
-            timeout_s=45,
+            timeout_s=60,
             isolation_level="read_committed",
         )
-        assert len({r.key for r in out}) == len(items), (tmp_path / "eos2.log").read_text()[-2000:]
-        out = read_all(broker, f"{prefix}.candidates", isolation_level="read_committed")
     finally:
-        if second is not None:
-            second.send_signal(signal.SIGTERM)
-            assert second.wait(30) == 0
-        if first.poll() is None:
-            first.kill()
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
     counts = Counter(r.key for r in out)
-    assert set(counts) == {k for k, _ in items}
-    assert max(counts.values()) == 1, "a committed output appeared twice under exactly-once"
+    assert set(counts) == {k for k, _ in items}, "the predecessor's open transaction was not fenced"
+    assert max(counts.values()) == 1
