@@ -16,7 +16,7 @@ from sparq_stream.bus import create_topics
 from sparq_stream.messages import Seed, encode
 from sparq_stream.settings import ServiceSettings
 
-from ._util import produce, read_all, start_service
+from ._util import produce, read_all, sparq, start_service
 
 pytestmark = pytest.mark.broker
 
@@ -106,3 +106,14 @@ def test_a_restarted_exactly_once_replica_fences_its_predecessor_by_default(
     counts = Counter(r.key for r in out)
     assert set(counts) == {k for k, _ in items}, "the predecessor's open transaction was not fenced"
     assert max(counts.values()) == 1
+
+
+def test_a_table_restore_past_its_bound_exits_non_zero_with_a_clear_message(broker: str, prefix: str, tmp_path: Path) -> None:
+    create_topics(ServiceSettings(bootstrap=broker, prefix=prefix), partitions=1)
+    produce(broker, f"{prefix}.elites", [(f"slot{i}".encode(), b"\xc1 not an elite") for i in range(20)])
+    done = sparq(
+        "run", "archivist", "-b", broker, "--prefix", prefix, "--archive-dir", str(tmp_path / "archive"),
+        "--max-poll-records", "1", "--restore-timeout-s", "0.001", timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "table topics not read to their end within" in done.stderr and "--restore-timeout-s" in done.stderr
