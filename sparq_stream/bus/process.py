@@ -394,6 +394,8 @@ class ServiceProcess:
 
         try:
             per_item = self._with_retries(lambda: self.core.handle_batch(batch), what=f"batch of {len(batch)}")
+            if len(per_item) != len(batch):
+                raise FatalError(f"handle_batch returned {len(per_item)} output lists for {len(batch)} inputs")
             return [(out, source(item)) for item, outs in zip(batch, per_item) for out in outs], []
         except Exception as exc:  # noqa: BLE001 - isolate the culprit below
             if len(batch) == 1:
