@@ -33,6 +33,7 @@ from sparq_stream.bus.metrics import ServiceMetrics
 from sparq_stream.bus.topics import TopicNames
 from sparq_stream.core import Core, Inbound, Outgoing
 from sparq_stream.errors import SparqError
+from sparq_stream.ids import check_id
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -208,6 +209,7 @@ class ServiceProcess:
             offsets[TopicPartition(rec.topic, rec.partition)] = OffsetAndMetadata(rec.offset + 1, "", -1)
             try:
                 message = None if rec.value is None else decode(rec.value)
+                check_id(message)  # wire contract: an id that is not its problem text's hash is dead-lettered (IdMismatch)
             except SparqError as exc:
                 self.metrics.inc("decode_errors")
                 dead.append(_Dead(rec, type(exc).__name__, str(exc)))

@@ -13,6 +13,7 @@ from sparq_stream.bus import ServiceProcess, create_topics, dead_letter_from_rec
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.relay import RelayCore
 from sparq_stream.errors import FatalError, RetriableError
+from sparq_stream.ids import problem_id
 from sparq_stream.messages import Elite, Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.broker
 
 
 def _seed(i: int) -> Seed:
-    return Seed(id=f"s{i:04d}", problem=f"problem {i}", answer=str(i))
+    return Seed(id=problem_id(f"problem {i}"), problem=f"problem {i}", answer=str(i))
 
 
 def _run(proc: ServiceProcess) -> threading.Thread:

@@ -27,6 +27,8 @@ def _bounded(info: FieldInfo) -> tuple[float | None, float | None]:
 
 def _for_type(tp: Any, info: FieldInfo | None = None) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return st.sampled_from(typing.get_args(tp))
     if origin in (Union, types.UnionType):
         return st.one_of(*(_for_type(arg) for arg in typing.get_args(tp)))
     if tp is type(None):
