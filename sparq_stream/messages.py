@@ -6,17 +6,17 @@ checks both and validates every field; anything else raises :class:`DecodeError`
 Fields the decoder does not know are ignored (a tolerant reader: a producer may add an
 optional field without bumping ``version``; see docs/wire.md, "Versioning").
 
-Times are seconds since the Unix epoch (UTC) as floats; the ``Literal`` fields are the
-closed value sets that the JSON Schemas publish as ``enum``.
+Times are seconds since the Unix epoch (UTC) as floats; ``reason``, ``operator`` and ``variant`` take
+closed value sets (``*_VALUES``) that the JSON Schemas publish as ``enum``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from sparq_stream.errors import DecodeError
 
@@ -31,9 +31,9 @@ __all__ = [
     "Metric",
     "DeadLetter",
     "Dropped",
-    "DropReason",
-    "Operator",
-    "VariantName",
+    "DROP_REASON_VALUES",
+    "OPERATOR_VALUES",
+    "VARIANT_VALUES",
     "MESSAGE_TYPES",
     "encode",
     "decode",
@@ -47,11 +47,27 @@ M = TypeVar("M", bound="Message")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 #: Why the novelty filter dropped a candidate (``sparq.dropped.reason``).
-DropReason = Literal["exact_duplicate", "near_duplicate", "contamination"]
+DROP_REASON_VALUES: tuple[str, ...] = ("exact_duplicate", "near_duplicate", "contamination")
 #: How a candidate was made from its parents (``operator``).
-Operator = Literal["mutate"]
-#: The QD variant of the run that made a candidate; "" where none was given.
-VariantName = Literal["", "static-uniform", "static-diverse", "dynamic-uniform", "qd"]
+OPERATOR_VALUES: tuple[str, ...] = ("mutate",)
+#: The QD variant of the run that made a candidate (``variant``); "" where none was given.
+VARIANT_VALUES: tuple[str, ...] = ("", "static-uniform", "static-diverse", "dynamic-uniform", "qd")
+
+
+def _one_of(values: tuple[str, ...]) -> Any:
+    """A string restricted to ``values``: validated on decode, published as a JSON Schema ``enum``."""
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise ValueError(f"must be one of {', '.join(repr(v) for v in values)}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "enum": list(values)})]
+
+
+DropReason = _one_of(DROP_REASON_VALUES)
+Operator = _one_of(OPERATOR_VALUES)
+VariantName = _one_of(VARIANT_VALUES)
 
 _ID = "problem id: first 32 hex digits of sha256 of the normalised problem text (docs/wire.md, 'Problem ids')"
 _CREATED = "when the message was built: seconds since the Unix epoch (UTC), float; default: the time of building"

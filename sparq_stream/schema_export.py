@@ -70,6 +70,9 @@ def json_schema(cls: type[Message]) -> dict[str, Any]:
     schema["additionalProperties"] = True
     for prop in props.values():
         _fix_bytes(prop)
+    for name, info in cls.model_fields.items():  # empty-container defaults the JSON Schema generator leaves out
+        if info.default_factory in (list, dict) and name in props:
+            props[name]["default"] = info.default_factory()
     if cls is DeadLetter:
         schema["$comment"] = (
             "The typed view of a dead letter (sparq tail, the Python API). On the dlq topic a dead letter is the "
