@@ -60,7 +60,7 @@ def json_schema(cls: type[Message]) -> dict[str, Any]:
     """Return the JSON Schema of one message type, envelope fields included."""
     schema = cls.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = f"{cls.SCHEMA}.v{cls.VERSION}.json"
+    schema["$id"] = _schema_id(schema_filename(cls))
     schema["title"] = cls.SCHEMA
     props = schema.setdefault("properties", {})
     props["schema"] = {"const": cls.SCHEMA, "description": "message type name"}
@@ -79,6 +79,11 @@ def json_schema(cls: type[Message]) -> dict[str, Any]:
             f"original key and value bytes with the headers of {DLQ_HEADERS_FILE}; see docs/wire.md."
         )
     return dict(sorted(schema.items()))
+
+
+def _schema_id(filename: str) -> str:
+    """An absolute ``$id`` (strict validators reject a relative one with no base URI), naming the file."""
+    return "urn:sparq-stream:schema:" + filename
 
 
 def _fix_bytes(prop: dict[str, Any]) -> None:
@@ -100,7 +105,7 @@ def dlq_headers_schema() -> dict[str, Any]:
     return {
         "$comment": "Key and value of the record are the original record's bytes (value null for a tombstone); "
         "headers of the original record that do not start with sparq.dlq. are copied after these.",
-        "$id": DLQ_HEADERS_FILE,
+        "$id": _schema_id(DLQ_HEADERS_FILE),
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "additionalProperties": {"type": "string"},
         "description": "Headers of a record on the dlq topic, each value decoded as UTF-8 text.",

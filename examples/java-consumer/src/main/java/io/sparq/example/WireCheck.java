@@ -27,8 +27,8 @@ import org.msgpack.value.Value;
 /**
  * Reads every topic of a sparq-stream run from the beginning and validates each record against the
  * JSON Schema its envelope names (docs/wire.md). Dead letters are validated as their header map.
- * Usage: WireCheck BOOTSTRAP PREFIX SCHEMAS_DIR. Prints "count SCHEMA N" per schema; exits 1 on any
- * invalid record.
+ * Usage: WireCheck BOOTSTRAP PREFIX SCHEMAS_DIR. Prints "count SCHEMA N" per valid record's schema
+ * and each invalid record; exits 1 on any invalid record that the services did not dead-letter.
  */
 public final class WireCheck {
   static final List<String> TOPICS = List.of(
@@ -41,7 +41,8 @@ public final class WireCheck {
     JsonSchemaFactory factory = JsonSchemaFactory.getInstance(SpecVersion.VersionFlag.V202012);
     Map<String, JsonSchema> cache = new HashMap<>();
     Map<String, Integer> counts = new TreeMap<>();
-    int invalid = 0;
+    Map<String, String> invalid = new TreeMap<>();  // "topic[partition]@offset" -> why
+    Set<String> deadLettered = new HashSet<>();  // what the services already rejected (dlq headers)
 
     Properties props = new Properties();
     props.put("bootstrap.servers", bootstrap);
@@ -62,7 +63,6 @@ public final class WireCheck {
       while (parts.stream().anyMatch(tp -> consumer.position(tp) < end.get(tp))) {
         if (System.currentTimeMillis() > deadline) throw new IllegalStateException("did not reach the end offsets");
         for (ConsumerRecord<byte[], byte[]> rec : consumer.poll(Duration.ofMillis(500))) {
-          String where = rec.topic() + "[" + rec.partition() + "]@" + rec.offset();
           String schemaName;
           JsonNode node;
           if (rec.topic().equals(prefix + ".dlq")) {  // a dead letter: original bytes + UTF-8 headers
@@ -72,12 +72,18 @@ public final class WireCheck {
               headers.put(h.key(), h.value() == null ? "" : new String(h.value(), StandardCharsets.UTF_8));
             }
             node = headers;
+            deadLettered.add(headers.path("sparq.dlq.source_topic").asText() + "[" + headers.path("sparq.dlq.partition").asText()
+                + "]@" + headers.path("sparq.dlq.offset").asText());
           } else if (rec.value() == null) {  // a tombstone (compacted topics)
             counts.merge("(tombstone)", 1, Integer::sum);
             continue;
           } else {
             try (MessageUnpacker in = MessagePack.newDefaultUnpacker(rec.value())) {
               node = toJson(in.unpackValue());
+              if (in.hasNext()) throw new IllegalArgumentException("trailing bytes after the map");
+            } catch (Exception e) {
+              invalid.put(where(rec), "not msgpack: " + e.getMessage());
+              continue;
             }
             JsonNode s = node.get("schema");
             schemaName = s == null ? "(no schema)" : s.asText();
@@ -85,23 +91,32 @@ public final class WireCheck {
           JsonNode version = node.get("version");
           String file = schemaName + ".v" + (version == null ? "1" : version.asText()) + ".json";
           if (!Files.isRegularFile(schemas.resolve(file))) {
-            System.out.println("INVALID " + where + ": no schema file " + file);
-            invalid++;
+            invalid.put(where(rec), "no schema file " + file);
             continue;
           }
           JsonSchema schema = cache.computeIfAbsent(file, f -> load(factory, schemas.resolve(f)));
           Set<ValidationMessage> errors = schema.validate(node);
           if (!errors.isEmpty()) {
-            System.out.println("INVALID " + where + " (" + schemaName + "): " + errors);
-            invalid++;
+            invalid.put(where(rec), schemaName + ": " + errors);
+            continue;
           }
           counts.merge(schemaName.equals("sparq.dead_letter.headers") ? "sparq.dead_letter" : schemaName, 1, Integer::sum);
         }
       }
     }
+    int bad = 0;
+    for (Map.Entry<String, String> e : invalid.entrySet()) {
+      boolean known = deadLettered.contains(e.getKey());  // a poison record the services dead-lettered
+      System.out.println((known ? "dead-lettered " : "INVALID ") + e.getKey() + ": " + e.getValue());
+      if (!known) bad++;
+    }
     counts.forEach((name, n) -> System.out.println("count " + name + " " + n));
-    System.out.println("invalid " + invalid);
-    System.exit(invalid == 0 ? 0 : 1);
+    System.out.println("invalid " + bad);
+    System.exit(bad == 0 ? 0 : 1);
+  }
+
+  static String where(ConsumerRecord<byte[], byte[]> rec) {
+    return rec.topic() + "[" + rec.partition() + "]@" + rec.offset();
   }
 
   static JsonSchema load(JsonSchemaFactory factory, Path path) {
