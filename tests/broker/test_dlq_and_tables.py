@@ -85,13 +85,13 @@ class _FlakyCore(BaseCore):
         self.attempts: dict[str, int] = {}
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
-        key = inbound.key or ""
+        key = inbound.message.problem if inbound.message is not None else ""  # ids are content hashes: key on the text
         self.attempts[key] = self.attempts.get(key, 0) + 1
-        if key == "s0007":
+        if key == "problem 7":
             raise FatalError("this problem is invalid for good")
-        if key == "s0011" and self.attempts[key] <= 2:
+        if key == "problem 11" and self.attempts[key] <= 2:
             raise RetriableError("backend busy")
-        if key == "s0013":
+        if key == "problem 13":
             raise KeyError("a bug in the core")
         return [Outgoing("candidates", inbound.message)]
 
@@ -116,13 +116,14 @@ def test_handler_errors_retry_or_dead_letter_only_the_culprit(broker: str, prefi
     finally:
         proc.stop()
         thread.join(30)
-    assert {r.key for r in out} == {_seed(i).id.encode() for i in range(30)} - {b"s0007", b"s0013"}
+    bad7, bad13 = _seed(7).id.encode(), _seed(13).id.encode()
+    assert {r.key for r in out} == {_seed(i).id.encode() for i in range(30)} - {bad7, bad13}
     letters = {r.key: dead_letter_from_record(r.key, r.value, r.headers) for r in dlq}
-    assert set(letters) == {b"s0007", b"s0013"}
-    assert letters[b"s0007"].error_type == "FatalError"
-    assert letters[b"s0013"].error_type == "KeyError"
-    assert decode(letters[b"s0007"].original) == _seed(7)
-    assert core.attempts["s0007"] == 2  # once in the batch, once alone to isolate it: never retried
+    assert set(letters) == {bad7, bad13}
+    assert letters[bad7].error_type == "FatalError"
+    assert letters[bad13].error_type == "KeyError"
+    assert decode(letters[bad7].original) == _seed(7)
+    assert core.attempts["problem 7"] == 2  # once in the batch, once alone to isolate it: never retried
     assert proc.metrics.counters["retries"] >= 2
 
 
