@@ -17,19 +17,13 @@ from sparq_stream.ids import problem_id
 from sparq_stream.messages import Elite, Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
-from ._util import read_all
+from ._util import read_all, run_in_thread
 
 pytestmark = pytest.mark.broker
 
 
 def _seed(i: int) -> Seed:
     return Seed(id=problem_id(f"problem {i}"), problem=f"problem {i}", answer=str(i))
-
-
-def _run(proc: ServiceProcess) -> threading.Thread:
-    thread = threading.Thread(target=proc.run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_poison_messages_go_to_dlq_with_bytes_and_reason(broker: str, prefix: str, group: str) -> None:
@@ -50,7 +44,7 @@ def test_poison_messages_go_to_dlq_with_bytes_and_reason(broker: str, prefix: st
     producer.close()
 
     proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         out = read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 100, timeout_s=60)
         dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 3, timeout_s=60)
@@ -109,7 +103,7 @@ def test_handler_errors_retry_or_dead_letter_only_the_culprit(broker: str, prefi
     producer.close()
     core = _FlakyCore()
     proc = ServiceProcess(core, settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         out = read_all(broker, f"{prefix}.candidates", until=lambda r: len({x.key for x in r}) >= 28, timeout_s=60)
         dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 2, timeout_s=60)
@@ -191,7 +185,7 @@ def test_table_topics_are_restored_before_the_first_step(broker: str, prefix: st
     producer.close()
     core = _TableCore()
     proc = ServiceProcess(core, settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         for _ in range(100):
             if core.restored_before_first_tick is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 
 import pytest
@@ -15,19 +14,13 @@ from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
-from ._util import produce, read_all
+from ._util import produce, read_all, run_in_thread
 
 pytestmark = pytest.mark.broker
 
 
 def _seed(text: str, id_: str | None = None) -> Seed:
     return Seed(id=id_ or problem_id(text), problem=text, answer="1")
-
-
-def _run(proc: ServiceProcess) -> threading.Thread:
-    thread = threading.Thread(target=proc.run, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_a_message_whose_id_is_not_its_content_hash_is_dead_lettered(broker: str, prefix: str, group: str) -> None:
@@ -42,7 +35,7 @@ def test_a_message_whose_id_is_not_its_content_hash_is_dead_lettered(broker: str
     produce(broker, f"{prefix}.seeds", items)
 
     proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         out = read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 5, timeout_s=60)
         dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 1, timeout_s=60)
@@ -67,7 +60,7 @@ def test_lag_under_exactly_once_is_zero_inside_and_one_per_partition_outside(kaf
     produce(kafka_bootstrap, f"{prefix}.seeds", [(s.id.encode(), encode(s)) for s in seeds])
     first = ServiceProcess(RelayCore("seeds", "candidates"), base.model_copy(update={"group_id": group + "a"}), install_signals=False)
     second = ServiceProcess(RelayCore("candidates", "novel"), base.model_copy(update={"group_id": group + "b"}), install_signals=False)
-    threads = [_run(first), _run(second)]
+    threads = [run_in_thread(first), run_in_thread(second)]
     try:
         out = read_all(kafka_bootstrap, f"{prefix}.novel", until=lambda r: len(r) >= 40, timeout_s=90, isolation_level="read_committed")
         deadline = time.monotonic() + 60
