@@ -23,7 +23,7 @@ any_message = st.one_of(*(messages_of(cls) for cls in TYPES))
 
 
 @pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.SCHEMA)
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_round_trip(cls, data) -> None:
     message = data.draw(messages_of(cls))
@@ -37,7 +37,7 @@ def test_round_trip(cls, data) -> None:
 
 
 @pytest.mark.parametrize("cls", TYPES, ids=lambda c: c.SCHEMA)
-@settings(max_examples=30, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_instances_validate_against_the_json_schema(cls, data) -> None:
     schema = json.loads((SCHEMAS / schema_filename(cls)).read_text())
@@ -85,7 +85,7 @@ def test_random_bytes_never_crash(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=any_message, data=st.data())
 def test_truncated_bytes_raise_decode_error(message, data) -> None:
     wire = encode(message)
@@ -94,7 +94,7 @@ def test_truncated_bytes_raise_decode_error(message, data) -> None:
         decode(wire[:cut])
 
 
-@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(message=any_message, data=st.data())
 def test_flipped_bytes_decode_or_raise_decode_error(message, data) -> None:
     wire = bytearray(encode(message))
