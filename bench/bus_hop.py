@@ -29,6 +29,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from sparq_stream.bus import ServiceProcess, create_topics
 from sparq_stream.core import Inbound, Outgoing
 from sparq_stream.cores.relay import RelayCore
+from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -39,7 +40,8 @@ def _fill(bootstrap: str, topic: str, n: int) -> int:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     size = 0
     for i in range(n):
-        msg = Seed(id=f"p{i:07d}", problem=f"Problem {i}. " + "lorem ipsum " * 75, answer=str(i), solution="s" * 40)
+        text = f"Problem {i}. " + "lorem ipsum " * 75
+        msg = Seed(id=problem_id(text), problem=text, answer=str(i), solution="s" * 40)
         value = encode(msg)
         size += len(value)
         producer.send(topic, key=msg.id.encode(), value=value)

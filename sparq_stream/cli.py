@@ -250,19 +250,38 @@ def verify(
 @app.command()
 def schemas(
     directory: Path = typer.Argument(Path("schemas"), help="Folder of the JSON Schemas."),
-    check: bool = typer.Option(False, "--check", help="Only check that the files match the structs."),
+    check: bool = typer.Option(False, "--check", help="Only check that the files match the structs and the versioning policy."),
+    release: bool = typer.Option(False, "--release", help="Also freeze new schema versions into DIRECTORY/released/."),
 ) -> None:
-    """Write (or --check) one JSON Schema per message type."""
-    from sparq_stream.schema_export import stale_schemas, write_schemas
+    """Write (or --check) one JSON Schema per message type (docs/wire.md, 'Versioning')."""
+    from sparq_stream.schema_export import release_schemas, released_problems, stale_schemas, write_schemas
 
     if check:
-        problems = stale_schemas(directory)
+        problems = stale_schemas(directory) + released_problems(directory)
         if problems:
             raise ConfigError("schemas out of date: " + "; ".join(problems) + " (run 'sparq schemas')")
         typer.echo("schemas up to date")
         return
     for path in write_schemas(directory):
         typer.echo(f"wrote {path}")
+    for path in release_schemas(directory) if release else []:
+        typer.echo(f"froze {path}")
+
+
+@app.command("wire-doc")
+def wire_doc(
+    path: Path = typer.Argument(Path("docs/wire.md"), help="Where the wire contract goes."),
+    check: bool = typer.Option(False, "--check", help="Only check that the file is current."),
+) -> None:
+    """Write (or --check) docs/wire.md, the wire contract, from the message classes."""
+    from sparq_stream.wire_doc import stale_wire_doc, write_wire_doc
+
+    if check:
+        if stale_wire_doc(path):
+            raise ConfigError(f"{path} is out of date (run 'sparq wire-doc')")
+        typer.echo(f"{path} up to date")
+        return
+    typer.echo(f"wrote {write_wire_doc(path)}")
 
 
 # ---------------------------------------------------------------------- run

@@ -3,15 +3,20 @@
 Every message on the wire is a msgpack map holding the struct's fields plus two
 envelope fields, ``schema`` (the type's name) and ``version`` (an integer). Decoding
 checks both and validates every field; anything else raises :class:`DecodeError`.
+Fields the decoder does not know are ignored (a tolerant reader: a producer may add an
+optional field without bumping ``version``; see docs/wire.md, "Versioning").
+
+Times are seconds since the Unix epoch (UTC) as floats; ``reason``, ``operator`` and ``variant`` take
+closed value sets (``*_VALUES``) that the JSON Schemas publish as ``enum``.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from sparq_stream.errors import DecodeError
 
@@ -26,6 +31,9 @@ __all__ = [
     "Metric",
     "DeadLetter",
     "Dropped",
+    "DROP_REASON_VALUES",
+    "OPERATOR_VALUES",
+    "VARIANT_VALUES",
     "MESSAGE_TYPES",
     "encode",
     "decode",
@@ -37,6 +45,32 @@ M = TypeVar("M", bound="Message")
 #: Hard limits on what the decoder accepts from the wire (a hostile producer cannot
 #: make it allocate more than this).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+#: Why the novelty filter dropped a candidate (``sparq.dropped.reason``).
+DROP_REASON_VALUES: tuple[str, ...] = ("exact_duplicate", "near_duplicate", "contamination")
+#: How a candidate was made from its parents (``operator``).
+OPERATOR_VALUES: tuple[str, ...] = ("mutate",)
+#: The QD variant of the run that made a candidate (``variant``); "" where none was given.
+VARIANT_VALUES: tuple[str, ...] = ("", "static-uniform", "static-diverse", "dynamic-uniform", "qd")
+
+
+def _one_of(values: tuple[str, ...]) -> Any:
+    """A string restricted to ``values``: validated on decode, published as a JSON Schema ``enum``."""
+
+    def check(value: str) -> str:
+        if value not in values:
+            raise ValueError(f"must be one of {', '.join(repr(v) for v in values)}")
+        return value
+
+    return Annotated[str, AfterValidator(check), WithJsonSchema({"type": "string", "enum": list(values)})]
+
+
+DropReason = _one_of(DROP_REASON_VALUES)
+Operator = _one_of(OPERATOR_VALUES)
+VariantName = _one_of(VARIANT_VALUES)
+
+_ID = "problem id: first 32 hex digits of sha256 of the normalised problem text (docs/wire.md, 'Problem ids')"
+_CREATED = "when the message was built: seconds since the Unix epoch (UTC), float; default: the time of building"
 
 
 class Message(BaseModel):
@@ -58,13 +92,13 @@ class Seed(Message):
     SCHEMA: ClassVar[str] = "sparq.seed"
     VERSION: ClassVar[int] = 1
 
-    id: str = Field(description="problem id: content hash of the normalised problem text")
-    problem: str
+    id: str = Field(description=_ID)
+    problem: str = Field(description="the problem text")
     answer: str = Field(description="final answer, as written in the source")
     solution: str = Field(default="", description="worked solution, when the source has one")
     source: str = Field(default="", description="file or data set the seed came from")
-    line: int = Field(default=0, ge=0, description="1-based line number in the source file")
-    skills: list[str] = Field(default_factory=list)
+    line: int = Field(default=0, ge=0, description="1-based line number in the source file (0: unknown)")
+    skills: list[str] = Field(default_factory=list, description="skills given by the source, if any")
 
 
 class Candidate(Message):
@@ -73,18 +107,18 @@ class Candidate(Message):
     SCHEMA: ClassVar[str] = "sparq.candidate"
     VERSION: ClassVar[int] = 1
 
-    id: str
-    problem: str
-    solution: str
-    answer: str
-    parent_ids: list[str] = Field(default_factory=list)
-    operator: str = "mutate"
-    model: str = ""
-    model_version: int = 0
-    prompt_hash: str = ""
-    step: int = 0
-    variant: str = ""
-    created_at: float = Field(default_factory=time.time)
+    id: str = Field(description=_ID)
+    problem: str = Field(description="the child problem text")
+    solution: str = Field(description="the generator's worked solution, ending in \\boxed{answer}")
+    answer: str = Field(description="the generator's final answer (the content of the last \\boxed{})")
+    parent_ids: list[str] = Field(default_factory=list, description="problem ids of the parents")
+    operator: Operator = Field(default="mutate", description="how the child was made from its parents")
+    model: str = Field(default="", description="name of the generator model")
+    model_version: int = Field(default=0, description="version number of the generator model (0: the base model)")
+    prompt_hash: str = Field(default="", description="sha256 (64 hex digits) of the mutation prompt template")
+    step: int = Field(default=0, description="the mutator's step (round) that made the child")
+    variant: VariantName = Field(default="", description="the QD variant of the run")
+    created_at: float = Field(default_factory=time.time, description=_CREATED)
 
 
 class NovelCandidate(Candidate):
@@ -95,9 +129,9 @@ class NovelCandidate(Candidate):
 
     novelty: float = Field(default=0.0, description="mean cosine distance to the k nearest seen problems")
     skills: list[str] = Field(default_factory=list, description="sorted skill-set, at most 3 skills")
-    niche: str = Field(default="", description="the skill-set descriptor as a string key")
-    nearest_id: str | None = None
-    nearest_similarity: float = 0.0
+    niche: str = Field(default="", description="the skill-set key: sorted skills joined by '|', '(none)' for the empty set")
+    nearest_id: str | None = Field(default=None, description="problem id of the most similar seen problem, if any")
+    nearest_similarity: float = Field(default=0.0, description="cosine similarity to that problem")
 
 
 class SolveResult(NovelCandidate):
@@ -108,13 +142,13 @@ class SolveResult(NovelCandidate):
 
     k: int = Field(ge=0, description="rollouts asked for")
     rollouts_used: int = Field(ge=0, description="rollouts actually generated (fewer on early stop)")
-    n_correct: int = Field(ge=0)
-    solve_rate: float = Field(ge=0.0, le=1.0)
-    quality: float = Field(ge=0.0, le=1.0)
-    early_stopped: bool = False
-    correct_rollouts: list[str] = Field(default_factory=list)
-    solver_model: str = ""
-    solver_version: int = 0
+    n_correct: int = Field(ge=0, description="rollouts whose final answer equals answer")
+    solve_rate: float = Field(ge=0.0, le=1.0, description="fraction of rollouts whose final answer is correct (on an early stop, the decision's estimate)")
+    quality: float = Field(ge=0.0, le=1.0, description="1 - solve_rate when 0.1 <= solve_rate <= 0.9 (the run's bounds), else 0")
+    early_stopped: bool = Field(default=False, description="true when fewer than k rollouts decided the outcome")
+    correct_rollouts: list[str] = Field(default_factory=list, description="the text of every correct rollout")
+    solver_model: str = Field(default="", description="name of the solver model")
+    solver_version: int = Field(default=0, description="version number of the solver model (0: the base model)")
 
 
 class Elite(SolveResult):
@@ -123,8 +157,8 @@ class Elite(SolveResult):
     SCHEMA: ClassVar[str] = "sparq.elite"
     VERSION: ClassVar[int] = 1
 
-    slot: str = Field(description="the compacted-topic key: the niche, or niche/slot for capped niches")
-    inserted_step: int = 0
+    slot: str = Field(description="the compacted-topic key: '<niche>' (qd, cap 1), '<niche>/<id>' (qd, cap > 1) or 'top/<id>' (dynamic-uniform, static)")
+    inserted_step: int = Field(default=0, description="the step at which this elite entered the working set")
 
     def kafka_key(self) -> str | None:
         """Elites are keyed by slot, not by problem id."""
@@ -137,14 +171,14 @@ class ModelVersion(Message):
     SCHEMA: ClassVar[str] = "sparq.model"
     VERSION: ClassVar[int] = 1
 
-    name: str
+    name: str = Field(description="model name (the Kafka key)")
     number: int = Field(ge=0, description="the model version number, increasing per name")
-    path: str
-    base_model: str = ""
-    parent_version: int | None = None
-    train_examples: int = 0
-    metrics: dict[str, float] = Field(default_factory=dict)
-    created_at: float = Field(default_factory=time.time)
+    path: str = Field(description="where the trainer wrote the model (a directory readers must be able to reach)")
+    base_model: str = Field(default="", description="the model it was fine-tuned from")
+    parent_version: int | None = Field(default=None, description="the version it was trained from; null: the base model")
+    train_examples: int = Field(default=0, description="number of training examples")
+    metrics: dict[str, float] = Field(default_factory=dict, description="evaluation results by name (e.g. accuracy in [0, 1])")
+    created_at: float = Field(default_factory=time.time, description=_CREATED)
 
     def kafka_key(self) -> str | None:
         """Models are keyed by name, so the compacted topic keeps the newest version."""
@@ -157,11 +191,17 @@ class Metric(Message):
     SCHEMA: ClassVar[str] = "sparq.metric"
     VERSION: ClassVar[int] = 1
 
-    service: str
-    instance: str
-    ts: float = Field(default_factory=time.time)
-    counters: dict[str, float] = Field(default_factory=dict)
-    gauges: dict[str, float] = Field(default_factory=dict)
+    service: str = Field(description="service name (mutator, novelty, solver, archivist, trainer, ...)")
+    instance: str = Field(description="instance name within the service")
+    ts: float = Field(
+        default_factory=time.time,
+        description="when the snapshot was taken: seconds since the Unix epoch (UTC), float; default: the time of building",
+    )
+    counters: dict[str, float] = Field(default_factory=dict, description="monotonic totals since the instance started")
+    gauges: dict[str, float] = Field(
+        default_factory=dict,
+        description="current values; 'lag': input records not yet consumed (control markers excluded), 'lag_unknown': partitions whose lag is not known yet",
+    )
 
     def kafka_key(self) -> str | None:
         """Metrics are keyed by service instance."""
@@ -174,15 +214,21 @@ class DeadLetter(Message):
     SCHEMA: ClassVar[str] = "sparq.dead_letter"
     VERSION: ClassVar[int] = 1
 
-    source_topic: str
-    partition: int
-    offset: int
-    original_key: bytes | None = None
-    error_type: str
-    error: str
-    service: str = ""
-    original: bytes = b""
-    ts: float = Field(default_factory=time.time)
+    source_topic: str = Field(description="topic the message was read from (header sparq.dlq.source_topic)")
+    partition: int = Field(description="its partition (header sparq.dlq.partition; -1: unknown)")
+    offset: int = Field(description="its offset (header sparq.dlq.offset; -1: unknown)")
+    original_key: bytes | None = Field(default=None, description="the record's key bytes (null: no key)")
+    error_type: str = Field(
+        description="Python exception class name, e.g. DecodeError, IdMismatch, ValueError (an open set)",
+        examples=["DecodeError", "IdMismatch"],
+    )
+    error: str = Field(description="the error message, at most 4000 characters")
+    service: str = Field(default="", description="the service that dead-lettered it")
+    original: bytes = Field(default=b"", description="the record's value bytes")
+    ts: float = Field(
+        default_factory=time.time,
+        description="when it was dead-lettered: seconds since the Unix epoch (UTC), float; default: the time of building",
+    )
 
 
 class Dropped(Message):
@@ -191,17 +237,19 @@ class Dropped(Message):
     SCHEMA: ClassVar[str] = "sparq.dropped"
     VERSION: ClassVar[int] = 1
 
-    id: str = Field(description="the dropped candidate's problem id")
-    reason: str = Field(description="exact_duplicate | near_duplicate | contamination")
+    id: str = Field(description="the dropped candidate's " + _ID)
+    reason: DropReason = Field(description="why it was dropped")
     similarity: float = Field(default=0.0, description="cosine similarity to the problem it matched")
     match_id: str | None = Field(default=None, description="id of the seen or held-out problem it matched")
-    match_source: str = Field(default="", description="'seen', or the held-out file it matched")
-    problem: str = ""
-    parent_ids: list[str] = Field(default_factory=list)
-    step: int = 0
-    variant: str = ""
-    model: str = ""
-    created_at: float = Field(default_factory=time.time)
+    match_source: str = Field(
+        default="", description="'seen' (a seed or earlier candidate), or the file name of the held-out set it matched"
+    )
+    problem: str = Field(default="", description="the dropped problem text")
+    parent_ids: list[str] = Field(default_factory=list, description="problem ids of its parents")
+    step: int = Field(default=0, description="the mutator's step that made it")
+    variant: VariantName = Field(default="", description="the QD variant of the run")
+    model: str = Field(default="", description="name of the generator model")
+    created_at: float = Field(default_factory=time.time, description=_CREATED)
 
 
 _ENVELOPE = frozenset({"schema", "version"})
@@ -253,6 +301,7 @@ def decode(data: bytes, expect: type[M] | tuple[type[Message], ...] | None = Non
         raise DecodeError(f"{schema}: missing or non-integer 'version' field")
     if version != cls.VERSION:
         raise DecodeError(f"{schema}: unsupported version {version} (this build reads version {cls.VERSION})")
+    body = {k: v for k, v in body.items() if k in cls.model_fields}  # tolerant reader: unknown fields are ignored
     try:
         return cls.model_validate(body)  # type: ignore[return-value]
     except ValidationError as exc:

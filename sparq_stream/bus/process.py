@@ -65,6 +65,7 @@ from sparq_stream.bus.metrics import ServiceMetrics
 from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
 from sparq_stream.core import Core, Inbound, Outgoing
 from sparq_stream.errors import FatalError, RetriableError, SparqError
+from sparq_stream.ids import check_id
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -314,6 +315,7 @@ class ServiceProcess:
             return _Dead(rec, "UnexpectedTombstone", f"tombstone on table topic {rec.topic}, which carries no deletes")
         try:
             message = None if rec.value is None else decode(rec.value)
+            check_id(message)
         except SparqError as exc:
             self.log.warning("%s does not decode: %s", where, exc)
             self.metrics.inc("table_decode_errors")
@@ -358,6 +360,7 @@ class ServiceProcess:
                 continue
             try:
                 message = None if rec.value is None else decode(rec.value)
+                check_id(message)  # wire contract: an id that is not its problem text's hash is dead-lettered (IdMismatch)
             except SparqError as exc:
                 self.metrics.inc("decode_errors")
                 dead.append(_Dead(rec, type(exc).__name__, str(exc)))
@@ -634,7 +637,7 @@ class ServiceProcess:
                 position = client.position(tp, timeout_ms=0) if hw is not None else None
                 if hw is None or position is None:
                     unknown += 1  # no fetch answered yet for this partition
-                else:
+                else:  # the position steps over transaction markers: 0 when caught up under both guarantees
                     lag += max(0, hw - position)
         self.metrics.set("lag", lag)
         self.metrics.set("lag_unknown", unknown)

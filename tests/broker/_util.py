@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -78,4 +79,11 @@ def keys_of(records: list[Any]) -> list[bytes]:
     return [r.key for r in records]
 
 
-__all__ = ["produce", "read_all", "sparq", "start_service", "keys_of", "TopicPartition"]
+def run_in_thread(proc: Any) -> threading.Thread:
+    """Run a ServiceProcess in a daemon thread; stop it with ``proc.stop()`` and join the thread."""
+    thread = threading.Thread(target=proc.run, daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["produce", "read_all", "sparq", "start_service", "keys_of", "run_in_thread", "TopicPartition"]

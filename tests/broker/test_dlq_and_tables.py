@@ -16,22 +16,17 @@ from sparq_stream.bus.topics import admin_client
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.relay import RelayCore
 from sparq_stream.errors import FatalError, RetriableError
+from sparq_stream.ids import problem_id
 from sparq_stream.messages import Elite, Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
-from ._util import produce, read_all
+from ._util import produce, read_all, run_in_thread
 
 pytestmark = pytest.mark.broker
 
 
 def _seed(i: int) -> Seed:
-    return Seed(id=f"s{i:04d}", problem=f"problem {i}", answer=str(i))
-
-
-def _run(proc: ServiceProcess) -> threading.Thread:
-    thread = threading.Thread(target=proc.run, daemon=True)
-    thread.start()
-    return thread
+    return Seed(id=problem_id(f"problem {i}"), problem=f"problem {i}", answer=str(i))
 
 
 def test_poison_messages_go_to_dlq_with_bytes_and_reason(broker: str, prefix: str, group: str) -> None:
@@ -52,7 +47,7 @@ def test_poison_messages_go_to_dlq_with_bytes_and_reason(broker: str, prefix: st
     producer.close()
 
     proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         out = read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 100, timeout_s=60)
         dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 3, timeout_s=60)
@@ -87,13 +82,13 @@ class _FlakyCore(BaseCore):
         self.attempts: dict[str, int] = {}
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
-        key = inbound.key or ""
+        key = inbound.message.problem if inbound.message is not None else ""  # ids are content hashes: key on the text
         self.attempts[key] = self.attempts.get(key, 0) + 1
-        if key == "s0007":
+        if key == "problem 7":
             raise FatalError("this problem is invalid for good")
-        if key == "s0011" and self.attempts[key] <= 2:
+        if key == "problem 11" and self.attempts[key] <= 2:
             raise RetriableError("backend busy")
-        if key == "s0013":
+        if key == "problem 13":
             raise KeyError("a bug in the core")
         return [Outgoing("candidates", inbound.message)]
 
@@ -111,20 +106,21 @@ def test_handler_errors_retry_or_dead_letter_only_the_culprit(broker: str, prefi
     producer.close()
     core = _FlakyCore()
     proc = ServiceProcess(core, settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         out = read_all(broker, f"{prefix}.candidates", until=lambda r: len({x.key for x in r}) >= 28, timeout_s=60)
         dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 2, timeout_s=60)
     finally:
         proc.stop()
         thread.join(30)
-    assert {r.key for r in out} == {_seed(i).id.encode() for i in range(30)} - {b"s0007", b"s0013"}
+    bad7, bad13 = _seed(7).id.encode(), _seed(13).id.encode()
+    assert {r.key for r in out} == {_seed(i).id.encode() for i in range(30)} - {bad7, bad13}
     letters = {r.key: dead_letter_from_record(r.key, r.value, r.headers) for r in dlq}
-    assert set(letters) == {b"s0007", b"s0013"}
-    assert letters[b"s0007"].error_type == "FatalError"
-    assert letters[b"s0013"].error_type == "KeyError"
-    assert decode(letters[b"s0007"].original) == _seed(7)
-    assert core.attempts["s0007"] == 2  # once in the batch, once alone to isolate it: never retried
+    assert set(letters) == {bad7, bad13}
+    assert letters[bad7].error_type == "FatalError"
+    assert letters[bad13].error_type == "KeyError"
+    assert decode(letters[bad7].original) == _seed(7)
+    assert core.attempts["problem 7"] == 2  # once in the batch, once alone to isolate it: never retried
     assert proc.metrics.counters["retries"] >= 2
 
 
@@ -192,7 +188,7 @@ def test_table_topics_are_restored_before_the_first_step(broker: str, prefix: st
     producer.close()
     core = _TableCore()
     proc = ServiceProcess(core, settings, install_signals=False)
-    thread = _run(proc)
+    thread = run_in_thread(proc)
     try:
         for _ in range(100):
             if core.restored_before_first_tick is not None:

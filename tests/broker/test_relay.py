@@ -13,6 +13,7 @@ from kafka import KafkaAdminClient
 
 from sparq_stream.bus import ServiceProcess, create_topics
 from sparq_stream.cores.relay import RelayCore
+from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -26,7 +27,7 @@ N = 10_000
 def _seed_records(n: int, start: int = 0) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(start, start + n):
-        msg = Seed(id=f"p{i:06d}", problem=f"Problem {i}: " + "x" * 900, answer=str(i))
+        msg = Seed(id=problem_id(f"Problem {i}: " + "x" * 900), problem=f"Problem {i}: " + "x" * 900, answer=str(i))
         out.append((msg.id.encode(), encode(msg)))
     return out
 

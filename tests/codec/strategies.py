@@ -8,6 +8,7 @@ from typing import Any, Union
 
 from annotated_types import Ge, Le
 from hypothesis import strategies as st
+from pydantic import WithJsonSchema
 from pydantic.fields import FieldInfo
 
 from sparq_stream.messages import Message
@@ -27,6 +28,9 @@ def _bounded(info: FieldInfo) -> tuple[float | None, float | None]:
 
 def _for_type(tp: Any, info: FieldInfo | None = None) -> st.SearchStrategy[Any]:
     origin = typing.get_origin(tp)
+    for meta in info.metadata if info is not None else ():
+        if isinstance(meta, WithJsonSchema) and meta.json_schema and "enum" in meta.json_schema:
+            return st.sampled_from(meta.json_schema["enum"])
     if origin in (Union, types.UnionType):
         return st.one_of(*(_for_type(arg) for arg in typing.get_args(tp)))
     if tp is type(None):

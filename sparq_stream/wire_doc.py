@@ -1,0 +1,330 @@
+"""docs/wire.md, the wire contract, rendered from the message classes, the topic list and the dead-letter headers.
+
+``sparq wire-doc`` writes it; ``sparq wire-doc --check`` (and a test) fails when it is stale.
+Prose that no class holds (the envelope, the versioning policy, delivery and lag) lives here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparq_stream import ids
+from sparq_stream.bus.topics import COMPACTED, LOGICAL_TOPICS, SINGLE_PARTITION
+from sparq_stream.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, Message
+from sparq_stream.schema_export import (
+    DLQ_HEADERS,
+    DLQ_HEADERS_FILE,
+    DLQ_OPTIONAL_HEADERS,
+    json_schema,
+    schema_filename,
+)
+
+__all__ = ["TOPICS", "TopicDoc", "render_wire_doc", "write_wire_doc", "stale_wire_doc", "DEFAULT_PATH"]
+
+DEFAULT_PATH = Path("docs/wire.md")
+
+
+@dataclass(frozen=True)
+class TopicDoc:
+    """What one logical topic carries and who uses it."""
+
+    key: str
+    value: str
+    writers: str
+    readers: str
+
+
+#: Every logical topic: its key, its value type, its writers and its readers.
+TOPICS: dict[str, TopicDoc] = {
+    "seeds": TopicDoc("problem id", "`sparq.seed` v1", "`sparq seed`, `sparq up`", "mutator, novelty, archivist (tables)"),
+    "candidates": TopicDoc("problem id", "`sparq.candidate` v1", "mutator", "novelty"),
+    "novel": TopicDoc("problem id", "`sparq.novel` v1", "novelty", "solver; novelty replicas (table, `follow_novel`)"),
+    "drops": TopicDoc("problem id", "`sparq.dropped` v1", "novelty", "mutator (returns its credit)"),
+    "solved": TopicDoc("problem id", "`sparq.solved` v1", "solver", "archivist, mutator"),
+    "elites": TopicDoc(
+        "slot (`sparq.elite.slot`)", "`sparq.elite` v1, or a tombstone (null value) when a slot loses its elite",
+        "archivist", "mutator (dynamic variants), archivist (restore), trainer (tables)",
+    ),
+    "archive": TopicDoc("problem id", "`sparq.solved` v1 (every scored child: A)", "archivist", "trainer (`include_archive`)"),
+    "models": TopicDoc("model name (`sparq.model.name`)", "`sparq.model` v1", "trainer", "mutator, solver (`follow_models`), trainer (table)"),
+    "metrics": TopicDoc("`<service>/<instance>`", "`sparq.metric` v1", "every service", "`sparq up` (live view, stop rule), `sparq tail`"),
+    "dlq": TopicDoc(
+        "the original record's key bytes, unchanged (absent if it had none)",
+        "the original record's value bytes, unchanged (any bytes; null for a tombstone), with the headers of "
+        f"`{DLQ_HEADERS_FILE}`",
+        "every service", "`sparq tail dlq`, operators",
+    ),
+}
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _type_of(prop: dict[str, Any]) -> str:
+    if "anyOf" in prop:
+        return " or ".join(_type_of(p) for p in prop["anyOf"])
+    if "const" in prop:
+        return f"const `{prop['const']}`"
+    kind = prop.get("type", "any")
+    if kind == "array":
+        return f"array of {_type_of(prop.get('items', {}))}"
+    if kind == "object":
+        return f"map of string to {_type_of(prop.get('additionalProperties', {}))}"
+    if prop.get("contentEncoding") == "base64":
+        return "bytes (msgpack bin; base64 text in JSON)"
+    if "enum" in prop:
+        return "one of " + ", ".join(f"`{v}`" if v else '`""`' for v in prop["enum"])
+    bounds = []
+    for key, sign in (("minimum", ">="), ("maximum", "<="), ("exclusiveMinimum", ">"), ("exclusiveMaximum", "<")):
+        if key in prop:
+            bounds.append(f"{sign} {prop[key]}")
+    return kind + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def _message_section(cls: type[Message]) -> list[str]:
+    schema = json_schema(cls)
+    required = set(schema.get("required", []))
+    lines = [
+        f"### `{cls.SCHEMA}` version {cls.VERSION}",
+        "",
+        f"{cls.__doc__}  Schema: [`schemas/{schema_filename(cls)}`](../schemas/{schema_filename(cls)}).",
+        "",
+        "| field | type | required / default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, prop in schema["properties"].items():
+        if name in required:
+            need = "required"
+        elif "default" in prop:
+            need = f"default `{prop['default']!r}`".replace("None", "null").replace("'", '"')
+        else:
+            need = "optional (see meaning)"
+        lines.append(f"| `{name}` | {_cell(_type_of(prop))} | {_cell(need)} | {_cell(prop.get('description', ''))} |")
+    return lines + [""]
+
+
+def _id_source() -> str:
+    return inspect.getsource(ids.normalise_text) + "\n\n" + inspect.getsource(ids.problem_id)
+
+
+def render_wire_doc() -> str:
+    """Return the text of docs/wire.md."""
+    missing = set(LOGICAL_TOPICS) ^ set(TOPICS)
+    if missing:
+        raise ValueError(f"wire_doc.TOPICS and bus.topics.LOGICAL_TOPICS differ: {sorted(missing)}")
+    out: list[str] = [
+        "# The sparq-stream wire contract",
+        "",
+        "<!-- Generated by `sparq wire-doc` from sparq_stream/messages.py, sparq_stream/wire_doc.py and",
+        "     sparq_stream/schema_export.py. Do not edit by hand: a test fails when this file is stale. -->",
+        "",
+        "Everything a consumer or producer in another language needs: the topics, the keys, the",
+        "envelope, the id rule, every message type with its units and defaults, the dead-letter",
+        "record, the versioning policy, and what to expect from offsets and lag. The JSON Schemas in",
+        "[`schemas/`](../schemas/) are the machine-readable half of this contract.",
+        "[`examples/java-consumer`](../examples/java-consumer/) is a consumer built from these two alone.",
+        "",
+        "## Topics",
+        "",
+        "Kafka topic name = `<prefix>.<name>`: the prefix is the run's (`--prefix`, `SPARQ_PREFIX`;",
+        "default `sparq`, and `sparq up` picks a new one per run), the name one of those below. All",
+        "topics of a run have the same partition count (`--partitions`, default 3) except `models`",
+        "(one partition: a total order of versions).",
+        "",
+        "| topic | key | value | cleanup policy | partitions | writers | readers |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in LOGICAL_TOPICS:
+        doc = TOPICS[name]
+        policy = "compact" if name in COMPACTED else "delete (broker default retention)"
+        parts = "1" if name in SINGLE_PARTITION else "run's count"
+        out.append(f"| `<prefix>.{name}` | {_cell(doc.key)} | {_cell(doc.value)} | {policy} | {parts} | {_cell(doc.writers)} | {_cell(doc.readers)} |")
+    out += [
+        "",
+        "Readers of a compacted topic must take the last value per key themselves (a broker may",
+        "compact late, or never: Tansu keeps no topic configs), and treat a null value as a deletion.",
+        "",
+        "## Keys and partitioning",
+        "",
+        "- A key is the raw UTF-8 bytes of the string in the table above, **not** msgpack. Problem",
+        "  ids are 32 lower-case hex digits (see *Problem ids*); slots and model names are UTF-8 text.",
+        "- Partition = Kafka's default partitioner on those bytes: `(murmur2(key) & 0x7fffffff) %",
+        "  partitions`, as the Java client and kafka-python compute it. Equal keys land on the same",
+        "  partition of every topic, so a consumer can rely on per-key order and co-partitioning.",
+        "- Every record sparq writes has a key, except a dead letter whose original had none.",
+        "",
+        "## The envelope",
+        "",
+        "Every value (except on `dlq`, and tombstones) is one **msgpack map** with string keys:",
+        "",
+        "- `schema` (string) names the type, `version` (integer) its version; a reader picks the",
+        "  JSON Schema `schemas/<schema>.v<version>.json` from these two entries;",
+        "- every other entry is a field of that type, under the field's name in the schema.",
+        "",
+        "Encoding: strings are msgpack str (UTF-8), bytes are msgpack bin, integers msgpack int,",
+        "floats msgpack float 64, `null` msgpack nil, lists msgpack arrays, maps msgpack maps with",
+        "string keys. The Python services write every field, defaults included; a reader must still",
+        "apply the documented default for a field that is absent (another producer may omit it).",
+        f"Values over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB are rejected. To validate a value against its JSON Schema,",
+        "turn the map into JSON with bytes as padded base64 text (`contentEncoding: base64`).",
+        "",
+        "Python decodes and validates with `sparq_stream.messages.decode`; `sparq tail TOPIC` prints",
+        "values as JSON (that JSON rendering, and the Python API, are where the `sparq.dead_letter`",
+        "schema applies: see *Dead letters*).",
+        "",
+        "## Problem ids",
+        "",
+        "A problem's `id` is the first 32 hex digits (lower case) of the sha256 of its normalised",
+        "text, where normalising is, in this order:",
+        "",
+        "1. Unicode NFKC normalisation (full-width digits become ASCII, ligatures split, ...);",
+        "2. every run of whitespace becomes one space: whitespace is what Python's `re` `\\s` matches",
+        "   in a str pattern, i.e. every character whose `str.isspace()` is true (ASCII space, tab,",
+        "   newlines, U+000B, U+000C, U+001C to U+001F, U+0085, and Unicode space separators);",
+        "3. leading and trailing whitespace is stripped;",
+        "4. full Unicode case folding (Python `str.casefold`: `ß` becomes `ss`, not just lower case);",
+        "5. the result is encoded as UTF-8.",
+        "",
+        "The text hashed is the message's `problem` field. Reference implementation (the code itself):",
+        "",
+        "```python",
+        "import hashlib, re, unicodedata",
+        "",
+        "_SPACE = re.compile(r\"\\s+\")",
+        "",
+        _id_source().rstrip(),
+        "```",
+        "",
+        "Every service checks it: a consumed message that carries a non-empty `problem` and an `id`",
+        "(`sparq.seed`, `sparq.candidate`, `sparq.novel`, `sparq.solved`, `sparq.elite`, and",
+        "`sparq.dropped` when it carries the text) whose id is not this hash is dead-lettered with",
+        "`sparq.dlq.error_type` = `IdMismatch` and an error naming the expected id. So one problem",
+        "cannot enter the loop twice under two ids.",
+        "",
+        "## Times and units",
+        "",
+        "| where | unit and format |",
+        "| --- | --- |",
+    ]
+    for cls in MESSAGE_TYPES.values():
+        for name, prop in json_schema(cls)["properties"].items():
+            if name in ("created_at", "ts"):
+                out.append(f"| `{cls.SCHEMA}.{name}` | {_cell(prop.get('description', ''))} |")
+    out += [
+        f"| header `sparq.dlq.ts` | {DLQ_HEADERS['sparq.dlq.ts']} |",
+        "| `sparq.metric` gauges ending in `_seconds` / `_s` | seconds (float) |",
+        "| Kafka record timestamp | milliseconds since the Unix epoch (CreateTime, set by the producer) |",
+        "",
+        "Rates (`solve_rate`, `quality`, `novelty`, similarities) are fractions in [0, 1], never percentages.",
+        "",
+        "## Message types",
+        "",
+    ]
+    for cls in MESSAGE_TYPES.values():
+        out += _message_section(cls)
+    out += [
+        "## Dead letters",
+        "",
+        "A record that a service cannot decode or handle (bad bytes, unknown schema or version, a",
+        "field out of range, an id that is not its text's hash, a handler error that is not",
+        "retriable) is copied to `<prefix>.dlq` and its offset committed, so it never blocks a",
+        "partition and is never lost. On the wire a dead letter is:",
+        "",
+        "- key: the original record's key bytes, unchanged;",
+        "- value: the original record's value bytes, unchanged (not msgpack of anything: they may be",
+        "  the very bytes that failed to decode);",
+        "- headers, in this order, each value UTF-8 text:",
+        "",
+        "| header | always | meaning |",
+        "| --- | --- | --- |",
+    ]
+    out += [f"| `{k}` | yes | {_cell(v)} |" for k, v in DLQ_HEADERS.items()]
+    out += [f"| `{k}` | only for an oversized value | {_cell(v)} |" for k, v in DLQ_OPTIONAL_HEADERS.items()]
+    out += [
+        "",
+        "followed by the original record's own headers (those not starting with `sparq.dlq.`).",
+        f"[`schemas/{DLQ_HEADERS_FILE}`](../schemas/{DLQ_HEADERS_FILE}) is the JSON Schema of that header",
+        "map (header name to UTF-8 text); validate a dead letter by decoding its headers into a JSON",
+        "object and checking it against that schema. `schemas/sparq.dead_letter.v1.json` describes the",
+        "*typed view* built from such a record (`sparq tail dlq`, `sparq_stream.bus.dlq.dead_letter_from_record`):",
+        "`original_key` and `original` hold the key and value bytes (base64 in JSON), the other fields",
+        "the headers. No `sparq.dead_letter` msgpack value is ever written to a topic.",
+        "",
+        "## Versioning",
+        "",
+        "`version` is a major version: it changes only when a reader of the old version could",
+        "misread a new message. For each (schema, version) a frozen copy lives in",
+        "[`schemas/released/`](../schemas/released/); a test compares every current schema with its",
+        "frozen copy and fails on an incompatible change made without a version bump.",
+        "",
+        "Compatible, same `version`:",
+        "",
+        "- a new optional field with a `default` (old readers ignore it; new readers apply the default",
+        "  to old messages);",
+        "- changes to `title`, `description`, `examples` or `$comment`.",
+        "",
+        "Incompatible, needs `version` + 1 (a new schema file, a new frozen copy via",
+        "`sparq schemas --release`, and readers that accept both while both are on the wire):",
+        "",
+        "- removing or renaming a field, changing its type, bounds, format or default;",
+        "- making an optional field required, or a required one optional;",
+        "- any change to an `enum`, adding a value included (a strict old reader would reject it);",
+        "- a change of meaning or unit with the same type (for example seconds to milliseconds);",
+        "- a change of key, topic or envelope.",
+        "",
+        "Readers must ignore fields they do not know (a tolerant reader). That is why the schemas",
+        "say `\"additionalProperties\": true`: `false` would make every added optional field a",
+        "breaking change for strict validators, and force a version bump (and a coordinated upgrade",
+        "of every reader) for what is a compatible change. The known fields stay strictly checked",
+        "(type, required, enum, bounds). Readers must reject a `version` they do not know (the",
+        "Python services dead-letter such a message): a new version is a new contract. Within a",
+        "version, a field never changes meaning or unit.",
+        "",
+        "## Delivery, offsets and lag",
+        "",
+        "- `processing_guarantee=at_least_once` (default): outputs are acknowledged by the broker",
+        "  before the input offsets are committed; a crash can redeliver, so a record may appear",
+        "  twice. Consumers must be idempotent by key (the same problem id means the same problem).",
+        "- `processing_guarantee=exactly_once` (Apache Kafka only; Tansu accepts transactions but does",
+        "  not honour them): outputs and input offsets go in one transaction. Read with",
+        "  `isolation.level=read_committed` to see only committed records.",
+        "",
+        "**Lag under exactly-once.** Every transaction ends with a commit marker, a control record",
+        "that takes one offset in each partition it wrote to but is never delivered to consumers. The",
+        "offset a service commits in its transaction is that of the record after its last input,",
+        "which is where the upstream commit marker sits. So an outside monitor that computes",
+        "`end offset - committed offset` sees **1 per partition** when a service is fully caught up",
+        "(more, transiently, while a transaction is open), never 0. That is not unprocessed data.",
+        "The right measures:",
+        "",
+        "- the services' own `lag` gauge (on `<prefix>.metrics`, `sparq.metric.gauges.lag`): the sum",
+        "  over assigned partitions (inputs and tables) of `high watermark - position`, where the",
+        "  consumer position has already stepped over control markers. It reads 0 when caught up",
+        "  under both guarantees (while an upstream transaction is open it also counts that",
+        "  transaction's records, which become readable when it commits); `lag_unknown` counts",
+        "  partitions whose lag is not known yet (no fetch answered). `sparq up` stops only when",
+        "  every stage reports `lag` 0 and `lag_unknown` 0;",
+        "- from outside: a `read_committed` consumer that seeks each partition to the group's committed",
+        "  offset and polls until its position reaches the end offset; lag = records it received. Or",
+        "  accept `end - committed <= 1` as caught up for a partition written only transactionally.",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_wire_doc(path: str | Path = DEFAULT_PATH) -> Path:
+    """Write docs/wire.md; return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_wire_doc(), encoding="utf-8")
+    return path
+
+
+def stale_wire_doc(path: str | Path = DEFAULT_PATH) -> bool:
+    """True when the file at ``path`` is missing or differs from what the classes render."""
+    path = Path(path)
+    return not path.is_file() or path.read_text(encoding="utf-8") != render_wire_doc()
