@@ -13,6 +13,7 @@ import pytest
 
 from sparq_stream.brokers.tansu import EmbeddedBroker
 from sparq_stream.bus import create_topics
+from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -22,7 +23,8 @@ pytestmark = pytest.mark.broker
 
 
 def _items(n: int) -> list[tuple[bytes, bytes]]:
-    seeds = [Seed(id=f"p{i:05d}", problem=f"Problem {i}: " + "x" * 500, answer=str(i)) for i in range(n)]
+    texts = [f"Problem {i}: " + "x" * 500 for i in range(n)]
+    seeds = [Seed(id=problem_id(t), problem=t, answer=str(i)) for i, t in enumerate(texts)]
     return [(s.id.encode(), encode(s)) for s in seeds]
 
 
