@@ -108,7 +108,12 @@ class EmbeddedBroker:
             self._log_file = open(self.log_path, "ab")
         out = self._log_file or subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env, start_new_session=True)
+        from sparq_stream.orchestrator.lifetime import die_with_parent
+
+        # its own session (a Ctrl-C at the terminal is ours to handle), and it dies with its parent
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=die_with_parent()
+        )
         if not wait_for_port(self.host, self.port, timeout_s):
             self.stop()
             raise BrokerUnavailable(f"tansu did not listen on {self.bootstrap} within {timeout_s}s")
@@ -129,6 +134,16 @@ class EmbeddedBroker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The broker's exit code once it has exited on its own (None while it runs or after stop())."""
+        return self._proc.poll() if self._proc is not None else None
 
     def wait(self) -> int:
         """Block until the broker exits; return its exit code."""
