@@ -499,7 +499,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a typer.Exit comes back as its exit code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except SparqError as exc:

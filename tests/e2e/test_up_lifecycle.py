@@ -72,11 +72,14 @@ def _alive(pids: list[int]) -> list[int]:
     return left
 
 
-def test_kill_9_of_sparq_up_leaves_nothing_and_the_same_command_resumes(shared_data: Path, tmp_path: Path) -> None:
+def test_kill_9_of_sparq_up_leaves_nothing_and_the_same_command_resumes_without_the_trainer(shared_data: Path, tmp_path: Path) -> None:
     steps = 6
     out = tmp_path / "run"
     reference = run_local(_config(shared_data, tmp_path / "local", steps))
-    flags = _flags(shared_data, out, steps, "--backend-options", json.dumps(SLOW))
+    # the trainer fails for good in both runs: an optional service, the loop's data path goes on without it
+    flags = _flags(
+        shared_data, out, steps, "--backend-options", json.dumps(SLOW), "--with", "trainer --no-such-setting 1", "--max-restarts", "1"
+    )
     first = _up(*flags)
     try:
         _wait_for(lambda: len(_archive_lines(out)) >= BATCH and (out / "journal" / "offsets.json").is_file(), "a scored step", proc=first)
@@ -101,5 +104,61 @@ def test_kill_9_of_sparq_up_leaves_nothing_and_the_same_command_resumes(shared_d
     assert sorted(ids) == sorted(r.id for r in reference.results)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] == len(ids) and summary["exit_code"] == 0
+    assert summary["given_up"] == ["trainer"]
+    # counted over both runs' processes; what a process did after its last metrics snapshot is redone as redelivered
+    accepted, stages = reference.metrics["novelty"]["accepted"], summary["stages"]
+    assert accepted - stages["novelty.redelivered"] <= stages["novelty.accepted"] <= accepted
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished"
+
+
+def _family_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+def test_sigterm_stops_in_order_and_writes_the_summary(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _up(*_flags(shared_data, out, 6, "--backend-options", json.dumps(SLOW)))
+    try:
+        _wait_for(lambda: len(_archive_lines(out)) >= 1, "a scored child", proc=proc)
+        family = [p.pid for p in _family_of(proc)]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == RunEnd.INTERRUPTED
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"] == "interrupted (SIGTERM)" and summary["exit_code"] == 130
+    assert summary["scored"] == len(set(_archive_lines(out))) >= 1
+    assert not _alive(family)
+    assert json.loads((out / "run.json").read_text())["status"] == "running"  # the same command resumes it
+
+
+def test_losing_the_embedded_broker_stops_the_run_with_its_own_exit_code(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = _up(*_flags(shared_data, out, 6, "--backend-options", json.dumps(SLOW)))
+    try:
+        _wait_for(lambda: len(_archive_lines(out)) >= 1, "a scored child", proc=proc)
+        family = _family_of(proc)
+        broker = next(p for p in family if p.name() == "tansu")
+        broker.kill()
+        assert proc.wait(120) == RunEnd.BROKER_LOST
+        assert "broker lost: the embedded broker exited" in proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"].startswith("broker lost") and summary["exit_code"] == RunEnd.BROKER_LOST
+    assert not _alive([p.pid for p in family])
+
+
+def test_an_essential_service_that_keeps_failing_ends_the_run_with_a_summary(shared_data: Path, tmp_path: Path) -> None:
+    config = _config(shared_data, tmp_path / "run", 2, extra={"novelty": ["--no-such-setting", "1"]}, max_restarts=1)
+    result = run_up(config)
+    assert result.exit_code == RunEnd.SERVICE_FAILED
+    assert result.reason.startswith("service failed: novelty kept failing")
+    assert "unknown setting --no-such-setting" in result.detail
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["exit_code"] == RunEnd.SERVICE_FAILED and summary["given_up"] == ["novelty"]
+    assert summary["restarts"] == {"novelty": 1}
+
