@@ -48,16 +48,9 @@ def _service_settings(bootstrap: Optional[str], prefix: Optional[str], **values:
 
 def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
     """Fail fast with one line when nothing listens at the bootstrap address."""
-    from sparq_stream.brokers.tansu import wait_for_port
-    from sparq_stream.errors import BrokerUnavailable
+    from sparq_stream.brokers.tansu import require_reachable
 
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"bootstrap {server!r} is not host:port")
-        if wait_for_port(host or "127.0.0.1", int(port), timeout_s):
-            return
-    raise BrokerUnavailable(f"no Kafka broker reachable at {bootstrap}")
+    require_reachable(bootstrap, timeout_s)
 
 
 # ---------------------------------------------------------------------- broker

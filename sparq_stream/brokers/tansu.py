@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sparq_stream.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["find_tansu_binary", "free_port", "wait_for_port", "wait_for_kafka", "EmbeddedBroker"]
+__all__ = ["find_tansu_binary", "free_port", "wait_for_port", "require_reachable", "wait_for_kafka", "EmbeddedBroker"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def require_reachable(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when nothing listens at any of the bootstrap addresses."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"bootstrap {server!r} is not host:port")
+        if wait_for_port(host or "127.0.0.1", int(port), timeout_s):
+            return
+    raise BrokerUnavailable(f"no Kafka broker reachable at {bootstrap}")
 
 
 def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:

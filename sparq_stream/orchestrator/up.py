@@ -345,6 +345,10 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
     reason, end, detail = "budget reached", RunEnd.BUDGET, ""
     broker = None
     supervisor: Supervisor | None = None
+    if config.bootstrap is not None:  # fail fast, before minutes of seed labelling
+        from sparq_stream.brokers.tansu import require_reachable
+
+        require_reachable(config.bootstrap)
     seeds, bad = load_seed_set(config) if not resumed else ([], 0)  # bad seeds fail before any broker starts
     with ExitStack() as stack:
         bootstrap = config.bootstrap
