@@ -359,10 +359,9 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             bootstrap = broker.start()
             stack.callback(broker.stop)
         settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix)
-        create_topics(settings, partitions=config.partitions)
         use_journal = broker is not None and config.journal
         start_offsets: dict[tuple[str, int], int] = {}
-        if resumed and use_journal:
+        if resumed and use_journal:  # first, so the topics get the journal's partition counts
             restored = journal_mod.restore(settings, journal_dir)
             start_offsets = restored.pop("next")
             log.info("resuming run %s from its journal: %s", prefix, restored)
@@ -370,6 +369,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             log.info("resuming run %s on %s", prefix, bootstrap)
         elif journal_dir.exists():
             journal_mod.discard(journal_dir)
+        create_topics(settings, partitions=config.partitions)
         # the broker answered and the topics exist: only now does the folder name a run
         run_info = {
             "prefix": prefix, "bootstrap": bootstrap, "started_at": started_at, "status": "running",
