@@ -138,7 +138,7 @@ def test_losing_the_embedded_broker_stops_the_run_with_its_own_exit_code(shared_
     out = tmp_path / "run"
     proc = _up(*_flags(shared_data, out, 6, "--backend-options", json.dumps(SLOW)))
     try:
-        _wait_for(lambda: len(_archive_lines(out)) >= 1, "a scored child", proc=proc)
+        _wait_for(lambda: (out / "journal" / "offsets.json").is_file() and len(_family_of(proc)) >= 6, "the services up", proc=proc)
         family = _family_of(proc)
         broker = next(p for p in family if p.name() == "tansu")
         broker.kill()
