@@ -96,6 +96,21 @@ class MetricsBook:
         return {k: {**v, "counters": dict(v["counters"]), "gauges": dict(v["gauges"])} for k, v in out.items()}
 
 
+    def per_instance(self, service: str, name: str) -> dict[str, float]:
+        """A counter (or cumulative gauge) of each instance of a service, summed over its incarnations."""
+        with self._lock:
+            runs = {key: sorted(incs.values(), key=lambda i: i.started_at) for key, incs in self._runs.items()}
+        out: dict[str, float] = {}
+        for (svc, instance), incs in sorted(runs.items()):
+            if svc != service:
+                continue
+            if any(name in inc.last.counters for inc in incs):
+                out[instance] = sum(inc.last.counters.get(name, 0.0) for inc in incs)
+            else:
+                out[instance] = _total(incs, name)
+        return out
+
+
 def _total(incs: list[_Incarnation], name: str) -> float:
     """A running total over incarnations: a value that starts below the previous last value was reset."""
     total = 0.0
@@ -156,6 +171,10 @@ class MetricsMonitor:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per service: summed counters and gauges over its instances and incarnations."""
         return self.book.snapshot()
+
+    def per_instance(self, service: str, name: str) -> dict[str, float]:
+        """A counter of each instance of a service, summed over its incarnations."""
+        return self.book.per_instance(service, name)
 
     def value(self, service: str, name: str, default: float = 0.0) -> float:
         """A summed counter or gauge of a service (counters first)."""

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sparq_stream.errors import ConfigError, SparqError
+from sparq_stream.errors import ConfigError
 
 __all__ = ["UpConfig", "UpResult", "RunEnd", "run_up", "service_args", "load_seed_set"]
 

@@ -16,7 +16,6 @@ import pytest
 
 from sparq_stream.orchestrator.local import run_local
 from sparq_stream.orchestrator.up import RunEnd, UpConfig, run_up
-from sparq_stream.qd.archive_log import read_archive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
