@@ -97,7 +97,7 @@ class MetricsBook:
 
 
     def per_instance(self, service: str, name: str) -> dict[str, float]:
-        """A counter (or cumulative gauge) of each instance of a service, summed over its incarnations."""
+        """A metric of each instance of a service: counters summed over its incarnations, instant gauges the newest."""
         with self._lock:
             runs = {key: sorted(incs.values(), key=lambda i: i.started_at) for key, incs in self._runs.items()}
         out: dict[str, float] = {}
@@ -106,6 +106,8 @@ class MetricsBook:
                 continue
             if any(name in inc.last.counters for inc in incs):
                 out[instance] = sum(inc.last.counters.get(name, 0.0) for inc in incs)
+            elif name in INSTANT_GAUGES:
+                out[instance] = incs[-1].last.gauges.get(name, 0.0)
             else:
                 out[instance] = _total(incs, name)
         return out
