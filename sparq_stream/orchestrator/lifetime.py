@@ -34,6 +34,8 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
 
     Everything is resolved here, in the parent; the child only makes the system call, then checks
     that the parent did not die between ``fork`` and ``prctl`` (it exits at once if so).
+    The kernel sends it when the *thread* that spawned the child ends, so spawn from a thread that
+    outlives the child (``sparq up`` spawns from its main thread).
     Returns None where the call does not exist (not Linux): the caller then spawns without it.
     """
     prctl = _prctl()

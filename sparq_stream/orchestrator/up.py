@@ -285,7 +285,7 @@ def _resumable(config: UpConfig, previous: dict[str, Any], journal_dir: Path) ->
     """A run in this folder did not finish, on the same kind of broker, and (embedded) left a journal."""
     from sparq_stream.orchestrator.journal import has_snapshot
 
-    if not previous.get("prefix") or previous.get("status") != "running":
+    if not previous.get("prefix") or previous.get("status") != "running" or not previous.get("seeded"):
         return False
     if config.prefix not in (None, previous["prefix"]):
         return False
@@ -379,6 +379,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         if not resumed:
             publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
             log.info("published %d seeds (%d bad lines skipped) to %s.seeds", len(seeds), bad, prefix)
+        run_info["seeded"] = True
+        _write_run_json(out, run_info)
         journal = journal_mod.TopicJournal(settings, journal_dir, start_offsets=start_offsets).start() if use_journal else None
         if journal is not None:
             stack.callback(journal.stop)
@@ -389,6 +391,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         watch = _BrokerWatch(broker, config.broker_timeout_s)
         args = service_args(config, prefix, bootstrap)
         final_metrics: dict[str, Any] = {}
+        error: Exception | None = None
         try:
             for name in ("archivist", "trainer", "novelty"):
                 supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name])
@@ -425,6 +428,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             reason, end = f"interrupted ({exc.args[0]})", RunEnd.INTERRUPTED
         except KeyboardInterrupt:
             reason, end = "interrupted (SIGINT)", RunEnd.INTERRUPTED
+        except Exception as exc:  # recorded in summary.json, then raised again
+            reason, end, error = f"error: {type(exc).__name__}: {exc}", RunEnd.ERROR, exc
         finally:
             signals.stopping = True
             final_metrics = _stop_services(config, supervisor, monitor, broker_lost=end == RunEnd.BROKER_LOST)
@@ -433,6 +438,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor)
         finished = end in (RunEnd.BUDGET,)
         _write_run_json(out, {**run_info, "status": "finished" if finished else "running", "ended": reason, "exit_code": int(end)})
+        if error is not None:
+            raise error
     restarts = summary.get("restarts", {})
     return UpResult(
         out=out, prefix=prefix, bootstrap=bootstrap, reason=reason, summary=summary, restarts=restarts,
