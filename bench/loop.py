@@ -84,15 +84,8 @@ def _rate_between(samples: list[tuple[float, float]], total: float, lo: float = 
 
 
 def _per_instance(monitor: Any, service: str, name: str) -> dict[str, float]:
-    """The latest value of a counter per instance of a service (private state of the monitor; {} if it moved)."""
-    latest = getattr(monitor, "_latest", None)
-    if not isinstance(latest, dict):
-        return {}
-    out: dict[str, float] = {}
-    for (svc, instance), metric in list(latest.items()):
-        if svc == service:
-            out[instance] = float(metric.counters.get(name, metric.gauges.get(name, 0.0)))
-    return dict(sorted(out.items()))
+    """A counter per instance of a service, summed over the instance's restarts."""
+    return monitor.per_instance(service, name)
 
 
 # ---------------------------------------------------------------------- (a) solver replicas

@@ -48,16 +48,9 @@ def _service_settings(bootstrap: Optional[str], prefix: Optional[str], **values:
 
 def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
     """Fail fast with one line when nothing listens at the bootstrap address."""
-    from sparq_stream.brokers.tansu import wait_for_port
-    from sparq_stream.errors import BrokerUnavailable
+    from sparq_stream.brokers.tansu import require_reachable
 
-    for server in bootstrap.split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"bootstrap {server!r} is not host:port")
-        if wait_for_port(host or "127.0.0.1", int(port), timeout_s):
-            return
-    raise BrokerUnavailable(f"no Kafka broker reachable at {bootstrap}")
+    require_reachable(bootstrap, timeout_s)
 
 
 # ---------------------------------------------------------------------- broker
@@ -135,19 +128,22 @@ def seed(
     backend: str = typer.Option("transformers", "--backend", envvar="SPARQ_BACKEND", help="Classifier backend for --label."),
     backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object."),
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
+    max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", envvar="SPARQ_MAX_LINE_BYTES", min=64, help="Longer lines are bad lines."),
 ) -> None:
-    """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported and skipped."""
+    """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported (first 20) and skipped."""
     from sparq_stream.bus.client import publish_all
     from sparq_stream.bus.topics import TopicNames
-    from sparq_stream.seeds import collect_seeds, label_seeds
+    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds
 
     if not file.is_file():
         raise ConfigError(f"seed file {file} does not exist")
     settings = _service_settings(bootstrap, prefix)
     topic = TopicNames(settings.prefix).topic("seeds")
-    seeds, bad_lines = collect_seeds(file, limit)
-    for line in bad_lines:
-        _err(f"{file}:{line.line}: {line.reason} (skipped)")
+    seeds, bad_lines = collect_seeds(file, limit, max_line_bytes)
+    for line in bad_line_report(file, bad_lines):
+        _err(line)
+    if not seeds:
+        raise ConfigError(f"{file}: no valid seed line ({len(bad_lines):,} bad line(s)); nothing published")
     if label:
         options = json.loads(backend_options) if backend_options else {}
         seeds = label_seeds(seeds, backend, backend_options=options, vocabulary=vocabulary)
@@ -331,11 +327,19 @@ def up(
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
     threads: Optional[int] = typer.Option(None, "--threads", envvar="SPARQ_THREADS", min=1, help="Torch threads per service."),
     timeout: Optional[float] = typer.Option(None, "--timeout", envvar="SPARQ_TIMEOUT", help="Stop after S seconds."),
+    max_restarts: int = typer.Option(5, "--max-restarts", envvar="SPARQ_MAX_RESTARTS", min=0, help="Restarts per service within the window."),
+    restart_window_s: float = typer.Option(300.0, "--restart-window-s", envvar="SPARQ_RESTART_WINDOW_S", min=1, help="Window of --max-restarts, seconds."),
+    stop_grace_s: float = typer.Option(30.0, "--stop-grace-s", envvar="SPARQ_STOP_GRACE_S", min=1, help="Seconds services get to stop before SIGKILL."),
+    broker_timeout_s: float = typer.Option(30.0, "--broker-timeout-s", envvar="SPARQ_BROKER_TIMEOUT_S", min=1, help="Embedded broker silent this long: stop."),
     with_flags: Optional[list[str]] = typer.Option(
         None, "--with", help='Extra flags for one service, e.g. --with "solver --early-stop exact".'
     ),
 ) -> None:
-    """Run the whole loop on one machine: broker, topics, seeds, every service, a live view, the report."""
+    """Run the whole loop on one machine: broker, topics, seeds, every service, a live view, the report.
+
+    Exit code: 0 budget reached, 2 bad option or --out in use, 3 a service kept failing,
+    4 embedded broker lost, 5 --timeout reached, 130 interrupted (Ctrl-C or SIGTERM).
+    """
     import shlex
 
     from sparq_stream.orchestrator.live import LiveView
@@ -357,6 +361,7 @@ def up(
             model=model, backend_options=options, embedder=embedder, bootstrap=bootstrap, prefix=prefix,
             partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
             seed=seed, seed_limit=seed_limit, label_seeds=label_seeds, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
+            max_restarts=max_restarts, restart_window_s=restart_window_s, stop_grace_s=stop_grace_s, broker_timeout_s=broker_timeout_s,
         )
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
@@ -370,6 +375,9 @@ def up(
         f"skill-sets {s.get('coverage', 0)}, QD-score {s.get('qd_score', 0):.2f}; "
         f"export {s.get('export', {}).get('examples', 0)} examples; outputs in {result.out}"
     )
+    if result.detail:
+        typer.echo(result.detail, err=True)
+    raise typer.Exit(result.exit_code)  # how the run ended: see RunEnd (README, commands table)
 
 
 # ---------------------------------------------------------------------- skills / export / train / eval / report
@@ -502,7 +510,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # a typer.Exit comes back as its exit code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except SparqError as exc:

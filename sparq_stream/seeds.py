@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import BinaryIO, Iterator, Union
 
 from sparq_stream.errors import ConfigError
 from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed
 
-__all__ = ["BadLine", "parse_seed_line", "read_seeds", "collect_seeds", "label_seeds"]
+__all__ = ["BadLine", "MAX_LINE_BYTES", "parse_seed_line", "read_seeds", "collect_seeds", "bad_line_report", "label_seeds"]
 
 
 @dataclass(frozen=True)
@@ -68,23 +68,57 @@ def parse_seed_line(raw: str, line: int, source: str = "") -> Union[Seed, BadLin
     )
 
 
-def read_seeds(path: str | Path) -> Iterator[Union[Seed, BadLine]]:
-    """Yield a Seed or a BadLine for every non-blank line of a JSONL seed file."""
+MAX_LINE_BYTES = 1 << 20
+"""Default longest seed line (1 MiB): a longer one is reported as a bad line, not published."""
+
+
+def _raw_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """Yield ``(number, bytes, size)``; bytes is None for a line over the limit (read past, never held whole)."""
+    number = 0
+    while True:
+        raw = fh.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) <= max_line_bytes or raw.endswith(b"\n"):
+            yield number, raw, len(raw)
+            continue
+        size = len(raw)
+        while not raw.endswith(b"\n"):
+            raw = fh.readline(1 << 20)
+            if not raw:
+                break
+            size += len(raw)
+        yield number, None, size
+
+
+def read_seeds(path: str | Path, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Union[Seed, BadLine]]:
+    """Yield a Seed or a BadLine for every non-blank line of a JSONL seed file (UTF-8, lines up to ``max_line_bytes``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"seed file {path} does not exist")
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for number, raw in enumerate(fh, start=1):
-            item = parse_seed_line(raw, number, source=path.name)
+    with path.open("rb") as fh:
+        for number, raw, size in _raw_lines(fh, max_line_bytes):
+            if raw is None:
+                yield BadLine(number, f"line of {size:,} bytes is longer than the {max_line_bytes:,}-byte limit")
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield BadLine(number, f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}")
+                continue
+            item = parse_seed_line(text, number, source=path.name)
             if item is not None:
                 yield item
 
 
-def collect_seeds(path: str | Path, limit: int | None = None) -> tuple[list[Seed], list[BadLine]]:
+def collect_seeds(
+    path: str | Path, limit: int | None = None, max_line_bytes: int = MAX_LINE_BYTES
+) -> tuple[list[Seed], list[BadLine]]:
     """Read up to ``limit`` good seeds from a file, and every bad line met on the way."""
     seeds: list[Seed] = []
     bad: list[BadLine] = []
-    for item in read_seeds(path):
+    for item in read_seeds(path, max_line_bytes):
         if isinstance(item, BadLine):
             bad.append(item)
             continue
@@ -92,6 +126,14 @@ def collect_seeds(path: str | Path, limit: int | None = None) -> tuple[list[Seed
         if limit is not None and len(seeds) >= limit:
             break
     return seeds, bad
+
+
+def bad_line_report(path: str | Path, bad: list[BadLine], shown: int = 20) -> list[str]:
+    """One line per bad line, the first ``shown`` of them, then one line counting the rest."""
+    lines = [f"{path}:{b.line}: {b.reason} (skipped)" for b in bad[:shown]]
+    if len(bad) > shown:
+        lines.append(f"{path}: ... and {len(bad) - shown:,} more bad line(s) not shown")
+    return lines
 
 
 def label_seeds(

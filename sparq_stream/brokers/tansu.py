@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sparq_stream.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["find_tansu_binary", "free_port", "wait_for_port", "wait_for_kafka", "EmbeddedBroker"]
+__all__ = ["find_tansu_binary", "free_port", "wait_for_port", "require_reachable", "wait_for_kafka", "EmbeddedBroker"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def require_reachable(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with one line when nothing listens at any of the bootstrap addresses."""
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"bootstrap {server!r} is not host:port")
+        if wait_for_port(host or "127.0.0.1", int(port), timeout_s):
+            return
+    raise BrokerUnavailable(f"no Kafka broker reachable at {bootstrap}")
 
 
 def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
@@ -108,7 +119,12 @@ class EmbeddedBroker:
             self._log_file = open(self.log_path, "ab")
         out = self._log_file or subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        self._proc = subprocess.Popen(cmd, stdout=out, stderr=out, env=env, start_new_session=True)
+        from sparq_stream.orchestrator.lifetime import die_with_parent
+
+        # its own session (a Ctrl-C at the terminal is ours to handle), and it dies with its parent
+        self._proc = subprocess.Popen(
+            cmd, stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=die_with_parent()
+        )
         if not wait_for_port(self.host, self.port, timeout_s):
             self.stop()
             raise BrokerUnavailable(f"tansu did not listen on {self.bootstrap} within {timeout_s}s")
@@ -129,6 +145,16 @@ class EmbeddedBroker:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The broker's exit code once it has exited on its own (None while it runs or after stop())."""
+        return self._proc.poll() if self._proc is not None else None
 
     def wait(self) -> int:
         """Block until the broker exits; return its exit code."""

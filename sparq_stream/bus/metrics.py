@@ -20,6 +20,7 @@ class ServiceMetrics:
         self.counters: dict[str, float] = defaultdict(float)
         self.gauges: dict[str, float] = {}
         self._last_emit = time.monotonic()
+        self.started_at = time.time()  # tells this incarnation's snapshots from a restarted one's
 
     def inc(self, name: str, value: float = 1.0) -> None:
         """Add to a counter."""
@@ -37,6 +38,7 @@ class ServiceMetrics:
         """Return a Metric message of the current values (core metrics become gauges)."""
         self._last_emit = time.monotonic()
         gauges = dict(self.gauges)
+        gauges["started_at"] = self.started_at
         if extra:
             gauges.update({k: float(v) for k, v in extra.items()})
         return Metric(service=self.service, instance=self.instance, counters=dict(self.counters), gauges=gauges)

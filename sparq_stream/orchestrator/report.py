@@ -18,18 +18,22 @@ def stage_counts(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
     for service, row in sorted(metrics.items()):
         out[f"{service}.instances"] = float(row.get("instances", 0))
+        if "incarnations" in row:
+            out[f"{service}.incarnations"] = float(row["incarnations"])
         for name, value in sorted({**row.get("gauges", {}), **row.get("counters", {})}.items()):
             out[f"{service}.{name}"] = float(value)
     return out
 
 
-def write_report(out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, prefix: str) -> dict[str, Any]:
-    """Write ``summary.json`` and the plots for a finished run; return the summary."""
+def write_report(
+    out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, prefix: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write ``summary.json`` (with ``extra`` keys: exit code, restarts) and the plots of a run; return the summary."""
     from sparq_stream.cores.archivist import summarize_archive
 
     archive = out / "archive"
     summary = summarize_archive(archive, stages=stage_counts(metrics)) if archive.exists() else {"scored": 0}
-    summary = {"prefix": prefix, "stopped": reason, **summary}
+    summary = {"prefix": prefix, "stopped": reason, **summary, **(extra or {})}
     summary["export"] = _export_info(out / "export")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     try:

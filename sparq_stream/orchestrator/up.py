@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
+import os
+import signal
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -12,9 +16,9 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sparq_stream.errors import ConfigError, SparqError
+from sparq_stream.errors import ConfigError
 
-__all__ = ["UpConfig", "UpResult", "run_up", "service_args"]
+__all__ = ["UpConfig", "UpResult", "RunEnd", "run_up", "service_args", "load_seed_set"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,24 @@ class UpConfig(BaseModel):
     threads: int | None = Field(default=1, ge=1, description="torch threads per model service (5 processes share the cores)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop the run after this long, whatever is left")
     metrics_interval_s: float = Field(default=1.0, gt=0)
+    max_restarts: int = Field(default=5, ge=0, description="restarts allowed per service within --restart-window-s")
+    restart_window_s: float = Field(default=300.0, gt=0, description="the sliding window of --max-restarts, seconds")
+    stop_grace_s: float = Field(default=30.0, gt=0, description="how long services get to finish and commit on stop")
+    broker_timeout_s: float = Field(default=30.0, gt=0, description="the embedded broker unreachable this long: the run stops")
+    journal: bool = Field(default=True, description="embedded broker: journal every topic to out/journal so a rerun resumes")
     extra: dict[str, list[str]] = Field(default_factory=dict, description="extra flags per service")
+
+
+class RunEnd(enum.IntEnum):
+    """How a run ended: the exit code of ``sparq up``."""
+
+    BUDGET = 0  # the budget was reached (or the loop ran dry): everything finished
+    ERROR = 1  # an unexpected error
+    CONFIG = 2  # a bad option, seed file or --out (also: --out in use by another run)
+    SERVICE_FAILED = 3  # an essential service kept failing past its restart limit
+    BROKER_LOST = 4  # the embedded broker exited or stopped answering
+    TIMEOUT = 5  # --timeout passed before the budget was reached
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM: an orderly stop
 
 
 class UpResult(BaseModel):
@@ -64,6 +85,9 @@ class UpResult(BaseModel):
     reason: str
     summary: dict[str, Any]
     restarts: dict[str, int] = {}
+    exit_code: int = 0
+    resumed: bool = False
+    detail: str = ""
 
 
 def _common(config: UpConfig, prefix: str, bootstrap: str, name: str) -> list[str]:
@@ -142,11 +166,13 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
 
 def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
     """The run's seeds (first ``seed_limit``), labelled with their skill-sets unless disabled; and the bad lines."""
-    from sparq_stream.seeds import collect_seeds, label_seeds
+    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds
 
     seeds, bad_lines = collect_seeds(config.seeds, config.seed_limit)
-    for line in bad_lines:
-        log.warning("%s:%d: %s (skipped)", config.seeds, line.line, line.reason)
+    for line in bad_line_report(config.seeds, bad_lines):
+        log.warning("%s", line)
+    if not seeds:
+        raise ConfigError(f"{config.seeds}: no valid seed line ({len(bad_lines):,} bad line(s))")
     if config.label_seeds and seeds:
         log.info("labelling %d seeds with their skill-sets (%s backend)", len(seeds), config.backend)
         vocabulary = str(config.vocabulary) if config.vocabulary else None
@@ -154,21 +180,125 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
     return seeds, len(bad_lines)
 
 
-def _finished(monitor: Any, idle_since: dict[str, float]) -> bool:
+
+
+def _finished(monitor: Any, idle_since: dict[str, float], given_up: list[str]) -> bool:
     """The mutator is done (every candidate solved or dropped) and archivist and trainer have caught up."""
     snap = monitor.snapshot()
     mutator = snap.get("mutator")
     if not mutator or mutator["gauges"].get("done", 0.0) < 1.0:
         return False
     now = time.monotonic()
-    for name in ("archivist", "trainer"):
+    waiting = [n for n in ("archivist", "trainer") if n not in given_up]
+    for name in waiting:
         row = snap.get(name)
         gauges = row["gauges"] if row else {}
         if row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0:
             idle_since.pop(name, None)
             return False
         idle_since.setdefault(name, now)
-    return all(now - idle_since[n] >= 2.0 for n in ("archivist", "trainer"))
+    return all(now - idle_since[n] >= 2.0 for n in waiting)
+
+
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM of ``sparq up``: stop in order."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Signals:
+    """SIGINT/SIGTERM: the first one stops the run in order; a second one during the stop kills the services."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.supervisor: Any = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> "_Signals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if not self.stopping:
+            self.stopping = True
+            raise _Interrupted(signum)
+        log.warning("%s during the stop: killing the services now", signal.Signals(signum).name)
+        if self.supervisor is not None:
+            self.supervisor.kill_all()
+
+
+class _BrokerWatch:
+    """Notices the embedded broker exiting or not answering for ``timeout_s``."""
+
+    def __init__(self, broker: Any, timeout_s: float) -> None:
+        self.broker = broker
+        self.timeout_s = timeout_s
+        self._last_ok = time.monotonic()
+        self._last_probe = 0.0
+
+    def lost(self) -> str | None:
+        """The reason the broker is lost, or None while it is fine."""
+        from sparq_stream.brokers.tansu import wait_for_port
+
+        if self.broker is None:
+            return None
+        code = self.broker.exit_code
+        if code is not None:
+            return f"broker lost: the embedded broker exited with code {code}"
+        now = time.monotonic()
+        if now - self._last_probe >= 2.0:
+            self._last_probe = now
+            if wait_for_port(self.broker.host, self.broker.port, 1.0):
+                self._last_ok = time.monotonic()
+        if time.monotonic() - self._last_ok > self.timeout_s:
+            return f"broker lost: the embedded broker did not answer for {self.timeout_s:.0f}s"
+        return None
+
+
+def _read_run_json(out: Path) -> dict[str, Any]:
+    path = out / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_run_json(out: Path, data: dict[str, Any]) -> None:
+    tmp = out / "run.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, out / "run.json")
+
+
+def _resumable(config: UpConfig, previous: dict[str, Any], journal_dir: Path) -> bool:
+    """A run in this folder did not finish, on the same kind of broker, and (embedded) left a journal."""
+    from sparq_stream.orchestrator.journal import has_snapshot
+
+    if not previous.get("prefix") or previous.get("status") != "running" or not previous.get("seeded"):
+        return False
+    if config.prefix not in (None, previous["prefix"]):
+        return False
+    embedded = config.bootstrap is None
+    if embedded and not config.journal:
+        return False
+    if embedded != bool(previous.get("journal")) or (not embedded and previous.get("bootstrap") != config.bootstrap):
+        log.warning("the unfinished run in %s used another broker: starting a new run", config.out)
+        return False
+    if embedded and not has_snapshot(journal_dir):
+        log.warning("the unfinished run in %s left no journal snapshot: starting a new run", config.out)
+        return False
+    return True
 
 
 def run_up(
@@ -177,25 +307,49 @@ def run_up(
     view: Callable[[Any, Any], Any] | None = None,
     on_tick: Callable[[Any, Any], None] | None = None,
 ) -> UpResult:
-    """Run the loop to its budget (or Ctrl-C / timeout), stop every service cleanly, write the outputs.
+    """Run the loop to its budget (or Ctrl-C / SIGTERM / timeout / a failure), stop every service, write the outputs.
 
+    A rerun on the same ``--out`` after a crash resumes the run (same prefix; with the embedded
+    broker, its topics and committed offsets are restored from ``out/journal`` first).
     ``on_tick(supervisor, monitor)`` is called twice a second (tests use it to kill services mid-run).
     """
-    from sparq_stream.bus.client import publish_all
-    from sparq_stream.bus.topics import TopicNames, create_topics
-    from sparq_stream.orchestrator.monitor import MetricsMonitor
-    from sparq_stream.orchestrator.report import write_report
-    from sparq_stream.orchestrator.supervisor import Supervisor
-    from sparq_stream.settings import ServiceSettings
+    from sparq_stream.orchestrator.lifetime import RunLock, check_out_dir
 
     if not config.seeds.is_file():
         raise ConfigError(f"seed file {config.seeds} does not exist")
     if config.steps is None and config.max_candidates is None and config.timeout_s is None:
         raise ConfigError("give a budget: --steps, --max-candidates or --timeout")
+    check_out_dir(config.out)
+    signals = _Signals().install()
+    try:
+        with RunLock(config.out):
+            return _run_locked(config, signals, view=view, on_tick=on_tick)
+    finally:
+        signals.restore()
+
+
+def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any) -> UpResult:
+    from sparq_stream.bus.client import publish_all
+    from sparq_stream.bus.topics import TopicNames, create_topics
+    from sparq_stream.orchestrator import journal as journal_mod
+    from sparq_stream.orchestrator.monitor import MetricsMonitor
+    from sparq_stream.orchestrator.supervisor import RestartPolicy, Supervisor
+    from sparq_stream.settings import ServiceSettings
+
     out = config.out
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = config.prefix or f"sparq-{uuid.uuid4().hex[:8]}"
-    reason = "budget reached"
+    journal_dir = out / "journal"
+    previous = _read_run_json(out)
+    resumed = _resumable(config, previous, journal_dir)
+    prefix = previous["prefix"] if resumed else (config.prefix or f"sparq-{uuid.uuid4().hex[:8]}")
+    started_at = float(previous.get("started_at", time.time())) if resumed else time.time()
+    reason, end, detail = "budget reached", RunEnd.BUDGET, ""
+    broker = None
+    supervisor: Supervisor | None = None
+    if config.bootstrap is not None:  # fail fast, before minutes of seed labelling
+        from sparq_stream.brokers.tansu import require_reachable
+
+        require_reachable(config.bootstrap)
+    seeds, bad = load_seed_set(config) if not resumed else ([], 0)  # bad seeds fail before any broker starts
     with ExitStack() as stack:
         bootstrap = config.bootstrap
         if bootstrap is None:
@@ -205,17 +359,39 @@ def run_up(
             bootstrap = broker.start()
             stack.callback(broker.stop)
         settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix)
-        (out / "run.json").write_text(
-            json.dumps({"prefix": prefix, "bootstrap": bootstrap, "config": config.model_dump(mode="json")}, indent=2)
-        )
+        use_journal = broker is not None and config.journal
+        start_offsets: dict[tuple[str, int], int] = {}
+        if resumed and use_journal:  # first, so the topics get the journal's partition counts
+            restored = journal_mod.restore(settings, journal_dir)
+            start_offsets = restored.pop("next")
+            log.info("resuming run %s from its journal: %s", prefix, restored)
+        elif resumed:
+            log.info("resuming run %s on %s", prefix, bootstrap)
+        elif journal_dir.exists():
+            journal_mod.discard(journal_dir)
         create_topics(settings, partitions=config.partitions)
-        seeds, bad = load_seed_set(config)
-        publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
-        log.info("published %d seeds (%d bad lines skipped) to %s.seeds", len(seeds), bad, prefix)
-        monitor = MetricsMonitor(settings).start()
+        # the broker answered and the topics exist: only now does the folder name a run
+        run_info = {
+            "prefix": prefix, "bootstrap": bootstrap, "started_at": started_at, "status": "running",
+            "pid": os.getpid(), "journal": use_journal, "config": config.model_dump(mode="json"),
+        }
+        _write_run_json(out, run_info)
+        if not resumed:
+            publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
+            log.info("published %d seeds (%d bad lines skipped) to %s.seeds", len(seeds), bad, prefix)
+        run_info["seeded"] = True
+        _write_run_json(out, run_info)
+        journal = journal_mod.TopicJournal(settings, journal_dir, start_offsets=start_offsets).start() if use_journal else None
+        if journal is not None:
+            stack.callback(journal.stop)
+        monitor = MetricsMonitor(settings, since=started_at).start()
         stack.callback(monitor.stop)
-        supervisor = Supervisor(out / "logs")
+        supervisor = Supervisor(out / "logs", RestartPolicy(max_restarts=config.max_restarts, window_s=config.restart_window_s))
+        signals.supervisor = supervisor
+        watch = _BrokerWatch(broker, config.broker_timeout_s)
         args = service_args(config, prefix, bootstrap)
+        final_metrics: dict[str, Any] = {}
+        error: Exception | None = None
         try:
             for name in ("archivist", "trainer", "novelty"):
                 supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name])
@@ -233,25 +409,69 @@ def run_up(
                     live.refresh_view()
                 if on_tick is not None:
                     on_tick(supervisor, monitor)
+                lost = watch.lost()
+                if lost:
+                    reason, end = lost, RunEnd.BROKER_LOST
+                    break
                 failed = supervisor.check()
                 if failed:
-                    tails = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
-                    raise SparqError(f"service(s) {', '.join(failed)} kept failing; logs in {out / 'logs'}\n{tails}")
-                if _finished(monitor, idle):
+                    reason = f"service failed: {', '.join(failed)} kept failing (logs in {out / 'logs'})"
+                    end = RunEnd.SERVICE_FAILED
+                    detail = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
+                    break
+                if _finished(monitor, idle, supervisor.given_up()):
                     break
                 if config.timeout_s is not None and time.monotonic() - started > config.timeout_s:
-                    reason = f"timeout after {config.timeout_s:.0f}s"
+                    reason, end = f"timeout after {config.timeout_s:.0f}s", RunEnd.TIMEOUT
                     break
+        except _Interrupted as exc:
+            reason, end = f"interrupted ({exc.args[0]})", RunEnd.INTERRUPTED
         except KeyboardInterrupt:
-            reason = "interrupted"
+            reason, end = "interrupted (SIGINT)", RunEnd.INTERRUPTED
+        except Exception as exc:  # recorded in summary.json, then raised again
+            reason, end, error = f"error: {type(exc).__name__}: {exc}", RunEnd.ERROR, exc
         finally:
-            # The mutator first (no new work), then the rest: each finishes its batch, flushes and commits.
-            supervisor.stop(["mutator"])
-            codes = supervisor.stop()
+            signals.stopping = True
+            final_metrics = _stop_services(config, supervisor, monitor, broker_lost=end == RunEnd.BROKER_LOST)
+            if journal is not None and end != RunEnd.BROKER_LOST:
+                journal.stop(final_snapshot=True)
+        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor)
+        finished = end in (RunEnd.BUDGET,)
+        _write_run_json(out, {**run_info, "status": "finished" if finished else "running", "ended": reason, "exit_code": int(end)})
+        if error is not None:
+            raise error
+    restarts = summary.get("restarts", {})
+    return UpResult(
+        out=out, prefix=prefix, bootstrap=bootstrap, reason=reason, summary=summary, restarts=restarts,
+        exit_code=int(end), resumed=resumed, detail=detail,
+    )
+
+
+def _stop_services(config: UpConfig, supervisor: Any, monitor: Any, *, broker_lost: bool) -> dict[str, Any]:
+    """The mutator first (no new work), then the rest: each finishes its batch, flushes and commits, in a bound."""
+    grace = 5.0 if broker_lost else config.stop_grace_s
+    deadline = time.monotonic() + grace
+    try:
+        if supervisor is not None:
+            supervisor.stop(["mutator"], timeout_s=grace)
+            codes = supervisor.stop(timeout_s=max(1.0, deadline - time.monotonic()))
             log.info("services stopped: %s", codes)
+        if not broker_lost:
             time.sleep(2 * config.metrics_interval_s)  # the services' final metrics, published on exit
-            final_metrics = monitor.snapshot()
-        summary = write_report(out, final_metrics, reason=reason, prefix=prefix)
-    restarts = {svc.name: svc.restarts for svc in supervisor.services if svc.restarts}
-    summary["restarts"] = restarts
-    return UpResult(out=out, prefix=prefix, bootstrap=bootstrap, reason=reason, summary=summary, restarts=restarts)
+    except KeyboardInterrupt:
+        if supervisor is not None:
+            supervisor.kill_all()
+    return monitor.snapshot()
+
+
+def _write_summary(out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any) -> dict[str, Any]:
+    from sparq_stream.orchestrator.report import write_report
+
+    services = supervisor.services if supervisor is not None else []
+    extra = {
+        "exit_code": int(end),
+        "ended": end.name.lower(),
+        "restarts": {s.name: s.restarts for s in services if s.restarts},
+        "given_up": [s.name for s in services if s.gave_up],
+    }
+    return write_report(out, metrics, reason=reason, prefix=prefix, extra=extra)

@@ -65,6 +65,31 @@ def test_seed_reports_bad_lines_and_publishes_only_good_ones(broker: str, prefix
     assert problems == ["Find x if x+1=3.", "What is 2+2?"]
 
 
+def test_seed_names_a_too_long_or_non_utf8_line_and_publishes_the_rest(broker: str, prefix: str, tmp_path: Path) -> None:
+    path = tmp_path / "seeds.jsonl"
+    good = json.dumps({"question": "What is 2+2?", "answer": "#### 4"})
+    huge = json.dumps({"question": "x" * 3_000_000, "answer": "#### 1"})
+    path.write_bytes(f"{good}\n{huge}\n".encode() + b'{"question": "\xff", "answer": "#### 1"}\n' + good.replace("2+2", "3+3").encode() + b"\n")
+    sparq("topics", "create", "-b", broker, "--prefix", prefix)
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--max-line-bytes", "1000000")
+    assert done.returncode == 0, done.stderr
+    assert f"seeds.jsonl:2: line of {len(huge) + 1:,} bytes is longer than the 1,000,000-byte limit (skipped)" in done.stderr
+    assert "seeds.jsonl:3: not UTF-8: byte 0xff at byte 15 (skipped)" in done.stderr
+    assert "published 2 seed(s)" in done.stderr and "skipped 2 bad line(s)" in done.stderr
+
+
+def test_seed_of_nothing_but_junk_reports_briefly_and_fails(broker: str, prefix: str, tmp_path: Path) -> None:
+    path = tmp_path / "junk.jsonl"
+    path.write_bytes(b"\n".join(b"junk %d \x00\x01" % i for i in range(5000)) + b"\n")
+    sparq("topics", "create", "-b", broker, "--prefix", prefix)
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 22
+    assert lines[20] == f"error: {path}: ... and 4,980 more bad line(s) not shown"
+    assert lines[21] == f"error: {path}: no valid seed line (5,000 bad line(s)); nothing published"
+
+
 def test_topics_describe_and_unknown_topic(broker: str, broker_name: str, prefix: str) -> None:
     assert sparq("topics", "create", "-b", broker, "--prefix", prefix, "--partitions", "2").returncode == 0
     again = sparq("topics", "create", "-b", broker, "--prefix", prefix)

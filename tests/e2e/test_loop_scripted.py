@@ -165,5 +165,14 @@ def test_kill_9_of_a_service_mid_run_ends_in_the_same_archive(victim: str, tansu
     assert _w(elites) == _w(reference.elites)
     assert _a(archive) == _a(reference.results)
     assert max(r.step for r in archive) > killed_at_step[0] + 1  # the loop went on after the kill
+    # the summary's stage totals add up over the victim's two processes (its counters restart from 0)
+    stages = result.summary["stages"]
+    assert stages[f"{victim.split('-')[0]}.incarnations"] == 2
+    assert stages["archivist.scored"] == len(archive) == reference.metrics["archivist"]["scored"]
+    assert stages["mutator.emitted"] == reference.metrics["mutator"]["emitted"]
+    # work a killed process did after its last metrics snapshot is redone by the next one (as redelivered)
+    accepted = reference.metrics["novelty"]["accepted"]
+    assert accepted - stages["novelty.redelivered"] <= stages["novelty.accepted"] <= accepted
+    assert stages["solver.candidates"] >= len(archive)
     export = (tmp_path / "run" / "export")
     assert any(export.glob("*.jsonl"))

@@ -39,6 +39,8 @@ def _sparq(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["settings", "nosuch"], "error: unknown service 'nosuch'; allowed: archivist, mutator"),
         (["up", "--seeds", "/nonexistent.jsonl", "--steps", "1"], "error: seed file /nonexistent.jsonl does not exist"),
         (["up", "--seeds", "/nonexistent.jsonl", "--variant", "best"], "error: option 'variant': Input should be"),
+        (["up", "--seeds", __file__, "--steps", "1", "--out", __file__], f"error: --out {__file__} is a file, not a folder"),
+        (["up", "--seeds", __file__, "--steps", "1", "--out", f"{__file__}/sub"], f"error: --out {__file__}/sub: cannot create the folder"),
     ],
 )
 def test_errors_are_one_line_without_traceback(args: list[str], message: str) -> None:
@@ -83,3 +85,13 @@ def test_settings_file_supplies_bootstrap_and_shared_files_are_accepted(tmp_path
     assert done.stderr.strip() == "error: no Kafka broker reachable at 127.0.0.1:3"
     strict = _sparq("run", "relay", env={"SPARQ_CONFIG": str(cfg)})
     assert strict.stderr.strip() == "error: setting 'some_service_setting': unknown setting (got 4)"
+
+
+def test_up_without_a_broker_fails_in_one_line_and_leaves_no_run_json(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"question": "What is 2+2?", "answer": "#### 4"}\n')
+    out = tmp_path / "run"
+    done = _sparq("up", "--seeds", str(seeds), "--steps", "1", "--out", str(out), "-b", "127.0.0.1:1", "--backend", "scripted")
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: no Kafka broker reachable at 127.0.0.1:1"
+    assert not (out / "run.json").exists()
