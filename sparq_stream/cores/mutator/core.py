@@ -74,7 +74,7 @@ from sparq_stream.messages import Candidate, Dropped, Elite, ModelVersion, Seed,
 from sparq_stream.models.base import GenerationBackend, GenerationResult, SamplingParams
 from sparq_stream.prompts import MUTATION, load_prompt
 from sparq_stream.qd.working_set import VARIANTS, WorkingSet, make_working_set, variant_spec
-from sparq_stream.verify.extract import extract_problem, extract_solution, last_boxed
+from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
 
 __all__ = ["MutatorConfig", "MutatorCore", "build_mutator", "parse_child"]
 
@@ -117,6 +117,9 @@ class MutatorConfig(BaseModel):
     lenient_parse: bool = Field(
         default=True, description="also accept 'Problem:/Solution:' headings and a stated final answer (small models)"
     )
+    max_parse_chars: int = Field(
+        default=DEFAULT_MAX_CHARS, ge=1_000, description="parse at most this many characters of one completion (the rest is cut and counted)"
+    )
     tick_budget_s: float = Field(default=1.0, gt=0.0, description="start no new chunk after this long in one tick")
 
     @field_validator("variant")
@@ -142,58 +145,6 @@ class _Step:
 
     number: int
     queue: list[_Unit]
-
-
-_HEADED = re.compile(
-    r"(?:^|\n)\s*\**(?:new\s+|rewritten\s+|harder\s+)?problem\**\s*[:：]\**\s*(?P<problem>.+?)"
-    r"\n\s*\**(?:worked\s+)?solution\**\s*[:：]\**\s*(?P<solution>.+)$",
-    re.IGNORECASE | re.DOTALL,
-)
-_LOOSE_TAGS = re.compile(
-    r"<problem>\s*(?P<problem>(?:(?!<problem>).)+?)\s*(?:</problem>\s*)?<solution>\s*(?P<solution>.+?)\s*(?:</solution>|$)",
-    re.IGNORECASE | re.DOTALL,
-)
-_STATED_ANSWER = re.compile(r"(?:final\s+answer\s*(?:is\b|[:：])|the\s+answer\s+is\b|answer\s*[:：])\s*\$?\s*(?P<answer>[^\n$]{1,60})", re.IGNORECASE)
-
-
-def parse_child(text: str, *, lenient: bool = False) -> tuple[tuple[str, str, str] | None, str | None]:
-    """Parse a mutation output into (problem, solution, boxed answer), or (None, failure reason).
-
-    ``lenient`` also accepts "Problem: ... Solution: ..." headings and a stated final answer
-    ("Final answer: 12") when the tags or the box are missing, as small models often write them.
-    """
-    problem = extract_problem(text)
-    solution = extract_solution(text)
-    if lenient and not (problem.ok and solution.ok):
-        loose = _LOOSE_TAGS.search(text[:20_000])  # unclosed tags: <problem> ... <solution> ... [</solution>]
-        if loose is not None:
-            return _lenient_child(loose.group("problem").strip(), loose.group("solution").strip())
-        headed = _HEADED.search(text[:20_000])
-        if headed is not None:
-            return _lenient_child(headed.group("problem").strip(), headed.group("solution").strip())
-    if not problem.ok:
-        return None, f"problem: {problem.reason}"
-    if not solution.ok:
-        return None, f"solution: {solution.reason}"
-    answer = last_boxed(solution.value or "")
-    if not answer.ok:
-        if lenient:
-            return _lenient_child(problem.value or "", solution.value or "")
-        return None, f"answer: {answer.reason}"
-    return (problem.value or "", solution.value or "", answer.value or ""), None
-
-
-def _lenient_child(problem: str, solution: str) -> tuple[tuple[str, str, str] | None, str | None]:
-    if not problem or not solution:
-        return None, "problem: empty tag"
-    boxed = last_boxed(solution)
-    if boxed.ok:
-        return (problem, solution, boxed.value or ""), None
-    stated = list(_STATED_ANSWER.finditer(solution))
-    answer = stated[-1].group("answer").strip().rstrip(".") if stated else ""
-    if not answer:
-        return None, "answer: no box"
-    return (problem, f"{solution}\n\\boxed{{{answer}}}", answer), None
 
 
 def _reason_key(reason: str) -> str:
@@ -242,6 +193,7 @@ class MutatorCore(BaseCore):
         self._backoff_until = 0.0
         self._backoff_s = 0.0
         self.counters: Counter[str] = Counter()
+        self._parse_work = ParseWork()
         self._timers: Counter[str] = Counter()
         self._state_path = Path(config.state_dir) / _STATE_FILE if config.state_dir else None
         if self._state_path is not None:
@@ -444,7 +396,9 @@ class MutatorCore(BaseCore):
                 self.counters[_reason_key("generation error")] += unit.n
                 continue
             for completion in completions[: unit.n]:
-                parsed, reason = parse_child(completion.text, lenient=self.config.lenient_parse)
+                parsed, reason = parse_child(
+                    completion.text, lenient=self.config.lenient_parse, max_chars=self.config.max_parse_chars, work=self._parse_work
+                )
                 if parsed is None:
                     self.counters["parse_failures"] += 1
                     self.counters[_reason_key(reason or "unknown")] += 1
@@ -576,6 +530,8 @@ class MutatorCore(BaseCore):
         out = {k: float(v) for k, v in self.counters.items()}
         out.update({k: float(v) for k, v in self._timers.items()})
         out.setdefault("parse_failures", 0.0)
+        out["parse_chars_cut"] = float(self._parse_work.cut)
+        out["parse_chars_scanned"] = float(self._parse_work.scanned)
         out["emitted"] = float(self._emitted)
         out["in_flight"] = float(len(self._in_flight))
         out["max_in_flight"] = float(self.config.max_in_flight)
