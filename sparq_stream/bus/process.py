@@ -31,7 +31,7 @@ from sparq_stream.bus.compacted import caught_up, partitions_of
 from sparq_stream.bus.dlq import dlq_headers
 from sparq_stream.bus.metrics import ServiceMetrics
 from sparq_stream.bus.topics import TopicNames
-from sparq_stream.core import Core, Inbound, Outgoing
+from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
 from sparq_stream.errors import SparqError
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
@@ -189,7 +189,8 @@ class ServiceProcess:
     def _inbound(self, rec: Any, message: Any) -> Inbound:
         key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
         topic = self.names.logical(rec.topic) or rec.topic
-        return Inbound(topic, key, message, rec.partition, rec.offset, rec.timestamp or 0)
+        headers = tuple((str(k), bytes(v or b"")) for k, v in (rec.headers or ()))
+        return Inbound(topic, key, message, rec.partition, rec.offset, rec.timestamp or 0, headers)
 
     def _step(self) -> bool:
         """Run one poll-handle-produce-commit cycle; return True if it consumed input."""
@@ -277,14 +278,17 @@ class ServiceProcess:
         futures = []
         for out in outputs:
             key = out.resolved_key()
+            topic = self.names.resolve(out.topic)
             value = None if out.message is None else encode(out.message)
+            raw_key = key.encode("utf-8") if key is not None else None
+            if out.partition == EVERY_PARTITION:
+                parts = sorted(self._producer.partitions_for(topic) or ())
+                for p in parts:
+                    headers = [*out.headers, (FANOUT_HEADER, f"{p}/{len(parts)}".encode())]
+                    futures.append(self._producer.send(topic, key=raw_key, value=value, headers=headers, partition=p))
+                continue
             futures.append(
-                self._producer.send(
-                    self.names.resolve(out.topic),
-                    key=key.encode("utf-8") if key is not None else None,
-                    value=value,
-                    headers=list(out.headers) or None,
-                )
+                self._producer.send(topic, key=raw_key, value=value, headers=list(out.headers) or None, partition=out.partition)
             )
         for d in dead:
             headers = dlq_headers(
@@ -313,10 +317,11 @@ class ServiceProcess:
         try:
             if self._txn:
                 self._producer.begin_transaction()
-            futures = self._send(outputs, dead)
-            self._producer.flush()
-            for fut in futures:
-                fut.get(timeout=0)  # raises the send's error, if any
+            # Two phases: outputs flagged ``after`` (state records) only once the others are acknowledged.
+            self._acknowledged(self._send([o for o in outputs if not o.after], dead))
+            later = [o for o in outputs if o.after]
+            if later:
+                self._acknowledged(self._send(later, ()))
             if self._txn:
                 if offsets:
                     self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
@@ -343,6 +348,12 @@ class ServiceProcess:
         if dead:
             self.metrics.inc("dead_lettered", len(dead))
         return True
+
+    def _acknowledged(self, futures: list[Any]) -> None:
+        """Flush and wait for every send; raise the first send's error."""
+        self._producer.flush()
+        for fut in futures:
+            fut.get(timeout=0)
 
     def _rewind(self, records: Sequence[Any]) -> None:
         first: dict[TopicPartition, int] = {}

@@ -30,11 +30,12 @@ LOGICAL_TOPICS: tuple[str, ...] = (
     "models",
     "metrics",
     "dlq",
+    "mutator-state",
 )
 #: Topics whose state is the last value per key.
-COMPACTED: frozenset[str] = frozenset({"elites", "models"})
+COMPACTED: frozenset[str] = frozenset({"elites", "models", "mutator-state"})
 #: Topics where a total order matters more than parallelism.
-SINGLE_PARTITION: frozenset[str] = frozenset({"models"})
+SINGLE_PARTITION: frozenset[str] = frozenset({"models", "mutator-state"})
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,12 @@ re-publish records, all of them equal to the current state, so the topics do not
 A duplicate with a new offset in the same process (the solver published it twice)
 publishes nothing.
 
+Watermarks: after every batch the archivist writes a :class:`~sparq_stream.messages.Watermark`
+to every partition of ``elites`` (key ``~watermark``, flagged ``after``: sent once the
+batch's elite records are acknowledged) saying how far into each ``solved`` partition it
+has applied results. The mutator's synchronous barrier waits for it instead of re-deriving
+W. On restart the last watermarks are read back from the elites table, so they only grow.
+
 The archive on disk: JSONL appended and flushed at the end of every batch, before the
 wrapper commits (at-least-once: a crash after the flush and before the commit redelivers
 the batch; the id window and the readers' de-duplication make that harmless); Parquet part
@@ -56,9 +62,9 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.core import EVERY_PARTITION, BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
-from sparq_stream.messages import Elite, Seed, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Elite, Seed, SolveResult, Watermark
 from sparq_stream.qd.archive_log import JSONL_NAME, ArchiveLog, dedupe_by_id, part_files
 from sparq_stream.qd.descriptors import DescriptorError, niche_of
 from sparq_stream.qd.quality import T_HIGH, T_LOW
@@ -162,6 +168,7 @@ class ArchivistCore(BaseCore):
         self._scored = 0
         self._kept = 0
         self._max_step = 0
+        self._marks: dict[str, int] = {}  # solved partition -> next offset applied
         self._resume()
 
     # ------------------------------------------------------------------ the core contract
@@ -177,7 +184,23 @@ class ArchivistCore(BaseCore):
         if self._pending and outputs:
             outputs[0] = self._pending + outputs[0]
             self._pending = []
+        if outputs and self._advance_marks(batch):
+            outputs[-1].append(self._watermark())
         return outputs
+
+    def _advance_marks(self, batch: Sequence[Inbound]) -> bool:
+        """Record how far into each solved partition this batch reached; True if any moved."""
+        moved = False
+        for item in batch:
+            if item.topic == "solved" and item.offset + 1 > self._marks.get(str(item.partition), 0):
+                self._marks[str(item.partition)] = item.offset + 1
+                moved = True
+        return moved
+
+    def _watermark(self) -> Outgoing:
+        """A watermark on every elites partition, sent once this batch's elite records are acknowledged."""
+        self._inc("watermarks")
+        return Outgoing("elites", Watermark(offsets=dict(self._marks)), key=WATERMARK_KEY, partition=EVERY_PARTITION, after=True)
 
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
         """Restore one elites record into W (before going live) or add a seed; never raises."""
@@ -188,6 +211,11 @@ class ArchivistCore(BaseCore):
                     self.ws.add_seed(message)
                 return []
             if inbound.topic != "elites":
+                return []
+            if inbound.key == WATERMARK_KEY:
+                if isinstance(message, Watermark) and not self._live:
+                    for part, offset in message.offsets.items():
+                        self._marks[part] = max(self._marks.get(part, 0), offset)
                 return []
             self._inc("table_records")
             if self._live:

@@ -10,12 +10,12 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from sparq_stream.core import Inbound
+from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Inbound, Outgoing
 from sparq_stream.cores.mutator import MutatorConfig, MutatorCore, build_mutator, parse_child
 from sparq_stream.cores.novelty import HeldOut, NoveltyConfig, NoveltyCore
 from sparq_stream.errors import ConfigError, RetriableError
 from sparq_stream.ids import problem_id
-from sparq_stream.messages import Candidate, Dropped, Elite, ModelVersion, Seed, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Candidate, Dropped, Elite, ModelVersion, MutatorState, Seed, SolveResult, Watermark
 from sparq_stream.models.base import GenerationResult, Prompt, SamplingParams
 from sparq_stream.models.hashing_embedder import HashingEmbedder
 from sparq_stream.models.scripted import ScriptedBackend
@@ -49,19 +49,35 @@ class FakeClock:
         return self.now
 
 
-def make(backend=None, clock=None, **config) -> MutatorCore:
+def make(backend=None, clock=None, replay: Sequence[Outgoing] = (), **config) -> MutatorCore:
+    """A mutator with the seeds table read, and ``replay`` (its state records) replayed as on start."""
     config.setdefault("variant", "static-uniform")
     config.setdefault("batch_size", 4)
     core = MutatorCore(MutatorConfig(**config), backend=backend or ScriptedBackend(), clock=clock or FakeClock())
     for i, seed in enumerate(SEEDS):
         core.on_table(Inbound("seeds", seed.id, seed, offset=i))
+    for i, record in enumerate(replay):
+        core.on_table(Inbound(record.topic, record.key, record.message, offset=i))
     return core
 
 
-def emit(core: MutatorCore) -> list[Candidate]:
+def emit(core: MutatorCore, changelog: list[Outgoing] | None = None) -> list[Candidate]:
+    """One tick: its candidates; its state record (last, flagged ``after``) goes to ``changelog``."""
     outs = core.tick(0.0)
-    assert all(o.topic == "candidates" and o.resolved_key() == o.message.id for o in outs)
+    states = [o for o in outs if o.topic == "mutator-state"]
+    assert len(states) <= 1 and (not states or (outs[-1] is states[0] and states[0].after))
+    assert all(isinstance(o.message, MutatorState) and o.key == core.config.state_key for o in states)
+    if changelog is not None:
+        changelog.extend(states)
+    outs = [o for o in outs if o.topic != "mutator-state"]
+    assert all(o.topic == "candidates" and o.resolved_key() == o.message.id and not o.after for o in outs)
     return [o.message for o in outs]
+
+
+def watermark(offsets: dict[int, int], partition: int = 0, count: int = 1) -> Inbound:
+    """A copy of the archivist's watermark as read from elites partition ``partition`` of ``count``."""
+    message = Watermark(offsets={str(p): o for p, o in offsets.items()})
+    return Inbound("elites", WATERMARK_KEY, message, partition=partition, headers=((FANOUT_HEADER, f"{partition}/{count}".encode()),))
 
 
 def solved(c: Candidate, q: float = 0.0, skills: Sequence[str] = ()) -> SolveResult:
@@ -158,10 +174,10 @@ def test_a_parent_drawn_twice_gets_two_different_children() -> None:
 # ---------------------------------------------------------------------- determinism
 
 
-def run_steps(core: MutatorCore, steps: int) -> list[Candidate]:
+def run_steps(core: MutatorCore, steps: int, changelog: list[Outgoing] | None = None) -> list[Candidate]:
     out: list[Candidate] = []
     for _ in range(steps):
-        batch = emit(core)
+        batch = emit(core, changelog)
         out += batch
         outcome(core, *[solved(c) for c in batch])
     return out
@@ -271,45 +287,52 @@ def elite_of(result: SolveResult, w) -> list[tuple[str, Elite | None]]:
     return [(slot, e) for slot, e in update.written.items()] + [(slot, None) for slot in update.deleted]
 
 
-def test_dynamic_synchronous_step_waits_until_w_shows_the_results() -> None:
+def test_dynamic_synchronous_step_waits_for_the_watermark_of_every_elites_partition() -> None:
     clock = FakeClock()
     core = make(clock=clock, variant="qd", batch_size=4, sync_settle_s=30)
     archivist = make_working_set("qd")
     archivist.add_seeds(SEEDS)
     children = emit(core)
     results = [solved(c, q=0.5, skills=["ratio"] if i % 2 else ["area"]) for i, c in enumerate(children)]
-    outcome(core, *results)
-    assert emit(core) == []  # all accounted for, but the elites table does not show them yet
-    records = [r for res in results for r in elite_of(res, archivist)]
-    assert records
-    for slot, elite in records[:-1]:
+    # results sit at solved[0]@10.. and solved[2]@7..
+    where = [(0, 10), (2, 7), (0, 11), (2, 8)]
+    core.handle_batch([Inbound("solved", r.id, r, partition=p, offset=o) for r, (p, o) in zip(results, where)])
+    assert emit(core) == []  # all accounted for, but no watermark yet
+    for slot, elite in [r for res in results for r in elite_of(res, archivist)]:
         core.on_table(Inbound("elites", slot, elite))
-    assert emit(core) == []
-    slot, elite = records[-1]
-    core.on_table(Inbound("elites", slot, elite))
+    core.on_table(watermark({0: 12, 2: 8}, 0, 2))  # partition 2 not covered yet
+    core.on_table(watermark({0: 12, 2: 9}, 1, 2))
+    assert emit(core) == []  # elites partition 0's watermark does not cover solved[2]@8
+    core.on_table(Inbound("elites", "(none)", None))  # unrelated records do not settle it either
+    core.on_table(watermark({0: 12, 2: 9, 1: 4}, 0, 2))
     nxt = emit(core)
     assert [c.step for c in nxt] == [1] * 4 and core.metrics()["sync_settled"] == 1
     assert set(core.W.elites()) == set(archivist.elites())
 
 
-def test_dynamic_synchronous_step_goes_on_after_the_settle_timeout() -> None:
+def test_dynamic_synchronous_step_never_goes_on_without_the_watermark() -> None:
     clock = FakeClock()
     core = make(clock=clock, variant="dynamic-uniform", batch_size=2, sync_settle_s=10)
     children = emit(core)
-    outcome(core, *[solved(c, q=0.7) for c in children])
-    assert emit(core) == []
-    clock.now += 11
-    assert len(emit(core)) == 2 and core.metrics()["sync_settle_timeouts"] == 1
+    core.handle_batch([Inbound("solved", c.id, solved(c, q=0.7), offset=i) for i, c in enumerate(children)])
+    for _ in range(3):
+        clock.now += 3600  # an outage of hours only delays the step
+        assert emit(core) == []
+    assert core.metrics()["sync_settle_waits"] >= 2
+    core.on_table(Inbound("elites", WATERMARK_KEY, Watermark(offsets={"0": 2})))  # a copy without fan-out: unusable
+    assert emit(core) == [] and core.metrics()["watermarks_unusable"] == 1
+    core.on_table(watermark({0: 2}))
+    assert len(emit(core)) == 2
 
 
 def test_static_variants_ignore_elites() -> None:
     core = make(variant="static-diverse")
-    assert core.tables == ("seeds",)
+    assert core.tables == ("seeds", "mutator-state")
     elite = Elite(**solved(Candidate(id="e" * 32, problem="p", solution="s", answer="1"), q=0.5).model_dump(), slot="(none)")
     core.on_table(Inbound("elites", "(none)", elite))
     assert len(core.W) == len(SEEDS)
-    assert make(variant="qd").tables == ("seeds", "elites")
-    assert make(variant="qd", follow_models=True).tables == ("seeds", "elites", "models")
+    assert make(variant="qd").tables == ("seeds", "elites", "mutator-state")
+    assert make(variant="qd", follow_models=True, changelog=False).tables == ("seeds", "elites", "models")
 
 
 def test_waits_for_seeds() -> None:
@@ -317,13 +340,13 @@ def test_waits_for_seeds() -> None:
     assert core.tick(0.0) == []
     for seed in SEEDS[:3]:
         core.on_table(Inbound("seeds", seed.id, seed))
-    assert len(core.tick(0.0)) == 2
+    assert len(emit(core)) == 2
 
 
 # ---------------------------------------------------------------------- restart
 
 
-def test_restart_continues_the_step_budget_and_credits(tmp_path) -> None:
+def test_restart_continues_the_step_budget_and_credits() -> None:
     config = dict(variant="static-uniform", batch_size=6, chunk_size=2, steps=3, seed=5)
     reference = make(**config)
     expected: list[Candidate] = []
@@ -332,14 +355,17 @@ def test_restart_continues_the_step_budget_and_credits(tmp_path) -> None:
         expected += batch
         outcome(reference, *[solved(c) for c in batch])
 
-    first = make(state_dir=str(tmp_path), **config)
-    got = run_steps(first, 1)  # step 0 fully done
-    partial = emit(first)  # one chunk of step 1 (tick budget lets it emit all 3 chunks at once)
+    changelog: list[Outgoing] = []
+    first = make(**config)
+    got = run_steps(first, 1, changelog)  # step 0 fully done
+    partial = emit(first, changelog)  # step 1 (the tick budget lets it emit all 3 chunks at once)
     got += partial
     outcome(first, solved(partial[0]))
-    # crash: no close(); a new process from the checkpoint
-    second = make(state_dir=str(tmp_path), **config)
+    assert emit(first, changelog) == []  # the tick after the outcome carries the state
+    # kill -9: a new process restores from the changelog alone
+    second = make(replay=changelog, **config)
     assert second.step == first.step and second.in_flight == first.in_flight == len(partial) - 1
+    assert second.metrics()["restored_in_flight"] == len(partial) - 1
     outcome(second, *[solved(c) for c in partial[1:]])
     while not second.done:
         batch = emit(second)
@@ -348,21 +374,40 @@ def test_restart_continues_the_step_budget_and_credits(tmp_path) -> None:
     assert [key(c) for c in got] == [key(c) for c in expected]
 
 
-def test_restart_mid_chunk_regenerates_the_same_chunk(tmp_path) -> None:
-    config = dict(variant="static-uniform", batch_size=6, chunk_size=2, seed=1, tick_budget_s=1e-9, synchronous=False)
-    core = make(state_dir=str(tmp_path), **config)
-    emit(core)  # chunk 1 (the checkpoint was written before it)
-    lost = emit(core)  # chunk 2: generated, then the process dies before the next checkpoint
-    again = make(state_dir=str(tmp_path), **config)
+def test_a_chunk_whose_state_record_was_lost_is_generated_again() -> None:
+    config = dict(variant="static-uniform", batch_size=6, chunk_size=2, max_in_flight=2, seed=1, synchronous=False)
+    changelog: list[Outgoing] = []
+    core = make(**config)
+    first = emit(core, changelog)  # chunk 1 and the state covering it
+    outcome(core, *[solved(c) for c in first])
+    lost_state: list[Outgoing] = []
+    lost = emit(core, lost_state)  # chunk 2 sent; the process dies before its state record is acknowledged
+    assert len(lost) == 2 and lost_state[0].message.emitted == 4
+    again = make(replay=changelog, **config)
+    assert again.emitted == 2 and again.in_flight == 2
+    outcome(again, *[solved(c) for c in first])  # their input offsets were not committed: redelivered
     assert [key(c) for c in emit(again)] == [key(c) for c in lost]
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path) -> None:
-    core = make(state_dir=str(tmp_path), seed=1)
-    emit(core)
-    core.close()
+def test_a_state_of_another_run_is_refused() -> None:
+    changelog: list[Outgoing] = []
+    emit(make(seed=1), changelog)
+    other = make(seed=2, replay=changelog)
     with pytest.raises(ConfigError, match="another run"):
-        make(state_dir=str(tmp_path), seed=2)
+        other.tick(0.0)
+    assert make(seed=1, replay=changelog, state_key="another").step == 0  # another key: not ours
+
+
+def test_the_local_cache_is_used_only_without_a_changelog(tmp_path) -> None:
+    config = dict(batch_size=2, chunk_size=1, max_in_flight=1, synchronous=False, state_dir=str(tmp_path))
+    changelog: list[Outgoing] = []
+    core = make(**config)
+    for _ in range(3):
+        outcome(core, *[solved(c) for c in emit(core, changelog)])
+    # the cache is one record behind the last emitted (whose send may not be acknowledged)
+    cached = make(**config)
+    assert cached.emitted == 2
+    assert len(changelog) == 3 and make(replay=changelog[:1], **config).emitted == 1  # the changelog wins
 
 
 # ---------------------------------------------------------------------- hot reload
@@ -423,7 +468,7 @@ def test_config_validation_and_factory() -> None:
     core = build_mutator(MutatorConfig(backend="scripted", variant="static-uniform", batch_size=2))
     for seed in SEEDS:
         core.on_table(Inbound("seeds", seed.id, seed))
-    assert len(core.tick(0.0)) == 2
+    assert len(emit(core)) == 2
     core.close()
 
 
@@ -433,7 +478,7 @@ def test_config_validation_and_factory() -> None:
 class Loop:
     """mutator -> novelty -> a scripted solver -> an archivist W, wired by in-memory queues.
 
-    ``lag`` delays the elites records (the archivist's output) by that many rounds, and the
+    ``lag`` delays the elites records and watermarks (the archivist's output) by that many rounds, and the
     order of the outcomes is shuffled, so W changes asynchronously as it would over Kafka.
     """
 
@@ -464,9 +509,9 @@ class Loop:
         return SolveResult(**data, k=16, rollouts_used=16, n_correct=round(16 * sr), solve_rate=sr, quality=quality(sr))
 
     def run(self, rounds: int = 200) -> None:
-        delayed: list[list[tuple[str, Elite | None]]] = []
+        delayed: list[list[Inbound]] = []
         for _ in range(rounds):
-            outs = self.mutator.tick(0.0)
+            outs = [o for o in self.mutator.tick(0.0) if o.topic == "candidates"]
             self.candidates += [o.message for o in outs]
             decided = self.novelty.handle_batch([Inbound("candidates", o.message.id, o.message) for o in outs])
             back, records = [], []
@@ -475,17 +520,20 @@ class Loop:
                     result = self.solve(o.message)
                     self.archive.append(result)
                     update = self.archivist.offer(result)
-                    records += list(update.written.items()) + [(slot, None) for slot in update.deleted]
-                    back.append(Inbound("solved", result.id, result))
+                    records += [Inbound("elites", slot, e) for slot, e in update.written.items()]
+                    records += [Inbound("elites", slot, None) for slot in update.deleted]
+                    back.append(Inbound("solved", result.id, result, offset=len(self.archive) - 1))
                 else:
                     back.append(Inbound("drops", o.message.id, o.message))
+            if self.archive:
+                records.append(watermark({0: len(self.archive)}))  # after the round's elite records
             if self.rng is not None:
                 self.rng.shuffle(back)
             self.mutator.handle_batch(back)
             delayed.append(records)
             if len(delayed) > self.lag:
-                for slot, elite in delayed.pop(0):
-                    self.mutator.on_table(Inbound("elites", slot, elite))
+                for record in delayed.pop(0):
+                    self.mutator.on_table(record)
             if self.mutator.done and not delayed:
                 break
         assert self.mutator.done
@@ -519,14 +567,14 @@ def test_the_diverse_variant_spreads_parents_over_niches() -> None:
     assert len(chosen) == 6  # one parent per skill-set while there are more skill-sets than parents
 
 
-def test_a_restarted_mutator_reloads_the_newest_model(tmp_path) -> None:
-    first = make(ReloadingBackend(), follow_models=True, batch_size=2, state_dir=str(tmp_path))
+def test_a_restarted_mutator_reloads_the_newest_model() -> None:
+    first = make(ReloadingBackend(), follow_models=True, batch_size=2)
     first.on_table(Inbound("models", "student", model(1)))
-    children = emit(first)
+    children = emit(first)  # its state record is lost with the process
     assert first.backend.reloads == [("/models/student-1", 1, "student")]
-    second = make(ReloadingBackend(), follow_models=True, batch_size=2, state_dir=str(tmp_path))
+    second = make(ReloadingBackend(), follow_models=True, batch_size=2)
     second.on_table(Inbound("models", "student", model(1)))  # the table replay on start
-    # the checkpoint predates the chunk the first process generated: it is generated again
+    # no state record covers the chunk the first process generated: it is generated again
     again = emit(second)
     assert [key(c) for c in again] == [key(c) for c in children]
     assert {c.model_version for c in again} == {1}
