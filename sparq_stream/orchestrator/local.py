@@ -53,23 +53,46 @@ class LocalBus:
         """Deliver everything pending to every core once and tick each; return True if anything moved."""
         moved = False
         for index, core in enumerate(self.cores):
-            for topic in core.tables:
-                for item in self._pending(index, topic):
-                    self._cursors[(index, topic)] = item.offset + 1
-                    self.publish(core.on_table(item))
-                    moved = True
-            for topic in core.inputs:
-                pending = self._pending(index, topic)
-                for start in range(0, len(pending), self.max_batch):
-                    batch = pending[start : start + self.max_batch]
-                    self._cursors[(index, topic)] = batch[-1].offset + 1
-                    for outs in core.handle_batch(batch):
-                        self.publish(outs)
-                    moved = True
-            before = sum(len(v) for v in self.logs.values())
-            self.publish(core.tick(time.time()))
-            moved = moved or sum(len(v) for v in self.logs.values()) > before
+            moved = self.step_core(index, core) or moved
         return moved
+
+    def step_core(self, index: int, core: Core) -> bool:
+        """Deliver what is pending to one core (tables, then inputs), tick it, publish; True if anything moved."""
+        moved = self.deliver(index, core)
+        before = sum(len(v) for v in self.logs.values())
+        self.publish(core.tick(time.time()))
+        return moved or sum(len(v) for v in self.logs.values()) > before
+
+    def deliver(self, index: int, core: Core) -> bool:
+        """Deliver the pending table records and input batches to one core; True if there were any."""
+        moved = False
+        for topic in core.tables:
+            for item in self._pending(index, topic):
+                self._cursors[(index, topic)] = item.offset + 1
+                self.publish(core.on_table(item))
+                moved = True
+        for topic in core.inputs:
+            pending = self._pending(index, topic)
+            for start in range(0, len(pending), self.max_batch):
+                batch = pending[start : start + self.max_batch]
+                self._cursors[(index, topic)] = batch[-1].offset + 1
+                for outs in core.handle_batch(batch):
+                    self.publish(outs)
+                moved = True
+        return moved
+
+    def restart(self, index: int, core: Core, committed: dict[str, int]) -> None:
+        """Replace core ``index`` by a new process: tables read from the start, inputs from ``committed``."""
+        old = self.cores[index]
+        for topic in old.tables:
+            self._cursors.pop((index, topic), None)
+        for topic in old.inputs:
+            self._cursors[(index, topic)] = committed.get(topic, 0)
+        self.cores[index] = core
+
+    def cursors(self, index: int, topics: tuple[str, ...]) -> dict[str, int]:
+        """The next offset core ``index`` reads of each topic (what it would commit)."""
+        return {topic: self._cursors[(index, topic)] for topic in topics}
 
     def run(self, until: Any, idle_sleep_s: float = 0.01, timeout_s: float = 600.0) -> None:
         """Step until ``until()`` holds and nothing moves; raise TimeoutError after ``timeout_s``."""

@@ -19,6 +19,7 @@ from sparq_stream.messages import WATERMARK_KEY, Candidate, Dropped, Elite, Mode
 from sparq_stream.models.base import GenerationResult, Prompt, SamplingParams
 from sparq_stream.models.hashing_embedder import HashingEmbedder
 from sparq_stream.models.scripted import ScriptedBackend
+from sparq_stream.orchestrator.local import LocalBus
 from sparq_stream.prompts import load_prompt
 from sparq_stream.qd import make_working_set, quality
 from sparq_stream.skills import annotate_seeds, load_vocabulary
@@ -62,8 +63,12 @@ def make(backend=None, clock=None, replay: Sequence[Outgoing] = (), **config) ->
 
 
 def emit(core: MutatorCore, changelog: list[Outgoing] | None = None) -> list[Candidate]:
-    """One tick: its candidates; its state record (last, flagged ``after``) goes to ``changelog``."""
+    """One tick (two when the first only opened a step); candidates out, state records to ``changelog``."""
     outs = core.tick(0.0)
+    if len(outs) == 1 and outs[0].topic == "mutator-state" and outs[0].message.queue_n:
+        if changelog is not None:
+            changelog.append(outs[0])
+        outs = core.tick(0.0)  # a tick that opens a step records its parents first
     states = [o for o in outs if o.topic == "mutator-state"]
     assert len(states) <= 1 and (not states or (outs[-1] is states[0] and states[0].after))
     assert all(isinstance(o.message, MutatorState) and o.key == core.config.state_key for o in states)
@@ -278,7 +283,7 @@ def test_synchronous_steps_wait_for_every_outcome() -> None:
 
 def test_asynchronous_steps_overlap() -> None:
     core = make(variant="static-uniform", batch_size=4, max_in_flight=12, synchronous=False)
-    children = emit(core)
+    children = emit(core) + emit(core) + emit(core)  # a tick opens at most one step
     assert [c.step for c in children] == [0] * 4 + [1] * 4 + [2] * 4
 
 
@@ -405,9 +410,9 @@ def test_the_local_cache_is_used_only_without_a_changelog(tmp_path) -> None:
     for _ in range(3):
         outcome(core, *[solved(c) for c in emit(core, changelog)])
     # the cache is one record behind the last emitted (whose send may not be acknowledged)
-    cached = make(**config)
-    assert cached.emitted == 2
-    assert len(changelog) == 3 and make(replay=changelog[:1], **config).emitted == 1  # the changelog wins
+    emitted = [r.message.emitted for r in changelog]
+    assert emitted[-2] < emitted[-1] and make(**config).emitted == emitted[-2]
+    assert make(replay=changelog[:1], **config).emitted == emitted[0] < emitted[-2]  # the changelog wins
 
 
 # ---------------------------------------------------------------------- hot reload
@@ -579,3 +584,95 @@ def test_a_restarted_mutator_reloads_the_newest_model() -> None:
     assert [key(c) for c in again] == [key(c) for c in children]
     assert {c.model_version for c in again} == {1}
     assert second.backend.reloads == [("/models/student-1", 1, "student")]
+
+
+# ---------------------------------------------------------------------- kill -9 of the mutator over a fake bus
+
+
+class MutatorKillBus(LocalBus):
+    """The in-memory bus, with the mutator killed (-9) during chosen emitting ticks.
+
+    A kill lands at one point of the wrapper's send of that tick: ``mid-send`` (half the
+    candidates reached the broker, no state record), ``before-state`` (every candidate, no
+    state record), ``before-commit`` (candidates and state, but no input offsets committed).
+    The new process reads its tables from the beginning and its inputs from the last commit.
+    """
+
+    def __init__(self, cores: list, make_mutator, kills: dict[int, str]) -> None:
+        super().__init__(cores)
+        self.make_mutator = make_mutator
+        self.kills = dict(kills)
+        self.emitting = 0
+        self.mutators = [cores[0]]
+
+    def step_core(self, index: int, core) -> bool:
+        if index != 0:
+            return super().step_core(index, core)
+        committed = self.cursors(index, core.inputs)
+        moved = self.deliver(index, core)
+        outs = core.tick(0.0)
+        if any(o.topic == "candidates" for o in outs):
+            self.emitting += 1
+        mode = self.kills.pop(self.emitting, None) if outs else None
+        if mode is None:
+            self.publish(outs)
+            return moved or bool(outs)
+        sent = [o for o in outs if not o.after]
+        if mode == "mid-send":
+            self.publish(sent[: len(sent) // 2])
+        elif mode == "before-state":
+            self.publish(sent)
+        else:
+            assert mode == "before-commit"
+            self.publish(outs)
+        self.restart(index, self.make_mutator(), committed)
+        self.mutators.append(self.cores[index])
+        return True
+
+
+def _kill_loop(tmp_path, kills: dict[int, str], **mutator_flags):
+    from sparq_stream.orchestrator.local import build_local_cores
+    from sparq_stream.orchestrator.up import UpConfig, load_seed_set, service_args
+    from tests.conftest import SHARED_DATA
+
+    config = UpConfig(
+        seeds=SHARED_DATA / "gsm8k_train.jsonl", out=tmp_path, steps=3, batch_size=64, k=4, backend="scripted",
+        embedder="hash", variant="qd", seed_limit=40, seed=7,
+        extra={"mutator": ["--chunk-size", "16", *[str(v) for kv in mutator_flags.items() for v in (f"--{kv[0].replace('_', '-')}", kv[1])]]},
+    )
+    args = service_args(config, "local", "in-memory:0")
+    seeds, _ = load_seed_set(config)
+    cores = build_local_cores(args)
+    bus = MutatorKillBus(list(cores.values()), lambda: build_local_cores(args, order=("mutator",))["mutator"], kills)
+    bus.publish([Outgoing("seeds", s) for s in seeds])
+    idle = 0
+    while not bus.cores[0].done:
+        idle = 0 if bus.step() else idle + 1
+        assert idle < 20, "the loop stalled: a credit would wait out its timeout"
+    while bus.step():
+        pass
+    bus.close()
+    assert not bus.kills, f"kills never reached: {bus.kills}"
+    elites = {slot: (e.id, e.quality) for slot, e in bus.latest("elites").items() if isinstance(e, Elite)}
+    scored = {r.message.id: (r.message.step, r.message.quality) for r in bus.logs["solved"]}
+    return elites, scored, bus
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kills, flags",
+    [
+        ({2: "mid-send", 5: "before-state", 8: "before-commit"}, {"max_in_flight": 16}),  # one chunk per tick
+        ({1: "mid-send", 2: "before-state", 3: "before-commit"}, {}),  # a whole step per tick
+    ],
+    ids=["chunk-per-tick", "step-per-tick"],
+)
+def test_kill_9_of_the_mutator_at_every_send_point_ends_in_the_reference(tmp_path, kills, flags) -> None:
+    ref_elites, ref_scored, ref_bus = _kill_loop(tmp_path / "ref", {}, **flags)
+    elites, scored, bus = _kill_loop(tmp_path / "killed", kills, **flags)
+    assert len(ref_scored) > 64 and ref_elites
+    assert elites == ref_elites and scored == ref_scored
+    assert len(bus.mutators) == 1 + len(kills)
+    final = bus.mutators[-1].metrics()
+    assert final.get("credits_expired", 0) == 0 and final["done"] == 1.0
+    assert sum(m.metrics().get("restored_in_flight", 0) for m in bus.mutators) > 0

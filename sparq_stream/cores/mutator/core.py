@@ -40,7 +40,10 @@ go to the compacted ``mutator-state`` topic (key ``state_key``) at the end of ev
 that changed them, flagged ``after``: the wrapper sends it once the candidates it accounts
 for are acknowledged and commits input offsets only after it (one transaction under
 exactly-once). A restarted mutator reads it back as a table and continues the same step and
-budget, still matching the outcomes of candidates emitted before the crash. Candidates sent
+budget, still matching the outcomes of candidates emitted before the crash. A tick that
+opens a step emits only the state (the step's parents), so they are recorded before any of
+the step's children exist: W may change before a restart (results of the children already
+sent reach the archivist), the parents do not. Candidates sent
 but not yet covered by a state record are generated again (a deterministic backend emits
 the same ids; the novelty core re-emits a redelivered candidate; a second outcome for one
 credit is counted as ``unknown_outcomes``). ``state_dir`` keeps a local cache one record
@@ -298,7 +301,10 @@ class MutatorCore(BaseCore):
         out: list[Outgoing] = []
         started = time.monotonic()
         while time.monotonic() - started < self.config.tick_budget_s:
-            if (self._open is None or not self._open.queue) and not self._start_step():
+            if self._open is None or not self._open.queue:
+                # A new step's parents reach the changelog before any of its children: a restarted
+                # mutator regenerates the same children even if W has moved on meanwhile.
+                self._start_step()
                 break
             limit = self._chunk_limit()
             if limit <= 0:
