@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaConsumer
 
 from sparq_stream.bus import read_latest
-from sparq_stream.messages import Elite, SolveResult, decode
+from sparq_stream.messages import WATERMARK_KEY, Elite, MutatorState, SolveResult, Watermark, decode
 from sparq_stream.orchestrator.local import run_local
 from sparq_stream.orchestrator.up import UpConfig, run_up
 from sparq_stream.qd.archive_log import read_archive
@@ -30,7 +30,7 @@ def _config(shared_data: Path, out: Path, variant: str, **extra) -> UpConfig:
         seeds=shared_data / "gsm8k_train.jsonl",
         out=out,
         steps=extra.pop("steps", STEPS),
-        batch_size=BATCH,
+        batch_size=extra.pop("batch_size", BATCH),
         k=K,
         backend="scripted",
         embedder="hash",
@@ -44,6 +44,14 @@ def _config(shared_data: Path, out: Path, variant: str, **extra) -> UpConfig:
 
 def _w(elites: dict) -> dict[str, tuple[str, float, str]]:
     return {slot: (e.id, e.quality, e.niche) for slot, e in elites.items()}
+
+
+def _read_elites(bootstrap: str, prefix: str) -> dict[str, Elite]:
+    """W as the elites table holds it (the archivist's watermark records left out)."""
+    table = read_latest(ServiceSettings(bootstrap=bootstrap, prefix=prefix), f"{prefix}.elites")
+    marks = {k: v for k, v in table.items() if k == WATERMARK_KEY}
+    assert all(isinstance(v, Watermark) for v in marks.values())
+    return {k: v for k, v in table.items() if k != WATERMARK_KEY}
 
 
 def _a(results) -> list[tuple[str, int, float, float, str, int]]:
@@ -62,7 +70,7 @@ def test_each_variant_reaches_the_exact_reference_archive(variant: str, tansu: s
     config = _config(shared_data, tmp_path / "run", variant, bootstrap=tansu, prefix=prefix)
     result = run_up(config)
     assert result.reason == "budget reached"
-    elites = read_latest(ServiceSettings(bootstrap=tansu, prefix=prefix), f"{prefix}.elites")
+    elites = _read_elites(tansu, prefix)
     archive = read_archive(tmp_path / "run" / "archive")
     # the streaming run equals the sequential in-memory reference, exactly
     assert _w(elites) == _w(reference.elites)
@@ -160,10 +168,38 @@ def test_kill_9_of_a_service_mid_run_ends_in_the_same_archive(victim: str, tansu
     assert killed_at_step, "the victim was never killed"
     assert result.restarts == {victim: 1}
     assert result.reason == "budget reached"
-    elites = read_latest(ServiceSettings(bootstrap=tansu, prefix=prefix), f"{prefix}.elites")
+    elites = _read_elites(tansu, prefix)
     archive = read_archive(tmp_path / "run" / "archive")
     assert _w(elites) == _w(reference.elites)
     assert _a(archive) == _a(reference.results)
     assert max(r.step for r in archive) > killed_at_step[0] + 1  # the loop went on after the kill
     export = (tmp_path / "run" / "export")
     assert any(export.glob("*.jsonl"))
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_mutator_mid_chunked_steps_ends_in_the_reference(tansu: str, shared_data: Path, tmp_path: Path) -> None:
+    """b=64 in chunks of 16: the mutator killed twice mid-step restores from its changelog topic alone."""
+    flags = {"mutator": ["--chunk-size", "16"]}
+    slow = {"latency_per_call_s": 0.3}  # a latency-bound backend, so the kills land mid-step
+    reference = run_local(_config(shared_data, tmp_path / "local", "qd", batch_size=64, extra=flags))
+    prefix = "mkill" + uuid.uuid4().hex[:8]
+    config = _config(
+        shared_data, tmp_path / "run", "qd", bootstrap=tansu, prefix=prefix, batch_size=64, extra=flags, backend_options=slow
+    )
+    kills: list[float] = []
+
+    def chaos(supervisor, monitor) -> None:
+        svc = next(s for s in supervisor.services if s.name == "mutator")
+        emitted = monitor.value("mutator", "emitted")
+        if svc.alive and ((not kills and emitted >= 16) or (len(kills) == 1 and emitted >= kills[0] + 48)):
+            os.kill(svc.proc.pid, signal.SIGKILL)
+            kills.append(emitted)
+
+    result = run_up(config, on_tick=chaos)
+    assert len(kills) == 2 and result.restarts == {"mutator": 2}
+    assert result.reason == "budget reached"
+    assert _w(_read_elites(tansu, prefix)) == _w(reference.elites)
+    assert _a(read_archive(tmp_path / "run" / "archive")) == _a(reference.results)
+    state = read_latest(ServiceSettings(bootstrap=tansu, prefix=prefix), f"{prefix}.mutator-state")["mutator"]
+    assert isinstance(state, MutatorState) and (state.step, state.emitted, state.credit_ids) == (STEPS, 3 * 64, [])
