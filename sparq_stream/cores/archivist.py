@@ -7,8 +7,12 @@ slot it empties). The ``elites`` topic is read back as a table: it IS the state 
 Run exactly one archivist per topic prefix: W is one global structure (its caps span
 every partition of ``solved``), so replicas would each hold a part of it.
 
-Restart: the wrapper replays the ``elites`` table (and ``seeds``, with ``track_seeds``)
-through :meth:`ArchivistCore.on_table` before the first input. The first
+Restart: the wrapper replays the ``elites`` table (and ``seeds``, with ``track_seeds``; and
+``archive``, with ``publish_archive`` and ``restore_from_topic``) through
+:meth:`ArchivistCore.on_table` before the first input. The ``archive`` topic (compacted,
+kept forever) is the archive A: every archived id it holds that the disk does not is
+counted in the statistics and the id window and appended to the disk export again, so a
+wiped ``archive_dir`` is rebuilt from Kafka alone (the disk is an export and a cache). The first
 :meth:`~ArchivistCore.handle_batch` or :meth:`~ArchivistCore.tick` then goes *live*: it
 applies :meth:`WorkingSet.reconcile` (a restore may break a cap after a crash between a
 write and its tombstone, or after a cap change) and publishes the records that fix the
@@ -122,6 +126,9 @@ class ArchivistConfig(BaseModel):
     restore_from_archive: bool = Field(
         default=True, description="rebuild W from the archive on disk when the elites topic is empty"
     )
+    restore_from_topic: bool = Field(
+        default=True, description="read the archive topic on start: ids, statistics and disk rows missing locally are restored from it"
+    )
     dedupe_window: int = Field(default=1_000_000, ge=0, description="archived ids remembered to drop redeliveries (0 = all)")
     replay_cache: int = Field(default=10_000, ge=0, description="recent results whose records are re-sent on a rewound batch")
     sr_bins: int = Field(default=10, ge=1, description="bins of the solve-rate histogram in the metrics")
@@ -151,7 +158,12 @@ class ArchivistCore(BaseCore):
     def __init__(self, config: ArchivistConfig | None = None, *, working_set: WorkingSet | None = None) -> None:
         """Open (or resume) the archive in ``config.archive_dir`` and start with an empty W."""
         self.config = config or ArchivistConfig()
-        self.tables = ("elites", "seeds") if self.config.track_seeds else ("elites",)
+        tables = ["elites"]
+        if self.config.track_seeds:
+            tables.append("seeds")
+        if self.config.publish_archive and self.config.restore_from_topic:
+            tables.append("archive")
+        self.tables = tuple(tables)
         self.ws = working_set if working_set is not None else make_working_set(self.config.variant, self.config.cap)
         self.directory = Path(self.config.archive_dir)
         formats = self.config.archive_formats
@@ -210,6 +222,9 @@ class ArchivistCore(BaseCore):
                 if isinstance(message, Seed):
                     self.ws.add_seed(message)
                 return []
+            if inbound.topic == "archive":
+                self._restore_archived(message)
+                return []
             if inbound.topic != "elites":
                 return []
             if inbound.key == WATERMARK_KEY:
@@ -231,6 +246,20 @@ class ArchivistCore(BaseCore):
             self._inc("table_errors")
             log.warning("cannot apply %s record %r: %s", inbound.topic, inbound.key, exc)
         return []
+
+    def _restore_archived(self, message: Any) -> None:
+        """Before going live: count an archived result the disk does not hold, and write it to disk again."""
+        if self._live:
+            return  # our own records coming back
+        if not isinstance(message, SolveResult):
+            self._inc("table_skipped")
+            return
+        if message.id in self._seen:
+            self._seen[message.id] = True  # on the topic: a redelivery need not publish it again
+            return
+        self._remember_id(message.id, True)
+        self._append(message)
+        self._inc("restored_from_topic")
 
     def tick(self, now: float) -> list[Outgoing]:
         """Go live (reconcile or rebuild W) if no batch did yet; emit what that produced."""
@@ -269,6 +298,11 @@ class ArchivistCore(BaseCore):
     def working_set(self) -> WorkingSet:
         """The working set W."""
         return self.ws
+
+    @property
+    def restored_from_topic(self) -> int:
+        """Archived results restored from the archive topic (missing on disk) on this start."""
+        return int(self._counters.get("restored_from_topic", 0))
 
     @property
     def live(self) -> bool:
@@ -356,6 +390,9 @@ class ArchivistCore(BaseCore):
         if self._live:
             return
         self._live = True
+        if self.restored_from_topic:
+            self.flush()  # the rows restored from the topic are on disk before anything reads it
+            log.info("restored %d archived result(s) from the archive topic into %s", self.restored_from_topic, self.directory)
         update = Update()
         if self._table_elites == 0 and self.config.restore_from_archive and self.ws.update_policy.dynamic and self._scored:
             count = 0

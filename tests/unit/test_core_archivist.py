@@ -268,11 +268,11 @@ def test_live_table_echoes_are_ignored(tmp_path: Path) -> None:
 
 def test_a_child_equal_to_a_seed_never_becomes_an_elite(tmp_path: Path) -> None:
     core = _core(tmp_path)
-    assert core.tables == ("elites", "seeds")
+    assert core.tables == ("elites", "seeds", "archive")
     core.on_table(Inbound("seeds", "p0001", Seed(id="p0001", problem="problem 1", answer="1", skills=["algebra"])))
     out = _feed(core, [_result(1, 0.5)])
     assert _elite_records(out) == [] and len(core.working_set) == 1
-    assert _core(tmp_path, "b", track_seeds=False).tables == ("elites",)
+    assert _core(tmp_path, "b", track_seeds=False, restore_from_topic=False).tables == ("elites",)
 
 
 def test_bad_records_never_stop_the_archivist(tmp_path: Path) -> None:
@@ -401,3 +401,35 @@ def test_every_batch_ends_with_a_watermark_on_every_elites_partition(tmp_path: P
     late = _result(99, 0.5)
     outs = again.handle_batch([Inbound("solved", late.id, late, partition=1, offset=20)])
     assert outs[-1][-1].message.offsets == {"0": 15, "1": 21, "2": 3}
+
+
+def test_a_wiped_archive_dir_is_rebuilt_from_the_topics_alone(tmp_path: Path) -> None:
+    """Elites and archive topics are the state: a new archivist on an empty disk ends in the same state."""
+    results = _stream(40)
+    first = _core(tmp_path, "first", parquet_rows=16)
+    outputs = _feed(first, results)
+    first.close()
+    elites_topic = [Inbound("elites", o.resolved_key(), o.message, o.partition or 0, i) for i, o in enumerate(outputs) if o.topic == "elites"]
+    archive_topic = [Inbound("archive", o.resolved_key(), o.message, 0, i) for i, o in enumerate(outputs) if o.topic == "archive"]
+    assert len(archive_topic) == len(results)
+    wiped = _core(tmp_path, "wiped", parquet_rows=16)  # an empty archive_dir
+    for record in elites_topic + archive_topic:
+        wiped.on_table(record)
+    assert wiped.tick(0.0) == []  # W from the elites table: nothing to fix
+    assert wiped.working_set == first.working_set
+    m_first, m_wiped = first.metrics(), wiped.metrics()
+    for name in ("scored", "kept", "coverage", "qd_score", *(f"sr_bin_{i}" for i in range(10))):
+        assert m_wiped[name] == m_first[name], name
+    assert m_wiped["restored_from_topic"] == len(results)
+    # the disk export is written again, and redeliveries are recognised without re-publishing
+    assert [r.id for r in load_archive(tmp_path / "wiped")] == [r.id for r in results]
+    again = wiped.handle_batch([_inbound(results[0], 900)])
+    assert _no_marks(again[0]) == [] and wiped.metrics()["duplicates"] == 1
+    wiped.close()
+    assert sorted(p.name for p in (tmp_path / "wiped").iterdir()) == sorted(p.name for p in (tmp_path / "first").iterdir())
+    # a third start with the disk intact restores nothing more from the topic
+    third = _core(tmp_path, "wiped", parquet_rows=16)
+    for record in archive_topic:
+        third.on_table(record)
+    third.tick(0.0)
+    assert third.metrics().get("restored_from_topic", 0) == 0 and third.metrics()["scored"] == len(results)
