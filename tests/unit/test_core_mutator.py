@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Inbound, Outgoing
+from sparq_stream.core import FANOUT_HEADER, Inbound, Outgoing
 from sparq_stream.cores.mutator import MutatorConfig, MutatorCore, build_mutator, parse_child
 from sparq_stream.cores.novelty import HeldOut, NoveltyConfig, NoveltyCore
 from sparq_stream.errors import ConfigError, RetriableError

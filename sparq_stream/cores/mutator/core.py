@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.mutator.barrier import WatermarkBarrier
 from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
+from sparq_stream.cores.mutator.reload import ModelFollower
 from sparq_stream.cores.mutator.state import Credit, MutatorSnapshot, StepState, Unit, read_cache, write_cache
 from sparq_stream.errors import ConfigError, SparqError
 from sparq_stream.ids import problem_id
@@ -186,13 +187,11 @@ class MutatorCore(BaseCore):
         self._dirty = False
         self._state_error: ConfigError | None = None
         self._last_state: MutatorState | None = None
-        self._pending_model: ModelVersion | None = None
-        self._model_number: int | None = None
-        self._failed_models: set[tuple[str, int]] = set()
         self._backoff_until = 0.0
         self._backoff_s = 0.0
         self.counters: Counter[str] = Counter()
         self._parse_work = ParseWork()
+        self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters)
         self._timers: Counter[str] = Counter()
         if config.state_dir:
             cached = read_cache(config.state_dir)
@@ -246,7 +245,7 @@ class MutatorCore(BaseCore):
             elif message is None or isinstance(message, Elite):
                 self.W.restore(slot, message)
         elif inbound.topic == "models" and isinstance(message, ModelVersion):
-            self._note_model(message)
+            self._models.note(message)
         elif inbound.topic == STATE_TOPIC and isinstance(message, MutatorState) and message.key == self.config.state_key:
             if self._live:
                 self.counters["state_echoes"] += 1  # our own record coming back
@@ -361,7 +360,7 @@ class MutatorCore(BaseCore):
     def _generate_chunk(self, limit: int) -> list[Outgoing]:
         assert self._open is not None
         step = self._open
-        self._apply_pending_model()
+        self._models.apply(self.backend)
         chunk: list[Unit] = []
         taken = 0
         queue = list(step.queue)
@@ -492,40 +491,6 @@ class MutatorCore(BaseCore):
             log.warning("%d candidate(s) had no outcome after %.0fs: their credits are reclaimed", len(expired), timeout)
             self._dirty = True
 
-    def _note_model(self, message: ModelVersion) -> None:
-        cfg = self.config
-        if not cfg.follow_models or (cfg.follow_model_name is not None and message.name != cfg.follow_model_name):
-            return
-        number = _model_number(message)
-        current = self._model_number if self._model_number is not None else -1
-        pending = _model_number(self._pending_model) if self._pending_model is not None else -1
-        if number > max(current, pending):
-            self._pending_model = message
-
-    def _apply_pending_model(self) -> None:
-        message = self._pending_model
-        if message is None:
-            return
-        self._pending_model = None
-        number = _model_number(message)
-        if (message.name, number) in self._failed_models:
-            return
-        reload = getattr(self.backend, "reload", None)
-        if not callable(reload):
-            self.counters["reload_unsupported"] += 1
-            log.warning("model %s v%d published, but the %s backend cannot hot-reload", message.name, number, getattr(self.backend, "name", "?"))
-            return
-        try:
-            reload(message.path, version=number, name=message.name)
-        except Exception as exc:  # noqa: BLE001 - a bad model must not stop generation with the current one
-            self._failed_models.add((message.name, number))
-            self.counters["reload_failures"] += 1
-            log.error("hot reload of %s v%d from %s failed (%s: %s); keeping the current model", message.name, number, message.path, type(exc).__name__, exc)
-            return
-        self._model_number = number
-        self.counters["reloads"] += 1
-        log.info("generating with %s v%d from %s", message.name, number, message.path)
-
     # ------------------------------------------------------------------ metrics, close
     def metrics(self) -> dict[str, float]:
         """Counters (emitted, parse failures by reason, outcomes, ...) and gauges (in flight, step, W size, done)."""
@@ -604,13 +569,6 @@ def _units(parents: list[Seed | Elite]) -> list[Unit]:
         counts[parent.id] = counts.get(parent.id, 0) + 1
         first.setdefault(parent.id, parent)
     return [Unit(first[pid], counts[pid], 0) for pid in counts]
-
-
-def _model_number(message: ModelVersion) -> int:
-    number = getattr(message, "number", None)
-    if number is None:
-        number = getattr(message, "version", 0)
-    return int(number)
 
 
 def build_mutator(config: MutatorConfig, *, backend: GenerationBackend | None = None, clock: Any = time.time) -> MutatorCore:
