@@ -98,8 +98,25 @@ def test_injection_bearing_output_is_text_not_instructions() -> None:
 
 
 def test_the_mutator_counts_what_it_cuts() -> None:
-    from sparq_stream.cores.mutator import MutatorConfig
+    from sparq_stream.core import Inbound
+    from sparq_stream.cores.mutator import MutatorConfig, MutatorCore
+    from sparq_stream.messages import Seed
+    from sparq_stream.models.base import Completion, GenerationResult
+
+    class Verbose:
+        name = "verbose"
+
+        def generate(self, prompts, n, params):
+            text = "<problem>p</problem><solution>\\boxed{1}</solution>" + "x" * 5_000
+            return [GenerationResult(completions=[Completion(text=text)] * n) for _ in prompts]
 
     assert MutatorConfig().max_parse_chars == DEFAULT_MAX_CHARS
     with pytest.raises(ValueError):
         MutatorConfig(max_parse_chars=10)
+    core = MutatorCore(MutatorConfig(variant="static-uniform", batch_size=2, max_parse_chars=1_000), backend=Verbose())
+    core.on_table(Inbound("seeds", "s", Seed(id="s", problem="q", answer="1")))
+    core.tick(0.0)
+    outs = [o for o in core.tick(0.0) if o.topic == "candidates"]
+    metrics = core.metrics()
+    assert len(outs) == 1  # both children are the same problem: one is a local duplicate
+    assert metrics["parse_truncated"] == 2 and metrics["parse_chars_cut"] == 2 * (len("<problem>p</problem><solution>\\boxed{1}</solution>") + 5_000 - 1_000)

@@ -498,6 +498,7 @@ class MutatorCore(BaseCore):
         out.update({k: float(v) for k, v in self._timers.items()})
         out.setdefault("parse_failures", 0.0)
         out["parse_chars_cut"] = float(self._parse_work.cut)
+        out["parse_truncated"] = float(self._parse_work.truncated)
         out["parse_chars_scanned"] = float(self._parse_work.scanned)
         out["emitted"] = float(self._emitted)
         out["in_flight"] = float(len(self._in_flight))

@@ -44,11 +44,12 @@ _STATED_ANSWER = re.compile(
 
 @dataclass
 class ParseWork:
-    """What parsing cost: characters scanned (summed over every scan) and characters cut."""
+    """What parsing cost: characters scanned (summed over every scan), characters cut and the outputs cut."""
 
     scanned: int = 0
     cut: int = 0
     parses: int = 0
+    truncated: int = 0
 
     def scan(self, chars: int) -> None:
         """Record one scan over ``chars`` characters."""
@@ -70,6 +71,7 @@ def parse_child(
         return None, "problem: not text"
     if len(text) > max_chars:
         work.cut += len(text) - max_chars
+        work.truncated += 1
         text = text[:max_chars]
     n = len(text)
     problem = extract_problem(text)
