@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import uuid
@@ -13,6 +14,8 @@ import pytest
 from kafka import KafkaConsumer
 
 from sparq_stream.bus import read_latest
+from sparq_stream.bus.process import ServiceProcess
+from sparq_stream.cores.archivist import ArchivistConfig, ArchivistCore
 from sparq_stream.messages import WATERMARK_KEY, Elite, MutatorState, SolveResult, Watermark, decode
 from sparq_stream.orchestrator.local import run_local
 from sparq_stream.orchestrator.up import UpConfig, run_up
@@ -208,3 +211,13 @@ def test_kill_9_of_the_mutator_mid_chunked_steps_ends_in_the_reference(broker: s
     assert _a(read_archive(tmp_path / "run" / "archive")) == _a(reference.results)
     state = read_latest(ServiceSettings(bootstrap=broker, prefix=prefix), f"{prefix}.mutator-state")["mutator"]
     assert isinstance(state, MutatorState) and (state.step, state.emitted, state.credit_ids) == (STEPS, 3 * 64, [])
+
+    # The archivist's disk wiped: restarted, it rebuilds its export, ids and statistics from Kafka alone.
+    archive_dir = tmp_path / "run" / "archive"
+    before = sorted((r.id, r.quality) for r in read_archive(archive_dir))
+    shutil.rmtree(archive_dir)
+    core = ArchivistCore(ArchivistConfig(variant="qd", archive_dir=str(archive_dir)))
+    ServiceProcess(core, ServiceSettings(bootstrap=broker, prefix=prefix), install_signals=False).run(max_idle_s=2.0)
+    assert sorted((r.id, r.quality) for r in read_archive(archive_dir)) == before
+    assert core.metrics()["scored"] == len(before) == core.metrics()["restored_from_topic"]
+    assert _w(core.working_set.elites()) == _w(reference.elites)
