@@ -13,7 +13,12 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from sparq_stream.messages import Message
 
-__all__ = ["Inbound", "Outgoing", "Core", "BaseCore"]
+__all__ = ["EVERY_PARTITION", "FANOUT_HEADER", "Inbound", "Outgoing", "Core", "BaseCore", "fanout_of"]
+
+#: ``Outgoing.partition`` meaning: one copy of the record on every partition of its topic.
+EVERY_PARTITION = -1
+#: Header the wrapper puts on each copy of an ``EVERY_PARTITION`` record: ``b"<partition>/<count>"``.
+FANOUT_HEADER = "sparq.fanout"
 
 
 @dataclass(frozen=True)
@@ -26,22 +31,41 @@ class Inbound:
     partition: int = 0
     offset: int = 0
     timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One output: a message (or a tombstone when ``message`` is None) for a logical topic."""
+    """One output: a message (or a tombstone when ``message`` is None) for a logical topic.
+
+    ``partition``: None lets the key choose; an int names one; :data:`EVERY_PARTITION` writes a
+    copy to each partition (a marker every reader of any partition meets in order). ``after``:
+    sent only once every other output of the same batch is acknowledged (a state record that
+    must never run ahead of the sends it accounts for); in a transaction all go together.
+    """
 
     topic: str
     message: Message | None
     key: str | None = None
     headers: tuple[tuple[str, bytes], ...] = field(default_factory=tuple)
+    partition: int | None = None
+    after: bool = False
 
     def resolved_key(self) -> str | None:
         """Return the explicit key, or the message's own key (the problem id)."""
         if self.key is not None:
             return self.key
         return self.message.kafka_key() if self.message is not None else None
+
+
+def fanout_of(inbound: Inbound) -> tuple[int, int] | None:
+    """Return (partition, partition count) of a copy of an ``EVERY_PARTITION`` record, else None."""
+    for name, value in inbound.headers:
+        if name == FANOUT_HEADER:
+            head, _, tail = bytes(value).decode("ascii", "replace").partition("/")
+            if head.isdigit() and tail.isdigit() and int(head) < int(tail):
+                return int(head), int(tail)
+    return None
 
 
 @runtime_checkable

@@ -34,6 +34,9 @@ __all__ = [
     "DROP_REASON_VALUES",
     "OPERATOR_VALUES",
     "VARIANT_VALUES",
+    "MutatorState",
+    "Watermark",
+    "WATERMARK_KEY",
     "MESSAGE_TYPES",
     "encode",
     "decode",
@@ -252,11 +255,70 @@ class Dropped(Message):
     created_at: float = Field(default_factory=time.time, description=_CREATED)
 
 
+#: The reserved key of watermark records on the elites topic (no slot key starts with "~").
+WATERMARK_KEY = "~watermark"
+
+
+class Watermark(Message):
+    """How far a writer has applied an input topic: written after the records it covers.
+
+    The archivist writes one to every partition of ``elites`` after each batch (key
+    :data:`WATERMARK_KEY`), once that batch's elite records are acknowledged: a reader that
+    met a watermark covering offset o of ``solved`` partition p in every elites partition
+    has read every elite record that the results up to (p, o) produced.
+    """
+
+    SCHEMA: ClassVar[str] = "sparq.watermark"
+    VERSION: ClassVar[int] = 1
+
+    writer: str = Field(default="archivist", description="the service that applied the input")
+    source: str = Field(default="solved", description="the logical topic the offsets belong to")
+    offsets: dict[str, int] = Field(default_factory=dict, description="partition -> next offset not yet applied")
+    ts: float = Field(default_factory=time.time, description=_CREATED)
+
+    def kafka_key(self) -> str | None:
+        """Watermarks share one reserved key (a compacted topic keeps the last per partition)."""
+        return WATERMARK_KEY
+
+
+class MutatorState(Message):
+    """The mutator's state, the one record per mutator key of its compacted changelog topic.
+
+    Written only after the candidates it accounts for are acknowledged (or in the same
+    transaction), and read back as a table on start. Lists with the same prefix are parallel.
+    """
+
+    SCHEMA: ClassVar[str] = "sparq.mutator_state"
+    VERSION: ClassVar[int] = 1
+
+    key: str = Field(default="mutator", description="the changelog key: one state per mutator group")
+    variant: str = Field(default="", description="the run's QD variant (a state of another run is refused)")
+    seed: int = Field(default=0, description="the run's sampling seed (a state of another run is refused)")
+    batch_size: int = Field(default=0, description="the run's parents per step (a state of another run is refused)")
+    step: int = Field(default=0, description="steps started (the next step's number)")
+    emitted: int = Field(default=0, description="candidates emitted")
+    open_step: int | None = Field(default=None, description="the step whose parents are being mutated, if any")
+    queue_parents: list[bytes] = Field(default_factory=list, description="encoded Seed/Elite parents not yet mutated")
+    queue_n: list[int] = Field(default_factory=list, description="children still owed per queued parent")
+    queue_offset: list[int] = Field(default_factory=list, description="generation offset of the next child per queued parent")
+    credit_ids: list[str] = Field(default_factory=list, description="problem ids of candidates in flight")
+    credit_steps: list[int] = Field(default_factory=list, description="the step of each credit")
+    credit_at: list[float] = Field(default_factory=list, description="emission time of each credit")
+    wait_steps: list[int] = Field(default_factory=list, description="steps whose results W must show before the next")
+    wait_partitions: list[int] = Field(default_factory=list, description="solved partition of a result W must show")
+    wait_offsets: list[int] = Field(default_factory=list, description="next offset past that result in solved")
+    ts: float = Field(default_factory=time.time, description=_CREATED)
+
+    def kafka_key(self) -> str | None:
+        """One record per mutator key."""
+        return self.key
+
+
 _ENVELOPE = frozenset({"schema", "version"})
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.SCHEMA: cls
-    for cls in (Seed, Candidate, NovelCandidate, SolveResult, Elite, ModelVersion, Metric, DeadLetter, Dropped)
+    for cls in (Seed, Candidate, NovelCandidate, SolveResult, Elite, ModelVersion, Metric, DeadLetter, Dropped, Watermark, MutatorState)
 }
 
 

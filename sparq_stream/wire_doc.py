@@ -45,11 +45,18 @@ TOPICS: dict[str, TopicDoc] = {
     "drops": TopicDoc("problem id", "`sparq.dropped` v1", "novelty", "mutator (returns its credit)"),
     "solved": TopicDoc("problem id", "`sparq.solved` v1", "solver", "archivist, mutator"),
     "elites": TopicDoc(
-        "slot (`sparq.elite.slot`)", "`sparq.elite` v1, or a tombstone (null value) when a slot loses its elite",
-        "archivist", "mutator (dynamic variants), archivist (restore), trainer (tables)",
+        "slot (`sparq.elite.slot`); the reserved key `~watermark` for watermark records",
+        "`sparq.elite` v1, or a tombstone (null value) when a slot loses its elite; under the key `~watermark`, "
+        "`sparq.watermark` v1: one copy on every partition (header `sparq.fanout` = `<partition>/<count>`) after "
+        "each archivist batch, saying how far into `solved` W is applied; readers of elites skip it",
+        "archivist", "mutator (dynamic variants; the step barrier), archivist (restore), trainer (tables)",
     ),
     "archive": TopicDoc("problem id", "`sparq.solved` v1 (every scored child: A)", "archivist", "trainer (`include_archive`)"),
     "models": TopicDoc("model name (`sparq.model.name`)", "`sparq.model` v1", "trainer", "mutator, solver (`follow_models`), trainer (table)"),
+    "mutator-state": TopicDoc(
+        "the mutator group's `state_key` (default `mutator`)", "`sparq.mutator_state` v1 (the mutator's changelog)",
+        "mutator (after the candidates it accounts for are acknowledged)", "mutator (table, on start)",
+    ),
     "metrics": TopicDoc("`<service>/<instance>`", "`sparq.metric` v1", "every service", "`sparq up` (live view, stop rule), `sparq tail`"),
     "dlq": TopicDoc(
         "the original record's key bytes, unchanged (absent if it had none)",

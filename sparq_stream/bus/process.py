@@ -63,7 +63,7 @@ from sparq_stream.bus.compacted import caught_up, partitions_of
 from sparq_stream.bus.dlq import dlq_headers, fit_record, record_size
 from sparq_stream.bus.metrics import ServiceMetrics
 from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
-from sparq_stream.core import Core, Inbound, Outgoing
+from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
 from sparq_stream.errors import FatalError, RetriableError, SparqError
 from sparq_stream.ids import check_id
 from sparq_stream.messages import decode, encode
@@ -109,6 +109,7 @@ class _Out:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    partition: int | None = None
 
 
 class _RecordsRejected(KafkaError):
@@ -337,7 +338,8 @@ class ServiceProcess:
     def _inbound(self, rec: Any, message: Any) -> Inbound:
         key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
         topic = self.names.logical(rec.topic) or rec.topic
-        return Inbound(topic, key, message, rec.partition, rec.offset, rec.timestamp or 0)
+        headers = tuple((str(k), bytes(v or b"")) for k, v in (rec.headers or ()))
+        return Inbound(topic, key, message, rec.partition, rec.offset, rec.timestamp or 0, headers)
 
     def _step(self) -> bool:
         """Run one poll-handle-produce-commit cycle; return True if it consumed input."""
@@ -448,6 +450,7 @@ class ServiceProcess:
                 key.encode("utf-8") if key is not None else None,
                 None if out.message is None else encode(out.message),
                 list(out.headers),
+                out.partition,
             )
             size = record_size(item.key, item.value, item.headers)
             reason = self._poisoned.get(_coords(source)) if source is not None else self._poisoned_ticks.pop(id(out), None)
@@ -457,7 +460,7 @@ class ServiceProcess:
                     f"output to {item.topic} is {size} bytes, over max_request_size {self._max_record}",
                 )
             if reason is None:
-                outs.append(item)
+                outs.extend(self._placed(item))
             elif source is None:  # a tick output: its own (truncated) copy is the dead letter
                 self.log.error("output to %s dead-lettered: %s", item.topic, reason[1])
                 dead.append(_Dead(_Copy(item.topic, item.key, item.value, item.headers), *reason))
@@ -472,6 +475,16 @@ class ServiceProcess:
                 dead.append(_Dead(sources[coords], error_type, error))
         return outs
 
+    def _placed(self, item: _Out) -> list[_Out]:
+        """One output, or one copy per partition (with the fan-out header) for an ``EVERY_PARTITION`` output."""
+        if item.partition != EVERY_PARTITION:
+            return [item]
+        parts = sorted(self._producer.partitions_for(item.topic) or ())
+        return [
+            _Out(item.outgoing, item.source, item.topic, item.key, item.value, [*item.headers, (FANOUT_HEADER, f"{p}/{len(parts)}".encode())], p)
+            for p in parts
+        ]
+
     def _send(self, outs: Sequence[_Out], dead: Sequence[_Dead]) -> list[tuple[Any, _Out | _Dead]]:
         """Send every output and dead letter; while isolating a refusal, one record per acknowledged batch."""
         sent: list[tuple[Any, _Out | _Dead]] = []
@@ -484,7 +497,7 @@ class ServiceProcess:
 
     def _send_one(self, what: _Out | _Dead) -> Any:
         if isinstance(what, _Out):
-            return self._producer.send(what.topic, key=what.key, value=what.value, headers=what.headers or None)
+            return self._producer.send(what.topic, key=what.key, value=what.value, headers=what.headers or None, partition=what.partition)
         rec = what.record
         headers = dlq_headers(
             source_topic=rec.topic,
@@ -574,9 +587,12 @@ class ServiceProcess:
         try:
             if self._txn:
                 self._producer.begin_transaction()
-            sent = self._send(outs, dead)
-            self._flush(bound)
-            self._check_sends(sent)
+            # Two phases: outputs flagged ``after`` (state records) only once the others are acknowledged.
+            for phase, phase_dead in (([o for o in outs if not o.outgoing.after], dead), ([o for o in outs if o.outgoing.after], [])):
+                if phase or phase_dead:
+                    sent = self._send(phase, phase_dead)
+                    self._flush(bound)
+                    self._check_sends(sent)
             if self._txn:
                 if offsets:
                     self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())

@@ -79,6 +79,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     changelog("models", single_partition=True),
     TopicSpec("metrics", retention_ms=_DAY_MS),
     TopicSpec("dlq", retention_ms=30 * _DAY_MS),
+    changelog("mutator-state", single_partition=True),  # the mutator's step, credits and open step
 )
 _SPECS: dict[str, TopicSpec] = {spec.name: spec for spec in TOPIC_SPECS}
 

@@ -7,8 +7,12 @@ slot it empties). The ``elites`` topic is read back as a table: it IS the state 
 Run exactly one archivist per topic prefix: W is one global structure (its caps span
 every partition of ``solved``), so replicas would each hold a part of it.
 
-Restart: the wrapper replays the ``elites`` table (and ``seeds``, with ``track_seeds``)
-through :meth:`ArchivistCore.on_table` before the first input. The first
+Restart: the wrapper replays the ``elites`` table (and ``seeds``, with ``track_seeds``; and
+``archive``, with ``publish_archive`` and ``restore_from_topic``) through
+:meth:`ArchivistCore.on_table` before the first input. The ``archive`` topic (compacted,
+kept forever) is the archive A: every archived id it holds that the disk does not is
+counted in the statistics and the id window and appended to the disk export again, so a
+wiped ``archive_dir`` is rebuilt from Kafka alone (the disk is an export and a cache). The first
 :meth:`~ArchivistCore.handle_batch` or :meth:`~ArchivistCore.tick` then goes *live*: it
 applies :meth:`WorkingSet.reconcile` (a restore may break a cap after a crash between a
 write and its tombstone, or after a cap change) and publishes the records that fix the
@@ -34,6 +38,12 @@ re-publish records, all of them equal to the current state, so the topics do not
 A duplicate with a new offset in the same process (the solver published it twice)
 publishes nothing.
 
+Watermarks: after every batch the archivist writes a :class:`~sparq_stream.messages.Watermark`
+to every partition of ``elites`` (key ``~watermark``, flagged ``after``: sent once the
+batch's elite records are acknowledged) saying how far into each ``solved`` partition it
+has applied results. The mutator's synchronous barrier waits for it instead of re-deriving
+W. On restart the last watermarks are read back from the elites table, so they only grow.
+
 The archive on disk: JSONL appended and flushed at the end of every batch, before the
 wrapper commits (at-least-once: a crash after the flush and before the commit redelivers
 the batch; the id window and the readers' de-duplication make that harmless); Parquet part
@@ -56,9 +66,9 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.core import EVERY_PARTITION, BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
-from sparq_stream.messages import Elite, Seed, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Elite, Seed, SolveResult, Watermark
 from sparq_stream.qd.archive_log import JSONL_NAME, ArchiveLog, dedupe_by_id, part_files
 from sparq_stream.qd.descriptors import DescriptorError, niche_of
 from sparq_stream.qd.quality import T_HIGH, T_LOW
@@ -116,6 +126,9 @@ class ArchivistConfig(BaseModel):
     restore_from_archive: bool = Field(
         default=True, description="rebuild W from the archive on disk when the elites topic is empty"
     )
+    restore_from_topic: bool = Field(
+        default=True, description="read the archive topic on start: ids, statistics and disk rows missing locally are restored from it"
+    )
     dedupe_window: int = Field(default=1_000_000, ge=0, description="archived ids remembered to drop redeliveries (0 = all)")
     replay_cache: int = Field(default=10_000, ge=0, description="recent results whose records are re-sent on a rewound batch")
     sr_bins: int = Field(default=10, ge=1, description="bins of the solve-rate histogram in the metrics")
@@ -145,7 +158,12 @@ class ArchivistCore(BaseCore):
     def __init__(self, config: ArchivistConfig | None = None, *, working_set: WorkingSet | None = None) -> None:
         """Open (or resume) the archive in ``config.archive_dir`` and start with an empty W."""
         self.config = config or ArchivistConfig()
-        self.tables = ("elites", "seeds") if self.config.track_seeds else ("elites",)
+        tables = ["elites"]
+        if self.config.track_seeds:
+            tables.append("seeds")
+        if self.config.publish_archive and self.config.restore_from_topic:
+            tables.append("archive")
+        self.tables = tuple(tables)
         self.ws = working_set if working_set is not None else make_working_set(self.config.variant, self.config.cap)
         self.directory = Path(self.config.archive_dir)
         formats = self.config.archive_formats
@@ -162,6 +180,7 @@ class ArchivistCore(BaseCore):
         self._scored = 0
         self._kept = 0
         self._max_step = 0
+        self._marks: dict[str, int] = {}  # solved partition -> next offset applied
         self._resume()
 
     # ------------------------------------------------------------------ the core contract
@@ -177,7 +196,23 @@ class ArchivistCore(BaseCore):
         if self._pending and outputs:
             outputs[0] = self._pending + outputs[0]
             self._pending = []
+        if outputs and self._advance_marks(batch):
+            outputs[-1].append(self._watermark())
         return outputs
+
+    def _advance_marks(self, batch: Sequence[Inbound]) -> bool:
+        """Record how far into each solved partition this batch reached; True if any moved."""
+        moved = False
+        for item in batch:
+            if item.topic == "solved" and item.offset + 1 > self._marks.get(str(item.partition), 0):
+                self._marks[str(item.partition)] = item.offset + 1
+                moved = True
+        return moved
+
+    def _watermark(self) -> Outgoing:
+        """A watermark on every elites partition, sent once this batch's elite records are acknowledged."""
+        self._inc("watermarks")
+        return Outgoing("elites", Watermark(offsets=dict(self._marks)), key=WATERMARK_KEY, partition=EVERY_PARTITION, after=True)
 
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
         """Restore one elites record into W (before going live) or add a seed; never raises."""
@@ -187,7 +222,15 @@ class ArchivistCore(BaseCore):
                 if isinstance(message, Seed):
                     self.ws.add_seed(message)
                 return []
+            if inbound.topic == "archive":
+                self._restore_archived(message)
+                return []
             if inbound.topic != "elites":
+                return []
+            if inbound.key == WATERMARK_KEY:
+                if isinstance(message, Watermark) and not self._live:
+                    for part, offset in message.offsets.items():
+                        self._marks[part] = max(self._marks.get(part, 0), offset)
                 return []
             self._inc("table_records")
             if self._live:
@@ -203,6 +246,20 @@ class ArchivistCore(BaseCore):
             self._inc("table_errors")
             log.warning("cannot apply %s record %r: %s", inbound.topic, inbound.key, exc)
         return []
+
+    def _restore_archived(self, message: Any) -> None:
+        """Before going live: count an archived result the disk does not hold, and write it to disk again."""
+        if self._live:
+            return  # our own records coming back
+        if not isinstance(message, SolveResult):
+            self._inc("table_skipped")
+            return
+        if message.id in self._seen:
+            self._seen[message.id] = True  # on the topic: a redelivery need not publish it again
+            return
+        self._remember_id(message.id, True)
+        self._append(message)
+        self._inc("restored_from_topic")
 
     def tick(self, now: float) -> list[Outgoing]:
         """Go live (reconcile or rebuild W) if no batch did yet; emit what that produced."""
@@ -241,6 +298,11 @@ class ArchivistCore(BaseCore):
     def working_set(self) -> WorkingSet:
         """The working set W."""
         return self.ws
+
+    @property
+    def restored_from_topic(self) -> int:
+        """Archived results restored from the archive topic (missing on disk) on this start."""
+        return int(self._counters.get("restored_from_topic", 0))
 
     @property
     def live(self) -> bool:
@@ -328,6 +390,9 @@ class ArchivistCore(BaseCore):
         if self._live:
             return
         self._live = True
+        if self.restored_from_topic:
+            self.flush()  # the rows restored from the topic are on disk before anything reads it
+            log.info("restored %d archived result(s) from the archive topic into %s", self.restored_from_topic, self.directory)
         update = Update()
         if self._table_elites == 0 and self.config.restore_from_archive and self.ws.update_policy.dynamic and self._scored:
             count = 0

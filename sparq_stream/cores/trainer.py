@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError
-from sparq_stream.messages import Elite, ModelVersion, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Elite, ModelVersion, SolveResult
 from sparq_stream.training.evaluate import EvalResult, evaluate
 from sparq_stream.training.export import ExportInfo, build_examples, read_examples, write_examples
 from sparq_stream.training.sft import MODEL_SUBDIR, RESULT_NAME, TrainingCancelled, TrainResult, train_sft
@@ -151,6 +151,8 @@ class TrainerCore(BaseCore):
 
     def _on_elite(self, inbound: Inbound) -> None:
         message = inbound.message
+        if inbound.key == WATERMARK_KEY:
+            return  # the archivist's progress marker, not a member of W
         if message is not None and not isinstance(message, Elite):
             self._counts["ignored_records"] += 1
             log.warning("elites topic: ignoring a %s record", type(message).__name__)

@@ -15,8 +15,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sparq_stream.core import Core, Inbound, Outgoing
-from sparq_stream.messages import Message
+from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
+from sparq_stream.messages import Elite, Message
 
 __all__ = ["LocalBus", "LocalResult", "build_local_cores", "run_local"]
 
@@ -25,6 +25,7 @@ __all__ = ["LocalBus", "LocalResult", "build_local_cores", "run_local"]
 class _Record:
     key: str | None
     message: Message | None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass
@@ -37,37 +38,61 @@ class LocalBus:
     _cursors: dict[tuple[int, str], int] = field(default_factory=lambda: defaultdict(int))
 
     def publish(self, outputs: list[Outgoing]) -> None:
-        """Append outputs to their topics' logs."""
-        for out in outputs:
-            self.logs[out.topic].append(_Record(out.resolved_key(), out.message))
+        """Append outputs to their topics' logs (``after`` ones last, as the wrapper acknowledges them)."""
+        for out in [o for o in outputs if not o.after] + [o for o in outputs if o.after]:
+            headers = out.headers + (((FANOUT_HEADER, b"0/1"),) if out.partition == EVERY_PARTITION else ())
+            self.logs[out.topic].append(_Record(out.resolved_key(), out.message, headers))
 
     def _pending(self, index: int, topic: str) -> list[Inbound]:
         log = self.logs.get(topic, [])
         start = self._cursors[(index, topic)]
-        batch = [Inbound(topic, rec.key, rec.message, 0, off) for off, rec in enumerate(log[start:], start)]
+        batch = [Inbound(topic, rec.key, rec.message, 0, off, 0, rec.headers) for off, rec in enumerate(log[start:], start)]
         return batch
 
     def step(self) -> bool:
         """Deliver everything pending to every core once and tick each; return True if anything moved."""
         moved = False
         for index, core in enumerate(self.cores):
-            for topic in core.tables:
-                for item in self._pending(index, topic):
-                    self._cursors[(index, topic)] = item.offset + 1
-                    self.publish(core.on_table(item))
-                    moved = True
-            for topic in core.inputs:
-                pending = self._pending(index, topic)
-                for start in range(0, len(pending), self.max_batch):
-                    batch = pending[start : start + self.max_batch]
-                    self._cursors[(index, topic)] = batch[-1].offset + 1
-                    for outs in core.handle_batch(batch):
-                        self.publish(outs)
-                    moved = True
-            before = sum(len(v) for v in self.logs.values())
-            self.publish(core.tick(time.time()))
-            moved = moved or sum(len(v) for v in self.logs.values()) > before
+            moved = self.step_core(index, core) or moved
         return moved
+
+    def step_core(self, index: int, core: Core) -> bool:
+        """Deliver what is pending to one core (tables, then inputs), tick it, publish; True if anything moved."""
+        moved = self.deliver(index, core)
+        before = sum(len(v) for v in self.logs.values())
+        self.publish(core.tick(time.time()))
+        return moved or sum(len(v) for v in self.logs.values()) > before
+
+    def deliver(self, index: int, core: Core) -> bool:
+        """Deliver the pending table records and input batches to one core; True if there were any."""
+        moved = False
+        for topic in core.tables:
+            for item in self._pending(index, topic):
+                self._cursors[(index, topic)] = item.offset + 1
+                self.publish(core.on_table(item))
+                moved = True
+        for topic in core.inputs:
+            pending = self._pending(index, topic)
+            for start in range(0, len(pending), self.max_batch):
+                batch = pending[start : start + self.max_batch]
+                self._cursors[(index, topic)] = batch[-1].offset + 1
+                for outs in core.handle_batch(batch):
+                    self.publish(outs)
+                moved = True
+        return moved
+
+    def restart(self, index: int, core: Core, committed: dict[str, int]) -> None:
+        """Replace core ``index`` by a new process: tables read from the start, inputs from ``committed``."""
+        old = self.cores[index]
+        for topic in old.tables:
+            self._cursors.pop((index, topic), None)
+        for topic in old.inputs:
+            self._cursors[(index, topic)] = committed.get(topic, 0)
+        self.cores[index] = core
+
+    def cursors(self, index: int, topics: tuple[str, ...]) -> dict[str, int]:
+        """The next offset core ``index`` reads of each topic (what it would commit)."""
+        return {topic: self._cursors[(index, topic)] for topic in topics}
 
     def run(self, until: Any, idle_sleep_s: float = 0.01, timeout_s: float = 600.0) -> None:
         """Step until ``until()`` holds and nothing moves; raise TimeoutError after ``timeout_s``."""
@@ -114,7 +139,7 @@ def build_local_cores(args: dict[str, list[str]], order: tuple[str, ...] = ("mut
 
 @dataclass
 class LocalResult:
-    """The outcome of an in-memory run: W as the elites table, every scored child, drops, metrics."""
+    """The outcome of an in-memory run: W as the elites table (watermarks left out), every scored child, drops, metrics."""
 
     elites: dict[str, Message]
     results: list[Message]
@@ -134,7 +159,7 @@ def run_local(config: Any, timeout_s: float = 600.0) -> LocalResult:
     try:
         bus.run(lambda: bool(getattr(cores["mutator"], "done", False)), timeout_s=timeout_s)
         return LocalResult(
-            elites=bus.latest("elites"),
+            elites={slot: e for slot, e in bus.latest("elites").items() if isinstance(e, Elite)},
             results=[r.message for r in bus.logs.get("solved", []) if r.message is not None],
             drops=[r.message for r in bus.logs.get("drops", []) if r.message is not None],
             metrics={name: core.metrics() for name, core in cores.items()},

@@ -91,7 +91,8 @@ def extract_tag(text: str, tag: str) -> Parsed:
         return Parsed(None, NOT_TEXT)
     if not isinstance(tag, str) or not _TAG_NAME.fullmatch(tag):
         return Parsed(None, BAD_TAG)
-    pattern = re.compile(rf"<\s*(/?)\s*{re.escape(tag)}\s*>", re.IGNORECASE)
+    # One optional "/" between two runs of spaces, never two adjacent ``\s*`` (that backtracks quadratically).
+    pattern = re.compile(rf"<\s*(/\s*)?{re.escape(tag)}\s*>", re.IGNORECASE)
     last_open = -1
     best: tuple[int, int] | None = None
     open_after_best = False

@@ -96,7 +96,7 @@ def test_topics_describe_and_unknown_topic(broker: str, broker_name: str, prefix
     assert again.returncode == 0 and "already exist" in again.stdout
     described = sparq("topics", "describe", "-b", broker, "--prefix", prefix)
     rows = {r["topic"]: r for r in map(json.loads, described.stdout.splitlines())}
-    assert set(rows) == {f"{prefix}.{t}" for t in ("seeds", "candidates", "novel", "drops", "solved", "elites", "archive", "models", "metrics", "dlq")}
+    assert set(rows) == {f"{prefix}.{t}" for t in ("seeds", "candidates", "novel", "drops", "solved", "elites", "archive", "models", "metrics", "dlq", "mutator-state")}
     assert rows[f"{prefix}.seeds"]["partitions"] == 2
     assert rows[f"{prefix}.models"]["partitions"] == 1
     if broker_name == "kafka":  # Tansu does not keep topic configs

@@ -116,7 +116,7 @@ def test_topic_names() -> None:
     assert names.seeds == "run1.seeds" and names.topic("dlq") == "run1.dlq"
     assert names.logical("run1.elites") == "elites" and names.logical("other.elites") is None
     assert names.resolve("solved") == "run1.solved" and names.resolve("custom.topic") == "custom.topic"
-    assert len(names.all()) == len(LOGICAL_TOPICS) and COMPACTED == {"seeds", "novel", "elites", "archive", "models"}
+    assert len(names.all()) == len(LOGICAL_TOPICS) and COMPACTED == {"seeds", "novel", "elites", "archive", "models", "mutator-state"}
     with pytest.raises(ConfigError, match="unknown topic 'nope'; allowed: seeds, candidates"):
         names.topic("nope")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from sparq_stream.core import Core, Inbound, Outgoing
+from sparq_stream.core import EVERY_PARTITION, Core, Inbound, Outgoing
 from sparq_stream.cores.archivist import (
     OFFSET_NAME,
     ArchivistConfig,
@@ -20,7 +20,7 @@ from sparq_stream.cores.archivist import (
     summarize_archive,
 )
 from sparq_stream.errors import FatalError
-from sparq_stream.messages import Candidate, Elite, Seed, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Candidate, Elite, Seed, SolveResult, Watermark
 from sparq_stream.qd.archive_log import JSONL_NAME, part_files, read_table
 from sparq_stream.qd.stats import summary
 from sparq_stream.qd.working_set import VARIANTS, make_working_set
@@ -71,7 +71,12 @@ def _feed(core: ArchivistCore, results: list[SolveResult], batch: int = 7, start
 
 
 def _elite_records(outputs: list[Outgoing]) -> list[tuple[str, Elite | None]]:
-    return [(o.resolved_key(), o.message) for o in outputs if o.topic == "elites"]
+    """The elite records of the outputs (watermarks, checked on their own, left out)."""
+    return [(o.resolved_key(), o.message) for o in outputs if o.topic == "elites" and o.resolved_key() != WATERMARK_KEY]
+
+
+def _no_marks(outputs: list[Outgoing]) -> list[Outgoing]:
+    return [o for o in outputs if o.resolved_key() != WATERMARK_KEY]
 
 
 def _as_table(records: list[tuple[str, Elite | None]]) -> dict[str, Elite]:
@@ -174,7 +179,8 @@ def test_a_duplicate_changes_nothing_and_publishes_nothing(tmp_path: Path) -> No
     _feed(core, results)
     before = core.working_set.elites()
     dup = _feed(core, results, start=500)  # the solver published them again: new offsets
-    assert dup == [] and core.working_set.elites() == before
+    assert _no_marks(dup) == [] and core.working_set.elites() == before
+    assert {o.message.offsets["0"] for o in dup} == {507, 514, 520}  # the watermark still moves on
     assert core.metrics()["duplicates"] == 20
     assert len(load_archive(tmp_path / "a")) == 20
     assert len((tmp_path / "a" / JSONL_NAME).read_text().splitlines()) == 20
@@ -262,11 +268,11 @@ def test_live_table_echoes_are_ignored(tmp_path: Path) -> None:
 
 def test_a_child_equal_to_a_seed_never_becomes_an_elite(tmp_path: Path) -> None:
     core = _core(tmp_path)
-    assert core.tables == ("elites", "seeds")
+    assert core.tables == ("elites", "seeds", "archive")
     core.on_table(Inbound("seeds", "p0001", Seed(id="p0001", problem="problem 1", answer="1", skills=["algebra"])))
     out = _feed(core, [_result(1, 0.5)])
     assert _elite_records(out) == [] and len(core.working_set) == 1
-    assert _core(tmp_path, "b", track_seeds=False).tables == ("elites",)
+    assert _core(tmp_path, "b", track_seeds=False, restore_from_topic=False).tables == ("elites",)
 
 
 def test_bad_records_never_stop_the_archivist(tmp_path: Path) -> None:
@@ -278,11 +284,11 @@ def test_bad_records_never_stop_the_archivist(tmp_path: Path) -> None:
     assert m["table_skipped"] == 2 and m["table_errors"] == 1
     bad = _result(1, 0.5, ("a", "b", "c", "d"))  # four skills: no niche
     out = _feed(core, [bad, _result(2, 0.5)])
-    assert [o.topic for o in out] == ["archive", "archive", "elites"]
+    assert [o.topic for o in _no_marks(out)] == ["archive", "archive", "elites"]
     assert core.metrics()["bad_niche"] == 1 and len(load_archive(tmp_path / "a")) == 2
     with pytest.raises(FatalError, match="SolveResult"):
         core.handle(Inbound("solved", "c", Candidate(id="c", problem="p", solution="s", answer="1"), 0, 99))
-    assert core.handle(Inbound("solved", "t", None, 0, 100)) == []
+    assert _no_marks(core.handle(Inbound("solved", "t", None, 0, 100))) == []
 
 
 def test_archive_topic_can_be_switched_off(tmp_path: Path) -> None:
@@ -356,7 +362,7 @@ def test_the_id_window_is_bounded_and_readers_still_dedupe(tmp_path: Path) -> No
     _feed(core, results)
     before = core.working_set.elites()
     out = _feed(core, results[:2], start=100)  # forgotten by the window: archived again, W unchanged
-    assert [o.topic for o in out] == ["archive", "archive"] and core.working_set.elites() == before
+    assert [o.topic for o in _no_marks(out)] == ["archive", "archive"] and core.working_set.elites() == before
     assert len((tmp_path / "a" / JSONL_NAME).read_text().splitlines()) == 14
     assert [r.id for r in load_archive(tmp_path / "a")] == [r.id for r in results]
 
@@ -372,3 +378,58 @@ def test_config_merges_with_service_settings(tmp_path: Path) -> None:
     assert (settings.variant, settings.cap, settings.archive_formats) == ("dynamic-uniform", 50, ("jsonl",))
     with pytest.raises(ConfigError, match="variant"):
         load_settings(ArchivistSettings, variant="best")
+
+
+def test_every_batch_ends_with_a_watermark_on_every_elites_partition(tmp_path: Path) -> None:
+    core = _core(tmp_path)
+    core.tick(0.0)
+    results = _stream(6)
+    batch = [Inbound("solved", r.id, r, partition=i % 2, offset=10 + i) for i, r in enumerate(results)]
+    outs = core.handle_batch(batch)
+    marks = [o for per in outs for o in per if o.resolved_key() == WATERMARK_KEY]
+    assert len(marks) == 1 and outs[-1][-1] is marks[0]  # once, after the batch's records
+    mark = marks[0]
+    assert mark.topic == "elites" and mark.partition == EVERY_PARTITION and mark.after
+    assert isinstance(mark.message, Watermark) and mark.message.offsets == {"0": 15, "1": 16}
+    assert all(not o.after for per in outs for o in per if o is not mark)
+    # A restarted archivist reads its watermarks back from the elites table: they only grow.
+    again = _core(tmp_path)
+    again.on_table(Inbound("elites", WATERMARK_KEY, Watermark(offsets={"0": 15, "1": 16}), partition=0))
+    again.on_table(Inbound("elites", WATERMARK_KEY, Watermark(offsets={"0": 12, "2": 3}), partition=1))
+    assert again.metrics().get("table_skipped", 0) == 0 and again.working_set.elites() == {}
+    again.tick(0.0)
+    late = _result(99, 0.5)
+    outs = again.handle_batch([Inbound("solved", late.id, late, partition=1, offset=20)])
+    assert outs[-1][-1].message.offsets == {"0": 15, "1": 21, "2": 3}
+
+
+def test_a_wiped_archive_dir_is_rebuilt_from_the_topics_alone(tmp_path: Path) -> None:
+    """Elites and archive topics are the state: a new archivist on an empty disk ends in the same state."""
+    results = _stream(40)
+    first = _core(tmp_path, "first", parquet_rows=16)
+    outputs = _feed(first, results)
+    first.close()
+    elites_topic = [Inbound("elites", o.resolved_key(), o.message, o.partition or 0, i) for i, o in enumerate(outputs) if o.topic == "elites"]
+    archive_topic = [Inbound("archive", o.resolved_key(), o.message, 0, i) for i, o in enumerate(outputs) if o.topic == "archive"]
+    assert len(archive_topic) == len(results)
+    wiped = _core(tmp_path, "wiped", parquet_rows=16)  # an empty archive_dir
+    for record in elites_topic + archive_topic:
+        wiped.on_table(record)
+    assert wiped.tick(0.0) == []  # W from the elites table: nothing to fix
+    assert wiped.working_set == first.working_set
+    m_first, m_wiped = first.metrics(), wiped.metrics()
+    for name in ("scored", "kept", "coverage", "qd_score", *(f"sr_bin_{i}" for i in range(10))):
+        assert m_wiped[name] == m_first[name], name
+    assert m_wiped["restored_from_topic"] == len(results)
+    # the disk export is written again, and redeliveries are recognised without re-publishing
+    assert [r.id for r in load_archive(tmp_path / "wiped")] == [r.id for r in results]
+    again = wiped.handle_batch([_inbound(results[0], 900)])
+    assert _no_marks(again[0]) == [] and wiped.metrics()["duplicates"] == 1
+    wiped.close()
+    assert sorted(p.name for p in (tmp_path / "wiped").iterdir()) == sorted(p.name for p in (tmp_path / "first").iterdir())
+    # a third start with the disk intact restores nothing more from the topic
+    third = _core(tmp_path, "wiped", parquet_rows=16)
+    for record in archive_topic:
+        third.on_table(record)
+    third.tick(0.0)
+    assert third.metrics().get("restored_from_topic", 0) == 0 and third.metrics()["scored"] == len(results)

@@ -10,15 +10,16 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from sparq_stream.core import Inbound
+from sparq_stream.core import FANOUT_HEADER, Inbound, Outgoing
 from sparq_stream.cores.mutator import MutatorConfig, MutatorCore, build_mutator, parse_child
 from sparq_stream.cores.novelty import HeldOut, NoveltyConfig, NoveltyCore
 from sparq_stream.errors import ConfigError, RetriableError
 from sparq_stream.ids import problem_id
-from sparq_stream.messages import Candidate, Dropped, Elite, ModelVersion, Seed, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Candidate, Dropped, Elite, ModelVersion, MutatorState, Seed, SolveResult, Watermark
 from sparq_stream.models.base import GenerationResult, Prompt, SamplingParams
 from sparq_stream.models.hashing_embedder import HashingEmbedder
 from sparq_stream.models.scripted import ScriptedBackend
+from sparq_stream.orchestrator.local import LocalBus
 from sparq_stream.prompts import load_prompt
 from sparq_stream.qd import make_working_set, quality
 from sparq_stream.skills import annotate_seeds, load_vocabulary
@@ -49,19 +50,39 @@ class FakeClock:
         return self.now
 
 
-def make(backend=None, clock=None, **config) -> MutatorCore:
+def make(backend=None, clock=None, replay: Sequence[Outgoing] = (), **config) -> MutatorCore:
+    """A mutator with the seeds table read, and ``replay`` (its state records) replayed as on start."""
     config.setdefault("variant", "static-uniform")
     config.setdefault("batch_size", 4)
     core = MutatorCore(MutatorConfig(**config), backend=backend or ScriptedBackend(), clock=clock or FakeClock())
     for i, seed in enumerate(SEEDS):
         core.on_table(Inbound("seeds", seed.id, seed, offset=i))
+    for i, record in enumerate(replay):
+        core.on_table(Inbound(record.topic, record.key, record.message, offset=i))
     return core
 
 
-def emit(core: MutatorCore) -> list[Candidate]:
+def emit(core: MutatorCore, changelog: list[Outgoing] | None = None) -> list[Candidate]:
+    """One tick (two when the first only opened a step); candidates out, state records to ``changelog``."""
     outs = core.tick(0.0)
-    assert all(o.topic == "candidates" and o.resolved_key() == o.message.id for o in outs)
+    if len(outs) == 1 and outs[0].topic == "mutator-state" and outs[0].message.queue_n:
+        if changelog is not None:
+            changelog.append(outs[0])
+        outs = core.tick(0.0)  # a tick that opens a step records its parents first
+    states = [o for o in outs if o.topic == "mutator-state"]
+    assert len(states) <= 1 and (not states or (outs[-1] is states[0] and states[0].after))
+    assert all(isinstance(o.message, MutatorState) and o.key == core.config.state_key for o in states)
+    if changelog is not None:
+        changelog.extend(states)
+    outs = [o for o in outs if o.topic != "mutator-state"]
+    assert all(o.topic == "candidates" and o.resolved_key() == o.message.id and not o.after for o in outs)
     return [o.message for o in outs]
+
+
+def watermark(offsets: dict[int, int], partition: int = 0, count: int = 1) -> Inbound:
+    """A copy of the archivist's watermark as read from elites partition ``partition`` of ``count``."""
+    message = Watermark(offsets={str(p): o for p, o in offsets.items()})
+    return Inbound("elites", WATERMARK_KEY, message, partition=partition, headers=((FANOUT_HEADER, f"{partition}/{count}".encode()),))
 
 
 def solved(c: Candidate, q: float = 0.0, skills: Sequence[str] = ()) -> SolveResult:
@@ -158,10 +179,10 @@ def test_a_parent_drawn_twice_gets_two_different_children() -> None:
 # ---------------------------------------------------------------------- determinism
 
 
-def run_steps(core: MutatorCore, steps: int) -> list[Candidate]:
+def run_steps(core: MutatorCore, steps: int, changelog: list[Outgoing] | None = None) -> list[Candidate]:
     out: list[Candidate] = []
     for _ in range(steps):
-        batch = emit(core)
+        batch = emit(core, changelog)
         out += batch
         outcome(core, *[solved(c) for c in batch])
     return out
@@ -262,7 +283,7 @@ def test_synchronous_steps_wait_for_every_outcome() -> None:
 
 def test_asynchronous_steps_overlap() -> None:
     core = make(variant="static-uniform", batch_size=4, max_in_flight=12, synchronous=False)
-    children = emit(core)
+    children = emit(core) + emit(core) + emit(core)  # a tick opens at most one step
     assert [c.step for c in children] == [0] * 4 + [1] * 4 + [2] * 4
 
 
@@ -271,45 +292,52 @@ def elite_of(result: SolveResult, w) -> list[tuple[str, Elite | None]]:
     return [(slot, e) for slot, e in update.written.items()] + [(slot, None) for slot in update.deleted]
 
 
-def test_dynamic_synchronous_step_waits_until_w_shows_the_results() -> None:
+def test_dynamic_synchronous_step_waits_for_the_watermark_of_every_elites_partition() -> None:
     clock = FakeClock()
     core = make(clock=clock, variant="qd", batch_size=4, sync_settle_s=30)
     archivist = make_working_set("qd")
     archivist.add_seeds(SEEDS)
     children = emit(core)
     results = [solved(c, q=0.5, skills=["ratio"] if i % 2 else ["area"]) for i, c in enumerate(children)]
-    outcome(core, *results)
-    assert emit(core) == []  # all accounted for, but the elites table does not show them yet
-    records = [r for res in results for r in elite_of(res, archivist)]
-    assert records
-    for slot, elite in records[:-1]:
+    # results sit at solved[0]@10.. and solved[2]@7..
+    where = [(0, 10), (2, 7), (0, 11), (2, 8)]
+    core.handle_batch([Inbound("solved", r.id, r, partition=p, offset=o) for r, (p, o) in zip(results, where)])
+    assert emit(core) == []  # all accounted for, but no watermark yet
+    for slot, elite in [r for res in results for r in elite_of(res, archivist)]:
         core.on_table(Inbound("elites", slot, elite))
-    assert emit(core) == []
-    slot, elite = records[-1]
-    core.on_table(Inbound("elites", slot, elite))
+    core.on_table(watermark({0: 12, 2: 8}, 0, 2))  # partition 2 not covered yet
+    core.on_table(watermark({0: 12, 2: 9}, 1, 2))
+    assert emit(core) == []  # elites partition 0's watermark does not cover solved[2]@8
+    core.on_table(Inbound("elites", "(none)", None))  # unrelated records do not settle it either
+    core.on_table(watermark({0: 12, 2: 9, 1: 4}, 0, 2))
     nxt = emit(core)
     assert [c.step for c in nxt] == [1] * 4 and core.metrics()["sync_settled"] == 1
     assert set(core.W.elites()) == set(archivist.elites())
 
 
-def test_dynamic_synchronous_step_goes_on_after_the_settle_timeout() -> None:
+def test_dynamic_synchronous_step_never_goes_on_without_the_watermark() -> None:
     clock = FakeClock()
     core = make(clock=clock, variant="dynamic-uniform", batch_size=2, sync_settle_s=10)
     children = emit(core)
-    outcome(core, *[solved(c, q=0.7) for c in children])
-    assert emit(core) == []
-    clock.now += 11
-    assert len(emit(core)) == 2 and core.metrics()["sync_settle_timeouts"] == 1
+    core.handle_batch([Inbound("solved", c.id, solved(c, q=0.7), offset=i) for i, c in enumerate(children)])
+    for _ in range(3):
+        clock.now += 3600  # an outage of hours only delays the step
+        assert emit(core) == []
+    assert core.metrics()["sync_settle_waits"] >= 2
+    core.on_table(Inbound("elites", WATERMARK_KEY, Watermark(offsets={"0": 2})))  # a copy without fan-out: unusable
+    assert emit(core) == [] and core.metrics()["watermarks_unusable"] == 1
+    core.on_table(watermark({0: 2}))
+    assert len(emit(core)) == 2
 
 
 def test_static_variants_ignore_elites() -> None:
     core = make(variant="static-diverse")
-    assert core.tables == ("seeds",)
+    assert core.tables == ("seeds", "mutator-state")
     elite = Elite(**solved(Candidate(id="e" * 32, problem="p", solution="s", answer="1"), q=0.5).model_dump(), slot="(none)")
     core.on_table(Inbound("elites", "(none)", elite))
     assert len(core.W) == len(SEEDS)
-    assert make(variant="qd").tables == ("seeds", "elites")
-    assert make(variant="qd", follow_models=True).tables == ("seeds", "elites", "models")
+    assert make(variant="qd").tables == ("seeds", "elites", "mutator-state")
+    assert make(variant="qd", follow_models=True, changelog=False).tables == ("seeds", "elites", "models")
 
 
 def test_waits_for_seeds() -> None:
@@ -317,13 +345,13 @@ def test_waits_for_seeds() -> None:
     assert core.tick(0.0) == []
     for seed in SEEDS[:3]:
         core.on_table(Inbound("seeds", seed.id, seed))
-    assert len(core.tick(0.0)) == 2
+    assert len(emit(core)) == 2
 
 
 # ---------------------------------------------------------------------- restart
 
 
-def test_restart_continues_the_step_budget_and_credits(tmp_path) -> None:
+def test_restart_continues_the_step_budget_and_credits() -> None:
     config = dict(variant="static-uniform", batch_size=6, chunk_size=2, steps=3, seed=5)
     reference = make(**config)
     expected: list[Candidate] = []
@@ -332,14 +360,17 @@ def test_restart_continues_the_step_budget_and_credits(tmp_path) -> None:
         expected += batch
         outcome(reference, *[solved(c) for c in batch])
 
-    first = make(state_dir=str(tmp_path), **config)
-    got = run_steps(first, 1)  # step 0 fully done
-    partial = emit(first)  # one chunk of step 1 (tick budget lets it emit all 3 chunks at once)
+    changelog: list[Outgoing] = []
+    first = make(**config)
+    got = run_steps(first, 1, changelog)  # step 0 fully done
+    partial = emit(first, changelog)  # step 1 (the tick budget lets it emit all 3 chunks at once)
     got += partial
     outcome(first, solved(partial[0]))
-    # crash: no close(); a new process from the checkpoint
-    second = make(state_dir=str(tmp_path), **config)
+    assert emit(first, changelog) == []  # the tick after the outcome carries the state
+    # kill -9: a new process restores from the changelog alone
+    second = make(replay=changelog, **config)
     assert second.step == first.step and second.in_flight == first.in_flight == len(partial) - 1
+    assert second.metrics()["restored_in_flight"] == len(partial) - 1
     outcome(second, *[solved(c) for c in partial[1:]])
     while not second.done:
         batch = emit(second)
@@ -348,21 +379,40 @@ def test_restart_continues_the_step_budget_and_credits(tmp_path) -> None:
     assert [key(c) for c in got] == [key(c) for c in expected]
 
 
-def test_restart_mid_chunk_regenerates_the_same_chunk(tmp_path) -> None:
-    config = dict(variant="static-uniform", batch_size=6, chunk_size=2, seed=1, tick_budget_s=1e-9, synchronous=False)
-    core = make(state_dir=str(tmp_path), **config)
-    emit(core)  # chunk 1 (the checkpoint was written before it)
-    lost = emit(core)  # chunk 2: generated, then the process dies before the next checkpoint
-    again = make(state_dir=str(tmp_path), **config)
+def test_a_chunk_whose_state_record_was_lost_is_generated_again() -> None:
+    config = dict(variant="static-uniform", batch_size=6, chunk_size=2, max_in_flight=2, seed=1, synchronous=False)
+    changelog: list[Outgoing] = []
+    core = make(**config)
+    first = emit(core, changelog)  # chunk 1 and the state covering it
+    outcome(core, *[solved(c) for c in first])
+    lost_state: list[Outgoing] = []
+    lost = emit(core, lost_state)  # chunk 2 sent; the process dies before its state record is acknowledged
+    assert len(lost) == 2 and lost_state[0].message.emitted == 4
+    again = make(replay=changelog, **config)
+    assert again.emitted == 2 and again.in_flight == 2
+    outcome(again, *[solved(c) for c in first])  # their input offsets were not committed: redelivered
     assert [key(c) for c in emit(again)] == [key(c) for c in lost]
 
 
-def test_a_checkpoint_of_another_run_is_refused(tmp_path) -> None:
-    core = make(state_dir=str(tmp_path), seed=1)
-    emit(core)
-    core.close()
+def test_a_state_of_another_run_is_refused() -> None:
+    changelog: list[Outgoing] = []
+    emit(make(seed=1), changelog)
+    other = make(seed=2, replay=changelog)
     with pytest.raises(ConfigError, match="another run"):
-        make(state_dir=str(tmp_path), seed=2)
+        other.tick(0.0)
+    assert make(seed=1, replay=changelog, state_key="another").step == 0  # another key: not ours
+
+
+def test_the_local_cache_is_used_only_without_a_changelog(tmp_path) -> None:
+    config = dict(batch_size=2, chunk_size=1, max_in_flight=1, synchronous=False, state_dir=str(tmp_path))
+    changelog: list[Outgoing] = []
+    core = make(**config)
+    for _ in range(3):
+        outcome(core, *[solved(c) for c in emit(core, changelog)])
+    # the cache is one record behind the last emitted (whose send may not be acknowledged)
+    emitted = [r.message.emitted for r in changelog]
+    assert emitted[-2] < emitted[-1] and make(**config).emitted == emitted[-2]
+    assert make(replay=changelog[:1], **config).emitted == emitted[0] < emitted[-2]  # the changelog wins
 
 
 # ---------------------------------------------------------------------- hot reload
@@ -423,7 +473,7 @@ def test_config_validation_and_factory() -> None:
     core = build_mutator(MutatorConfig(backend="scripted", variant="static-uniform", batch_size=2))
     for seed in SEEDS:
         core.on_table(Inbound("seeds", seed.id, seed))
-    assert len(core.tick(0.0)) == 2
+    assert len(emit(core)) == 2
     core.close()
 
 
@@ -433,7 +483,7 @@ def test_config_validation_and_factory() -> None:
 class Loop:
     """mutator -> novelty -> a scripted solver -> an archivist W, wired by in-memory queues.
 
-    ``lag`` delays the elites records (the archivist's output) by that many rounds, and the
+    ``lag`` delays the elites records and watermarks (the archivist's output) by that many rounds, and the
     order of the outcomes is shuffled, so W changes asynchronously as it would over Kafka.
     """
 
@@ -464,9 +514,9 @@ class Loop:
         return SolveResult(**data, k=16, rollouts_used=16, n_correct=round(16 * sr), solve_rate=sr, quality=quality(sr))
 
     def run(self, rounds: int = 200) -> None:
-        delayed: list[list[tuple[str, Elite | None]]] = []
+        delayed: list[list[Inbound]] = []
         for _ in range(rounds):
-            outs = self.mutator.tick(0.0)
+            outs = [o for o in self.mutator.tick(0.0) if o.topic == "candidates"]
             self.candidates += [o.message for o in outs]
             decided = self.novelty.handle_batch([Inbound("candidates", o.message.id, o.message) for o in outs])
             back, records = [], []
@@ -475,17 +525,20 @@ class Loop:
                     result = self.solve(o.message)
                     self.archive.append(result)
                     update = self.archivist.offer(result)
-                    records += list(update.written.items()) + [(slot, None) for slot in update.deleted]
-                    back.append(Inbound("solved", result.id, result))
+                    records += [Inbound("elites", slot, e) for slot, e in update.written.items()]
+                    records += [Inbound("elites", slot, None) for slot in update.deleted]
+                    back.append(Inbound("solved", result.id, result, offset=len(self.archive) - 1))
                 else:
                     back.append(Inbound("drops", o.message.id, o.message))
+            if self.archive:
+                records.append(watermark({0: len(self.archive)}))  # after the round's elite records
             if self.rng is not None:
                 self.rng.shuffle(back)
             self.mutator.handle_batch(back)
             delayed.append(records)
             if len(delayed) > self.lag:
-                for slot, elite in delayed.pop(0):
-                    self.mutator.on_table(Inbound("elites", slot, elite))
+                for record in delayed.pop(0):
+                    self.mutator.on_table(record)
             if self.mutator.done and not delayed:
                 break
         assert self.mutator.done
@@ -519,15 +572,107 @@ def test_the_diverse_variant_spreads_parents_over_niches() -> None:
     assert len(chosen) == 6  # one parent per skill-set while there are more skill-sets than parents
 
 
-def test_a_restarted_mutator_reloads_the_newest_model(tmp_path) -> None:
-    first = make(ReloadingBackend(), follow_models=True, batch_size=2, state_dir=str(tmp_path))
+def test_a_restarted_mutator_reloads_the_newest_model() -> None:
+    first = make(ReloadingBackend(), follow_models=True, batch_size=2)
     first.on_table(Inbound("models", "student", model(1)))
-    children = emit(first)
+    children = emit(first)  # its state record is lost with the process
     assert first.backend.reloads == [("/models/student-1", 1, "student")]
-    second = make(ReloadingBackend(), follow_models=True, batch_size=2, state_dir=str(tmp_path))
+    second = make(ReloadingBackend(), follow_models=True, batch_size=2)
     second.on_table(Inbound("models", "student", model(1)))  # the table replay on start
-    # the checkpoint predates the chunk the first process generated: it is generated again
+    # no state record covers the chunk the first process generated: it is generated again
     again = emit(second)
     assert [key(c) for c in again] == [key(c) for c in children]
     assert {c.model_version for c in again} == {1}
     assert second.backend.reloads == [("/models/student-1", 1, "student")]
+
+
+# ---------------------------------------------------------------------- kill -9 of the mutator over a fake bus
+
+
+class MutatorKillBus(LocalBus):
+    """The in-memory bus, with the mutator killed (-9) during chosen emitting ticks.
+
+    A kill lands at one point of the wrapper's send of that tick: ``mid-send`` (half the
+    candidates reached the broker, no state record), ``before-state`` (every candidate, no
+    state record), ``before-commit`` (candidates and state, but no input offsets committed).
+    The new process reads its tables from the beginning and its inputs from the last commit.
+    """
+
+    def __init__(self, cores: list, make_mutator, kills: dict[int, str]) -> None:
+        super().__init__(cores)
+        self.make_mutator = make_mutator
+        self.kills = dict(kills)
+        self.emitting = 0
+        self.mutators = [cores[0]]
+
+    def step_core(self, index: int, core) -> bool:
+        if index != 0:
+            return super().step_core(index, core)
+        committed = self.cursors(index, core.inputs)
+        moved = self.deliver(index, core)
+        outs = core.tick(0.0)
+        if any(o.topic == "candidates" for o in outs):
+            self.emitting += 1
+        mode = self.kills.pop(self.emitting, None) if outs else None
+        if mode is None:
+            self.publish(outs)
+            return moved or bool(outs)
+        sent = [o for o in outs if not o.after]
+        if mode == "mid-send":
+            self.publish(sent[: len(sent) // 2])
+        elif mode == "before-state":
+            self.publish(sent)
+        else:
+            assert mode == "before-commit"
+            self.publish(outs)
+        self.restart(index, self.make_mutator(), committed)
+        self.mutators.append(self.cores[index])
+        return True
+
+
+def _kill_loop(tmp_path, kills: dict[int, str], **mutator_flags):
+    from sparq_stream.orchestrator.local import build_local_cores
+    from sparq_stream.orchestrator.up import UpConfig, load_seed_set, service_args
+    from tests.conftest import SHARED_DATA
+
+    config = UpConfig(
+        seeds=SHARED_DATA / "gsm8k_train.jsonl", out=tmp_path, steps=3, batch_size=64, k=4, backend="scripted",
+        embedder="hash", variant="qd", seed_limit=40, seed=7,
+        extra={"mutator": ["--chunk-size", "16", *[str(v) for kv in mutator_flags.items() for v in (f"--{kv[0].replace('_', '-')}", kv[1])]]},
+    )
+    args = service_args(config, "local", "in-memory:0")
+    seeds, _ = load_seed_set(config)
+    cores = build_local_cores(args)
+    bus = MutatorKillBus(list(cores.values()), lambda: build_local_cores(args, order=("mutator",))["mutator"], kills)
+    bus.publish([Outgoing("seeds", s) for s in seeds])
+    idle = 0
+    while not bus.cores[0].done:
+        idle = 0 if bus.step() else idle + 1
+        assert idle < 20, "the loop stalled: a credit would wait out its timeout"
+    while bus.step():
+        pass
+    bus.close()
+    assert not bus.kills, f"kills never reached: {bus.kills}"
+    elites = {slot: (e.id, e.quality) for slot, e in bus.latest("elites").items() if isinstance(e, Elite)}
+    scored = {r.message.id: (r.message.step, r.message.quality) for r in bus.logs["solved"]}
+    return elites, scored, bus
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "kills, flags",
+    [
+        ({2: "mid-send", 5: "before-state", 8: "before-commit"}, {"max_in_flight": 16}),  # one chunk per tick
+        ({1: "mid-send", 2: "before-state", 3: "before-commit"}, {}),  # a whole step per tick
+    ],
+    ids=["chunk-per-tick", "step-per-tick"],
+)
+def test_kill_9_of_the_mutator_at_every_send_point_ends_in_the_reference(tmp_path, kills, flags) -> None:
+    ref_elites, ref_scored, ref_bus = _kill_loop(tmp_path / "ref", {}, **flags)
+    elites, scored, bus = _kill_loop(tmp_path / "killed", kills, **flags)
+    assert len(ref_scored) > 64 and ref_elites
+    assert elites == ref_elites and scored == ref_scored
+    assert len(bus.mutators) == 1 + len(kills)
+    final = bus.mutators[-1].metrics()
+    assert final.get("credits_expired", 0) == 0 and final["done"] == 1.0
+    assert sum(m.metrics().get("restored_in_flight", 0) for m in bus.mutators) > 0

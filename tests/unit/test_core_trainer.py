@@ -325,3 +325,23 @@ def test_real_fine_tuning_and_evaluation_of_a_tiny_model(tmp_path: Path) -> None
     backend = TransformersBackend(version.path)
     assert backend.tokenizer is not None
     backend.close()
+
+
+def test_a_wiped_export_dir_is_rebuilt_from_the_tables_alone(tmp_path: Path) -> None:
+    """Elites (with the archivist's watermarks among them), archive and models topics hold all the trainer needs."""
+    from sparq_stream.core import FANOUT_HEADER
+    from sparq_stream.messages import WATERMARK_KEY, Watermark
+
+    mark = Inbound("elites", WATERMARK_KEY, Watermark(offsets={"0": 5}), headers=((FANOUT_HEADER, b"0/1"),))
+    records = [_rec("elites", _elite(i, slot=f"slot{i % 3}")) for i in range(6)] + [mark, _rec("archive", _archived(9))]
+    first = _core(tmp_path / "first", include_archive=True)
+    for record in records:
+        first.on_table(record)
+    first.tick(T0)
+    files = {p.name: p.read_bytes() for p in first.config.export_dir.iterdir() if p.is_file()}
+    assert files and first.metrics().get("ignored_records", 0) == 0  # the watermark is no elite, and no warning
+    wiped = _core(tmp_path / "wiped", include_archive=True)  # an empty disk
+    for record in records:
+        wiped.on_table(record)
+    wiped.tick(T0)
+    assert {p.name: p.read_bytes() for p in wiped.config.export_dir.iterdir() if p.is_file()} == files

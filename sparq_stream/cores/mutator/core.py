@@ -25,21 +25,30 @@ Generation runs in chunks of ``chunk_size`` prompts, one chunk per call, so the 
 children are downstream while the rest of the step is generated.
 
 ``synchronous`` (the default, and the paper's loop): step s+1 starts only once every
-candidate of step s is accounted for AND W reflects their results: the core offers the
-step's scored results to a copy of W with the same update policy (``variant``, ``cap``:
-keep them equal to the archivist's) and waits until the elites table shows that state,
-or ``sync_settle_s`` passes (counted as ``sync_settle_timeouts``). With a fixed seed and
-a deterministic backend the candidates of every step are then exactly reproducible.
-Asynchronous mode starts a step whenever credits allow; W then lags by the steps in flight.
+candidate of step s is accounted for AND W reflects their results. The core remembers where
+each of the step's scored results sits in ``solved`` (partition, offset) and waits until
+the archivist's watermarks (one per elites partition, written after the elite records they
+cover) show that the elites table was read past them (:mod:`.barrier`). There is no
+timeout: an outage only delays the step (``sync_settle_s`` only sets when to log that a
+step is still waiting). With a fixed seed and a deterministic backend the candidates of
+every step are then exactly reproducible. Asynchronous mode starts a step whenever credits
+allow; W then lags by the steps in flight.
 
-Restart: with ``state_dir`` set, the step counter, budget, open step (its parents not yet
-mutated) and the in-flight credits (with their emission time) are saved atomically after
-every accounting batch and before every generation chunk; a restarted mutator continues
-the same step and budget and still matches the outcomes of candidates emitted before the
-crash. The chunk being generated at the crash is generated again (a deterministic backend
-emits the same candidates; the novelty core recognises them). Without ``state_dir`` a
-restart starts a new run: step 0, no credits held (downstream may then briefly hold up to
-twice ``max_in_flight``).
+State (:mod:`.state`): the step counter, emitted count, open step (its parents not yet
+mutated), in-flight credits (with their emission time) and each step's barrier positions
+go to the compacted ``mutator-state`` topic (key ``state_key``) at the end of every tick
+that changed them, flagged ``after``: the wrapper sends it once the candidates it accounts
+for are acknowledged and commits input offsets only after it (one transaction under
+exactly-once). A restarted mutator reads it back as a table and continues the same step and
+budget, still matching the outcomes of candidates emitted before the crash. A tick that
+opens a step emits only the state (the step's parents), so they are recorded before any of
+the step's children exist: W may change before a restart (results of the children already
+sent reach the archivist), the parents do not. Candidates sent
+but not yet covered by a state record are generated again (a deterministic backend emits
+the same ids; the novelty core re-emits a redelivered candidate; a second outcome for one
+credit is counted as ``unknown_outcomes``). ``state_dir`` keeps a local cache one record
+behind the last one emitted (whose send had returned), used only when the topic holds none
+(a memory-only broker that restarted).
 
 Hot reload: with ``follow_models``, the newest :class:`ModelVersion` on the models table
 (only ``follow_model_name``'s, when set) is loaded with ``backend.reload(path, version=,
@@ -54,35 +63,33 @@ candidate is accounted for.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.cores.mutator.barrier import WatermarkBarrier
+from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
+from sparq_stream.cores.mutator.reload import ModelFollower
+from sparq_stream.cores.mutator.state import Credit, MutatorSnapshot, StepState, Unit, read_cache, write_cache
 from sparq_stream.errors import ConfigError, SparqError
 from sparq_stream.ids import problem_id
-from sparq_stream.messages import Candidate, Dropped, Elite, ModelVersion, Seed, SolveResult
+from sparq_stream.messages import WATERMARK_KEY, Candidate, Dropped, Elite, ModelVersion, MutatorState, Seed, SolveResult
 from sparq_stream.models.base import GenerationBackend, GenerationResult, SamplingParams
 from sparq_stream.prompts import MUTATION, load_prompt
 from sparq_stream.qd.working_set import VARIANTS, WorkingSet, make_working_set, variant_spec
-from sparq_stream.verify.extract import extract_problem, extract_solution, last_boxed
 
 __all__ = ["MutatorConfig", "MutatorCore", "build_mutator", "parse_child"]
 
 log = logging.getLogger(__name__)
 
-_STATE_FILE = "mutator-state.json"
-_STATE_FORMAT = "sparq.mutator-state"
-_STATE_VERSION = 1
+#: The logical topic of the mutator's changelog.
+STATE_TOPIC = "mutator-state"
 _KEY = re.compile(r"[^a-z0-9]+")
 _MAX_BACKOFF_S = 30.0
 
@@ -108,14 +115,21 @@ class MutatorConfig(BaseModel):
     steps: int | None = Field(default=None, ge=0, description="stop after this many steps (unset: no limit)")
     max_candidates: int | None = Field(default=None, ge=0, description="stop after emitting this many candidates (unset: no limit)")
     synchronous: bool = Field(default=True, description="paper's rounds: a step starts when the previous one is scored and in W")
-    sync_settle_s: float = Field(default=15.0, ge=0.0, description="longest wait for the elites table to show a step's results")
+    sync_settle_s: float = Field(
+        default=15.0, ge=0.0, description="log a warning when a step waits longer than this for the archivist's watermark (it never goes on without it)"
+    )
     credit_timeout_s: float = Field(default=1800.0, ge=0.0, description="reclaim a credit not returned after this long (0: never)")
     min_seeds: int = Field(default=1, ge=1, description="wait until W holds this many seeds before the first step")
     follow_models: bool = Field(default=False, description="hot-reload new model versions from the models topic")
     follow_model_name: str | None = Field(default=None, description="only follow this model name (unset: any)")
-    state_dir: str | None = Field(default=None, description="folder of the restart checkpoint; unset: a restart is a new run")
+    state_dir: str | None = Field(default=None, description="folder of a local cache of the state (used only when the changelog topic holds none)")
+    state_key: str = Field(default="mutator", min_length=1, description="key of this mutator's record on the mutator-state changelog topic")
+    changelog: bool = Field(default=True, description="keep the state on the mutator-state topic (off: a restart is a new run)")
     lenient_parse: bool = Field(
         default=True, description="also accept 'Problem:/Solution:' headings and a stated final answer (small models)"
+    )
+    max_parse_chars: int = Field(
+        default=DEFAULT_MAX_CHARS, ge=1_000, description="parse at most this many characters of one completion (the rest is cut and counted)"
     )
     tick_budget_s: float = Field(default=1.0, gt=0.0, description="start no new chunk after this long in one tick")
 
@@ -125,75 +139,6 @@ class MutatorConfig(BaseModel):
         if value not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
         return value
-
-
-@dataclass
-class _Unit:
-    """One parent's share of a step: ``n`` children, the first at generation offset ``offset``."""
-
-    parent: Seed | Elite
-    n: int
-    offset: int
-
-
-@dataclass
-class _Step:
-    """The step being emitted: its number and the units not yet generated."""
-
-    number: int
-    queue: list[_Unit]
-
-
-_HEADED = re.compile(
-    r"(?:^|\n)\s*\**(?:new\s+|rewritten\s+|harder\s+)?problem\**\s*[:：]\**\s*(?P<problem>.+?)"
-    r"\n\s*\**(?:worked\s+)?solution\**\s*[:：]\**\s*(?P<solution>.+)$",
-    re.IGNORECASE | re.DOTALL,
-)
-_LOOSE_TAGS = re.compile(
-    r"<problem>\s*(?P<problem>(?:(?!<problem>).)+?)\s*(?:</problem>\s*)?<solution>\s*(?P<solution>.+?)\s*(?:</solution>|$)",
-    re.IGNORECASE | re.DOTALL,
-)
-_STATED_ANSWER = re.compile(r"(?:final\s+answer\s*(?:is\b|[:：])|the\s+answer\s+is\b|answer\s*[:：])\s*\$?\s*(?P<answer>[^\n$]{1,60})", re.IGNORECASE)
-
-
-def parse_child(text: str, *, lenient: bool = False) -> tuple[tuple[str, str, str] | None, str | None]:
-    """Parse a mutation output into (problem, solution, boxed answer), or (None, failure reason).
-
-    ``lenient`` also accepts "Problem: ... Solution: ..." headings and a stated final answer
-    ("Final answer: 12") when the tags or the box are missing, as small models often write them.
-    """
-    problem = extract_problem(text)
-    solution = extract_solution(text)
-    if lenient and not (problem.ok and solution.ok):
-        loose = _LOOSE_TAGS.search(text[:20_000])  # unclosed tags: <problem> ... <solution> ... [</solution>]
-        if loose is not None:
-            return _lenient_child(loose.group("problem").strip(), loose.group("solution").strip())
-        headed = _HEADED.search(text[:20_000])
-        if headed is not None:
-            return _lenient_child(headed.group("problem").strip(), headed.group("solution").strip())
-    if not problem.ok:
-        return None, f"problem: {problem.reason}"
-    if not solution.ok:
-        return None, f"solution: {solution.reason}"
-    answer = last_boxed(solution.value or "")
-    if not answer.ok:
-        if lenient:
-            return _lenient_child(problem.value or "", solution.value or "")
-        return None, f"answer: {answer.reason}"
-    return (problem.value or "", solution.value or "", answer.value or ""), None
-
-
-def _lenient_child(problem: str, solution: str) -> tuple[tuple[str, str, str] | None, str | None]:
-    if not problem or not solution:
-        return None, "problem: empty tag"
-    boxed = last_boxed(solution)
-    if boxed.ok:
-        return (problem, solution, boxed.value or ""), None
-    stated = list(_STATED_ANSWER.finditer(solution))
-    answer = stated[-1].group("answer").strip().rstrip(".") if stated else ""
-    if not answer:
-        return None, "answer: no box"
-    return (problem, f"{solution}\n\\boxed{{{answer}}}", answer), None
 
 
 def _reason_key(reason: str) -> str:
@@ -224,6 +169,8 @@ class MutatorCore(BaseCore):
             tables.append("elites")
         if config.follow_models:
             tables.append("models")
+        if config.changelog:
+            tables.append(STATE_TOPIC)
         self.tables = tuple(tables)
         self.W: WorkingSet = make_working_set(config.variant, config.cap)
         self._clock = clock
@@ -231,21 +178,25 @@ class MutatorCore(BaseCore):
         self._step = 0
         self._seed_count = 0
         self._emitted = 0
-        self._open: _Step | None = None
-        self._in_flight: dict[str, tuple[int, float]] = {}
-        self._results: dict[int, dict[str, SolveResult]] = {}
-        self._barrier: tuple[int, dict[str, str], float] | None = None
-        self._w_dirty = True
-        self._pending_model: ModelVersion | None = None
-        self._model_number: int | None = None
-        self._failed_models: set[tuple[str, int]] = set()
+        self._open: StepState | None = None
+        self._in_flight: dict[str, Credit] = {}
+        self._waits: dict[int, dict[int, int]] = {}
+        self._barrier = WatermarkBarrier()
+        self._waiting_since: tuple[int, float] | None = None
+        self._live = False
+        self._dirty = False
+        self._state_error: ConfigError | None = None
+        self._last_state: MutatorState | None = None
         self._backoff_until = 0.0
         self._backoff_s = 0.0
         self.counters: Counter[str] = Counter()
+        self._parse_work = ParseWork()
+        self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters)
         self._timers: Counter[str] = Counter()
-        self._state_path = Path(config.state_dir) / _STATE_FILE if config.state_dir else None
-        if self._state_path is not None:
-            self._load_state()
+        if config.state_dir:
+            cached = read_cache(config.state_dir)
+            if cached is not None:
+                self._restore(cached, "the local cache")
 
     # ------------------------------------------------------------------ status
     @property
@@ -284,22 +235,28 @@ class MutatorCore(BaseCore):
         if inbound.topic == "seeds":
             if isinstance(message, Seed) and self.W.add_seed(message):
                 self._seed_count += 1
-                self._w_dirty = True
         elif inbound.topic == "elites" and self.spec.dynamic:
             slot = inbound.key if inbound.key is not None else getattr(message, "slot", None)
-            if slot is None:
+            if slot == WATERMARK_KEY:
+                if not self._barrier.observe(inbound):
+                    self.counters["watermarks_unusable"] += 1
+            elif slot is None:
                 log.warning("elites record without a key at offset %d: ignored", inbound.offset)
             elif message is None or isinstance(message, Elite):
                 self.W.restore(slot, message)
-                self._w_dirty = True
         elif inbound.topic == "models" and isinstance(message, ModelVersion):
-            self._note_model(message)
+            self._models.note(message)
+        elif inbound.topic == STATE_TOPIC and isinstance(message, MutatorState) and message.key == self.config.state_key:
+            if self._live:
+                self.counters["state_echoes"] += 1  # our own record coming back
+            else:
+                self._restore(message, "the changelog")
         return []
 
     # ------------------------------------------------------------------ accounting
     def handle_batch(self, batch: Sequence[Inbound]) -> list[list[Outgoing]]:
         """Return the credit of each solved or dropped candidate of ours (matched by problem id)."""
-        changed = False
+        self._go_live()
         now = self._clock()
         for item in batch:
             message = item.message
@@ -310,17 +267,17 @@ class MutatorCore(BaseCore):
             if flight is None:
                 self.counters["unknown_outcomes"] += 1
                 continue
-            changed = True
-            step, emitted_at = flight
-            self._timers["outcome_latency_s"] += max(0.0, now - emitted_at)
+            self._dirty = True
+            step = flight.step
+            self._timers["outcome_latency_s"] += max(0.0, now - flight.at)
             if isinstance(message, Dropped):
                 self.counters["outcomes.dropped"] += 1
             else:
                 self.counters["outcomes.solved"] += 1
                 if self.config.synchronous and self.spec.dynamic and message.quality > 0:
-                    self._results.setdefault(step, {})[message.id] = message
-        if changed:
-            self._save_state()
+                    # W must show this result before the next step: remember where it sits in solved.
+                    need = self._waits.setdefault(step, {})
+                    need[item.partition] = max(need.get(item.partition, 0), item.offset + 1)
         return [[] for _ in batch]
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -329,14 +286,24 @@ class MutatorCore(BaseCore):
 
     # ------------------------------------------------------------------ emission
     def tick(self, now: float) -> list[Outgoing]:
-        """Start steps and generate chunks while credits, budget and the tick budget allow."""
+        """Start steps and generate chunks while credits, budget and the tick budget allow; then the state record."""
+        self._go_live()
+        out = self._emit_chunks()
+        if self._dirty:
+            out.append(self._state_output())
+        return out
+
+    def _emit_chunks(self) -> list[Outgoing]:
         self._expire_credits()
         if self._clock() < self._backoff_until:
             return []
         out: list[Outgoing] = []
         started = time.monotonic()
         while time.monotonic() - started < self.config.tick_budget_s:
-            if (self._open is None or not self._open.queue) and not self._start_step():
+            if self._open is None or not self._open.queue:
+                # A new step's parents reach the changelog before any of its children: a restarted
+                # mutator regenerates the same children even if W has moved on meanwhile.
+                self._start_step()
                 break
             limit = self._chunk_limit()
             if limit <= 0:
@@ -362,7 +329,7 @@ class MutatorCore(BaseCore):
                 return False
             self.counters["steps_finished"] += 1
             self._open = None
-            self._save_state()
+            self._dirty = True
         if self.exhausted:
             return False
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
@@ -376,10 +343,9 @@ class MutatorCore(BaseCore):
         parents = self.W.sample(cfg.batch_size, rng)
         if not parents:
             return False
-        self._open = _Step(self._step, _units(parents))
+        self._open = StepState(self._step, _units(parents))
         self._step += 1
-        self._barrier = None
-        self._save_state()
+        self._dirty = True
         return True
 
     def _chunk_limit(self) -> int:
@@ -394,9 +360,8 @@ class MutatorCore(BaseCore):
     def _generate_chunk(self, limit: int) -> list[Outgoing]:
         assert self._open is not None
         step = self._open
-        self._save_state()
-        self._apply_pending_model()
-        chunk: list[_Unit] = []
+        self._models.apply(self.backend)
+        chunk: list[Unit] = []
         taken = 0
         queue = list(step.queue)
         while queue and taken < limit:
@@ -406,13 +371,13 @@ class MutatorCore(BaseCore):
                 taken += unit.n
             else:
                 part = limit - taken
-                chunk.append(_Unit(unit.parent, part, unit.offset))
-                queue[0] = _Unit(unit.parent, unit.n - part, unit.offset + part)
+                chunk.append(Unit(unit.parent, part, unit.offset))
+                queue[0] = Unit(unit.parent, unit.n - part, unit.offset + part)
                 taken += part
-        groups: dict[tuple[int, int], list[_Unit]] = {}
+        groups: dict[tuple[int, int], list[Unit]] = {}
         for unit in chunk:
             groups.setdefault((unit.n, unit.offset), []).append(unit)
-        generated: list[tuple[_Unit, list[Any], str | None]] = []
+        generated: list[tuple[Unit, list[Any], str | None]] = []
         begin = time.perf_counter()
         for (n, offset), units in groups.items():
             params = SamplingParams(
@@ -430,9 +395,10 @@ class MutatorCore(BaseCore):
                 generated.append((unit, list(result.completions), result.error))
         self._timers["generate_seconds"] += time.perf_counter() - begin
         step.queue = queue
+        self._dirty = True
         return self._emit(step.number, generated)
 
-    def _emit(self, step: int, generated: list[tuple[_Unit, list[Any], str | None]]) -> list[Outgoing]:
+    def _emit(self, step: int, generated: list[tuple[Unit, list[Any], str | None]]) -> list[Outgoing]:
         out: list[Outgoing] = []
         now = self._clock()
         model = str(getattr(self.backend, "model_name", "") or getattr(self.backend, "name", ""))
@@ -444,7 +410,9 @@ class MutatorCore(BaseCore):
                 self.counters[_reason_key("generation error")] += unit.n
                 continue
             for completion in completions[: unit.n]:
-                parsed, reason = parse_child(completion.text, lenient=self.config.lenient_parse)
+                parsed, reason = parse_child(
+                    completion.text, lenient=self.config.lenient_parse, max_chars=self.config.max_parse_chars, work=self._parse_work
+                )
                 if parsed is None:
                     self.counters["parse_failures"] += 1
                     self.counters[_reason_key(reason or "unknown")] += 1
@@ -471,7 +439,7 @@ class MutatorCore(BaseCore):
                     variant=self.config.variant,
                     created_at=now,
                 )
-                self._in_flight[cid] = (step, now)
+                self._in_flight[cid] = Credit(step, now)
                 self._emitted += 1
                 self.counters["emitted"] += 1
                 out.append(Outgoing("candidates", candidate))
@@ -483,44 +451,31 @@ class MutatorCore(BaseCore):
     # ------------------------------------------------------------------ the synchronous barrier
     def _step_settled(self, number: int) -> bool:
         """True once every candidate of step ``number`` is accounted for and W shows their results."""
-        if any(step == number for step, _ in self._in_flight.values()):
+        if any(credit.step == number for credit in self._in_flight.values()):
             return False
-        results = self._results.get(number, {})
-        if not self.spec.dynamic or not results:
-            self._results.pop(number, None)
+        need = self._waits.get(number)
+        if not self.spec.dynamic or not need:
+            self._waits.pop(number, None)
             return True
-        if self._barrier is None or self._barrier[0] != number:
-            self._barrier = (number, self._expected_w(results.values()), self._clock())
-            self._w_dirty = True
-        _, expected, since = self._barrier
-        if self._w_dirty:
-            self._w_dirty = False
-            if _slots(self.W) == expected:
-                self.counters["sync_settled"] += 1
-                self._results.pop(number, None)
-                return True
-        if self._clock() - since >= self.config.sync_settle_s:
-            self.counters["sync_settle_timeouts"] += 1
+        if self._barrier.covers(need):
+            self.counters["sync_settled"] += 1
+            self._waits.pop(number, None)
+            self._waiting_since = None
+            self._dirty = True
+            return True
+        now = self._clock()
+        if self._waiting_since is None or self._waiting_since[0] != number:
+            self._waiting_since = (number, now)
+        elif now - self._waiting_since[1] >= self.config.sync_settle_s:
+            self.counters["sync_settle_waits"] += 1
             log.warning(
-                "step %d: the elites table did not show the step's results within %.0fs; going on "
-                "(is the archivist running with variant=%s cap=%s?)",
+                "step %d: still waiting (%.0fs) for the archivist's watermark to cover %s in solved; is the archivist running?",
                 number,
-                self.config.sync_settle_s,
-                self.config.variant,
-                self.config.cap,
+                now - self._waiting_since[1],
+                need,
             )
-            self._results.pop(number, None)
-            return True
+            self._waiting_since = (number, now)
         return False
-
-    def _expected_w(self, results: Any) -> dict[str, str]:
-        shadow = make_working_set(self.config.variant, self.config.cap)
-        shadow.add_seeds(self.W.seeds())
-        for slot, elite in self.W.elites().items():
-            shadow.restore(slot, elite)
-        for result in sorted(results, key=lambda r: r.id):
-            shadow.offer(result)
-        return _slots(shadow)
 
     # ------------------------------------------------------------------ credits, models
     def _expire_credits(self) -> None:
@@ -528,47 +483,13 @@ class MutatorCore(BaseCore):
         if timeout <= 0 or not self._in_flight:
             return
         cutoff = self._clock() - timeout
-        expired = [cid for cid, (_, at) in self._in_flight.items() if at <= cutoff]
+        expired = [cid for cid, credit in self._in_flight.items() if credit.at <= cutoff]
         for cid in expired:
             del self._in_flight[cid]
         if expired:
             self.counters["credits_expired"] += len(expired)
             log.warning("%d candidate(s) had no outcome after %.0fs: their credits are reclaimed", len(expired), timeout)
-            self._save_state()
-
-    def _note_model(self, message: ModelVersion) -> None:
-        cfg = self.config
-        if not cfg.follow_models or (cfg.follow_model_name is not None and message.name != cfg.follow_model_name):
-            return
-        number = _model_number(message)
-        current = self._model_number if self._model_number is not None else -1
-        pending = _model_number(self._pending_model) if self._pending_model is not None else -1
-        if number > max(current, pending):
-            self._pending_model = message
-
-    def _apply_pending_model(self) -> None:
-        message = self._pending_model
-        if message is None:
-            return
-        self._pending_model = None
-        number = _model_number(message)
-        if (message.name, number) in self._failed_models:
-            return
-        reload = getattr(self.backend, "reload", None)
-        if not callable(reload):
-            self.counters["reload_unsupported"] += 1
-            log.warning("model %s v%d published, but the %s backend cannot hot-reload", message.name, number, getattr(self.backend, "name", "?"))
-            return
-        try:
-            reload(message.path, version=number, name=message.name)
-        except Exception as exc:  # noqa: BLE001 - a bad model must not stop generation with the current one
-            self._failed_models.add((message.name, number))
-            self.counters["reload_failures"] += 1
-            log.error("hot reload of %s v%d from %s failed (%s: %s); keeping the current model", message.name, number, message.path, type(exc).__name__, exc)
-            return
-        self._model_number = number
-        self.counters["reloads"] += 1
-        log.info("generating with %s v%d from %s", message.name, number, message.path)
+            self._dirty = True
 
     # ------------------------------------------------------------------ metrics, close
     def metrics(self) -> dict[str, float]:
@@ -576,6 +497,9 @@ class MutatorCore(BaseCore):
         out = {k: float(v) for k, v in self.counters.items()}
         out.update({k: float(v) for k, v in self._timers.items()})
         out.setdefault("parse_failures", 0.0)
+        out["parse_chars_cut"] = float(self._parse_work.cut)
+        out["parse_truncated"] = float(self._parse_work.truncated)
+        out["parse_chars_scanned"] = float(self._parse_work.scanned)
         out["emitted"] = float(self._emitted)
         out["in_flight"] = float(len(self._in_flight))
         out["max_in_flight"] = float(self.config.max_in_flight)
@@ -588,115 +512,64 @@ class MutatorCore(BaseCore):
         return out
 
     def close(self) -> None:
-        """Save the checkpoint and release owned backends."""
-        self._save_state()
+        """Release owned backends (the state is already on the changelog topic)."""
         for resource in self._owned:
             closer = getattr(resource, "close", None)
             if callable(closer):
                 closer()
         self._owned.clear()
 
-    # ------------------------------------------------------------------ checkpoint
-    def _fingerprint(self) -> dict[str, Any]:
+    # ------------------------------------------------------------------ state
+    def _fingerprint(self) -> dict[str, int | str]:
         cfg = self.config
         return {"variant": cfg.variant, "seed": cfg.seed, "batch_size": cfg.batch_size}
 
-    def _save_state(self) -> None:
-        if self._state_path is None:
-            return
-        state = {
-            "format": _STATE_FORMAT,
-            "version": _STATE_VERSION,
-            "run": self._fingerprint(),
-            "step": self._step,
-            "emitted": self._emitted,
-            "open": None
-            if self._open is None
-            else {
-                "number": self._open.number,
-                "queue": [
-                    {"parent": _parent_json(u.parent), "n": u.n, "offset": u.offset} for u in self._open.queue
-                ],
-            },
-            "in_flight": [[cid, step, at] for cid, (step, at) in self._in_flight.items()],
-            "results": {
-                str(step): [r.model_dump(mode="json", exclude={"correct_rollouts"}) for r in results.values()]
-                for step, results in self._results.items()
-            },
-        }
-        path = self._state_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    def _snapshot(self) -> MutatorSnapshot:
+        return MutatorSnapshot(self._step, self._emitted, self._open, dict(self._in_flight), {s: dict(w) for s, w in self._waits.items()})
 
-    def _load_state(self) -> None:
-        assert self._state_path is not None
-        if not self._state_path.is_file():
-            return
+    def _state_output(self) -> Outgoing:
+        """The state record, sent after the outputs it accounts for (and cached locally when asked)."""
+        self._dirty = False
+        state = self._snapshot().to_message(self.config.state_key, self._fingerprint())
+        if self.config.state_dir and self._last_state is not None:
+            # One record behind: the previous record's send returned before this tick began.
+            write_cache(self.config.state_dir, self._last_state)
+        self._last_state = state
+        return Outgoing(STATE_TOPIC, state, key=self.config.state_key, after=True)
+
+    def _restore(self, message: MutatorState, where: str) -> None:
         try:
-            state = json.loads(self._state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read the mutator checkpoint {self._state_path}: {exc}") from None
-        if state.get("format") != _STATE_FORMAT or state.get("version") != _STATE_VERSION:
-            raise ConfigError(f"{self._state_path} is not a version {_STATE_VERSION} mutator checkpoint")
-        if state.get("run") != self._fingerprint():
-            raise ConfigError(
-                f"the checkpoint {self._state_path} belongs to another run ({state.get('run')}, this one is "
-                f"{self._fingerprint()}): use another state_dir or delete it"
-            )
-        self._step = int(state["step"])
-        self._emitted = int(state["emitted"])
-        opened = state.get("open")
-        if opened is not None:
-            queue = [_Unit(_parent_from_json(u["parent"]), int(u["n"]), int(u["offset"])) for u in opened["queue"]]
-            self._open = _Step(int(opened["number"]), queue)
-        self._in_flight = {str(cid): (int(step), float(at)) for cid, step, at in state.get("in_flight", [])}
-        self._results = {
-            int(step): {r["id"]: SolveResult.model_validate(r) for r in results}
-            for step, results in (state.get("results") or {}).items()
-        }
+            snap = MutatorSnapshot.from_message(message, self._fingerprint())
+        except ConfigError as exc:
+            self._state_error = exc  # raised once the core goes live, so the service stops with the reason
+            return
+        self._state_error = None
+        self._step, self._emitted, self._open = snap.step, snap.emitted, snap.open
+        self._in_flight, self._waits = snap.in_flight, snap.waits
         self.counters["restored_in_flight"] = len(self._in_flight)
         log.info(
-            "resumed the mutator at step %d: %d emitted, %d in flight, open step %s",
+            "restored the mutator from %s at step %d: %d emitted, %d in flight, open step %s",
+            where,
             self._step,
             self._emitted,
             len(self._in_flight),
             None if self._open is None else self._open.number,
         )
 
+    def _go_live(self) -> None:
+        if self._state_error is not None:
+            raise self._state_error
+        self._live = True
 
-def _units(parents: list[Seed | Elite]) -> list[_Unit]:
+
+def _units(parents: list[Seed | Elite]) -> list[Unit]:
     """Group a step's parents by id (first appearance order): a parent drawn k times gets n = k."""
     counts: dict[str, int] = {}
     first: dict[str, Seed | Elite] = {}
     for parent in parents:
         counts[parent.id] = counts.get(parent.id, 0) + 1
         first.setdefault(parent.id, parent)
-    return [_Unit(first[pid], counts[pid], 0) for pid in counts]
-
-
-def _slots(w: WorkingSet) -> dict[str, str]:
-    return {slot: elite.id for slot, elite in w.elites().items()}
-
-
-def _model_number(message: ModelVersion) -> int:
-    number = getattr(message, "number", None)
-    if number is None:
-        number = getattr(message, "version", 0)
-    return int(number)
-
-
-def _parent_json(parent: Seed | Elite) -> dict[str, Any]:
-    return {"kind": "elite" if isinstance(parent, Elite) else "seed", "data": parent.model_dump(mode="json")}
-
-
-def _parent_from_json(data: dict[str, Any]) -> Seed | Elite:
-    cls = Elite if data.get("kind") == "elite" else Seed
-    return cls.model_validate(data["data"])
+    return [Unit(first[pid], counts[pid], 0) for pid in counts]
 
 
 def build_mutator(config: MutatorConfig, *, backend: GenerationBackend | None = None, clock: Any = time.time) -> MutatorCore:

@@ -1,0 +1,94 @@
+"""The wrapper's send phases with a fake producer: state records go only after the outputs they account for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kafka.errors import KafkaTimeoutError
+
+from sparq_stream.bus.process import ServiceProcess
+from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, BaseCore, Inbound, Outgoing, fanout_of
+from sparq_stream.messages import MutatorState, Seed, Watermark
+from sparq_stream.settings import ServiceSettings
+
+
+class _Future:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def get(self, timeout: float = 0) -> None:
+        if self.error is not None:
+            raise self.error
+
+
+class _Producer:
+    def __init__(self, fail_topic: str | None = None) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.fail_topic = fail_topic
+
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes | None = None, headers: Any = None, partition: int | None = None) -> _Future:
+        self.events.append(("send", topic, key, partition, tuple(headers or ())))
+        return _Future(KafkaTimeoutError("no ack") if topic == self.fail_topic else None)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.events.append(("flush",))
+
+
+class _Consumer:
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        self.events = events
+
+    def commit(self, offsets: Any) -> None:
+        self.events.append(("commit",))
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.events.append(("seek", offset))
+
+
+class _Record:
+    topic, partition, offset, key, value, headers = "t.solved", 0, 7, b"k", b"v", []
+
+
+def _process(fail_topic: str | None = None) -> ServiceProcess:
+    core = BaseCore()
+    process = ServiceProcess(core, ServiceSettings(bootstrap="localhost:1", prefix="t"), install_signals=False)
+    process._producer = _Producer(fail_topic)
+    process._consumer = _Consumer(process._producer.events)
+    process.settings = process.settings.model_copy(update={"retry_backoff_ms": 1})
+    return process
+
+
+OUTPUTS = [
+    Outgoing("mutator-state", MutatorState(step=1), key="mutator", after=True),
+    Outgoing("seeds", Seed(id="a", problem="p", answer="1")),
+    Outgoing("elites", Watermark(offsets={"0": 8}), partition=EVERY_PARTITION, after=True),
+    Outgoing("seeds", Seed(id="b", problem="q", answer="2"), partition=1),
+]
+
+
+def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_commit() -> None:
+    process = _process()
+    assert process._send_and_commit(OUTPUTS, [], {"tp": "offset"}, [_Record()])
+    events = [e[:2] if e[0] == "send" else e for e in process._producer.events]
+    assert events == [
+        ("send", "t.seeds"), ("send", "t.seeds"), ("flush",),
+        ("send", "t.mutator-state"), ("send", "t.elites"), ("send", "t.elites"), ("send", "t.elites"), ("flush",),
+        ("commit",),
+    ]
+    sends = [e for e in process._producer.events if e[0] == "send"]
+    assert sends[1][3] == 1  # an explicit partition
+    marks = [e for e in sends if e[1] == "t.elites"]
+    assert [m[3] for m in marks] == [0, 1, 2]
+    assert [dict(m[4])[FANOUT_HEADER] for m in marks] == [b"0/3", b"1/3", b"2/3"]
+    assert fanout_of(Inbound("elites", None, None, headers=marks[2][4])) == (2, 3)
+    assert fanout_of(Inbound("elites", None, None, headers=((FANOUT_HEADER, b"3/3"),))) is None
+
+
+def test_a_failed_first_phase_sends_no_state_and_commits_nothing() -> None:
+    process = _process(fail_topic="t.seeds")
+    assert not process._send_and_commit(OUTPUTS, [], {"tp": "offset"}, [_Record()])
+    sent = {e[1] for e in process._producer.events if e[0] == "send"}
+    assert sent == {"t.seeds"} and ("commit",) not in process._producer.events and ("seek", 7) in process._producer.events
