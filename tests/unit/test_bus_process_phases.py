@@ -15,6 +15,8 @@ from sparq_stream.settings import ServiceSettings
 class _Future:
     def __init__(self, error: Exception | None) -> None:
         self.error = error
+        self.exception = error
+        self.is_done = True
 
     def get(self, timeout: float = 0) -> None:
         if self.error is not None:
@@ -41,7 +43,7 @@ class _Consumer:
     def __init__(self, events: list[tuple[Any, ...]]) -> None:
         self.events = events
 
-    def commit(self, offsets: Any) -> None:
+    def commit(self, offsets: Any, timeout_ms: int | None = None) -> None:
         self.events.append(("commit",))
 
     def seek(self, tp: Any, offset: int) -> None:
@@ -71,7 +73,7 @@ OUTPUTS = [
 
 def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_commit() -> None:
     process = _process()
-    assert process._send_and_commit(OUTPUTS, [], {"tp": "offset"}, [_Record()])
+    assert process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
     events = [e[:2] if e[0] == "send" else e for e in process._producer.events]
     assert events == [
         ("send", "t.seeds"), ("send", "t.seeds"), ("flush",),
@@ -89,6 +91,6 @@ def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_co
 
 def test_a_failed_first_phase_sends_no_state_and_commits_nothing() -> None:
     process = _process(fail_topic="t.seeds")
-    assert not process._send_and_commit(OUTPUTS, [], {"tp": "offset"}, [_Record()])
+    assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
     sent = {e[1] for e in process._producer.events if e[0] == "send"}
     assert sent == {"t.seeds"} and ("commit",) not in process._producer.events and ("seek", 7) in process._producer.events
