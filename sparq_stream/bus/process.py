@@ -164,6 +164,7 @@ class ServiceProcess:
         polled = self._tables.poll(timeout_ms=timeout_ms, max_records=self.settings.max_poll_records)
         n = 0
         outputs: list[Outgoing] = []
+        dead: list[_Dead] = []
         for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
             for rec in polled[tp]:
                 n += 1
@@ -179,10 +180,12 @@ class ServiceProcess:
                 except Exception as exc:  # noqa: BLE001 - a bad table record must not stop the service
                     self.log.error("table record %s[%d]@%d failed: %s: %s", tp.topic, tp.partition, rec.offset, type(exc).__name__, exc)
                     self.metrics.inc("table_errors")
+                    if isinstance(exc, SparqError) and not exc.retriable:  # refused for good: dead-letter a copy
+                        dead.append(_Dead(rec, type(exc).__name__, str(exc) or repr(exc)))
         if n:
             self.metrics.inc("table_records", n)
-        if outputs:
-            self._send_and_commit(outputs, [], {})
+        if outputs or dead:
+            self._send_and_commit(outputs, dead, {})
         return n
 
     # ------------------------------------------------------------------ one step

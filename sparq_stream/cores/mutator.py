@@ -72,6 +72,7 @@ from sparq_stream.errors import ConfigError, SparqError
 from sparq_stream.ids import problem_id
 from sparq_stream.messages import Candidate, Dropped, Elite, ModelVersion, Seed, SolveResult
 from sparq_stream.models.base import GenerationBackend, GenerationResult, SamplingParams
+from sparq_stream.models.model_root import UntrustedModelPath, model_path_inside
 from sparq_stream.prompts import MUTATION, load_prompt
 from sparq_stream.qd.working_set import VARIANTS, WorkingSet, make_working_set, variant_spec
 from sparq_stream.verify.extract import extract_problem, extract_solution, last_boxed
@@ -113,6 +114,9 @@ class MutatorConfig(BaseModel):
     min_seeds: int = Field(default=1, ge=1, description="wait until W holds this many seeds before the first step")
     follow_models: bool = Field(default=False, description="hot-reload new model versions from the models topic")
     follow_model_name: str | None = Field(default=None, description="only follow this model name (unset: any)")
+    models_root: str | None = Field(
+        default=None, description="model versions load only from inside this folder (others are dead-lettered)"
+    )
     state_dir: str | None = Field(default=None, description="folder of the restart checkpoint; unset: a restart is a new run")
     lenient_parse: bool = Field(
         default=True, description="also accept 'Problem:/Solution:' headings and a stated final answer (small models)"
@@ -540,6 +544,11 @@ class MutatorCore(BaseCore):
         cfg = self.config
         if not cfg.follow_models or (cfg.follow_model_name is not None and message.name != cfg.follow_model_name):
             return
+        try:
+            model_path_inside(message.path, cfg.models_root)
+        except UntrustedModelPath:
+            self.counters["models_refused"] += 1
+            raise
         number = _model_number(message)
         current = self._model_number if self._model_number is not None else -1
         pending = _model_number(self._pending_model) if self._pending_model is not None else -1

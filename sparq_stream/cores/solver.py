@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError, FatalError, RetriableError, SparqError
 from sparq_stream.messages import ModelVersion, NovelCandidate, SolveResult
+from sparq_stream.models.model_root import UntrustedModelPath, model_path_inside
 from sparq_stream.models.base import (
     GenerationBackend,
     GenerationResult,
@@ -112,6 +113,9 @@ class SolverConfig(BaseModel):
     result_cache: int = Field(default=10_000, ge=0, description="recent results kept to answer a redelivered candidate")
     follow_models: bool = Field(default=False, description="read the models topic and hot-reload newer versions")
     follow_model_name: str = Field(default="", description="only follow this model name on the models topic ('' = any)")
+    models_root: str | None = Field(
+        default=None, description="model versions load only from inside this folder (others are dead-lettered)"
+    )
 
     @field_validator("backend_options", mode="before")
     @classmethod
@@ -256,6 +260,11 @@ class SolverCore(BaseCore):
             return []
         if self.config.follow_model_name and message.name != self.config.follow_model_name:
             return []
+        try:
+            model_path_inside(message.path, self.config.models_root)
+        except UntrustedModelPath:
+            self._inc("models_refused")
+            raise
         newest = self._pending_model.number if self._pending_model is not None else self.backend.model_version
         if message.number > newest:
             self._pending_model = message

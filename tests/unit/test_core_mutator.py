@@ -52,6 +52,7 @@ class FakeClock:
 def make(backend=None, clock=None, **config) -> MutatorCore:
     config.setdefault("variant", "static-uniform")
     config.setdefault("batch_size", 4)
+    config.setdefault("models_root", "/models")
     core = MutatorCore(MutatorConfig(**config), backend=backend or ScriptedBackend(), clock=clock or FakeClock())
     for i, seed in enumerate(SEEDS):
         core.on_table(Inbound("seeds", seed.id, seed, offset=i))

@@ -366,7 +366,7 @@ def test_duplicates_inside_one_batch_are_solved_once(pool: CheckerPool) -> None:
 
 def test_hot_reload_of_a_newer_model_version(pool: CheckerPool) -> None:
     backend, cands = _programmed([5, 6, 7])
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", follow_models=True, follow_model_name="student"))
+    core = SolverCore(backend, pool, SolverConfig(early_stop="none", follow_models=True, follow_model_name="student", models_root="/models"))
     assert core.tables == ("models",)
     def mv(v: int, name: str = "student") -> ModelVersion:
         return ModelVersion(name=name, number=v, path=f"/models/v{v}")
@@ -392,7 +392,7 @@ def test_hot_reload_of_a_newer_model_version(pool: CheckerPool) -> None:
 
 def test_a_backend_without_reload_keeps_serving(pool: CheckerPool) -> None:
     scripted = ScriptedBackend(_script(1))
-    core = SolverCore(scripted, pool, SolverConfig(follow_models=True))
+    core = SolverCore(scripted, pool, SolverConfig(follow_models=True, models_root="/"))
     core.on_table(Inbound("models", "m", ModelVersion(name="m", number=4, path="/x")))
     res = _results(core.handle_batch([_inbound(_candidate(0, scripted))]))[0]
     assert res.solver_version == 0 and core.metrics()["reload_unsupported"] == 1
