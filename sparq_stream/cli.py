@@ -313,6 +313,7 @@ def up(
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
     threads: Optional[int] = typer.Option(None, "--threads", envvar="SPARQ_THREADS", min=1, help="Torch threads per service."),
     timeout: Optional[float] = typer.Option(None, "--timeout", envvar="SPARQ_TIMEOUT", help="Stop after S seconds."),
+    train_every: int = typer.Option(0, "--train-every", envvar="SPARQ_TRAIN_EVERY", min=0, help="Fine-tune a student version every N new examples; mutator and solver hot-reload it (0: never)."),
     with_flags: Optional[list[str]] = typer.Option(
         None, "--with", help='Extra flags for one service, e.g. --with "solver --early-stop exact".'
     ),
@@ -339,6 +340,7 @@ def up(
             model=model, backend_options=options, embedder=embedder, bootstrap=bootstrap, prefix=prefix,
             partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
             seed=seed, seed_limit=seed_limit, label_seeds=label_seeds, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
+            train_every=train_every,
         )
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
@@ -385,13 +387,14 @@ def export(
     out: Path = typer.Option(Path("export"), "--out", help="Folder for train.jsonl, train.parquet, export.json."),
     unfiltered: bool = typer.Option(False, "--unfiltered", help="Every scored child with its own solution (baseline)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Keep the first N examples (equal-size comparisons)."),
+    include_flagged: bool = typer.Option(False, "--include-flagged", help="Keep problems the validity audit flagged."),
 ) -> None:
     """Export the training set: kept problems x correct rollouts (or the unfiltered baseline), with provenance."""
     from sparq_stream.training import export_from_archive
 
     if not archive.is_dir():
         raise ConfigError(f"archive folder {archive} does not exist")
-    info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit)
+    info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit, include_flagged=include_flagged)
     typer.echo(json.dumps(info.to_dict(), sort_keys=True, default=str))
 
 

@@ -115,6 +115,10 @@ class SolveResult(NovelCandidate):
     correct_rollouts: list[str] = Field(default_factory=list)
     solver_model: str = ""
     solver_version: int = 0
+    audit: list[str] | None = Field(
+        default=None,
+        description="validity audit of a kept problem: one 'flag: reason' entry per flag raised ([] = passed; null = not audited)",
+    )
 
 
 class Elite(SolveResult):

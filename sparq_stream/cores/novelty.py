@@ -75,6 +75,7 @@ __all__ = [
     "NoveltyConfig",
     "HeldOut",
     "load_heldout",
+    "default_heldout_paths",
     "NoveltyCore",
     "build_novelty",
 ]
@@ -185,6 +186,11 @@ def _default_heldout_paths() -> list[Path]:
         if all(p.is_file() for p in found):
             return found
     return []
+
+
+def default_heldout_paths() -> list[Path]:
+    """The default held-out files (GSM8K test, MATH500) when all are found; [] otherwise."""
+    return _default_heldout_paths()
 
 
 def load_heldout(

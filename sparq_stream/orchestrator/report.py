@@ -26,11 +26,13 @@ def stage_counts(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
 def write_report(out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, prefix: str) -> dict[str, Any]:
     """Write ``summary.json`` and the plots for a finished run; return the summary."""
     from sparq_stream.cores.archivist import summarize_archive
+    from sparq_stream.orchestrator.learning_summary import learning_summary
 
     archive = out / "archive"
     summary = summarize_archive(archive, stages=stage_counts(metrics)) if archive.exists() else {"scored": 0}
     summary = {"prefix": prefix, "stopped": reason, **summary}
     summary["export"] = _export_info(out / "export")
+    summary.update(learning_summary(out, summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     try:
         summary["plots"] = [str(p) for p in plot_report(out, summary)]
