@@ -448,15 +448,17 @@ def eval_cmd(
 @app.command()
 def report(
     out: Path = typer.Argument(..., help="A run folder written by 'sparq up' (holds archive/)."),
+    html_page: bool = typer.Option(True, "--html/--no-html", help="Also write DIR/report.html (one self-contained page)."),
 ) -> None:
-    """Rebuild summary.json and the plots of a run from its archive on disk."""
+    """Rebuild summary.json, the plots and report.html of a run from its archive on disk."""
     from sparq_stream.orchestrator.report import write_report
 
     if not (out / "archive").is_dir():
         raise ConfigError(f"{out} holds no archive/ folder")
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    summary = write_report(out, {}, reason="report", prefix=run.get("prefix", ""))
-    typer.echo(f"scored {summary.get('scored', 0)}, kept {summary.get('kept', 0)}, skill-sets {summary.get('coverage', 0)}; wrote {out / 'summary.json'}")
+    summary = write_report(out, {}, reason="report", prefix=run.get("prefix", ""), html=html_page)
+    page = f" and {summary['html']}" if summary.get("html") else ""
+    typer.echo(f"scored {summary.get('scored', 0)}, kept {summary.get('kept', 0)}, skill-sets {summary.get('coverage', 0)}; wrote {out / 'summary.json'}{page}")
 
 
 @app.command("settings")

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["contamination_counts", "learning_summary", "model_versions"]
+__all__ = ["audit_counts", "contamination_counts", "learning_summary", "model_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,36 @@ def contamination_counts(stages: dict[str, float]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def audit_counts(archive_dir: Path) -> dict[str, Any]:
+    """Validity audit counts over the archive: kept, audited, flagged, per flag, and how many were not audited."""
+    from sparq_stream.qd.archive_log import iter_archive
+    from sparq_stream.qd.audit import audit_flags
+
+    counts: dict[str, Any] = {"kept": 0, "audited": 0, "flagged": 0, "not_audited_kept": 0, "flags": {}}
+    if not archive_dir.is_dir():
+        return counts
+    try:
+        rows = iter_archive(archive_dir)
+        for row in rows:
+            kept = row.quality > 0
+            counts["kept"] += int(kept)
+            if row.audit is None:
+                counts["not_audited_kept"] += int(kept)
+                continue
+            counts["audited"] += 1
+            counts["flagged"] += int(bool(row.audit))
+            for flag in audit_flags(row.audit):
+                counts["flags"][flag] = counts["flags"].get(flag, 0) + 1
+    except Exception as exc:  # noqa: BLE001 - the summary must not fail on an unreadable archive
+        log.warning("audit counts: cannot read %s: %s", archive_dir, exc)
+    counts["flags"] = dict(sorted(counts["flags"].items()))
+    return counts
+
+
 def learning_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """The ``model_versions`` and ``contamination`` entries of ``summary.json``."""
+    """The ``model_versions``, ``audit`` and ``contamination`` entries of ``summary.json``."""
     return {
         "model_versions": model_versions(out / "models"),
+        "audit": audit_counts(out / "archive"),
         "contamination": contamination_counts(summary.get("stages") or {}),
     }

@@ -1,4 +1,4 @@
-"""The end-of-run report: summary.json (counts per stage, yield, coverage, QD-score) and plots."""
+"""The end-of-run report: summary.json (counts per stage, yield, coverage, QD-score), plots and report.html."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def stage_counts(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def write_report(out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, prefix: str) -> dict[str, Any]:
-    """Write ``summary.json`` and the plots for a finished run; return the summary."""
+def write_report(out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, prefix: str, html: bool = True) -> dict[str, Any]:
+    """Write ``summary.json``, the plots and (``html``) ``report.html`` for a finished run; return the summary."""
     from sparq_stream.cores.archivist import summarize_archive
     from sparq_stream.orchestrator.learning_summary import learning_summary
 
@@ -39,6 +39,14 @@ def write_report(out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, 
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     except Exception as exc:  # plots are a convenience; the summary is already written
         log.warning("plots failed: %s", exc)
+    try:
+        if not html:
+            return summary
+        from sparq_stream.orchestrator.html_report import write_html_report
+
+        summary["html"] = str(write_html_report(out, summary))
+    except Exception as exc:  # noqa: BLE001 - the page is a convenience too
+        log.warning("report.html failed: %s", exc)
     return summary
 
 
