@@ -428,21 +428,47 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    heldout: Path = typer.Option(..., "--heldout", help="Held-out JSONL (gsm8k_test.jsonl, math500_test.jsonl, ...)."),
+    heldout: Optional[list[Path]] = typer.Option(None, "--heldout", help="Held-out JSONL (gsm8k_test.jsonl, math500_test.jsonl, ...); repeatable."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder or GGUF (default: packaged SmolLM2)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     k: int = typer.Option(1, "--k", min=1, help="Samples per problem (k=1: greedy)."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
-    out: Optional[Path] = typer.Option(None, "--out", help="Per-problem results as JSONL."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Per-problem results as JSONL (with --sweep: the sweep's folder)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Data-quantity sweep: train on nested slices of the archive's filtered and unfiltered exports, evaluate each."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="With --sweep: the run's archive folder."),
+    sizes: str = typer.Option("8,16,32,64", "--sizes", help="With --sweep: comma-separated training-set sizes."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="With --sweep: optimiser steps per trained model."),
+    max_seq_len: int = typer.Option(1024, "--max-seq-len", min=8, help="With --sweep: tokens per training example."),
 ) -> None:
-    """Score a model on held-out problems with the solver's answer checker."""
+    """Score a model on held-out problems with the solver's answer checker (or run the --sweep experiment)."""
     from sparq_stream.training import evaluate
 
-    if not heldout.is_file():
-        raise ConfigError(f"held-out file {heldout} does not exist")
-    result = evaluate(model, heldout, limit=limit, k=k, max_tokens=max_tokens, num_threads=threads, out_path=out)
-    typer.echo(f"accuracy {result.accuracy:.3f} on {result.n} problems (pass@{result.k} {result.pass_at_k:.3f}, {result.seconds:.0f}s)")
+    files = list(heldout or [])
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(f"held-out file {path} does not exist")
+    if sweep:
+        from sparq_stream.training.loop import default_eval_sets
+        from sparq_stream.training.sweep import run_sweep
+
+        if archive is None or not archive.is_dir():
+            raise ConfigError("--sweep needs --archive, a run's archive folder")
+        try:
+            counts = [int(x) for x in sizes.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--sizes: not a comma-separated list of integers: {sizes!r}") from None
+        sets = default_eval_sets(files or None)
+        train_kwargs = {"max_steps": max_steps, "max_seq_len": max_seq_len, "num_threads": threads}
+        report = run_sweep(archive, out or archive.parent / "sweep", sets, counts, base_model=model, train_kwargs=train_kwargs,
+                           eval_limit=limit or 50, eval_max_tokens=max_tokens)  # fmt: skip
+        typer.echo(json.dumps({"sizes": report["sizes"], "power_law": report["power_law"]}, sort_keys=True))
+        return
+    if not files:
+        raise ConfigError("give --heldout FILE (or --sweep --archive DIR)")
+    for path in files:
+        result = evaluate(model, path, limit=limit, k=k, max_tokens=max_tokens, num_threads=threads, out_path=out)
+        typer.echo(f"{path.name}: accuracy {result.accuracy:.3f} on {result.n} problems (pass@{result.k} {result.pass_at_k:.3f}, {result.seconds:.0f}s)")
 
 
 @app.command()

@@ -113,7 +113,12 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
-def render_html(summary: dict[str, Any], plots: list[Path] | None = None, extra_plots: list[tuple[str, bytes]] | None = None) -> str:
+def render_html(
+    summary: dict[str, Any],
+    plots: list[Path] | None = None,
+    extra_plots: list[tuple[str, bytes]] | None = None,
+    sweep_png: Path | None = None,
+) -> str:
     """Return the page for ``summary`` with the given PNG files and (title, PNG bytes) plots inlined."""
     cards = [
         ("scored", summary.get("scored", 0)),
@@ -159,6 +164,18 @@ def render_html(summary: dict[str, Any], plots: list[Path] | None = None, extra_
         "<h2>Contamination</h2>",
         _table(["reason", "candidates dropped"], [[k, v] for k, v in (summary.get("contamination") or {}).items()], "no contamination check ran"),
     ]
+    sweep = summary.get("sweep")
+    if sweep:
+        names = sorted(sweep.get("heldout") or {})
+        runs = [[r["set"], r["examples"], r.get("steps", "")] + [(r.get(n) or {}).get("accuracy", "") for n in names] for r in sweep.get("runs", [])]
+        fits = [[key, fit["a"], fit["b"]] for key, fit in sorted((sweep.get("power_law") or {}).items()) if fit]
+        parts += [
+            "<h2>Data-quantity sweep</h2>",
+            _table(["set", "examples", "steps"] + [f"pass@1 {n}" for n in names], runs),
+            _table(["power law acc = a·n^b", "a", "b"], fits, "too few non-zero points to fit a power law"),
+        ]
+        if sweep_png is not None and sweep_png.is_file():
+            parts.append(_img(sweep_png.read_bytes(), "sweep"))
     best = summary.get("best_per_niche") or {}
     niche_rows = [[niche or "(empty niche)", q] for niche, q in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:_MAX_NICHE_ROWS]]
     parts += [
@@ -182,7 +199,7 @@ def write_html_report(out: Path, summary: dict[str, Any]) -> Path:
             extra.append((title, data))
     path = out / HTML_NAME
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render_html(summary, plots, extra), encoding="utf-8")
+    tmp.write_text(render_html(summary, plots, extra, out / "sweep" / "sweep.png"), encoding="utf-8")
     tmp.replace(path)
     log.info("wrote %s", path)
     return path

@@ -92,8 +92,11 @@ def audit_counts(archive_dir: Path) -> dict[str, Any]:
 
 def learning_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """The ``model_versions``, ``audit`` and ``contamination`` entries of ``summary.json``."""
-    return {
+    body = {
         "model_versions": model_versions(out / "models"),
         "audit": audit_counts(out / "archive"),
         "contamination": contamination_counts(summary.get("stages") or {}),
     }
+    if (out / "sweep" / "sweep.json").is_file():  # written by `sparq eval --sweep --archive DIR/archive`
+        body["sweep"] = _read_json(out / "sweep" / "sweep.json")
+    return body
