@@ -17,7 +17,7 @@ import pytest
 from sparq_stream.orchestrator.up import UpConfig, run_up
 from sparq_stream.qd.archive_log import read_archive
 
-pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 # Problems easy enough that the 135M model solves some of its own children some of the time.
 EASY = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 10 - 3?", "7"), ("What is 3 + 3?", "6"),
@@ -46,8 +46,8 @@ def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: 
             raise KeyboardInterrupt  # run_up stops every service cleanly and writes the outputs
 
     config = UpConfig(
-        seeds=seeds, out=out, steps=40, batch_size=4, k=4, max_tokens=96, backend="transformers", embedder="hash",
-        label_seeds=False, contamination=[], timeout_s=900, train_every=1,
+        seeds=seeds, out=out, steps=40, batch_size=4, k=4, max_tokens=256, backend="transformers", embedder="hash",
+        label_seeds=False, contamination=[], timeout_s=1500, train_every=1,
         extra={
             "mutator": ["--temperature", "0.2"],
             "trainer": ["--train-max-steps", "2", "--train-max-seq-len", "160", "--train-batch-size", "2",
