@@ -92,6 +92,7 @@ class TrainerConfig(BaseModel):
     train_seed: int = Field(0, description="seed of the data order and the adapter initialisation")
     train_threads: int | None = Field(None, ge=1, description="torch CPU threads for training and evaluation")
     train_bf16: bool = Field(False, description="bfloat16 autocast for training (faster on CPUs with AVX512-BF16)")
+    train_device: str = Field("cpu", description="torch device for training and evaluation (cpu, cuda)")
     train_in_background: bool = Field(
         True, description="train in a background thread (the core keeps following and exporting meanwhile)"
     )
@@ -310,6 +311,7 @@ class TrainerCore(BaseCore):
             seed=cfg.train_seed,
             num_threads=cfg.train_threads,
             bf16=cfg.train_bf16,
+            device=cfg.train_device,
             overwrite=True,
             should_stop=self._stop.is_set,
         )
@@ -338,7 +340,9 @@ class TrainerCore(BaseCore):
         for name, path in sets.items():
             if self._stop.is_set():
                 raise TrainingCancelled("stopped before the evaluation")
-            scored = self._eval_fn(model_path, path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens, num_threads=cfg.train_threads)
+            scored = self._eval_fn(
+                model_path, path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens, num_threads=cfg.train_threads, device=cfg.train_device
+            )
             prefix = "eval" if name == "heldout" else f"eval_{name}"
             metrics.update({f"{prefix}_accuracy": scored.accuracy, f"{prefix}_n": float(scored.n), f"{prefix}_seconds": scored.seconds})
             saved[name] = {"path": str(path), "accuracy": scored.accuracy, "n": scored.n, "seconds": scored.seconds}
