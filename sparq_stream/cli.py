@@ -331,6 +331,7 @@ def up(
     restart_window_s: float = typer.Option(300.0, "--restart-window-s", envvar="SPARQ_RESTART_WINDOW_S", min=1, help="Window of --max-restarts, seconds."),
     stop_grace_s: float = typer.Option(30.0, "--stop-grace-s", envvar="SPARQ_STOP_GRACE_S", min=1, help="Seconds services get to stop before SIGKILL."),
     broker_timeout_s: float = typer.Option(30.0, "--broker-timeout-s", envvar="SPARQ_BROKER_TIMEOUT_S", min=1, help="Embedded broker silent this long: stop."),
+    train_every: int = typer.Option(0, "--train-every", envvar="SPARQ_TRAIN_EVERY", min=0, help="Fine-tune a student version every N new examples; mutator and solver hot-reload it (0: never)."),
     with_flags: Optional[list[str]] = typer.Option(
         None, "--with", help='Extra flags for one service, e.g. --with "solver --early-stop exact".'
     ),
@@ -362,6 +363,7 @@ def up(
             partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
             seed=seed, seed_limit=seed_limit, label_seeds=label_seeds, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
             max_restarts=max_restarts, restart_window_s=restart_window_s, stop_grace_s=stop_grace_s, broker_timeout_s=broker_timeout_s,
+            train_every=train_every,
         )
     except json.JSONDecodeError as exc:
         raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
@@ -411,13 +413,14 @@ def export(
     out: Path = typer.Option(Path("export"), "--out", help="Folder for train.jsonl, train.parquet, export.json."),
     unfiltered: bool = typer.Option(False, "--unfiltered", help="Every scored child with its own solution (baseline)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Keep the first N examples (equal-size comparisons)."),
+    include_flagged: bool = typer.Option(False, "--include-flagged", help="Keep problems the validity audit flagged."),
 ) -> None:
     """Export the training set: kept problems x correct rollouts (or the unfiltered baseline), with provenance."""
     from sparq_stream.training import export_from_archive
 
     if not archive.is_dir():
         raise ConfigError(f"archive folder {archive} does not exist")
-    info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit)
+    info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit, include_flagged=include_flagged)
     typer.echo(json.dumps(info.to_dict(), sort_keys=True, default=str))
 
 
@@ -451,35 +454,63 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    heldout: Path = typer.Option(..., "--heldout", help="Held-out JSONL (gsm8k_test.jsonl, math500_test.jsonl, ...)."),
+    heldout: Optional[list[Path]] = typer.Option(None, "--heldout", help="Held-out JSONL (gsm8k_test.jsonl, math500_test.jsonl, ...); repeatable."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder or GGUF (default: packaged SmolLM2)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     k: int = typer.Option(1, "--k", min=1, help="Samples per problem (k=1: greedy)."),
     max_tokens: int = typer.Option(512, "--max-tokens", min=1),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
-    out: Optional[Path] = typer.Option(None, "--out", help="Per-problem results as JSONL."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Per-problem results as JSONL (with --sweep: the sweep's folder)."),
+    sweep: bool = typer.Option(False, "--sweep", help="Data-quantity sweep: train on nested slices of the archive's filtered and unfiltered exports, evaluate each."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="With --sweep: the run's archive folder."),
+    sizes: str = typer.Option("8,16,32,64", "--sizes", help="With --sweep: comma-separated training-set sizes."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="With --sweep: optimiser steps per trained model."),
+    max_seq_len: int = typer.Option(1024, "--max-seq-len", min=8, help="With --sweep: tokens per training example."),
 ) -> None:
-    """Score a model on held-out problems with the solver's answer checker."""
+    """Score a model on held-out problems with the solver's answer checker (or run the --sweep experiment)."""
     from sparq_stream.training import evaluate
 
-    if not heldout.is_file():
-        raise ConfigError(f"held-out file {heldout} does not exist")
-    result = evaluate(model, heldout, limit=limit, k=k, max_tokens=max_tokens, num_threads=threads, out_path=out)
-    typer.echo(f"accuracy {result.accuracy:.3f} on {result.n} problems (pass@{result.k} {result.pass_at_k:.3f}, {result.seconds:.0f}s)")
+    files = list(heldout or [])
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(f"held-out file {path} does not exist")
+    if sweep:
+        from sparq_stream.training.loop import default_eval_sets
+        from sparq_stream.training.sweep import run_sweep
+
+        if archive is None or not archive.is_dir():
+            raise ConfigError("--sweep needs --archive, a run's archive folder")
+        try:
+            counts = [int(x) for x in sizes.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--sizes: not a comma-separated list of integers: {sizes!r}") from None
+        sets = default_eval_sets(files or None)
+        train_kwargs = {"max_steps": max_steps, "max_seq_len": max_seq_len, "num_threads": threads}
+        report = run_sweep(archive, out or archive.parent / "sweep", sets, counts, base_model=model, train_kwargs=train_kwargs,
+                           eval_limit=limit or 50, eval_max_tokens=max_tokens)  # fmt: skip
+        typer.echo(json.dumps({"sizes": report["sizes"], "power_law": report["power_law"]}, sort_keys=True))
+        return
+    if not files:
+        raise ConfigError("give --heldout FILE (or --sweep --archive DIR)")
+    for path in files:
+        result = evaluate(model, path, limit=limit, k=k, max_tokens=max_tokens, num_threads=threads, out_path=out)
+        typer.echo(f"{path.name}: accuracy {result.accuracy:.3f} on {result.n} problems (pass@{result.k} {result.pass_at_k:.3f}, {result.seconds:.0f}s)")
 
 
 @app.command()
 def report(
     out: Path = typer.Argument(..., help="A run folder written by 'sparq up' (holds archive/)."),
+    html_page: bool = typer.Option(True, "--html/--no-html", help="Also write DIR/report.html (one self-contained page)."),
 ) -> None:
-    """Rebuild summary.json and the plots of a run from its archive on disk."""
+    """Rebuild summary.json, the plots and report.html of a run from its archive on disk."""
     from sparq_stream.orchestrator.report import write_report
 
     if not (out / "archive").is_dir():
         raise ConfigError(f"{out} holds no archive/ folder")
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").is_file() else {}
-    summary = write_report(out, {}, reason="report", prefix=run.get("prefix", ""))
-    typer.echo(f"scored {summary.get('scored', 0)}, kept {summary.get('kept', 0)}, skill-sets {summary.get('coverage', 0)}; wrote {out / 'summary.json'}")
+    summary = write_report(out, {}, reason="report", prefix=run.get("prefix", ""), html=html_page)
+    page = f" and {summary['html']}" if summary.get("html") else ""
+    typer.echo(f"scored {summary.get('scored', 0)}, kept {summary.get('kept', 0)}, skill-sets {summary.get('coverage', 0)}; wrote {out / 'summary.json'}{page}")
 
 
 @app.command("settings")

@@ -152,6 +152,10 @@ class SolveResult(NovelCandidate):
     correct_rollouts: list[str] = Field(default_factory=list, description="the text of every correct rollout")
     solver_model: str = Field(default="", description="name of the solver model")
     solver_version: int = Field(default=0, description="version number of the solver model (0: the base model)")
+    audit: list[str] | None = Field(
+        default=None,
+        description="validity audit of a kept problem: one 'flag: reason' entry per flag raised ([] = passed; null = not audited)",
+    )
 
 
 class Elite(SolveResult):

@@ -6,7 +6,11 @@ it costs K generations. For every batch of candidates it
 1. embeds the problem texts (one embedder call per batch);
 2. drops, in this order, ``exact_duplicate`` (the problem id was seen, or cosine >=
    ``exact_threshold``), ``contamination`` (cosine >= ``contamination_threshold`` to a
-   held-out problem, or the same id) and ``near_duplicate`` (cosine >= ``dup_threshold``
+   held-out problem, or the same id), ``prompt_example`` (a word 8-gram shared with the
+   mutation prompt's worked example: the model wrote the example back), ``contamination_ngram``
+   (a word 13-gram shared with a held-out problem, the usual decontamination rule; both in
+   :mod:`sparq_stream.verify.contamination`, checked before the embedding threshold) and
+   ``near_duplicate`` (cosine >= ``dup_threshold``
    to something seen), each counted as ``dropped_<reason>``. "Seen" is every seed and
    every accepted candidate, including those accepted earlier in the same batch, so of
    two candidates that duplicate each other the second is dropped;
@@ -64,10 +68,11 @@ from sparq_stream.ids import problem_id
 from sparq_stream.index import VectorIndex
 from sparq_stream.messages import Candidate, Dropped, NovelCandidate, Seed
 from sparq_stream.models.base import EmbeddingBackend, GenerationBackend, SamplingParams
-from sparq_stream.prompts import SKILL_CLASSIFICATION, load_prompt
+from sparq_stream.prompts import MUTATION, SKILL_CLASSIFICATION, load_prompt
 from sparq_stream.qd.descriptors import niche_key
 from sparq_stream.qd.vocabulary import Vocabulary
 from sparq_stream.skills import classify_skills, load_vocabulary
+from sparq_stream.verify.contamination import NgramIndex, prompt_examples
 
 __all__ = [
     "DROP_REASONS",
@@ -75,6 +80,8 @@ __all__ = [
     "NoveltyConfig",
     "HeldOut",
     "load_heldout",
+    "default_heldout_paths",
+    "text_contamination_checks",
     "NoveltyCore",
     "build_novelty",
 ]
@@ -84,8 +91,10 @@ log = logging.getLogger(__name__)
 EXACT = "exact_duplicate"
 NEAR = "near_duplicate"
 CONTAMINATION = "contamination"
+CONTAMINATION_NGRAM = "contamination_ngram"
+PROMPT_EXAMPLE = "prompt_example"
 #: Every reason a candidate can be dropped for.
-DROP_REASONS: tuple[str, ...] = (EXACT, NEAR, CONTAMINATION)
+DROP_REASONS: tuple[str, ...] = (EXACT, NEAR, CONTAMINATION, CONTAMINATION_NGRAM, PROMPT_EXAMPLE)
 #: Held-out files checked for contamination when ``contamination`` is not set.
 DEFAULT_HELDOUT_FILES: tuple[str, ...] = ("gsm8k_test.jsonl", "math500_test.jsonl")
 #: Folders searched for the default held-out files, in order ($SPARQ_DATA_DIR first).
@@ -118,6 +127,12 @@ class NoveltyConfig(BaseModel):
     )
     contamination_threshold: float = Field(
         default=0.90, gt=0.0, le=1.0, description="cosine to a held-out problem at or above which a candidate is contamination"
+    )
+    ngram_n: int = Field(
+        default=13, ge=0, description="drop a candidate sharing a word n-gram with a held-out problem (13: the usual rule; 0: off)"
+    )
+    prompt_example_n: int = Field(
+        default=8, ge=0, description="drop a candidate sharing a word n-gram with the mutation prompt's worked example (0: off)"
     )
     k_neighbours: int = Field(default=10, ge=1, description="k of the novelty score (mean distance to the k nearest seen)")
     index_kind: Literal["flat", "flat-fp16", "hnsw", "hnsw-fp16"] = Field(
@@ -187,6 +202,11 @@ def _default_heldout_paths() -> list[Path]:
     return []
 
 
+def default_heldout_paths() -> list[Path]:
+    """The default held-out files (GSM8K test, MATH500) when all are found; [] otherwise."""
+    return _default_heldout_paths()
+
+
 def load_heldout(
     paths: Sequence[str | Path] | None, embedder: EmbeddingBackend, cache_dir: str | Path | None = None
 ) -> HeldOut:
@@ -248,6 +268,30 @@ class _Decision:
     same_as: int | None = None
 
 
+# ---------------------------------------------------------------- text contamination (n-grams, the prompt's example)
+def text_contamination_checks(
+    contamination: Sequence[str] | None, ngram_n: int, prompt_example_n: int
+) -> list[tuple[str, NgramIndex]]:
+    """The (drop reason, n-gram index) checks run before the embedding check: held-out 13-grams, the prompt's example."""
+    checks: list[tuple[str, NgramIndex]] = []
+    if prompt_example_n > 0:
+        examples = prompt_examples(load_prompt(MUTATION))
+        checks.append((PROMPT_EXAMPLE, NgramIndex.from_texts(((t, "mutation_prompt", problem_id(t)) for t in examples), prompt_example_n)))
+    if ngram_n > 0:
+        paths = default_heldout_paths() if contamination is None else [Path(p) for p in contamination]
+        checks.append((CONTAMINATION_NGRAM, NgramIndex.from_files(paths, ngram_n)))
+    return checks
+
+
+def _text_contamination(checks: list[tuple[str, NgramIndex]], problem: str) -> _Decision | None:
+    """A drop decision when the problem shares an n-gram with the prompt's example or a held-out problem."""
+    for reason, index in checks:
+        found = index.match(problem)
+        if found is not None:
+            return _Decision("drop", reason, 1.0, found.doc_id, found.source)
+    return None
+
+
 def _same_candidate(candidate: Candidate, seen: Candidate) -> bool:
     """True when two candidates carry the same problem and provenance (a redelivery, not a new duplicate)."""
     return all(getattr(candidate, f) == getattr(seen, f) for f in _CANDIDATE_FIELDS)
@@ -298,6 +342,7 @@ class NoveltyCore(BaseCore):
             raise ConfigError(f"held-out vectors have dimension {heldout.vectors.shape[1]}, the embedder {embedder.dim}")
         self.heldout = heldout
         self._heldout_ids = {pid: i for i, pid in enumerate(heldout.ids)}
+        self._text_checks = text_contamination_checks(config.contamination, config.ngram_n, config.prompt_example_n)
 
     # ------------------------------------------------------------------ the core contract
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -483,6 +528,9 @@ class NoveltyCore(BaseCore):
         row = self._heldout_ids.get(cand.id)
         if row is not None:
             return _Decision("drop", CONTAMINATION, 1.0, cand.id, self.heldout.sources[row])
+        text_drop = _text_contamination(self._text_checks, cand.problem)
+        if text_drop is not None:
+            return text_drop
         held_sim, held_row = held
         if held_row >= 0 and held_sim >= cfg.contamination_threshold:
             return _Decision("drop", CONTAMINATION, held_sim, self.heldout.ids[held_row], self.heldout.sources[held_row])

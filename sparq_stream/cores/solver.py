@@ -51,6 +51,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError, FatalError, RetriableError, SparqError
 from sparq_stream.messages import ModelVersion, NovelCandidate, SolveResult
+from sparq_stream.models.model_root import UntrustedModelPath, model_path_inside
+from sparq_stream.qd.audit import AuditItem, Auditor
 from sparq_stream.models.base import (
     GenerationBackend,
     GenerationResult,
@@ -112,6 +114,14 @@ class SolverConfig(BaseModel):
     result_cache: int = Field(default=10_000, ge=0, description="recent results kept to answer a redelivered candidate")
     follow_models: bool = Field(default=False, description="read the models topic and hot-reload newer versions")
     follow_model_name: str = Field(default="", description="only follow this model name on the models topic ('' = any)")
+    models_root: str | None = Field(
+        default=None, description="model versions load only from inside this folder (others are dead-lettered)"
+    )
+    audit: Literal["kept", "all", "off"] = Field(
+        default="kept", description="validity audit (qd/audit.py) of kept problems, of every problem, or none"
+    )
+    audit_verifier: bool = Field(default=True, description="run the audit's verifier prompt with the solver's backend")
+    audit_max_tokens: int = Field(default=64, ge=8, description="token limit of one verifier answer")
 
     @field_validator("backend_options", mode="before")
     @classmethod
@@ -167,6 +177,7 @@ class _Job:
     done: int = 0
     correct: int = 0
     correct_texts: list[str] = field(default_factory=list)
+    wrong_answers: list[str | None] = field(default_factory=list)
     failures: int = 0
     error: str | None = None
     decision: StopDecision | None = None
@@ -206,6 +217,8 @@ class SolverCore(BaseCore):
         self._pending_model: ModelVersion | None = None
         self._failed_versions: set[tuple[str, int]] = set()
         self._counters: dict[str, float] = {}
+        audit_on = self.config.audit != "off"
+        self._auditor = Auditor(backend, verifier=self.config.audit_verifier, max_tokens=self.config.audit_max_tokens) if audit_on else None
 
     # ------------------------------------------------------------------ the core contract
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -256,6 +269,11 @@ class SolverCore(BaseCore):
             return []
         if self.config.follow_model_name and message.name != self.config.follow_model_name:
             return []
+        try:
+            model_path_inside(message.path, self.config.models_root)
+        except UntrustedModelPath:
+            self._inc("models_refused")
+            raise
         newest = self._pending_model.number if self._pending_model is not None else self.backend.model_version
         if message.number > newest:
             self._pending_model = message
@@ -269,6 +287,8 @@ class SolverCore(BaseCore):
     def metrics(self) -> dict[str, float]:
         """Counters: candidates, rollouts asked/used/saved, early stops by reason, errors, cache hits."""
         out = dict(self._counters)
+        if self._auditor is not None:
+            out.update({k: float(v) for k, v in self._auditor.counts.items()})
         out["model_version"] = float(self.backend.model_version)
         asked = out.get("rollouts_asked", 0.0)
         out["rollouts_saved"] = asked - out.get("rollouts_used", 0.0)
@@ -302,7 +322,18 @@ class SolverCore(BaseCore):
                 for start in range(0, len(members), self.config.max_batch):
                     self._run_call(members[start : start + self.config.max_batch], n, done)
             active = [j for j in active if j.decision is None and j.error is None]
-        return {j.candidate.id: self._result(j) for j in jobs if j.error is None}
+        results = {j.candidate.id: self._result(j) for j in jobs if j.error is None}
+        return self._audited(results, {j.candidate.id: j for j in jobs})
+
+    def _audited(self, results: dict[str, SolveResult], jobs: dict[str, _Job]) -> dict[str, SolveResult]:
+        """Attach the validity audit to the kept results (or every result with ``audit="all"``)."""
+        if self._auditor is None:
+            return results
+        chosen = [pid for pid, r in results.items() if self.config.audit == "all" or r.quality > 0]
+        items = [AuditItem(results[p].problem, results[p].answer, results[p].n_correct, jobs[p].wrong_answers) for p in chosen]
+        for pid, entries in zip(chosen, self._auditor.audit(items)):
+            results[pid] = results[pid].model_copy(update={"audit": entries})
+        return results
 
     def _run_call(self, jobs: list[_Job], n: int, done: int) -> None:
         """Generate ``n`` rollouts for each job, check them and update the counts."""
@@ -350,6 +381,8 @@ class SolverCore(BaseCore):
             if verdict.equal:
                 job.correct += 1
                 job.correct_texts.append(text)
+            else:
+                job.wrong_answers.append(verdict.extracted)
         for job in {id(j): j for j in owners}.values():
             decision = self._decide(job.done, job.correct)
             if decision.stop:

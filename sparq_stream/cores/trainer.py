@@ -45,11 +45,13 @@ from sparq_stream.training.evaluate import EvalResult, evaluate
 from sparq_stream.training.export import ExportInfo, build_examples, read_examples, write_examples
 from sparq_stream.training.sft import MODEL_SUBDIR, RESULT_NAME, TrainingCancelled, TrainResult, train_sft
 
-__all__ = ["TrainerConfig", "TrainerCore", "build_trainer", "version_dir_name"]
+__all__ = ["EVAL_NAME", "TrainerConfig", "TrainerCore", "build_trainer", "version_dir_name"]
 
 log = logging.getLogger(__name__)
 
 _DATA_SUBDIR = "data"
+#: Per-version evaluation results (one entry per held-out set) in the version folder.
+EVAL_NAME = "eval.json"
 
 
 class TrainerConfig(BaseModel):
@@ -62,6 +64,7 @@ class TrainerConfig(BaseModel):
     export_every_s: float = Field(
         30.0, gt=0, description="or this many seconds after the first change not yet exported"
     )
+    include_flagged: bool = Field(False, description="also train on problems the validity audit flagged")
     include_archive: bool = Field(
         False, description="also keep every archived child with QUALITY > 0 (reads the archive topic), not only the elites"
     )
@@ -89,10 +92,16 @@ class TrainerConfig(BaseModel):
     train_seed: int = Field(0, description="seed of the data order and the adapter initialisation")
     train_threads: int | None = Field(None, ge=1, description="torch CPU threads for training and evaluation")
     train_bf16: bool = Field(False, description="bfloat16 autocast for training (faster on CPUs with AVX512-BF16)")
+    train_device: str = Field("cpu", description="torch device for training and evaluation (cpu, cuda)")
     train_in_background: bool = Field(
         True, description="train in a background thread (the core keeps following and exporting meanwhile)"
     )
     eval_path: Path | None = Field(None, description="held-out JSONL to score each new version on (unset = no eval)")
+    eval_sets: dict[str, Path] = Field(
+        default_factory=dict,
+        description="named held-out JSONL files (e.g. gsm8k: in distribution, math500: out of distribution); "
+        "each new version is scored on every one (pass@1)",
+    )
     eval_limit: int = Field(50, ge=1, description="held-out problems per evaluation")
     eval_max_tokens: int = Field(512, ge=1, description="max new tokens per evaluation answer")
 
@@ -234,11 +243,12 @@ class TrainerCore(BaseCore):
 
     def _rows(self, skipped: Counter[str]) -> list[dict[str, Any]]:
         """The current example rows: elites first (by slot), then archived problems (by id)."""
-        rows = build_examples((self._elites[s] for s in sorted(self._elites)), source="elites", skipped=skipped)
+        flagged = self.config.include_flagged
+        rows = build_examples((self._elites[s] for s in sorted(self._elites)), source="elites", skipped=skipped, include_flagged=flagged)
         if self.config.include_archive:
             in_elites = {e.id for e in self._elites.values()}
             archived = (self._archive[i] for i in sorted(self._archive) if i not in in_elites)
-            rows += build_examples(archived, source="archive", skipped=skipped)
+            rows += build_examples(archived, source="archive", skipped=skipped, include_flagged=flagged)
             rows.sort(key=lambda r: (r["problem_id"], r["rollout_index"]))
         return rows
 
@@ -303,6 +313,7 @@ class TrainerCore(BaseCore):
             seed=cfg.train_seed,
             num_threads=cfg.train_threads,
             bf16=cfg.train_bf16,
+            device=cfg.train_device,
             overwrite=True,
             should_stop=self._stop.is_set,
         )
@@ -311,11 +322,7 @@ class TrainerCore(BaseCore):
             shutil.rmtree(data)
         os.replace(snapshot, data)
         metrics = _train_metrics(result.to_dict())
-        if cfg.eval_path is not None:
-            scored = self._eval_fn(
-                result.path, cfg.eval_path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens, num_threads=cfg.train_threads
-            )
-            metrics.update(eval_accuracy=scored.accuracy, eval_n=float(scored.n), eval_seconds=scored.seconds)
+        metrics.update(self._evaluate(result.path, out))
         return ModelVersion(
             name=cfg.model_name,
             number=version,
@@ -325,6 +332,26 @@ class TrainerCore(BaseCore):
             train_examples=result.examples,
             metrics=metrics,
         )
+
+    def _evaluate(self, model_path: Path, out: Path) -> dict[str, float]:
+        """Score a version on ``eval_path`` and every ``eval_sets`` file; save ``eval.json`` in its folder."""
+        cfg = self.config
+        sets = ({"heldout": cfg.eval_path} if cfg.eval_path is not None else {}) | dict(cfg.eval_sets)
+        metrics: dict[str, float] = {}
+        saved: dict[str, Any] = {}
+        for name, path in sets.items():
+            if self._stop.is_set():
+                raise TrainingCancelled("stopped before the evaluation")
+            scored = self._eval_fn(
+                model_path, path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens, num_threads=cfg.train_threads, device=cfg.train_device
+            )
+            prefix = "eval" if name == "heldout" else f"eval_{name}"
+            metrics.update({f"{prefix}_accuracy": scored.accuracy, f"{prefix}_n": float(scored.n), f"{prefix}_seconds": scored.seconds})
+            saved[name] = {"path": str(path), "accuracy": scored.accuracy, "n": scored.n, "seconds": scored.seconds}
+            log.info("version %s: pass@1 %.3f on %d problems of %s", out.name, scored.accuracy, scored.n, name)
+        if saved:
+            (out / EVAL_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return metrics
 
     def _collect_job(self) -> list[Outgoing]:
         """Publish the finished run's version (or log its failure)."""
@@ -413,6 +440,7 @@ class TrainerCore(BaseCore):
             "training": float(self.training),
             "train_failures": float(self._counts["train_failures"]),
             "pending_changes": float(self._changes),
+            **{k: v for k, v in (self._latest.metrics if self._latest else {}).items() if k.startswith("eval_")},
         }
 
     def close(self) -> None:
@@ -440,4 +468,7 @@ def build_trainer(config: TrainerConfig, **deps: Any) -> TrainerCore:
     """Build the trainer core from its config (``deps``: optional ``train_fn`` / ``eval_fn`` overrides)."""
     if config.eval_path is not None and not Path(config.eval_path).is_file():
         raise ConfigError(f"eval_path {config.eval_path} does not exist")
+    for name, path in config.eval_sets.items():
+        if not Path(path).is_file():
+            raise ConfigError(f"eval_sets: {name} file {path} does not exist")
     return TrainerCore(config, **deps)

@@ -46,7 +46,7 @@ from sparq_stream.errors import ConfigError
 from sparq_stream.ids import problem_id
 from sparq_stream.models.base import Completion, GenerationResult, Prompt, SamplingParams
 from sparq_stream.models.chat_format import cut_at_stop, prompt_error
-from sparq_stream.prompts import MUTATION, SKILL_CLASSIFICATION, SKILL_EXTRACTION, SOLVE, PromptTemplate, load_prompt
+from sparq_stream.prompts import MUTATION, SKILL_CLASSIFICATION, SKILL_EXTRACTION, SOLVE, VALIDITY, PromptTemplate, load_prompt
 
 __all__ = [
     "DEFAULT_SKILLS",
@@ -101,7 +101,9 @@ SKILL_MODELS: tuple[str, ...] = ("hash", "inherit")
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s*(.+?)\s*$")
 _HEX_ID = re.compile(r"^[0-9a-f]{32}$")
 _CHARS_PER_TOKEN = 4
-_KINDS = (MUTATION, SOLVE, SKILL_CLASSIFICATION, SKILL_EXTRACTION)
+_KINDS = (MUTATION, SOLVE, SKILL_CLASSIFICATION, SKILL_EXTRACTION, VALIDITY)
+#: The default validity rule: a problem is valid when it asks something (a question mark or one of these words).
+_ASKS = re.compile(r"\?|\b(find|compute|calculate|determine|evaluate|solve|what|how|which)\b", re.IGNORECASE)
 
 
 class ChildSpec(BaseModel):
@@ -151,6 +153,7 @@ class ProblemScript(BaseModel):
     solve_rate: float | None = Field(default=None, ge=0.0, le=1.0)
     skills: list[str] | None = None
     children: list[ChildSpec] | None = None
+    valid: bool | None = None
     after_children: Literal["default", "cycle"] = "default"
 
 
@@ -494,10 +497,24 @@ class ScriptedBackend:
         elif kind == SKILL_CLASSIFICATION:
             allowed = [m.group(1) for m in map(_NUMBERED.match, fields["skills"].splitlines()) if m]
             texts = [_skills_text(self.skills_for(problem, allowed))] * n
+        elif kind == VALIDITY:
+            texts = [self._verdict_text(problem)] * n
         else:
             texts = [_skills_text(self.extracted_skills_for(problem))] * n
         prompt_tokens = sum(_tokens(t["content"]) for t in prompt)
         return GenerationResult(completions=[_finish(t, params) for t in texts], prompt_tokens=prompt_tokens)
+
+    def is_valid(self, problem: str) -> bool:
+        """The verifier's verdict: the script's ``valid`` when set, else whether the problem asks something."""
+        spec = self._by_id.get(problem_id(problem))
+        if spec is not None and spec.valid is not None:
+            return spec.valid
+        return bool(_ASKS.search(problem))
+
+    def _verdict_text(self, problem: str) -> str:
+        if self.is_valid(problem):
+            return "<verdict>valid</verdict> The problem gives every quantity it needs and asks for one value."
+        return "<verdict>invalid</verdict> The problem does not ask for anything, so it has no single answer."
 
     def _rollout(self, problem: str, index: int, correct: bool) -> str:
         pid = problem_id(problem)

@@ -1,4 +1,4 @@
-"""The end-of-run report: summary.json (counts per stage, yield, coverage, QD-score) and plots."""
+"""The end-of-run report: summary.json (counts per stage, yield, coverage, QD-score), plots and report.html."""
 
 from __future__ import annotations
 
@@ -26,21 +26,37 @@ def stage_counts(metrics: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def write_report(
-    out: Path, metrics: dict[str, dict[str, Any]], *, reason: str, prefix: str, extra: dict[str, Any] | None = None
+    out: Path,
+    metrics: dict[str, dict[str, Any]],
+    *,
+    reason: str,
+    prefix: str,
+    extra: dict[str, Any] | None = None,
+    html: bool = True,
 ) -> dict[str, Any]:
-    """Write ``summary.json`` (with ``extra`` keys: exit code, restarts) and the plots of a run; return the summary."""
+    """Write ``summary.json`` (with ``extra`` keys: exit code, restarts), the plots and (``html``) ``report.html``; return the summary."""
     from sparq_stream.cores.archivist import summarize_archive
+    from sparq_stream.orchestrator.learning_summary import learning_summary
 
     archive = out / "archive"
     summary = summarize_archive(archive, stages=stage_counts(metrics)) if archive.exists() else {"scored": 0}
     summary = {"prefix": prefix, "stopped": reason, **summary, **(extra or {})}
     summary["export"] = _export_info(out / "export")
+    summary.update(learning_summary(out, summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     try:
         summary["plots"] = [str(p) for p in plot_report(out, summary)]
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     except Exception as exc:  # plots are a convenience; the summary is already written
         log.warning("plots failed: %s", exc)
+    try:
+        if not html:
+            return summary
+        from sparq_stream.orchestrator.html_report import write_html_report
+
+        summary["html"] = str(write_html_report(out, summary))
+    except Exception as exc:  # noqa: BLE001 - the page is a convenience too
+        log.warning("report.html failed: %s", exc)
     return summary
 
 

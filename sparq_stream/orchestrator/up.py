@@ -55,6 +55,7 @@ class UpConfig(BaseModel):
     contamination: list[Path] | None = Field(default=None, description="held-out files (default: the shared test sets)")
     threads: int | None = Field(default=1, ge=1, description="torch threads per model service (5 processes share the cores)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop the run after this long, whatever is left")
+    train_every: int = Field(default=0, ge=0, description="fine-tune a new student version every N new examples (0 = never)")
     metrics_interval_s: float = Field(default=1.0, gt=0)
     max_restarts: int = Field(default=5, ge=0, description="restarts allowed per service within --restart-window-s")
     restart_window_s: float = Field(default=300.0, gt=0, description="the sliding window of --max-restarts, seconds")
@@ -157,11 +158,22 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
             "--state-dir", str(state / "mutator"),
         ],
     }
+    if config.train_every > 0:
+        _add_training(args, config, out)
     for name, extra in config.extra.items():
         if name not in args:
             raise ConfigError(f"extra flags for unknown service {name!r}; allowed: {', '.join(sorted(args))}")
         args[name] = args[name] + list(extra)
     return args
+
+
+def _add_training(args: dict[str, list[str]], config: UpConfig, out: Path) -> None:
+    """Training in the loop: the trainer fine-tunes every N examples; mutator and solver follow its versions."""
+    from sparq_stream.training.loop import follower_flags, trainer_flags
+
+    args["trainer"] += trainer_flags(config.train_every, out / "models", config, _backend_options(config))
+    for name in ("mutator", "solver"):
+        args[name] += follower_flags(out / "models")
 
 
 def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
@@ -193,7 +205,7 @@ def _finished(monitor: Any, idle_since: dict[str, float], given_up: list[str]) -
     for name in waiting:
         row = snap.get(name)
         gauges = row["gauges"] if row else {}
-        if row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0:
+        if row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0 or gauges.get("training", 0.0) > 0:
             idle_since.pop(name, None)
             return False
         idle_since.setdefault(name, now)

@@ -26,6 +26,7 @@ __all__ = [
     "SOLVE",
     "SKILL_CLASSIFICATION",
     "SKILL_EXTRACTION",
+    "VALIDITY",
     "PROMPT_NAMES",
     "PromptTemplate",
     "load_prompt",
@@ -41,8 +42,10 @@ SOLVE = "solve"
 SKILL_CLASSIFICATION = "skill_classification"
 #: Name of the skill-extraction prompt (problem -> 1-3 free skill phrases, builds the vocabulary).
 SKILL_EXTRACTION = "skill_extraction"
+#: Name of the validity audit's verifier prompt (problem + answer -> valid / invalid and why).
+VALIDITY = "validity"
 #: The prompts that ship with the package.
-PROMPT_NAMES = (MUTATION, SOLVE, SKILL_CLASSIFICATION, SKILL_EXTRACTION)
+PROMPT_NAMES = (MUTATION, SOLVE, SKILL_CLASSIFICATION, SKILL_EXTRACTION, VALIDITY)
 
 _SUFFIX = ".txt"
 _NAME = re.compile(r"^[a-z0-9_]+$")

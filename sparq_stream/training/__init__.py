@@ -1,7 +1,8 @@
 """The student side of the loop: export the training set, fine-tune (SFT, full or LoRA), evaluate on held-out data.
 
 - :mod:`.export`: kept problems x correct rollouts -> JSONL + Parquet with provenance.
-- :mod:`.sft`: :func:`train_sft`, a plain PyTorch loop (optionally LoRA via peft).
+- :mod:`.sft`: :func:`train_sft` on TRL's SFTTrainer (LoRA via a PEFT LoraConfig by default, or full).
+- :mod:`.sweep`: the data-quantity sweep (`sparq eval --sweep`); :mod:`.loop`: training inside `sparq up`.
 - :mod:`.evaluate`: :func:`evaluate`, accuracy on held-out problems with the solver's checker.
 
 Importing this package does not import torch; training and evaluation do, when called.

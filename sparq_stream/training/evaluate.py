@@ -110,6 +110,7 @@ def evaluate(
     checker: Checker | None = None,
     out_path: str | Path | None = None,
     cache_dir: Path | None = None,
+    device: str = "cpu",
 ) -> EvalResult:
     """Score ``model`` (a backend, a model folder or GGUF, None: the packaged SmolLM2) on held-out problems."""
     if k < 1:
@@ -126,7 +127,9 @@ def evaluate(
     if own_backend:
         from sparq_stream.models.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend(model, num_threads=num_threads, max_batch_size=batch_size * k, cache_dir=cache_dir)
+        backend = TransformersBackend(
+            model, num_threads=num_threads, max_batch_size=batch_size * k, cache_dir=cache_dir, device=device
+        )
     else:
         backend = model  # type: ignore[assignment]
     own_checker = checker is None

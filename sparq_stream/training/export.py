@@ -134,12 +134,14 @@ def build_examples(
     solve_prompt: PromptTemplate | None = None,
     limit: int | None = None,
     skipped: Counter[str] | None = None,
+    include_flagged: bool = False,
 ) -> list[dict[str, Any]]:
     """Turn results into sorted example rows (filtered: quality > 0 x correct rollouts; else own solution).
 
     A problem id met twice keeps its first occurrence. ``limit`` keeps the first ``limit``
     examples in (problem id, rollout index) order: an id-hash order, so a deterministic
     pseudo-random subset (use it to compare filtered and unfiltered sets at equal size).
+    Problems the validity audit flagged are left out unless ``include_flagged``.
     """
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0, got {limit}")
@@ -154,6 +156,9 @@ def build_examples(
             counts["duplicate"] += 1
             continue
         seen.add(result.id)
+        if result.audit and not include_flagged:
+            counts["audit_flagged"] += 1
+            continue
         targets = _targets(result, filtered, counts)
         if not targets:
             continue
@@ -280,12 +285,16 @@ def export_training_set(
     limit: int | None = None,
     source: str = "elites",
     solve_prompt: PromptTemplate | None = None,
+    include_flagged: bool = False,
 ) -> ExportInfo:
     """Export the training set of ``elites`` (or any scored results) to ``out_dir`` as JSONL + Parquet."""
     skipped: Counter[str] = Counter()
     template = solve_prompt or load_prompt(SOLVE)
-    rows = build_examples(elites, filtered=filtered, source=source, solve_prompt=template, limit=limit, skipped=skipped)
-    info = write_examples(rows, out_dir, skipped=skipped, extra={"filtered": filtered, "source": source, "limit": limit})
+    rows = build_examples(
+        elites, filtered=filtered, source=source, solve_prompt=template, limit=limit, skipped=skipped, include_flagged=include_flagged
+    )
+    extra = {"filtered": filtered, "source": source, "limit": limit, "include_flagged": include_flagged}
+    info = write_examples(rows, out_dir, skipped=skipped, extra=extra)
     log.info("exported %d examples of %d problems to %s (skipped: %s)", info.examples, info.problems, out_dir, dict(skipped))
     return info
 
@@ -298,6 +307,7 @@ def export_from_archive(
     limit: int | None = None,
     fmt: str = "auto",
     solve_prompt: PromptTemplate | None = None,
+    include_flagged: bool = False,
 ) -> ExportInfo:
     """Export from an archive A on disk: filtered (quality > 0, correct rollouts) or every child with its own solution."""
     from sparq_stream.qd.archive_log import JSONL_NAME as ARCHIVE_JSONL
@@ -307,7 +317,8 @@ def export_from_archive(
     if not archive.is_dir() or not (part_files(archive) or (archive / ARCHIVE_JSONL).is_file()):
         raise ConfigError(f"{archive} is not an archive directory (no {ARCHIVE_JSONL} and no Parquet parts)")
     return export_training_set(
-        iter_archive(archive, fmt), out_dir, filtered=filtered, limit=limit, source="archive", solve_prompt=solve_prompt
+        iter_archive(archive, fmt), out_dir, filtered=filtered, limit=limit, source="archive", solve_prompt=solve_prompt,
+        include_flagged=include_flagged,
     )
 
 

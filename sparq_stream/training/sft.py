@@ -1,8 +1,8 @@
 """Supervised fine-tuning of the student on an exported training set (full, or LoRA with peft).
 
-A plain PyTorch loop (no accelerate, offline, CPU by default): each example is a chat whose
-last turn is the assistant's target; the loss is the token-mean cross-entropy over the
-assistant tokens only (prompt tokens are masked with -100). The output folder is written
+Runs on TRL's ``SFTTrainer`` (offline, CPU by default; LoRA through a PEFT ``LoraConfig`` by
+default, or full fine-tuning): each example is a chat whose last turn is the assistant's target,
+given to TRL as a prompt-completion pair, so the loss is over the completion tokens only. The output folder is written
 under a temporary name and renamed into place when complete; it holds
 
 - ``model/``: a full Hugging Face model + tokenizer that every backend loads directly (for
@@ -55,7 +55,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MODEL_SUBDIR = "model"
 ADAPTER_SUBDIR = "adapter"
 RESULT_NAME = "train_result.json"
-_IGNORE = -100
+_IGNORE = -100  # the label of a masked (prompt) token
 
 
 class TrainingCancelled(SparqError):
@@ -199,63 +199,44 @@ def train_sft(
     if pad_id is None:
         raise ConfigError(f"the tokenizer in {hf_dir} has neither a pad nor an EOS token")
 
-    encoded = [e for e in (encode_example(tokenizer, chat, max_seq_len) for chat in chats) if e is not None]
-    skipped = len(chats) - len(encoded)
+    encoded = [encode_example(tokenizer, chat, max_seq_len) for chat in chats]
+    keep = [e is not None for e in encoded]
+    skipped = len(chats) - sum(keep)
     if skipped:
         log.warning("skipped %d example(s) whose prompt alone exceeds max_seq_len=%d", skipped, max_seq_len)
-    if not encoded:
+    if not any(keep):
         raise ConfigError(f"every example's prompt exceeds max_seq_len={max_seq_len}")
 
-    torch.manual_seed(seed)
-    model.to(device)
-    if method == "lora":
-        model = _with_lora(model, lora_r, lora_alpha, lora_dropout)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr if lr is not None else default_lr(method), weight_decay=weight_decay)
-    per_epoch = math.ceil(len(encoded) / batch_size)
-    total = per_epoch * epochs if max_steps is None else min(max_steps, per_epoch * epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_schedule(warmup_steps, total))
-
-    losses: list[float] = []
-    tokens = 0
-    start = time.perf_counter()
-    generator = torch.Generator().manual_seed(seed)
-    log.info("training %s (%s) on %d examples: %d step(s) of batch %d", hf_dir.name, method, len(encoded), total, batch_size)
-    while len(losses) < total:
-        order = torch.randperm(len(encoded), generator=generator).tolist()
-        for at in range(0, len(order), batch_size):
-            if len(losses) >= total:
-                break
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled(f"training stopped after {len(losses)} of {total} steps")
-            batch = [encoded[i] for i in order[at : at + batch_size]]
-            input_ids, attention, labels = _collate(batch, pad_id, torch)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-                out_model = model(
-                    input_ids=input_ids.to(device), attention_mask=attention.to(device), labels=labels.to(device)
-                )
-            loss = out_model.loss
-            if not torch.isfinite(loss):
-                raise SparqError(f"the loss became {loss.item()} at step {len(losses) + 1}; lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.item()))
-            tokens += int((labels != _IGNORE).sum())
-            if len(losses) == 1 or len(losses) % 10 == 0 or len(losses) == total:
-                log.info("step %d/%d loss %.4f", len(losses), total, losses[-1])
-    seconds = time.perf_counter() - start
+    losses, tokens, seconds, model = _run_sft_trainer(
+        model,
+        tokenizer,
+        [chat for chat, kept in zip(chats, keep) if kept],
+        method=method,
+        epochs=epochs,
+        lr=lr if lr is not None else default_lr(method),
+        batch_size=batch_size,
+        max_steps=max_steps,
+        max_seq_len=max_seq_len,
+        seed=seed,
+        lora=(lora_r, lora_alpha, lora_dropout),
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        grad_clip=grad_clip,
+        bf16=bf16,
+        device=device,
+        should_stop=should_stop,
+    )
+    if not losses:
+        raise SparqError("the trainer ran no optimiser step")
+    if not all(math.isfinite(x) for x in losses):
+        raise SparqError(f"the loss became non-finite ({losses[-1]}); lower the learning rate")
 
     result = TrainResult(
         path=out / MODEL_SUBDIR,
         steps=len(losses),
         loss_first=losses[0],
         loss_last=losses[-1],
-        examples=len(encoded),
+        examples=sum(keep),
         method=method,
         adapter_path=out / ADAPTER_SUBDIR if method == "lora" else None,
         out_dir=out,
@@ -279,6 +260,7 @@ def train_sft(
         "lora_dropout": lora_dropout,
         "dtype": dtype,
         "bf16": bf16,
+        "trainer": f"trl.SFTTrainer {_trl_version()}",
     }
     _save(model, tokenizer, method, out, overwrite, {**result.to_dict(), "settings": settings})
     log.info(
@@ -325,46 +307,112 @@ def _check_out_dir(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"output folder {out} is not empty (pass overwrite=True / --overwrite to replace it)")
 
 
-def _with_lora(model: Any, r: int, alpha: int, dropout: float) -> Any:
-    """Wrap ``model`` with LoRA adapters on the attention projections."""
-    from peft import LoraConfig, get_peft_model
+def _trl_version() -> str:
+    """The installed TRL version."""
+    import trl
+
+    return str(trl.__version__)
+
+
+def _lora_config(model: Any, r: int, alpha: int, dropout: float) -> Any:
+    """A PEFT ``LoraConfig`` on the attention projections the model has."""
+    from peft import LoraConfig
 
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [t for t in LORA_TARGETS if t in names]
     if not targets:
         raise ConfigError(f"the model has none of the LoRA target modules {LORA_TARGETS}")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-    with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated; not our concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, config)
-    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    log.info("LoRA r=%d alpha=%d on %s: %d trainable parameters", r, alpha, targets, trainable)
-    return peft_model
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
-def _linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up over ``warmup`` steps, then linear decay to 10% at ``total``."""
+def _run_sft_trainer(
+    model: Any,
+    tokenizer: Any,
+    chats: list[list[dict[str, str]]],
+    *,
+    method: str,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    max_steps: int | None,
+    max_seq_len: int,
+    seed: int,
+    lora: tuple[int, int, float],
+    weight_decay: float,
+    warmup_steps: int,
+    grad_clip: float,
+    bf16: bool,
+    device: str,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[list[float], int, float, Any]:
+    """Train with TRL's ``SFTTrainer`` (prompt-completion chats: loss on the completion only); return losses, tokens, seconds, model."""
+    import tempfile
 
-    def factor(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        span = max(1, total - warmup)
-        return max(0.1, 1.0 - 0.9 * (step - warmup) / span)
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
 
-    return factor
+    class _Stop(TrainerCallback):
+        """Raise :class:`TrainingCancelled` before a step when ``should_stop`` says so."""
 
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if should_stop is not None and should_stop():
+                raise TrainingCancelled(f"training stopped after {state.global_step} of {state.max_steps} steps")
 
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int, torch: Any) -> tuple[Any, Any, Any]:
-    """Right-pad a batch into input ids, attention mask and labels."""
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), _IGNORE, dtype=torch.long)
-    for row, (ids, labs) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention[row, : len(ids)] = 1
-        labels[row, : len(labs)] = torch.tensor(labs, dtype=torch.long)
-    return input_ids, attention, labels
+    rows = [{"prompt": chat[:-1], "completion": chat[-1:]} for chat in chats]
+    dataset = Dataset.from_list(rows)
+    peft_config = _lora_config(model, *lora) if method == "lora" else None
+    with tempfile.TemporaryDirectory(prefix="sparq-sft-") as scratch, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecated aliases inside transformers 5
+        args = SFTConfig(
+            output_dir=scratch,
+            num_train_epochs=epochs,
+            max_steps=max_steps if max_steps is not None else -1,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=1,
+            learning_rate=lr,
+            lr_scheduler_type="linear",
+            warmup_steps=warmup_steps,
+            weight_decay=weight_decay,
+            max_grad_norm=grad_clip if grad_clip > 0 else 0.0,
+            max_length=max_seq_len,
+            truncation_mode="keep_start",
+            completion_only_loss=True,
+            packing=False,
+            seed=seed,
+            data_seed=seed,
+            bf16=bf16,
+            use_cpu=device == "cpu",
+            logging_steps=1,
+            logging_strategy="steps",
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataset_num_proc=None,
+        )
+        with warnings.catch_warnings():  # peft/trl read attributes transformers 5 deprecated; not our concern
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=UserWarning)
+            trainer = SFTTrainer(
+                model=model,
+                args=args,
+                train_dataset=dataset,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+                callbacks=[_Stop()],
+            )
+            if peft_config is not None:
+                trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+                log.info("LoRA r=%d alpha=%d on %s: %d trainable parameters", lora[0], lora[1], sorted(peft_config.target_modules), trainable)
+            log.info("training (%s, TRL SFTTrainer) on %d examples, batch %d", method, len(rows), batch_size)
+            start = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - start
+    history = trainer.state.log_history
+    losses = [float(entry["loss"]) for entry in history if "loss" in entry]
+    tokens = max((int(entry.get("num_tokens", 0)) for entry in history), default=0)
+    return losses, tokens, seconds, trainer.model
 
 
 def _save(model: Any, tokenizer: Any, method: str, out: Path, overwrite: bool, result: dict[str, Any]) -> None:

@@ -54,6 +54,7 @@ def make(backend=None, clock=None, replay: Sequence[Outgoing] = (), **config) ->
     """A mutator with the seeds table read, and ``replay`` (its state records) replayed as on start."""
     config.setdefault("variant", "static-uniform")
     config.setdefault("batch_size", 4)
+    config.setdefault("models_root", "/models")
     core = MutatorCore(MutatorConfig(**config), backend=backend or ScriptedBackend(), clock=clock or FakeClock())
     for i, seed in enumerate(SEEDS):
         core.on_table(Inbound("seeds", seed.id, seed, offset=i))

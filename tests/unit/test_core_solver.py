@@ -171,7 +171,7 @@ def _programmed(counts: Sequence[int], k: int = 16, **kw: object) -> tuple[Progr
 def test_one_generate_call_of_k_per_batch_and_exact_solve_rates(pool: CheckerPool) -> None:
     scripted = ScriptedBackend(_script(14))
     spy = Spy(scripted)
-    core = SolverCore(spy, pool, SolverConfig(early_stop="none", k=16))
+    core = SolverCore(spy, pool, SolverConfig(audit="off", early_stop="none", k=16))
     cands = [_candidate(i, scripted) for i in range(14)]
     results = _results(core.handle_batch([_inbound(c, i) for i, c in enumerate(cands)]))
     assert spy.calls == [(14, 16, None)]
@@ -193,7 +193,7 @@ def test_one_generate_call_of_k_per_batch_and_exact_solve_rates(pool: CheckerPoo
 def test_max_batch_splits_one_poll_batch_into_calls(pool: CheckerPool) -> None:
     scripted = ScriptedBackend(_script(10))
     spy = Spy(scripted)
-    core = SolverCore(spy, pool, SolverConfig(early_stop="none", k=4, max_batch=4))
+    core = SolverCore(spy, pool, SolverConfig(audit="off", early_stop="none", k=4, max_batch=4))
     results = _results(core.handle_batch([_inbound(_candidate(i, scripted), i) for i in range(10)]))
     assert [c[0] for c in spy.calls] == [4, 4, 2] and all(c[1] == 4 for c in spy.calls)
     assert len(results) == 10 and len({r.id for r in results}) == 10
@@ -202,9 +202,9 @@ def test_max_batch_splits_one_poll_batch_into_calls(pool: CheckerPool) -> None:
 def test_exact_early_stop_saves_only_certain_rollouts_and_changes_no_decision(pool: CheckerPool) -> None:
     scripted = ScriptedBackend(_script(14))
     cands = [_candidate(i, scripted) for i in range(14)]
-    full = _results(SolverCore(scripted, pool, SolverConfig(early_stop="none")).handle_batch([_inbound(c) for c in cands]))
+    full = _results(SolverCore(scripted, pool, SolverConfig(audit="off", early_stop="none")).handle_batch([_inbound(c) for c in cands]))
     spy = Spy(scripted)
-    core = SolverCore(spy, pool, SolverConfig(early_stop="exact", sampling_seed=100))
+    core = SolverCore(spy, pool, SolverConfig(audit="off", early_stop="exact", sampling_seed=100))
     exact = _results(core.handle_batch([_inbound(c, i) for i, c in enumerate(cands)]))
     # 15 rollouts first (the earliest point an exact stop is possible), then 1 for the survivors
     assert spy.calls == [(14, 15, 100), (10, 1, 115)]
@@ -223,10 +223,10 @@ def test_exact_early_stop_saves_only_certain_rollouts_and_changes_no_decision(po
 def test_chunked_rounds_see_the_same_rollouts_as_one_call(pool: CheckerPool) -> None:
     counts = [0, 1, 2, 5, 8, 12, 14, 15, 16, 3]
     backend, cands = _programmed(counts)
-    ref = _results(SolverCore(backend, pool, SolverConfig(early_stop="none", sampling_seed=0)).handle_batch([_inbound(c) for c in cands]))
+    ref = _results(SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none", sampling_seed=0)).handle_batch([_inbound(c) for c in cands]))
     assert [r.n_correct for r in ref] == counts
     backend.calls.clear()
-    pred = SolverCore(backend, pool, SolverConfig(early_stop="predictive", sampling_seed=0, rollout_chunk=4))
+    pred = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="predictive", sampling_seed=0, rollout_chunk=4))
     got = _results(pred.handle_batch([_inbound(c) for c in cands]))
     # 12 rollouts is the earliest point this test can stop at; the survivors then finish
     assert backend.calls == [(10, 12), (5, 4)]
@@ -271,7 +271,7 @@ def test_hostile_outputs_are_incorrect_rollouts_not_errors(pool: CheckerPool) ->
 
     backend = Hostile({}, {})
     cand = NovelCandidate(id="h1", problem="what is 6 * 7?", solution="", answer="42")
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", k=12))
+    core = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none", k=12))
     res = _results(core.handle_batch([_inbound(cand)]))[0]
     assert res.rollouts_used == 12 and res.n_correct == 4 and res.solve_rate == pytest.approx(4 / 12)
     assert res.correct_rollouts == ["\x00\\boxed{42}", "\\boxed{42}"] * 2
@@ -283,7 +283,7 @@ def test_hostile_outputs_are_incorrect_rollouts_not_errors(pool: CheckerPool) ->
 
 def test_every_prompt_failing_is_retriable(pool: CheckerPool) -> None:
     backend, cands = _programmed([3, 4], fail={"programmed problem 0": 5, "programmed problem 1": 5})
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none"))
+    core = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none"))
     with pytest.raises(RetriableError):
         core.handle_batch([_inbound(c, i) for i, c in enumerate(cands)])
 
@@ -299,7 +299,7 @@ def test_a_backend_exception_is_retriable(pool: CheckerPool) -> None:
 
 def test_one_failing_prompt_is_retried_inside_the_core(pool: CheckerPool) -> None:
     backend, cands = _programmed([3, 4, 5], fail={"programmed problem 1": 1})
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", sampling_seed=0))
+    core = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none", sampling_seed=0))
     res = _results(core.handle_batch([_inbound(c, i) for i, c in enumerate(cands)]))
     assert [r.n_correct for r in res] == [3, 4, 5]
     assert backend.calls == [(3, 16), (1, 16)]
@@ -308,7 +308,7 @@ def test_one_failing_prompt_is_retried_inside_the_core(pool: CheckerPool) -> Non
 
 def test_a_permanently_failing_prompt_dead_letters_only_its_candidate(pool: CheckerPool) -> None:
     backend, cands = _programmed([3, 4, 5], fail={"programmed problem 1": 99})
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", sampling_seed=0, prompt_retries=2))
+    core = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none", sampling_seed=0, prompt_retries=2))
     batch = [_inbound(c, i) for i, c in enumerate(cands)]
     with pytest.raises(FatalError, match=cands[1].id):
         core.handle_batch(batch)
@@ -326,7 +326,7 @@ def test_a_permanently_failing_prompt_dead_letters_only_its_candidate(pool: Chec
 
 def test_an_invalid_prompt_error_is_not_retried(pool: CheckerPool) -> None:
     backend, cands = _programmed([3, 4], fail={"programmed problem 0": "invalid prompt: empty content"})
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", prompt_retries=3, sampling_seed=0))
+    core = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none", prompt_retries=3, sampling_seed=0))
     with pytest.raises(FatalError, match="invalid prompt"):
         core.handle_batch([_inbound(c, i) for i, c in enumerate(cands)])
     assert backend.calls == [(2, 16)]
@@ -360,13 +360,13 @@ def test_duplicates_inside_one_batch_are_solved_once(pool: CheckerPool) -> None:
     scripted = ScriptedBackend(_script(1))
     spy = Spy(scripted)
     cand = _candidate(0, scripted)
-    res = _results(SolverCore(spy, pool, SolverConfig(early_stop="none")).handle_batch([_inbound(cand), _inbound(cand, 1)]))
+    res = _results(SolverCore(spy, pool, SolverConfig(audit="off", early_stop="none")).handle_batch([_inbound(cand), _inbound(cand, 1)]))
     assert spy.calls == [(1, 16, None)] and res[0] == res[1]
 
 
 def test_hot_reload_of_a_newer_model_version(pool: CheckerPool) -> None:
     backend, cands = _programmed([5, 6, 7])
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", follow_models=True, follow_model_name="student"))
+    core = SolverCore(backend, pool, SolverConfig(audit="off", early_stop="none", follow_models=True, follow_model_name="student", models_root="/models"))
     assert core.tables == ("models",)
     def mv(v: int, name: str = "student") -> ModelVersion:
         return ModelVersion(name=name, number=v, path=f"/models/v{v}")
@@ -392,7 +392,7 @@ def test_hot_reload_of_a_newer_model_version(pool: CheckerPool) -> None:
 
 def test_a_backend_without_reload_keeps_serving(pool: CheckerPool) -> None:
     scripted = ScriptedBackend(_script(1))
-    core = SolverCore(scripted, pool, SolverConfig(follow_models=True))
+    core = SolverCore(scripted, pool, SolverConfig(follow_models=True, models_root="/"))
     core.on_table(Inbound("models", "m", ModelVersion(name="m", number=4, path="/x")))
     res = _results(core.handle_batch([_inbound(_candidate(0, scripted))]))[0]
     assert res.solver_version == 0 and core.metrics()["reload_unsupported"] == 1
@@ -408,7 +408,7 @@ def test_config_validation_and_json_backend_options() -> None:
     with pytest.raises(ValueError, match="t_low"):
         SolverConfig(t_low=0.8, t_high=0.2)
     with pytest.raises(ValueError):
-        SolverConfig(early_stop="sometimes")  # type: ignore[arg-type]
+        SolverConfig(audit="off", early_stop="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="JSON"):
         SolverConfig(backend_options="{not json")
 

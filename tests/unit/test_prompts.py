@@ -14,6 +14,7 @@ from sparq_stream.prompts import (
     SKILL_CLASSIFICATION,
     SKILL_EXTRACTION,
     SOLVE,
+    VALIDITY,
     available_prompts,
     load_prompt,
     parse_template,
@@ -24,6 +25,7 @@ EXPECTED_FIELDS = {
     SOLVE: ("problem",),
     SKILL_CLASSIFICATION: ("problem", "skills"),
     SKILL_EXTRACTION: ("problem",),
+    VALIDITY: ("problem", "answer"),
 }
 
 LATEX = r"Let $f(x) = \frac{x^2}{2}$ and {a, b} = \{1, 2\}. Find $$f(3)$$, costing $5."

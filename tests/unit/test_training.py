@@ -72,6 +72,7 @@ def test_lora_overfits_a_tiny_set_and_saves_a_merged_model(tiny_lm: Path, datase
     assert (result.adapter_path / "adapter_config.json").is_file()
     saved = json.loads((tmp_path / "run" / RESULT_NAME).read_text())
     assert saved["losses"] == result.losses and saved["settings"]["lr"] == 1e-2
+    assert saved["settings"]["trainer"].startswith("trl.SFTTrainer ")  # a maintained trainer, not a hand loop
     before, after = _weights(tiny_lm), _weights(result.path)
     assert set(before) == set(after)  # merged: a plain model, no adapter weights left
     changed = [k for k in before if not before[k].equal(after[k])]  # type: ignore[attr-defined]

@@ -122,6 +122,9 @@ class MutatorConfig(BaseModel):
     min_seeds: int = Field(default=1, ge=1, description="wait until W holds this many seeds before the first step")
     follow_models: bool = Field(default=False, description="hot-reload new model versions from the models topic")
     follow_model_name: str | None = Field(default=None, description="only follow this model name (unset: any)")
+    models_root: str | None = Field(
+        default=None, description="model versions load only from inside this folder (others are dead-lettered)"
+    )
     state_dir: str | None = Field(default=None, description="folder of a local cache of the state (used only when the changelog topic holds none)")
     state_key: str = Field(default="mutator", min_length=1, description="key of this mutator's record on the mutator-state changelog topic")
     changelog: bool = Field(default=True, description="keep the state on the mutator-state topic (off: a restart is a new run)")
@@ -191,7 +194,7 @@ class MutatorCore(BaseCore):
         self._backoff_s = 0.0
         self.counters: Counter[str] = Counter()
         self._parse_work = ParseWork()
-        self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters)
+        self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters, root=config.models_root)
         self._timers: Counter[str] = Counter()
         if config.state_dir:
             cached = read_cache(config.state_dir)

@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 from sparq_stream.messages import ModelVersion
+from sparq_stream.models.model_root import UntrustedModelPath, model_path_inside
 
 __all__ = ["ModelFollower"]
 
@@ -16,13 +17,16 @@ log = logging.getLogger(__name__)
 class ModelFollower:
     """Notes the newest :class:`ModelVersion` (of ``name``, when set) and reloads a backend with it on demand.
 
+    A version whose path lies outside ``root`` raises :class:`UntrustedModelPath` (dead-lettered).
+
     A failed reload keeps the current model (``reload_failures``, never retried for that
     version); a backend without ``reload`` is counted (``reload_unsupported``).
     """
 
-    def __init__(self, enabled: bool, name: str | None, counters: Counter[str]) -> None:
-        """Follow models when ``enabled``; count outcomes into ``counters``."""
+    def __init__(self, enabled: bool, name: str | None, counters: Counter[str], root: str | None = None) -> None:
+        """Follow models when ``enabled`` (loading only from inside ``root``); count outcomes into ``counters``."""
         self.enabled = enabled
+        self.root = root
         self.name = name
         self.counters = counters
         self._pending: ModelVersion | None = None
@@ -33,6 +37,11 @@ class ModelFollower:
         """Remember ``message`` if it is newer than the current and the pending version."""
         if not self.enabled or (self.name is not None and message.name != self.name):
             return
+        try:
+            model_path_inside(message.path, self.root)
+        except UntrustedModelPath:
+            self.counters["models_refused"] += 1
+            raise  # non-retriable: the wrapper dead-letters the record
         current = self._current if self._current is not None else -1
         pending = self._pending.number if self._pending is not None else -1
         if message.number > max(current, pending):

@@ -1,0 +1,102 @@
+"""The learning side of a run's summary: model versions with their evaluations, audit and contamination counts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+__all__ = ["audit_counts", "contamination_counts", "learning_summary", "model_versions"]
+
+log = logging.getLogger(__name__)
+
+_VERSION_DIR = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)-v(?P<number>\d{4,})$")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s: %s", path, exc)
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def model_versions(models_dir: Path) -> list[dict[str, Any]]:
+    """One entry per finished version folder in ``models_dir``: name, number, training figures, evaluation."""
+    entries: list[dict[str, Any]] = []
+    if not models_dir.is_dir():
+        return entries
+    for folder in sorted(models_dir.iterdir()):
+        found = _VERSION_DIR.match(folder.name)
+        if not found or not (folder / "train_result.json").is_file():
+            continue
+        trained = _read_json(folder / "train_result.json")
+        settings = trained.get("settings") or {}
+        entries.append(
+            {
+                "name": found.group("name"),
+                "version": int(found.group("number")),
+                "path": str(folder),
+                "examples": trained.get("examples", 0),
+                "steps": trained.get("steps", 0),
+                "loss_first": trained.get("loss_first"),
+                "loss_last": trained.get("loss_last"),
+                "method": trained.get("method", ""),
+                "trainer": settings.get("trainer", ""),
+                "eval": _read_json(folder / "eval.json") if (folder / "eval.json").is_file() else {},
+            }
+        )
+    entries.sort(key=lambda e: (e["name"], e["version"]))
+    return entries
+
+
+def contamination_counts(stages: dict[str, float]) -> dict[str, int]:
+    """Dropped candidates by contamination reason (embedding, 13-gram overlap, the prompt's own example)."""
+    out: dict[str, int] = {}
+    for key, value in stages.items():
+        service, _, name = key.partition(".")
+        if service.startswith("novelty") and name.startswith("dropped_") and "duplicate" not in name:
+            reason = name.removeprefix("dropped_")
+            out[reason] = out.get(reason, 0) + int(value)
+    return dict(sorted(out.items()))
+
+
+def audit_counts(archive_dir: Path) -> dict[str, Any]:
+    """Validity audit counts over the archive: kept, audited, flagged, per flag, and how many were not audited."""
+    from sparq_stream.qd.archive_log import iter_archive
+    from sparq_stream.qd.audit import audit_flags
+
+    counts: dict[str, Any] = {"kept": 0, "audited": 0, "flagged": 0, "not_audited_kept": 0, "flags": {}}
+    if not archive_dir.is_dir():
+        return counts
+    try:
+        rows = iter_archive(archive_dir)
+        for row in rows:
+            kept = row.quality > 0
+            counts["kept"] += int(kept)
+            if row.audit is None:
+                counts["not_audited_kept"] += int(kept)
+                continue
+            counts["audited"] += 1
+            counts["flagged"] += int(bool(row.audit))
+            for flag in audit_flags(row.audit):
+                counts["flags"][flag] = counts["flags"].get(flag, 0) + 1
+    except Exception as exc:  # noqa: BLE001 - the summary must not fail on an unreadable archive
+        log.warning("audit counts: cannot read %s: %s", archive_dir, exc)
+    counts["flags"] = dict(sorted(counts["flags"].items()))
+    return counts
+
+
+def learning_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The ``model_versions``, ``audit`` and ``contamination`` entries of ``summary.json``."""
+    body = {
+        "model_versions": model_versions(out / "models"),
+        "audit": audit_counts(out / "archive"),
+        "contamination": contamination_counts(summary.get("stages") or {}),
+    }
+    if (out / "sweep" / "sweep.json").is_file():  # written by `sparq eval --sweep --archive DIR/archive`
+        body["sweep"] = _read_json(out / "sweep" / "sweep.json")
+    return body

@@ -1,0 +1,42 @@
+"""``sparq up --train-every N``: the trainer fine-tunes and evaluates, mutator and solver follow versions from the run's models/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sparq_stream.orchestrator.up import UpConfig, service_args
+from sparq_stream.services import parse_flags, service_spec
+from sparq_stream.training.loop import MODEL_NAME, default_eval_sets
+
+
+def _parsed(config: UpConfig) -> dict[str, dict]:
+    args = service_args(config, "p", "127.0.0.1:9092")
+    return {name: parse_flags(args[name], service_spec(name).settings_cls) for name in ("trainer", "mutator", "solver")}
+
+
+def test_train_every_turns_on_training_evaluation_and_following(tmp_path: Path) -> None:
+    heldout = tmp_path / "gsm8k_test.jsonl"
+    heldout.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    config = UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=1, train_every=5, contamination=[heldout],
+                      backend="transformers", model="/m/base.gguf", extra={"trainer": ["--train-max-steps", "3"]})  # fmt: skip
+    flags = _parsed(config)
+    models = str((tmp_path / "run" / "models").resolve())
+    trainer = flags["trainer"]
+    assert trainer["train_every"] == "5" and trainer["models_dir"] == models and trainer["model_name"] == MODEL_NAME
+    assert trainer["train_max_steps"] == "3"  # --with flags come last and win over the CPU defaults
+    assert trainer["base_model"] == "/m/base.gguf" and trainer["eval_sets"] == {"gsm8k": str(heldout.resolve())}
+    for name in ("mutator", "solver"):
+        assert flags[name]["follow_models"] is True and flags[name]["models_root"] == models
+        assert flags[name]["follow_model_name"] == MODEL_NAME
+    service_spec("trainer").settings_cls(**{k: v for k, v in trainer.items()})  # every flag is a valid trainer setting
+
+
+def test_without_train_every_nothing_trains_or_follows(tmp_path: Path) -> None:
+    flags = _parsed(UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=1))
+    assert "train_every" not in flags["trainer"] and "follow_models" not in flags["solver"] and "follow_models" not in flags["mutator"]
+
+
+def test_default_eval_sets_name_the_in_and_out_of_distribution_files(tmp_path: Path) -> None:
+    files = [tmp_path / "gsm8k_test.jsonl", tmp_path / "math500_test.jsonl"]
+    assert default_eval_sets(files) == {"gsm8k": str(files[0].resolve()), "math500": str(files[1].resolve())}
