@@ -50,7 +50,7 @@ M = TypeVar("M", bound="Message")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 #: Why the novelty filter dropped a candidate (``sparq.dropped.reason``).
-DROP_REASON_VALUES: tuple[str, ...] = ("exact_duplicate", "near_duplicate", "contamination")
+DROP_REASON_VALUES: tuple[str, ...] = ("exact_duplicate", "near_duplicate", "contamination", "contamination_ngram", "prompt_example")
 #: How a candidate was made from its parents (``operator``).
 OPERATOR_VALUES: tuple[str, ...] = ("mutate",)
 #: The QD variant of the run that made a candidate (``variant``); "" where none was given.

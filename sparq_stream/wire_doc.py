@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sparq_stream import ids
-from sparq_stream.bus.topics import COMPACTED, LOGICAL_TOPICS, SINGLE_PARTITION
+from sparq_stream.bus.topics import LOGICAL_TOPICS, SINGLE_PARTITION, spec_of, topic_configs
 from sparq_stream.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, Message
 from sparq_stream.schema_export import (
     DLQ_HEADERS,
@@ -140,14 +140,15 @@ def render_wire_doc() -> str:
         "Kafka topic name = `<prefix>.<name>`: the prefix is the run's (`--prefix`, `SPARQ_PREFIX`;",
         "default `sparq`, and `sparq up` picks a new one per run), the name one of those below. All",
         "topics of a run have the same partition count (`--partitions`, default 3) except `models`",
-        "(one partition: a total order of versions).",
+        "and `mutator-state` (one partition each: a total order). Topic configs are those `sparq topics",
+        "create` sets (Tansu keeps none).",
         "",
         "| topic | key | value | cleanup policy | partitions | writers | readers |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in LOGICAL_TOPICS:
         doc = TOPICS[name]
-        policy = "compact" if name in COMPACTED else "delete (broker default retention)"
+        policy = ", ".join(f"`{k}={v}`" for k, v in topic_configs(spec_of(name)).items())
         parts = "1" if name in SINGLE_PARTITION else "run's count"
         out.append(f"| `<prefix>.{name}` | {_cell(doc.key)} | {_cell(doc.value)} | {policy} | {parts} | {_cell(doc.writers)} | {_cell(doc.readers)} |")
     out += [
