@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kafka.admin import NewTopic
 
-from sparq_stream.bus.topics import admin_client, describe_topics, ensure_topics
+from sparq_stream.bus.topics import LOGICAL_TOPICS, admin_client, describe_topics, ensure_topics
 from sparq_stream.settings import ServiceSettings
 
 pytestmark = pytest.mark.broker
@@ -21,7 +21,7 @@ def test_topics_get_their_role_configs_and_wrong_ones_are_altered(broker: str, b
     report = ensure_topics(settings, partitions=2)
     assert f"{prefix}.seeds" not in report.created and f"{prefix}.elites" in report.created
     rows = {r["topic"]: r["configs"] for r in describe_topics(settings)}
-    assert len(rows) == 10
+    assert len(rows) == len(LOGICAL_TOPICS)
     if broker_name != "kafka":  # Tansu keeps no topic configs: nothing to compare, nothing fails
         assert f"{prefix}.seeds" in report.unchecked
         return
