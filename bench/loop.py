@@ -451,14 +451,49 @@ def bench_duplicates(data: Path, root: Path, args: argparse.Namespace) -> dict[s
 
 # ---------------------------------------------------------------------- (c) coverage
 
+#: What the scripted generator of (c) assumes: the figures measure the selection policy
+#: under THIS model of mutation, not a language model.
+COVERAGE_ASSUMPTIONS = (
+    "seed skills: 1-3 of the 12-skill vocabulary drawn by a hash of the seed's text (the text matters only through its hash)",
+    "a child inherits its parent's skill-set with at most one change: replace one skill (p=0.3), add one (0.15), drop one (0.15), else the same",
+    "a child's solve-rate is drawn by a hash of its text from {0, .125, .25, .5, .75, .875, 1}, independent of its skills and its parent",
+    "the classifier reads the inherited skills back exactly (no labelling noise); K=4 rollouts, exactly round(SR*K) correct",
+)
 
-def _coverage_run(data: Path, work: Path, vocab: Path, *, variant: str, rep: int, label: bool, args: argparse.Namespace) -> dict[str, Any]:
+
+def math_style_seeds(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """Write a procedural MATH-style seed file (LaTeX, algebra / number theory / counting / geometry); NOT math500."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b, c = (int(x) for x in rng.integers(2, 13, 3))
+        kind = i % 6
+        if kind == 0:
+            r1, r2 = int(rng.integers(-9, 10)), int(rng.integers(-9, 10))
+            q, ans = f"Find the sum of all real $x$ such that $x^2 {-(r1 + r2):+d}x {r1 * r2:+d} = 0$.", str(r1 + r2)
+        elif kind == 1:
+            q, ans = f"What is the remainder when ${a}^{{{b + 5}}}$ is divided by ${c + 1}$?", str(pow(a, b + 5, c + 1))
+        elif kind == 2:
+            n_, k = a + 4, min(b, a + 3)
+            q, ans = f"Compute $\\dbinom{{{n_}}}{{{k}}}$.", str(__import__("math").comb(n_, k))
+        elif kind == 3:
+            q, ans = f"A right triangle has legs of length ${3 * a}$ and ${4 * a}$. What is the length of its hypotenuse?", str(5 * a)
+        elif kind == 4:
+            q, ans = f"If $f(x) = {a}x + {b}$, what is $f(f({c}))$?", str(a * (a * c + b) + b)
+        else:
+            q, ans = f"How many positive divisors does ${a * b * c}$ have?", str(sum(1 for d in range(1, a * b * c + 1) if (a * b * c) % d == 0))
+        rows.append({"problem": q, "answer": ans, "solution": f"The answer is $\\boxed{{{ans}}}$."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _coverage_run(seeds: Path, work: Path, vocab: Path, *, variant: str, rep: int, label: bool, args: argparse.Namespace) -> dict[str, Any]:
     from sparq_stream.orchestrator.local import run_local
     from sparq_stream.orchestrator.up import UpConfig
 
     script = {"seed": rep, "skill_model": "inherit", "skill_vocabulary": list(VOCAB_C), "drift": args.drift}
     config = UpConfig(
-        seeds=data / SEEDS_FILE,
+        seeds=seeds,
         out=work,
         steps=args.cov_steps,
         variant=variant,
@@ -488,37 +523,45 @@ def _coverage_run(data: Path, work: Path, vocab: Path, *, variant: str, rep: int
     }
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean, min, max, standard deviation and a 95% t-interval of the mean."""
+    from statistics import stdev
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    sd = stdev(values) if n > 1 else 0.0
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(n, 2.0)
+    half = t * sd / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "min": min(values), "max": max(values), "sd": sd, "ci95": (mean - half, mean + half), "runs": values}
+
+
 def bench_coverage(data: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """(c) skill-sets covered by each variant at an equal candidate budget (heritable skills, in-memory runner)."""
+    """(c) skill-sets covered by each variant at an equal budget, >= 5 seeds each, on a GSM8K and a MATH-style seed set."""
     vocab = _write_vocab(root / "c-vocabulary.json", VOCAB_C)
-    rows = [
-        ("static-uniform", True), ("static-diverse", True), ("dynamic-uniform", True), ("qd", True), ("qd", False),
-    ]
+    seed_sets = {"gsm8k": data / SEEDS_FILE, "math-style (procedural)": math_style_seeds(root / "c-math-style.jsonl")}
+    rows = [("static-uniform", True), ("static-diverse", True), ("dynamic-uniform", True), ("qd", True)]
     out: dict[str, Any] = {
         "settings": {
             "vocabulary": len(VOCAB_C), "skill_sets_possible": sum(math.comb(len(VOCAB_C), k) for k in (1, 2, 3)),
             "seeds": args.cov_seeds, "steps": args.cov_steps, "batch_size": args.cov_batch,
             "candidates": args.cov_steps * args.cov_batch, "k": 4, "repetitions": args.cov_reps, "drift": args.drift,
+            "assumptions": list(COVERAGE_ASSUMPTIONS),
         },
-        "variants": {},
+        "seed_sets": {},
     }
-    for variant, label in rows:
-        name = variant if label else f"{variant} (seeds unlabelled)"
-        runs = []
-        started = time.monotonic()
-        for rep in range(args.cov_reps):
-            runs.append(_coverage_run(data, root / f"c-{variant}-{int(label)}-{rep}", vocab, variant=variant, rep=rep, label=label, args=args))
-        covs = [r["coverage"] for r in runs]
-        out["variants"][name] = {
-            "coverage_mean": statistics.fmean(covs),
-            "coverage": covs,
-            "scored_mean": statistics.fmean(r["scored"] for r in runs),
-            "over_budget_mean": {k: statistics.fmean(r["over_budget"][k] for r in runs) for k in runs[0]["over_budget"]},
-            "seconds": time.monotonic() - started,
-        }
-        log.info("(c) %s: coverage %s", name, covs)
-    base = out["variants"]["static-uniform"]["coverage_mean"]
-    out["ratio_qd_static_uniform"] = out["variants"]["qd"]["coverage_mean"] / base if base else float("nan")
+    for set_name, seeds in seed_sets.items():
+        block: dict[str, Any] = {"file": str(seeds), "variants": {}}
+        for variant, label in rows:
+            runs = []
+            started = time.monotonic()
+            for rep in range(args.cov_reps):
+                work = root / f"c-{set_name.split()[0]}-{variant}-{rep}"
+                runs.append(_coverage_run(seeds, work, vocab, variant=variant, rep=rep, label=label, args=args))
+            block["variants"][variant] = {**_spread([float(r["coverage"]) for r in runs]), "seconds": time.monotonic() - started}
+            log.info("(c) %s %s: coverage %s", set_name, variant, [r["coverage"] for r in runs])
+        base = block["variants"]["static-uniform"]["mean"]
+        block["ratio_qd_static_uniform"] = block["variants"]["qd"]["mean"] / base if base else float("nan")
+        out["seed_sets"][set_name] = block
     return out
 
 
@@ -567,14 +610,15 @@ def _table(figures: dict[str, Any]) -> str:
     if c:
         st = c["settings"]
         lines.append(f"(c) skill-sets covered at {st['candidates']} candidates ({st['steps']} steps x b={st['batch_size']}), "
-                     f"{st['seeds']} seeds, {st['vocabulary']} skills ({st['skill_sets_possible']} skill-sets), heritable skills, "
-                     f"mean of {st['repetitions']}")
-        lines.append(f"    {'variant':<34}{'covered':>9}{'  at 25/50/75/100% of the budget':<34}{'runs':>16}")
-        for name, v in c["variants"].items():
-            q = "/".join(f"{x:.0f}" for x in v["over_budget_mean"].values())
-            runs = ",".join(str(x) for x in v["coverage"])
-            lines.append(f"    {name:<34}{v['coverage_mean']:>9.1f}  {q:<32}{runs:>16}")
-        lines.append(f"    qd / static-uniform: {c['ratio_qd_static_uniform']:.2f}x")
+                     f"{st['seeds']} seeds, {st['vocabulary']} skills ({st['skill_sets_possible']} skill-sets), {st['repetitions']} seeds per variant")
+        lines.append("    the scripted generator assumes: " + "; ".join(st["assumptions"]))
+        for set_name, block in c["seed_sets"].items():
+            lines.append(f"    seed set {set_name}:")
+            lines.append(f"      {'variant':<18}{'mean':>7}{'min':>6}{'max':>6}{'95% CI':>18}  runs")
+            for name, v in block["variants"].items():
+                ci = f"[{v['ci95'][0]:.1f}, {v['ci95'][1]:.1f}]"
+                lines.append(f"      {name:<18}{v['mean']:>7.1f}{v['min']:>6.0f}{v['max']:>6.0f}{ci:>18}  {','.join(f'{x:.0f}' for x in v['runs'])}")
+            lines.append(f"      qd / static-uniform (means): {block['ratio_qd_static_uniform']:.2f}x")
     return "\n".join(lines)
 
 
@@ -611,7 +655,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cov-seeds", type=int, default=8)
     g.add_argument("--cov-steps", type=int, default=None, help="default 40, quick 20")
     g.add_argument("--cov-batch", type=int, default=32)
-    g.add_argument("--cov-reps", type=int, default=None, help="repetitions (default 3, quick 2)")
+    g.add_argument("--cov-reps", type=int, default=None, help="seeds per variant (default 5, quick 5)")
     g.add_argument("--drift", type=json.loads, default={"replace": 0.3, "add": 0.15, "drop": 0.15}, help="JSON drift probabilities")
     return p
 
@@ -631,7 +675,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cov_steps is None:
         args.cov_steps = 20 if args.quick else 40
     if args.cov_reps is None:
-        args.cov_reps = 2 if args.quick else 3
+        args.cov_reps = 5
     data = _data_dir(args.data)
     figures: dict[str, Any] = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="sparq-bench-") as tmp:
