@@ -148,7 +148,7 @@ def measure(cmd: Sequence[str]) -> dict[str, Any]:
     out_path.unlink(missing_ok=True)
     if proc.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": text}
+    return {"seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": text}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -163,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     py = sys.executable
     reference = measure([py, "-c", "import sparq_stream.cli, sparq_stream.training.export, sparq_stream.orchestrator.report"])
-    print(f"reference: a fresh process importing the CLI: peak RSS {reference['peak_rss_mib']:.0f} MiB, {reference['seconds']:.1f} s")
-    print(f"{'rows':>11} {'command':<8} {'seconds':>8} {'rows/s':>9} {'peak RSS MiB':>13} {'x reference':>12}  check")
+    print(f"reference: a fresh process importing the CLI: peak RSS {reference['peak_rss_mib']:.0f} MiB, {reference['seconds']:.1f} s", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} (wall seconds stretch with it; CPU seconds much less)")
+    print(f"{'rows':>11} {'command':<8} {'wall s':>8} {'CPU s':>8} {'rows/CPU s':>11} {'peak RSS MiB':>13} {'x reference':>12}  check")
     results = []
     for size in sorted(args.sizes):
         started = time.monotonic()
@@ -182,13 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "report": summary["scored"] == expected["distinct"] and summary["kept"] == expected["kept"],
         }
         for name, m in (("export", export), ("report", report)):
-            print(f"{expected['rows_stored']:>11,} {name:<8} {m['seconds']:>8.1f} {expected['rows_stored'] / m['seconds']:>9,.0f} "
+            print(f"{expected['rows_stored']:>11,} {name:<8} {m['seconds']:>8.1f} {m['cpu_seconds']:>8.1f} "
+                  f"{expected['rows_stored'] / m['cpu_seconds']:>11,.0f} "
                   f"{m['peak_rss_mib']:>13.0f} {m['peak_rss_mib'] / reference['peak_rss_mib']:>12.2f}  "
-                  f"{'ok' if checks[name] else 'WRONG'}")
+                  f"{'ok' if checks[name] else 'WRONG'}", flush=True)
         results.append({"rows": expected["rows_stored"], "expected": expected, "build_s": built,
                         "export": {k: v for k, v in export.items() if k != "stdout"}, "export_info": info,
                         "report": {k: v for k, v in report.items() if k != "stdout"},
                         "report_summary": {k: summary[k] for k in ("scored", "kept", "coverage", "steps")}, "checks": checks})
+        if args.json:
+            args.json.write_text(json.dumps({"reference": reference, "sizes": results}, indent=1, default=str) + "\n")
         if not all(checks.values()):
             print(f"    expected {expected}, export {info['examples']} examples, report scored {summary['scored']} kept {summary['kept']}")
     if args.json:

@@ -95,6 +95,7 @@ EXPORT_SCHEMA = pa.schema(
     metadata={b"sparq.schema": _MANIFEST_SCHEMA.encode(), b"sparq.version": str(_MANIFEST_VERSION).encode()},
 )
 _COLUMNS = tuple(EXPORT_SCHEMA.names)
+_ROW_GROUP = 32_768  # rows per Parquet row group of an export (bounded memory while streaming)
 
 
 @dataclass(frozen=True)
@@ -273,6 +274,7 @@ def _write_sorted(
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_jsonl, tmp_parquet = out / f".{JSONL_NAME}.tmp-{tag}", out / f".{PARQUET_NAME}.tmp-{tag}"
     written = [(tmp_jsonl, out / JSONL_NAME), (tmp_parquet, out / PARQUET_NAME)]
+    group: list[dict[str, Any]] = []  # rows of the Parquet row group being filled
     try:
         with open(tmp_jsonl, "wb") as jf, pq.ParquetWriter(tmp_parquet, EXPORT_SCHEMA, compression="zstd") as writer:
             for chunk in chunks:
@@ -286,12 +288,17 @@ def _write_sorted(
                     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
                 jf.write(text)
                 digest.update(text)
-                writer.write_table(pa.Table.from_pylist(rows, schema=EXPORT_SCHEMA))
+                group.extend(rows)
+                if len(group) >= _ROW_GROUP:
+                    writer.write_table(pa.Table.from_pylist(group, schema=EXPORT_SCHEMA))
+                    group = []
                 for row in rows:
                     if row["problem_id"] != last_problem:
                         problems += 1
                         last_problem = row["problem_id"]
                 examples += len(rows)
+            if group or not examples:
+                writer.write_table(pa.Table.from_pylist(group, schema=EXPORT_SCHEMA))
             if fsync:
                 jf.flush()
                 os.fsync(jf.fileno())
