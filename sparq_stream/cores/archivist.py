@@ -478,12 +478,23 @@ def run_summary(
     ``results`` are de-duplicated by id first. ``stages`` (counts per stage from the
     services' metrics) and ``elites`` (the final W by slot) are copied in when given.
     """
+    return _summarize([batch_of(dedupe_by_id(results))], stages=stages, elites=elites, t_low=t_low, t_high=t_high, bins=bins)
+
+
+def _summarize(
+    batches: Iterable[Any],
+    *,
+    stages: Mapping[str, float] | None = None,
+    elites: Mapping[str, Elite] | None = None,
+    t_low: float = T_LOW,
+    t_high: float = T_HIGH,
+    bins: int = 10,
+) -> dict[str, Any]:
+    """Fold record batches into the summary; add the stage counts and the working-set figures."""
     acc = SummaryAccumulator(t_low=t_low, t_high=t_high, bins=bins)
-    acc.add(batch_of(dedupe_by_id(results)))
-    return _with_extras(acc.result(), stages, elites)
-
-
-def _with_extras(out: dict[str, Any], stages: Mapping[str, float] | None, elites: Mapping[str, Elite] | None) -> dict[str, Any]:
+    for batch in batches:
+        acc.add(batch)
+    out = acc.result()
     if stages is not None:
         out["stages"] = {k: float(v) for k, v in sorted(stages.items())}
     if elites is not None:
@@ -495,17 +506,6 @@ def _with_extras(out: dict[str, Any], stages: Mapping[str, float] | None, elites
     return out
 
 
-def summarize_archive(
-    directory: str | Path,
-    *,
-    stages: Mapping[str, float] | None = None,
-    elites: Mapping[str, Elite] | None = None,
-    t_low: float = T_LOW,
-    t_high: float = T_HIGH,
-    bins: int = 10,
-) -> dict[str, Any]:
+def summarize_archive(directory: str | Path, **options: Any) -> dict[str, Any]:
     """Return :func:`run_summary` of an archive directory, streamed batch by batch (bounded memory)."""
-    acc = SummaryAccumulator(t_low=t_low, t_high=t_high, bins=bins)
-    for batch in iter_batches(directory, SUMMARY_COLUMNS):
-        acc.add(batch)
-    return _with_extras(acc.result(), stages, elites)
+    return _summarize(iter_batches(directory, SUMMARY_COLUMNS), **options)

@@ -245,12 +245,7 @@ def write_examples(
     fsync: bool = False,
 ) -> ExportInfo:
     """Write sorted example rows to ``out_dir``: every file goes to a temporary name first, then all are renamed."""
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the export directory {out}: {exc}") from exc
-    _remove_stale_tmp(out)
+    out = _prepare_out(out_dir)
     return _write_sorted(out, [list(rows)], skipped=dict(skipped or {}), extra=extra, fsync=fsync)
 
 
@@ -380,12 +375,7 @@ def export_from_archive(
         raise ConfigError(f"{archive} is not an archive directory (no {ARCHIVE_JSONL} and no Parquet parts)")
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0, got {limit}")
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the export directory {out}: {exc}") from exc
-    _remove_stale_tmp(out)
+    out = _prepare_out(out_dir)
     template = solve_prompt or load_prompt(SOLVE)
     counts: Counter[str] = Counter()
     spill = Path(tempfile.mkdtemp(prefix=".export-buckets-", dir=buckets_dir or out))
@@ -490,6 +480,17 @@ def _atomic_write_all(files: Sequence[tuple[Path, Callable[[Path], Any]]], fsync
         raise
     for tmp, final in written:
         os.replace(tmp, final)
+
+
+def _prepare_out(out_dir: str | Path) -> Path:
+    """Create the export directory and clear what a killed export left in it."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the export directory {out}: {exc}") from exc
+    _remove_stale_tmp(out)
+    return out
 
 
 def _remove_stale_tmp(out: Path) -> None:
