@@ -539,7 +539,8 @@ def bench_coverage(data: Path, root: Path, args: argparse.Namespace) -> dict[str
     """(c) skill-sets covered by each variant at an equal budget, >= 5 seeds each, on a GSM8K and a MATH-style seed set."""
     vocab = _write_vocab(root / "c-vocabulary.json", VOCAB_C)
     seed_sets = {"gsm8k": data / SEEDS_FILE, "math-style (procedural)": math_style_seeds(root / "c-math-style.jsonl")}
-    rows = [("static-uniform", True), ("static-diverse", True), ("dynamic-uniform", True), ("qd", True)]
+    seed_sets = {k: v for k, v in seed_sets.items() if k.split()[0] in args.cov_sets}
+    rows = [(v, True) for v in args.cov_variants]
     out: dict[str, Any] = {
         "settings": {
             "vocabulary": len(VOCAB_C), "skill_sets_possible": sum(math.comb(len(VOCAB_C), k) for k in (1, 2, 3)),
@@ -559,8 +560,9 @@ def bench_coverage(data: Path, root: Path, args: argparse.Namespace) -> dict[str
                 runs.append(_coverage_run(seeds, work, vocab, variant=variant, rep=rep, label=label, args=args))
             block["variants"][variant] = {**_spread([float(r["coverage"]) for r in runs]), "seconds": time.monotonic() - started}
             log.info("(c) %s %s: coverage %s", set_name, variant, [r["coverage"] for r in runs])
-        base = block["variants"]["static-uniform"]["mean"]
-        block["ratio_qd_static_uniform"] = block["variants"]["qd"]["mean"] / base if base else float("nan")
+        base = block["variants"].get("static-uniform", {}).get("mean")
+        qd = block["variants"].get("qd", {}).get("mean")
+        block["ratio_qd_static_uniform"] = qd / base if base and qd is not None else float("nan")
         out["seed_sets"][set_name] = block
     return out
 
@@ -655,6 +657,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--cov-seeds", type=int, default=8)
     g.add_argument("--cov-steps", type=int, default=None, help="default 40, quick 20")
     g.add_argument("--cov-batch", type=int, default=32)
+    g.add_argument("--cov-sets", default="gsm8k,math-style", help="seed sets: gsm8k and/or math-style (procedural)")
+    g.add_argument("--cov-variants", default="static-uniform,static-diverse,dynamic-uniform,qd")
     g.add_argument("--cov-reps", type=int, default=None, help="seeds per variant (default 5, quick 5)")
     g.add_argument("--drift", type=json.loads, default={"replace": 0.3, "add": 0.15, "drop": 0.15}, help="JSON drift probabilities")
     return p
@@ -671,6 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sync_batches is None:
         args.sync_batches = "64" if args.quick else "64,256"
     args.sync_batches = [int(b) for b in str(args.sync_batches).split(",") if b.strip()]
+    args.cov_sets = [x.strip() for x in args.cov_sets.split(",") if x.strip()]
+    args.cov_variants = [x.strip() for x in args.cov_variants.split(",") if x.strip()]
     args.dup_embedders = [e.strip() for e in args.dup_embedders.split(",") if e.strip()]
     if args.cov_steps is None:
         args.cov_steps = 20 if args.quick else 40
