@@ -464,21 +464,14 @@ def build_archivist(config: ArchivistConfig) -> ArchivistCore:
 
 
 # ---------------------------------------------------------------------- the run summary
-def run_summary(
-    results: Iterable[SolveResult],
-    *,
-    stages: Mapping[str, float] | None = None,
-    elites: Mapping[str, Elite] | None = None,
-    t_low: float = T_LOW,
-    t_high: float = T_HIGH,
-    bins: int = 10,
-) -> dict[str, Any]:
+def run_summary(results: Iterable[SolveResult], **options: Any) -> dict[str, Any]:
     """Return the JSON-ready summary of a run: counts, yield, coverage, QD-score, SR histogram, coverage over steps.
 
-    ``results`` are de-duplicated by id first. ``stages`` (counts per stage from the
-    services' metrics) and ``elites`` (the final W by slot) are copied in when given.
+    ``results`` are de-duplicated by id first. Options (see :func:`_summarize`): ``stages``
+    (counts per stage from the services' metrics) and ``elites`` (the final W by slot) are
+    copied in when given; ``t_low``, ``t_high``, ``bins``.
     """
-    return _summarize([batch_of(dedupe_by_id(results))], stages=stages, elites=elites, t_low=t_low, t_high=t_high, bins=bins)
+    return _summarize([batch_of(dedupe_by_id(results))], **options)
 
 
 def _summarize(
