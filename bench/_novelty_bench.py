@@ -2,6 +2,7 @@
 
     python bench/_novelty_bench.py core  [--n 1024] [--batch 64] [--threads 2]
     python bench/_novelty_bench.py index [--sizes 10000 100000] [--kinds flat hnsw-fp16]
+    python bench/_novelty_bench.py memory [--sizes 10000 100000 1000000] [--kinds flat flat-fp16]
 
 ``core``: the NoveltyCore with the packaged all-MiniLM-L6-v2 embedder and the scripted
 skill classifier (the classifier's cost is the generation backend's, measured elsewhere),
@@ -125,6 +126,55 @@ def bench_index(sizes: list[int], kinds: list[str], dim: int = 384, queries: int
             del index, ids
 
 
+def hold_index(kind: str, size: int, dim: int = 384) -> None:
+    """Child of ``memory``: build an index of ``size`` random unit vectors with 32-hex ids, then print VmHWM (kB)."""
+    from sparq_stream.index import VectorIndex
+
+    rng = np.random.default_rng(0)
+    index = VectorIndex(dim, kind)
+    for start in range(0, size, 20_000):
+        block = rng.standard_normal((min(20_000, size - start), dim)).astype(np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        index.add([f"{i:032x}" for i in range(start, start + len(block))], block)
+        del block
+    index.search(np.ones((1, dim), np.float32) / dim**0.5, 10)
+    hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"kind": kind, "size": len(index), "vm_hwm_kb": int(hwm)}))
+
+
+def bench_memory(sizes: list[int], kinds: list[str], dim: int = 384) -> None:
+    """Peak RSS of a FRESH process holding the index at each size, beside the bytes_per_item formula.
+
+    Each (kind, size) runs in its own child (``hold``): it imports the same modules, builds
+    the index from 20,000-vector blocks (the transient block is ~30 MB), searches once and
+    reports its VmHWM; the parent also reads the child's ru_maxrss from os.wait4. The
+    reference is the same child with 0 items, so (peak - reference) / items is what one
+    item costs, measured.
+    """
+    import subprocess
+    import sys
+
+    from sparq_stream.index import bytes_per_item
+
+    def child(kind: str, size: int) -> tuple[float, float]:
+        proc = subprocess.Popen([sys.executable, __file__, "hold", "--kind", kind, "--size", str(size)], stdout=subprocess.PIPE)
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status):
+            raise SystemExit(f"hold {kind} {size} failed")
+        return json.loads(out.strip().splitlines()[-1])["vm_hwm_kb"] * 1024.0, usage.ru_maxrss * 1024.0
+
+    print(f"dim={dim}; each row a fresh process; load average {os.getloadavg()[0]:.1f}")
+    print(f"{'kind':10} {'items':>10} {'peak RSS MiB':>13} {'reference MiB':>14} {'measured B/item':>16} {'formula B/item':>15} {'ratio':>6}")
+    for kind in kinds:
+        base, _ = child(kind, 0)
+        for size in sizes:
+            peak, maxrss = child(kind, size)
+            per = (max(peak, maxrss) - base) / size
+            formula = bytes_per_item(kind, dim)
+            print(f"{kind:10} {size:>10,} {max(peak, maxrss) / 2**20:>13.0f} {base / 2**20:>14.0f} {per:>16.0f} {formula:>15} {per / formula:>6.2f}")
+
+
 def main() -> None:
     """Run one of the benchmarks."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,9 +186,19 @@ def main() -> None:
     index = sub.add_parser("index")
     index.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     index.add_argument("--kinds", nargs="+", default=["flat", "flat-fp16", "hnsw", "hnsw-fp16"])
+    memory = sub.add_parser("memory", help="peak RSS of a fresh process holding the index, per kind and size")
+    memory.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    memory.add_argument("--kinds", nargs="+", default=["flat", "flat-fp16"])
+    hold = sub.add_parser("hold", help="(child of memory) build one index and print its VmHWM")
+    hold.add_argument("--kind", required=True)
+    hold.add_argument("--size", type=int, required=True)
     args = parser.parse_args()
     if args.what == "core":
         bench_core(args.n, args.batch, args.threads)
+    elif args.what == "memory":
+        bench_memory(args.sizes, args.kinds)
+    elif args.what == "hold":
+        hold_index(args.kind, args.size)
     else:
         bench_index(args.sizes, args.kinds)
 

@@ -50,7 +50,6 @@ VOCAB_C = (
     "ratio", "area", "probability", "counting", "average", "linear equation",
 )
 TARGET_SCALING = 1.8
-TARGET_DUP_SHARE = 0.01
 
 log = logging.getLogger("bench.loop")
 
@@ -138,10 +137,13 @@ def _scaling_run(
     )
     samples: list[tuple[float, float]] = []
     per_solver: dict[str, float] = {}
+    busy: list[tuple[float, dict[str, float]]] = []
 
     def tick(supervisor: Any, monitor: Any) -> None:
-        samples.append((time.monotonic(), monitor.value("archivist", "scored")))
+        now = time.monotonic()
+        samples.append((now, monitor.value("archivist", "scored")))
         per_solver.update(_per_instance(monitor, "solver", "candidates"))
+        busy.append((now, _per_instance(monitor, "solver", "busy_seconds")))
 
     started = time.monotonic()
     result = run_up(config, on_tick=tick)
@@ -150,6 +152,7 @@ def _scaling_run(
     rate, window = _rate_between(samples, total)
     stages = result.summary.get("stages", {})
     return {
+        "busy_fraction": _busy_fractions(samples, busy, total),
         "generate_calls": stages.get("solver.generate_calls"),
         "steps": _step_profile(work / "archive", args.partitions, solvers, args.max_batch, args.latency) if synchronous else None,
         "solvers": solvers,
@@ -162,6 +165,24 @@ def _scaling_run(
         "reason": result.reason,
         "per_solver_candidates": per_solver,
     }
+
+
+def _busy_fractions(
+    samples: list[tuple[float, float]], busy: list[tuple[float, dict[str, float]]], total: float
+) -> dict[str, float]:
+    """Per solver replica: seconds inside its backend / wall seconds, between the 10% and 90% marks of ``scored``.
+
+    ``busy_seconds`` is the solver core's counter of time spent in ``backend.generate``
+    (what a GPU would be generating); both ends are read from the same monitor ticks, so
+    the metrics' reporting lag cancels.
+    """
+    t_lo = next((t for t, v in samples if v >= 0.1 * total), None)
+    t_hi = next((t for t, v in samples if v >= 0.9 * total), None)
+    if t_lo is None or t_hi is None or t_hi <= t_lo:
+        return {}
+    at_lo = next(b for t, b in busy if t >= t_lo)
+    at_hi = next(b for t, b in busy if t >= t_hi)
+    return {name: (at_hi[name] - at_lo.get(name, 0.0)) / (t_hi - t_lo) for name in sorted(at_hi)}
 
 
 def _partition(key: str, partitions: int) -> int:
@@ -253,122 +274,219 @@ def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str,
 
 # ---------------------------------------------------------------------- (b) duplicates
 
-
-def _duplicate_script(seeds: list[Any], pool: list[Any], fresh: list[Any]) -> dict[str, Any]:
-    """Children that repeat: per seed a cycle of shared pool problems, exact and near copies, and a few new ones."""
-    problems: dict[str, Any] = {}
-    per_seed = max(1, len(fresh) // max(1, len(seeds)))
-    for i, seed in enumerate(seeds):
-        p = len(pool)
-        a, b, c, d = pool[(2 * i) % p], pool[(2 * i + 1) % p], pool[(2 * i + 5) % p], pool[(i + 7) % p]
-        children = [
-            {"problem": a.problem, "answer": a.answer},  # the same problem as other seeds' children
-            {"problem": b.problem, "answer": b.answer},
-            {"problem": "Question: " + c.problem, "answer": c.answer},  # a near copy (cosine ~0.99)
-            {"problem": c.problem + " Show your work.", "answer": c.answer},  # another near copy
-            {"problem": "  " + d.problem.upper() + " ", "answer": d.answer},  # the same normalised text: same id
-        ]
-        children += [{"problem": f.problem, "answer": f.answer} for f in fresh[i * per_seed : (i + 1) * per_seed]]
-        problems[seed.problem] = {"children": children, "after_children": "cycle"}
-    return {"seed": 5, "problems": problems, "solve_rates": [0.25, 0.5, 0.75, 1.0]}
+#: Copy kinds the generator makes, each labelled at construction (the ground truth of (b)).
+COPY_KINDS = ("exact", "normalised", "edit", "paraphrase", "numbers")
+_SYNONYMS = (("How many", "What is the number of"), ("bought", "purchased"), ("has", "owns"), ("each", "every"),
+             ("gives", "hands"), ("total", "overall"), ("buys", "purchases"), ("makes", "earns"))
+_WRAPPERS = ("Question: {}", "{} Show your work.", "Please solve this: {}", "{} Explain your answer.",
+             "Here is a problem. {}", "Solve: {}")
 
 
-def _duplicate_run(data: Path, work: Path, args: argparse.Namespace, *, novelty: list[str]) -> dict[str, Any]:
-    """One repetitive loop on the embedded broker; count rollouts spent on duplicates from its archive."""
-    from sparq_stream.messages import Seed
-    from sparq_stream.models.hashing_embedder import HashingEmbedder
-    from sparq_stream.orchestrator.up import UpConfig, run_up
-    from sparq_stream.seeds import read_seeds
+def _edit(text: str, rng: np.random.Generator) -> str:
+    """One to three character edits (swap, drop or double a letter): a typo'd copy."""
+    chars = list(text)
+    for _ in range(int(rng.integers(1, 4))):
+        i = int(rng.integers(1, max(2, len(chars) - 2)))
+        op = int(rng.integers(0, 3))
+        if op == 0:
+            chars[i], chars[i + 1] = chars[i + 1], chars[i]
+        elif op == 1:
+            del chars[i]
+        else:
+            chars.insert(i, chars[i])
+    return "".join(chars)
 
-    everything = [s for s in read_seeds(data / SEEDS_FILE) if isinstance(s, Seed)]
-    n_seeds = 16
-    seeds, pool, fresh = everything[:n_seeds], everything[300:324], everything[400 : 400 + 4 * n_seeds]
-    run_seed = 5
-    config = UpConfig(
-        seeds=data / SEEDS_FILE,
-        seed_limit=n_seeds,
-        out=work,
-        steps=args.dup_steps,
-        variant="static-uniform",
-        backend="scripted",
-        backend_options={"script": _duplicate_script(seeds, pool, fresh)},
-        embedder="hash",
-        partitions=args.partitions,
-        batch_size=32,
-        k=args.k,
-        seed=run_seed,
-        label_seeds=False,
-        timeout_s=args.run_timeout,
-        extra={"novelty": novelty} if novelty else {},
-    )
-    started = time.monotonic()
-    result = run_up(config)
-    wall = time.monotonic() - started
-    stages = result.summary.get("stages", {})
-    rows = _raw_archive(config.out / "archive")
-    threshold = 0.95  # the novelty core's default dup_threshold: what counts as a near duplicate here
-    embedder = HashingEmbedder(seed=run_seed)  # what sparq up gives the novelty core for --embedder hash
-    seen_ids = {s.id for s in seeds}
-    seen = embedder.embed([s.problem for s in seeds])
-    vectors = embedder.embed([row["problem"] for row in rows]) if rows else np.zeros((0, seen.shape[1]), np.float32)
-    dup_rollouts = archived = exact = near = 0
-    for i, row in enumerate(rows):
-        earlier = np.concatenate([seen, vectors[:i]])
-        best = float((earlier @ vectors[i]).max())
-        used = int(row.get("rollouts_used", row.get("k", 0)))
-        archived += used
-        if row["id"] in seen_ids:
-            exact += 1
-            dup_rollouts += used
-        elif best >= threshold:
-            near += 1
-            dup_rollouts += used
-        seen_ids.add(row["id"])
-    solver_rollouts = int(stages.get("solver.rollouts_used", archived))
-    # rollouts the solver spent on a result the archivist did not append (an id it already had) went to duplicates too
-    unarchived = max(0, solver_rollouts - archived)
-    dup_rollouts += unarchived
-    drops = {k.split("dropped_", 1)[1]: int(v) for k, v in stages.items() if k.startswith("novelty.dropped_")}
-    dropped = int(stages.get("novelty.dropped", sum(drops.values())))
-    local = int(stages.get("mutator.local_duplicates", 0))
+
+def _paraphrase(text: str, rng: np.random.Generator) -> str:
+    """A template wrapper plus every synonym swap that applies: same problem, same numbers, other words."""
+    import re as _re
+
+    for a, b in _SYNONYMS:
+        text = _re.sub(rf"\b{_re.escape(a)}\b", b, text)
+    return _WRAPPERS[int(rng.integers(0, len(_WRAPPERS)))].format(text)
+
+
+def _numbers(text: str, rng: np.random.Generator) -> str:
+    """Every number changed (a different answer, the same wording): a number-swap copy."""
+    import re as _re
+
+    return _re.sub(r"\d+", lambda m: str(int(m.group()) + int(rng.integers(1, 9))), text)
+
+
+def labelled_stream(problems: list[str], *, n_seeds: int, n_origins: int, n_fresh: int, seed: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The seeds and a candidate stream in which every copy is labelled with its kind and origin.
+
+    Origins are distinct GSM8K problems: ``n_seeds`` seeds (indexed before the stream) and
+    ``n_origins`` candidates that appear once as themselves (label ``distinct``) and are
+    copied later; ``n_fresh`` more distinct problems are never copied. Each origin gets one
+    copy of every kind in COPY_KINDS: ``exact`` (the same text), ``normalised`` (case and
+    spacing: the same problem id), ``edit`` (1-3 typos), ``paraphrase`` (a wrapper template
+    and synonym swaps), ``numbers`` (every number changed). A copy always comes after its
+    origin. Ground truth: a copy should be dropped, a distinct problem kept.
+    """
+    rng = np.random.default_rng(seed)
+    pool = list(dict.fromkeys(problems))
+    order = rng.permutation(len(pool))
+    seeds = [pool[i] for i in order[:n_seeds]]
+    origins = [pool[i] for i in order[n_seeds : n_seeds + n_origins]]
+    fresh = [pool[i] for i in order[n_seeds + n_origins : n_seeds + n_origins + n_fresh]]
+    makers = {
+        "exact": lambda t: t,
+        "normalised": lambda t: "  " + t.upper().replace(" ", "  ") + " ",
+        "edit": lambda t: _edit(t, rng),
+        "paraphrase": lambda t: _paraphrase(t, rng),
+        "numbers": lambda t: _numbers(t, rng),
+    }
+    firsts = [{"problem": t, "kind": "distinct", "origin": t} for t in origins + fresh]
+    firsts = [firsts[i] for i in rng.permutation(len(firsts))]
+    copies = [{"problem": makers[k](t), "kind": k, "origin": t} for t in seeds + origins for k in COPY_KINDS]
+    copies = [copies[i] for i in rng.permutation(len(copies))]
+    stream: list[dict[str, Any]] = []
+    placed: set[str] = set(seeds)
+    pending = list(copies)
+    for item in firsts:  # interleave: after each distinct problem, the copies whose origin has appeared
+        stream.append(item)
+        placed.add(item["origin"])
+        ready = [c for c in pending if c["origin"] in placed and rng.random() < 0.5]
+        stream.extend(ready)
+        pending = [c for c in pending if c not in ready]
+    stream.extend(pending)
+    return seeds, stream
+
+
+def _filter_decisions(seeds: list[str], stream: list[dict[str, Any]], embedder: Any, *, on: bool, batch: int) -> list[str]:
+    """Run the novelty core over the stream in batches; the decision per candidate: accept or the drop reason."""
+    from sparq_stream.core import Inbound
+    from sparq_stream.cores.novelty import HeldOut, NoveltyConfig, NoveltyCore
+    from sparq_stream.ids import problem_id
+    from sparq_stream.messages import Candidate, Seed
+
+    if not on:
+        return ["accept"] * len(stream)
+    heldout = HeldOut((), (), np.zeros((0, embedder.dim), np.float32))
+    core = NoveltyCore(NoveltyConfig(classify=False, follow_novel=False, contamination=[]), embedder=embedder, heldout=heldout)
+    for i, text in enumerate(seeds):
+        core.on_table(Inbound("seeds", None, Seed(id=problem_id(text), problem=text, answer="0"), offset=i))
+    core.tick(0.0)
+    decisions = []
+    for start in range(0, len(stream), batch):
+        chunk = stream[start : start + batch]
+        cands = [Candidate(id=problem_id(c["problem"]), problem=c["problem"], solution="\\boxed{1}", answer="1",
+                           parent_ids=[f"p{start + j}"]) for j, c in enumerate(chunk)]
+        outs = core.handle_batch([Inbound("candidates", c.id, c, offset=start + j) for j, c in enumerate(cands)])
+        for out in outs:
+            msg = out[0].message if out else None
+            decisions.append("accept" if out and out[0].topic == "novel" else str(getattr(msg, "reason", "dropped")))
+    return decisions
+
+
+def _score_filter(stream: list[dict[str, Any]], decisions: list[str], k: int) -> dict[str, Any]:
+    """Rollouts spent on labelled copies per kind, false drops, precision and recall of the drops."""
+    per_kind: dict[str, dict[str, int]] = {}
+    for item, decision in zip(stream, decisions):
+        row = per_kind.setdefault(item["kind"], {"candidates": 0, "dropped": 0, "rollouts": 0})
+        row["candidates"] += 1
+        if decision == "accept":
+            row["rollouts"] += k
+        else:
+            row["dropped"] += 1
+    copies = sum(v["candidates"] for n, v in per_kind.items() if n != "distinct")
+    dropped_copies = sum(v["dropped"] for n, v in per_kind.items() if n != "distinct")
+    false_drops = per_kind.get("distinct", {}).get("dropped", 0)
+    dropped = dropped_copies + false_drops
+    rollouts = sum(v["rollouts"] for v in per_kind.values())
+    wasted = sum(v["rollouts"] for n, v in per_kind.items() if n != "distinct")
     return {
-        "novelty_flags": novelty,
-        "candidates": int(stages.get("mutator.emitted", 0)),
-        "scored": len(rows),
-        "rollouts": solver_rollouts,
-        "duplicate_rollouts": dup_rollouts,
-        "duplicate_results": {"exact": exact, "near": near, "rollouts_not_archived": unarchived},
-        "duplicate_share": dup_rollouts / solver_rollouts if solver_rollouts else float("nan"),
-        "dropped": dropped,
-        "drops_by_reason": drops,
-        "mutator_local_duplicates": local,
-        "rollouts_saved": (dropped + local) * args.k,
-        "wall_s": wall,
-        "reason": result.reason,
+        "per_kind": per_kind,
+        "rollouts": rollouts,
+        "rollouts_on_copies": wasted,
+        "share_on_copies": wasted / rollouts if rollouts else float("nan"),
+        "false_drops": false_drops,
+        "precision": dropped_copies / dropped if dropped else float("nan"),
+        "recall": dropped_copies / copies if copies else float("nan"),
+        "recall_without_numbers": (
+            (dropped_copies - per_kind.get("numbers", {}).get("dropped", 0))
+            / (copies - per_kind.get("numbers", {}).get("candidates", 0))
+        ) if copies else float("nan"),
     }
 
 
 def bench_duplicates(data: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """(b) share of rollouts spent on duplicates with the novelty filter, and a control with its near-duplicate test off."""
-    out = _duplicate_run(data, root / "b-run", args, novelty=[])
-    out["settings"] = {"steps": args.dup_steps, "batch_size": 32, "k": args.k, "seeds": 16, "pool": 24, "fresh": 64,
-                       "dup_threshold": 0.95, "embedder": "hash"}
-    if not args.quick:
-        control = _duplicate_run(data, root / "b-control", args, novelty=["--dup-threshold", "1.0", "--exact-threshold", "1.0"])
-        out["control_near_filter_off"] = control
+    """(b) the novelty filter against the generator's labels: rollouts on copies per kind, false drops, precision, recall."""
+    from sparq_stream.models.hashing_embedder import HashingEmbedder
+    from sparq_stream.seeds import read_seeds
+
+    problems = [s.problem for s in read_seeds(data / SEEDS_FILE)]
+    n = dict(n_seeds=args.dup_seeds, n_origins=args.dup_origins, n_fresh=args.dup_fresh)
+    seeds, stream = labelled_stream(problems, seed=7, **n)
+    embedders: dict[str, Any] = {"hash": HashingEmbedder(seed=5)}
+    if args.dup_embedders != ["hash"]:
+        from sparq_stream.models.embeddings import SentenceTransformerEmbedder
+
+        embedders["all-MiniLM-L6-v2"] = SentenceTransformerEmbedder()
+    out: dict[str, Any] = {
+        "settings": {**n, "candidates": len(stream), "k": args.k, "batch": 32, "dup_threshold": 0.95, "exact_threshold": 0.999,
+                     "kinds": {kind: sum(1 for c in stream if c["kind"] == kind) for kind in ("distinct", *COPY_KINDS)}},
+        "runs": {},
+    }
+    for name, embedder in embedders.items():
+        if name not in args.dup_embedders and name != "hash":
+            continue
+        for on in (True, False):
+            started = time.monotonic()
+            decisions = _filter_decisions(seeds, stream, embedder, on=on, batch=32)
+            result = _score_filter(stream, decisions, args.k)
+            result["seconds"] = time.monotonic() - started
+            out["runs"][f"{name}, filter {'on' if on else 'off'}"] = result
+            log.info("(b) %s filter %s: %s", name, "on" if on else "off", {k: v for k, v in result.items() if k != "per_kind"})
     return out
 
 
 # ---------------------------------------------------------------------- (c) coverage
 
+#: What the scripted generator of (c) assumes: the figures measure the selection policy
+#: under THIS model of mutation, not a language model.
+COVERAGE_ASSUMPTIONS = (
+    "seed skills: 1-3 of the 12-skill vocabulary drawn by a hash of the seed's text (the text matters only through its hash)",
+    "a child inherits its parent's skill-set with at most one change: replace one skill (p=0.3), add one (0.15), drop one (0.15), else the same",
+    "a child's solve-rate is drawn by a hash of its text from {0, .125, .25, .5, .75, .875, 1}, independent of its skills and its parent",
+    "the classifier reads the inherited skills back exactly (no labelling noise); K=4 rollouts, exactly round(SR*K) correct",
+)
 
-def _coverage_run(data: Path, work: Path, vocab: Path, *, variant: str, rep: int, label: bool, args: argparse.Namespace) -> dict[str, Any]:
+
+def math_style_seeds(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """Write a procedural MATH-style seed file (LaTeX, algebra / number theory / counting / geometry); NOT math500."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b, c = (int(x) for x in rng.integers(2, 13, 3))
+        kind = i % 6
+        if kind == 0:
+            r1, r2 = int(rng.integers(-9, 10)), int(rng.integers(-9, 10))
+            q, ans = f"Find the sum of all real $x$ such that $x^2 {-(r1 + r2):+d}x {r1 * r2:+d} = 0$.", str(r1 + r2)
+        elif kind == 1:
+            q, ans = f"What is the remainder when ${a}^{{{b + 5}}}$ is divided by ${c + 1}$?", str(pow(a, b + 5, c + 1))
+        elif kind == 2:
+            n_, k = a + 4, min(b, a + 3)
+            q, ans = f"Compute $\\dbinom{{{n_}}}{{{k}}}$.", str(__import__("math").comb(n_, k))
+        elif kind == 3:
+            q, ans = f"A right triangle has legs of length ${3 * a}$ and ${4 * a}$. What is the length of its hypotenuse?", str(5 * a)
+        elif kind == 4:
+            q, ans = f"If $f(x) = {a}x + {b}$, what is $f(f({c}))$?", str(a * (a * c + b) + b)
+        else:
+            q, ans = f"How many positive divisors does ${a * b * c}$ have?", str(sum(1 for d in range(1, a * b * c + 1) if (a * b * c) % d == 0))
+        rows.append({"problem": q, "answer": ans, "solution": f"The answer is $\\boxed{{{ans}}}$."})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _coverage_run(seeds: Path, work: Path, vocab: Path, *, variant: str, rep: int, label: bool, args: argparse.Namespace) -> dict[str, Any]:
     from sparq_stream.orchestrator.local import run_local
     from sparq_stream.orchestrator.up import UpConfig
 
     script = {"seed": rep, "skill_model": "inherit", "skill_vocabulary": list(VOCAB_C), "drift": args.drift}
     config = UpConfig(
-        seeds=data / SEEDS_FILE,
+        seeds=seeds,
         out=work,
         steps=args.cov_steps,
         variant=variant,
@@ -398,37 +516,47 @@ def _coverage_run(data: Path, work: Path, vocab: Path, *, variant: str, rep: int
     }
 
 
+def _spread(values: list[float]) -> dict[str, Any]:
+    """Mean, min, max, standard deviation and a 95% t-interval of the mean."""
+    from statistics import stdev
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    sd = stdev(values) if n > 1 else 0.0
+    t = {2: 12.71, 3: 4.30, 4: 3.18, 5: 2.78, 6: 2.57, 7: 2.45, 8: 2.36, 9: 2.31, 10: 2.26}.get(n, 2.0)
+    half = t * sd / math.sqrt(n) if n > 1 else float("nan")
+    return {"mean": mean, "min": min(values), "max": max(values), "sd": sd, "ci95": (mean - half, mean + half), "runs": values}
+
+
 def bench_coverage(data: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """(c) skill-sets covered by each variant at an equal candidate budget (heritable skills, in-memory runner)."""
+    """(c) skill-sets covered by each variant at an equal budget, >= 5 seeds each, on a GSM8K and a MATH-style seed set."""
     vocab = _write_vocab(root / "c-vocabulary.json", VOCAB_C)
-    rows = [
-        ("static-uniform", True), ("static-diverse", True), ("dynamic-uniform", True), ("qd", True), ("qd", False),
-    ]
+    seed_sets = {"gsm8k": data / SEEDS_FILE, "math-style (procedural)": math_style_seeds(root / "c-math-style.jsonl")}
+    seed_sets = {k: v for k, v in seed_sets.items() if k.split()[0] in args.cov_sets}
+    rows = [(v, True) for v in args.cov_variants]
     out: dict[str, Any] = {
         "settings": {
             "vocabulary": len(VOCAB_C), "skill_sets_possible": sum(math.comb(len(VOCAB_C), k) for k in (1, 2, 3)),
             "seeds": args.cov_seeds, "steps": args.cov_steps, "batch_size": args.cov_batch,
             "candidates": args.cov_steps * args.cov_batch, "k": 4, "repetitions": args.cov_reps, "drift": args.drift,
+            "assumptions": list(COVERAGE_ASSUMPTIONS),
         },
-        "variants": {},
+        "seed_sets": {},
     }
-    for variant, label in rows:
-        name = variant if label else f"{variant} (seeds unlabelled)"
-        runs = []
-        started = time.monotonic()
-        for rep in range(args.cov_reps):
-            runs.append(_coverage_run(data, root / f"c-{variant}-{int(label)}-{rep}", vocab, variant=variant, rep=rep, label=label, args=args))
-        covs = [r["coverage"] for r in runs]
-        out["variants"][name] = {
-            "coverage_mean": statistics.fmean(covs),
-            "coverage": covs,
-            "scored_mean": statistics.fmean(r["scored"] for r in runs),
-            "over_budget_mean": {k: statistics.fmean(r["over_budget"][k] for r in runs) for k in runs[0]["over_budget"]},
-            "seconds": time.monotonic() - started,
-        }
-        log.info("(c) %s: coverage %s", name, covs)
-    base = out["variants"]["static-uniform"]["coverage_mean"]
-    out["ratio_qd_static_uniform"] = out["variants"]["qd"]["coverage_mean"] / base if base else float("nan")
+    for set_name, seeds in seed_sets.items():
+        block: dict[str, Any] = {"file": str(seeds), "variants": {}}
+        for variant, label in rows:
+            runs = []
+            started = time.monotonic()
+            for rep in range(args.cov_reps):
+                work = root / f"c-{set_name.split()[0]}-{variant}-{rep}"
+                runs.append(_coverage_run(seeds, work, vocab, variant=variant, rep=rep, label=label, args=args))
+            block["variants"][variant] = {**_spread([float(r["coverage"]) for r in runs]), "seconds": time.monotonic() - started}
+            log.info("(c) %s %s: coverage %s", set_name, variant, [r["coverage"] for r in runs])
+        base = block["variants"].get("static-uniform", {}).get("mean")
+        qd = block["variants"].get("qd", {}).get("mean")
+        block["ratio_qd_static_uniform"] = qd / base if base and qd is not None else float("nan")
+        out["seed_sets"][set_name] = block
     return out
 
 
@@ -442,10 +570,12 @@ def _table(figures: dict[str, Any]) -> str:
         st = a["settings"]
         lines.append(f"(a) scored candidates/s, 1 vs 2 solver replicas (scripted solver: {st['latency_per_call_s']} s per call of "
                      f"<= {st['max_batch']} candidates = {st['ideal_rate_per_solver']:.0f}/s per replica; {st['partitions']} partitions, K={st['k']})")
-        lines.append(f"    {'mutator mode':<20}{'solvers':>8}{'scored/s':>10}{'window s':>10}{'calls':>7}{'per replica':>16}")
+        lines.append(f"    {'mutator mode':<20}{'solvers':>8}{'scored/s':>10}{'window s':>10}{'calls':>7}{'per replica':>16}  busy fraction per replica")
         for run in a["runs"]:
             per = "/".join(str(int(v)) for v in run["per_solver_candidates"].values())
-            lines.append(f"    {run['mode']:<20}{run['solvers']:>8}{run['rate']:>10.1f}{run['window_s']:>10.1f}{run['generate_calls'] or 0:>7.0f}{per:>16}")
+            fractions = " ".join(f"{v:.2f}" for v in run["busy_fraction"].values()) or "-"
+            lines.append(f"    {run['mode']:<20}{run['solvers']:>8}{run['rate']:>10.1f}{run['window_s']:>10.1f}"
+                         f"{run['generate_calls'] or 0:>7.0f}{per:>16}  {fractions}")
         for key, ratio in a.items():
             if key.startswith("ratio_"):
                 ok = "meets" if ratio >= TARGET_SCALING else "below"
@@ -460,28 +590,30 @@ def _table(figures: dict[str, Any]) -> str:
                 )
     b = figures.get("duplicates")
     if b:
-        ok = "meets" if b["duplicate_share"] <= TARGET_DUP_SHARE else "above"
-        lines.append(f"(b) duplicates: {b['candidates']} candidates from a repetitive generator, {b['scored']} scored, {b['rollouts']} rollouts")
-        lines.append(f"    rollouts on duplicates: {b['duplicate_rollouts']} = {100 * b['duplicate_share']:.2f}% ({ok} the {100 * TARGET_DUP_SHARE:.0f}% target)")
-        reasons = ", ".join(f"{k} {v}" for k, v in b["drops_by_reason"].items())
-        lines.append(f"    novelty dropped {b['dropped']} ({reasons}); mutator in-flight duplicates {b['mutator_local_duplicates']}; "
-                     f"rollouts saved = {b['rollouts_saved']} (x K={b['settings']['k']})")
-        ctl = b.get("control_near_filter_off")
-        if ctl:
-            lines.append(f"    control, near-duplicate test off (ids still checked): {ctl['duplicate_rollouts']} of {ctl['rollouts']} rollouts "
-                         f"= {100 * ctl['duplicate_share']:.1f}% on duplicates ({ctl['duplicate_results']['near']} near copies scored)")
+        st = b["settings"]
+        lines.append(f"(b) novelty filter vs the generator's labels: {st['candidates']} candidates "
+                     f"({', '.join(f'{k} {v}' for k, v in st['kinds'].items())}), {st['n_seeds']} seeds indexed, K={st['k']}")
+        kinds = list(st["kinds"])
+        lines.append(f"    {'embedder, filter':<32}" + "".join(f"{k[:10]:>11}" for k in kinds)
+                     + f"{'on copies':>11}{'false drops':>12}{'precision':>10}{'recall':>8}{'recall w/o numbers':>20}")
+        for name, r in b["runs"].items():
+            cells = "".join(f"{r['per_kind'][k]['rollouts']:>11}" for k in kinds)
+            lines.append(f"    {name:<32}{cells}{100 * r['share_on_copies']:>10.1f}%{r['false_drops']:>12}"
+                         f"{r['precision']:>10.3f}{r['recall']:>8.3f}{r['recall_without_numbers']:>20.3f}")
+        lines.append("    (cells: rollouts spent per kind; 'on copies': share of all rollouts spent on labelled copies)")
     c = figures.get("coverage")
     if c:
         st = c["settings"]
         lines.append(f"(c) skill-sets covered at {st['candidates']} candidates ({st['steps']} steps x b={st['batch_size']}), "
-                     f"{st['seeds']} seeds, {st['vocabulary']} skills ({st['skill_sets_possible']} skill-sets), heritable skills, "
-                     f"mean of {st['repetitions']}")
-        lines.append(f"    {'variant':<34}{'covered':>9}{'  at 25/50/75/100% of the budget':<34}{'runs':>16}")
-        for name, v in c["variants"].items():
-            q = "/".join(f"{x:.0f}" for x in v["over_budget_mean"].values())
-            runs = ",".join(str(x) for x in v["coverage"])
-            lines.append(f"    {name:<34}{v['coverage_mean']:>9.1f}  {q:<32}{runs:>16}")
-        lines.append(f"    qd / static-uniform: {c['ratio_qd_static_uniform']:.2f}x")
+                     f"{st['seeds']} seeds, {st['vocabulary']} skills ({st['skill_sets_possible']} skill-sets), {st['repetitions']} seeds per variant")
+        lines.append("    the scripted generator assumes: " + "; ".join(st["assumptions"]))
+        for set_name, block in c["seed_sets"].items():
+            lines.append(f"    seed set {set_name}:")
+            lines.append(f"      {'variant':<18}{'mean':>7}{'min':>6}{'max':>6}{'95% CI':>18}  runs")
+            for name, v in block["variants"].items():
+                ci = f"[{v['ci95'][0]:.1f}, {v['ci95'][1]:.1f}]"
+                lines.append(f"      {name:<18}{v['mean']:>7.1f}{v['min']:>6.0f}{v['max']:>6.0f}{ci:>18}  {','.join(f'{x:.0f}' for x in v['runs'])}")
+            lines.append(f"      qd / static-uniform (means): {block['ratio_qd_static_uniform']:.2f}x")
     return "\n".join(lines)
 
 
@@ -510,12 +642,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--modes", default="asynchronous,synchronous")
     g.add_argument("--run-timeout", type=float, default=240.0)
     g = p.add_argument_group("(b) duplicates")
-    g.add_argument("--dup-steps", type=int, default=None, help="steps of 32 parents (default 12, quick 6)")
+    g.add_argument("--dup-seeds", type=int, default=40, help="seeds indexed before the stream (each copied 5 ways)")
+    g.add_argument("--dup-origins", type=int, default=80, help="distinct candidates that are copied 5 ways later")
+    g.add_argument("--dup-fresh", type=int, default=120, help="distinct candidates never copied")
+    g.add_argument("--dup-embedders", default="hash,all-MiniLM-L6-v2", help="hash and/or all-MiniLM-L6-v2")
     g = p.add_argument_group("(c) coverage")
     g.add_argument("--cov-seeds", type=int, default=8)
     g.add_argument("--cov-steps", type=int, default=None, help="default 40, quick 20")
     g.add_argument("--cov-batch", type=int, default=32)
-    g.add_argument("--cov-reps", type=int, default=None, help="repetitions (default 3, quick 2)")
+    g.add_argument("--cov-sets", default="gsm8k,math-style", help="seed sets: gsm8k and/or math-style (procedural)")
+    g.add_argument("--cov-variants", default="static-uniform,static-diverse,dynamic-uniform,qd")
+    g.add_argument("--cov-reps", type=int, default=None, help="seeds per variant (default 5, quick 5)")
     g.add_argument("--drift", type=json.loads, default={"replace": 0.3, "add": 0.15, "drop": 0.15}, help="JSON drift probabilities")
     return p
 
@@ -531,12 +668,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sync_batches is None:
         args.sync_batches = "64" if args.quick else "64,256"
     args.sync_batches = [int(b) for b in str(args.sync_batches).split(",") if b.strip()]
-    if args.dup_steps is None:
-        args.dup_steps = 6 if args.quick else 12
+    args.cov_sets = [x.strip() for x in args.cov_sets.split(",") if x.strip()]
+    args.cov_variants = [x.strip() for x in args.cov_variants.split(",") if x.strip()]
+    args.dup_embedders = [e.strip() for e in args.dup_embedders.split(",") if e.strip()]
     if args.cov_steps is None:
         args.cov_steps = 20 if args.quick else 40
     if args.cov_reps is None:
-        args.cov_reps = 2 if args.quick else 3
+        args.cov_reps = 5
     data = _data_dir(args.data)
     figures: dict[str, Any] = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="sparq-bench-") as tmp:

@@ -54,7 +54,6 @@ on restart. :func:`load_archive` reads the directory back the same way.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -64,20 +63,24 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparq_stream.core import EVERY_PARTITION, BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
 from sparq_stream.messages import WATERMARK_KEY, Elite, Seed, SolveResult, Watermark
-from sparq_stream.qd.archive_log import JSONL_NAME, ArchiveLog, dedupe_by_id, part_files
+from sparq_stream.qd.archive_log import (
+    JSONL_NAME,
+    OFFSET_NAME,
+    ArchiveLog,
+    dedupe_by_id,
+    iter_archive,
+    iter_batches,
+    iter_jsonl,
+    part_files,
+)
+from sparq_stream.qd.archive_summary import INVALID_NICHE, SUMMARY_COLUMNS, SummaryAccumulator, batch_of
 from sparq_stream.qd.descriptors import DescriptorError, niche_of
 from sparq_stream.qd.quality import T_HIGH, T_LOW
-from sparq_stream.qd.stats import (
-    best_per_niche,
-    coverage_over_steps,
-    sr_histogram,
-    summary,
-)
 from sparq_stream.qd.update import Update
 from sparq_stream.qd.working_set import WorkingSet, make_working_set
 
@@ -95,10 +98,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The niche counted for a result whose skills cannot form a descriptor (it never enters W).
-INVALID_NICHE = "(invalid)"
-#: The file holding the JSONL byte offset up to which the Parquet parts hold every row.
-OFFSET_NAME = "parquet.offset"
 _NEVER = 1 << 62  # rows_per_part of the inner logs: this core decides when to flush
 
 
@@ -508,50 +507,17 @@ def _size(path: Path) -> int:
 
 def _read_jsonl(path: Path, start: int = 0) -> Iterator[SolveResult]:
     """Yield the results of a JSONL archive from byte offset ``start`` (unreadable lines skipped)."""
-    if not path.exists():
-        return
-    with open(path, "rb") as fh:
-        if start > _size(path):
-            log.warning("%s is shorter than the recorded Parquet offset %d: reading it whole", path, start)
-            start = 0
-        fh.seek(start)
-        for line in fh:
-            if not line.strip():
-                continue
-            try:
-                body = json.loads(line)
-                if not isinstance(body, dict) or body.pop("schema", SolveResult.SCHEMA) != SolveResult.SCHEMA:
-                    raise ValueError("not a sparq.solved row")
-                body.pop("version", None)
-                yield SolveResult.model_validate(body)
-            except (ValueError, ValidationError) as exc:
-                log.warning("%s: skipping an unreadable row: %s", path, str(exc).splitlines()[0])
+    for row in iter_jsonl(path, start):
+        yield SolveResult.model_validate(row)
 
 
 def iter_results(directory: str | Path) -> Iterator[SolveResult]:
-    """Yield every result of an archive directory once: Parquet parts, then JSONL rows past them."""
-    directory = Path(directory)
-    seen: set[str] = set()
-    parts = part_files(directory)
-    for part in parts:
-        for row in pq.read_table(part).to_pylist():
-            if row["id"] not in seen:
-                seen.add(row["id"])
-                yield SolveResult.model_validate(row)
-    start = 0
-    if parts:
-        try:
-            start = max(0, int((directory / OFFSET_NAME).read_text(encoding="utf-8").strip()))
-        except (OSError, ValueError):
-            start = 0
-    for result in _read_jsonl(directory / JSONL_NAME, start):
-        if result.id not in seen:
-            seen.add(result.id)
-            yield result
+    """Yield every result of an archive directory once (newest write wins): the one archive reader, as objects."""
+    return iter_archive(directory)
 
 
 def load_archive(directory: str | Path) -> list[SolveResult]:
-    """Return every archived result of ``directory`` once, in the order first written."""
+    """Return every archived result of ``directory`` once (see :func:`~sparq_stream.qd.archive_log.iter_batches`)."""
     return list(iter_results(directory))
 
 
@@ -563,8 +529,18 @@ def build_archivist(config: ArchivistConfig) -> ArchivistCore:
 
 
 # ---------------------------------------------------------------------- the run summary
-def run_summary(
-    results: Iterable[SolveResult],
+def run_summary(results: Iterable[SolveResult], **options: Any) -> dict[str, Any]:
+    """Return the JSON-ready summary of a run: counts, yield, coverage, QD-score, SR histogram, coverage over steps.
+
+    ``results`` are de-duplicated by id first. Options (see :func:`_summarize`): ``stages``
+    (counts per stage from the services' metrics) and ``elites`` (the final W by slot) are
+    copied in when given; ``t_low``, ``t_high``, ``bins``.
+    """
+    return _summarize([batch_of(dedupe_by_id(results))], **options)
+
+
+def _summarize(
+    batches: Iterable[Any],
     *,
     stages: Mapping[str, float] | None = None,
     elites: Mapping[str, Elite] | None = None,
@@ -572,38 +548,11 @@ def run_summary(
     t_high: float = T_HIGH,
     bins: int = 10,
 ) -> dict[str, Any]:
-    """Return the JSON-ready summary of a run: counts, yield, coverage, QD-score, SR histogram, coverage over steps.
-
-    ``results`` are de-duplicated by id first. ``stages`` (counts per stage from the
-    services' metrics) and ``elites`` (the final W by slot) are copied in when given.
-    """
-    rows = dedupe_by_id(results)
-    head = summary(rows)
-    dropped = [r for r in rows if not r.quality > 0.0]
-    hist = sr_histogram(rows, bins)
-    asked = sum(r.k for r in rows)
-    used = sum(r.rollouts_used for r in rows)
-    out: dict[str, Any] = {
-        "scored": int(head["scored"]),
-        "kept": int(head["kept"]),
-        "yield": head["yield"],
-        "coverage": int(head["coverage"]),
-        "coverage_all": int(head["coverage_all"]),
-        "qd_score": head["qd_score"],
-        "mean_kept_quality": head["mean_kept_quality"],
-        "dropped": {
-            "too_easy": sum(1 for r in dropped if r.solve_rate > t_high),
-            "unsolvable": sum(1 for r in dropped if r.solve_rate < t_low),
-            "other": sum(1 for r in dropped if t_low <= r.solve_rate <= t_high),
-        },
-        "early_stopped": sum(1 for r in rows if r.early_stopped),
-        "rollouts": {"asked": asked, "used": used, "saved_fraction": 1.0 - used / asked if asked else 0.0},
-        "correct_rollouts_kept": sum(len(r.correct_rollouts) for r in rows if r.quality > 0.0),
-        "steps": max((r.step for r in rows), default=0),
-        "sr_histogram": {"edges": list(hist.edges), "counts": list(hist.counts)},
-        "coverage_over_steps": [[step, cov] for step, cov in coverage_over_steps(rows)],
-        "best_per_niche": best_per_niche(rows),
-    }
+    """Fold record batches into the summary; add the stage counts and the working-set figures."""
+    acc = SummaryAccumulator(t_low=t_low, t_high=t_high, bins=bins)
+    for batch in batches:
+        acc.add(batch)
+    out = acc.result()
     if stages is not None:
         out["stages"] = {k: float(v) for k, v in sorted(stages.items())}
     if elites is not None:
@@ -616,5 +565,5 @@ def run_summary(
 
 
 def summarize_archive(directory: str | Path, **options: Any) -> dict[str, Any]:
-    """Read an archive directory and return :func:`run_summary` of it."""
-    return run_summary(iter_results(directory), **options)
+    """Return :func:`run_summary` of an archive directory, streamed batch by batch (bounded memory)."""
+    return _summarize(iter_batches(directory, SUMMARY_COLUMNS), **options)

@@ -285,7 +285,7 @@ class SolverCore(BaseCore):
         return []
 
     def metrics(self) -> dict[str, float]:
-        """Counters: candidates, rollouts asked/used/saved, early stops by reason, errors, cache hits."""
+        """Counters: candidates, rollouts asked/used/saved, early stops by reason, errors, cache hits, busy_seconds."""
         out = dict(self._counters)
         if self._auditor is not None:
             out.update({k: float(v) for k, v in self._auditor.counts.items()})
@@ -347,6 +347,8 @@ class SolverCore(BaseCore):
             raise
         except Exception as exc:  # a backend that raises (out of memory, a bug) is retried with back-off
             raise RetriableError(f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}") from exc
+        finally:  # busy_seconds: time inside the backend, failed calls included (busy fraction = its rate)
+            self._inc("busy_seconds", time.perf_counter() - started)
         self._inc("generate_calls")
         self._inc("generate_seconds", time.perf_counter() - started)
         if len(results) != len(jobs):

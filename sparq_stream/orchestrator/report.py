@@ -1,4 +1,7 @@
-"""The end-of-run report: summary.json (counts per stage, yield, coverage, QD-score), plots and report.html."""
+"""The end-of-run report: summary.json (counts per stage, yield, coverage, QD-score), plots and report.html.
+
+The archive is read by the one archive reader, streamed (``summarize_archive``): bounded memory at any size.
+"""
 
 from __future__ import annotations
 
@@ -63,10 +66,14 @@ def write_report(
 def _export_info(folder: Path) -> dict[str, Any]:
     files = sorted(p for p in folder.glob("*") if p.suffix in (".jsonl", ".parquet")) if folder.is_dir() else []
     rows = 0
-    for path in files:
-        if path.suffix == ".jsonl":
-            with path.open("rb") as fh:
-                rows = sum(1 for _ in fh)
+    manifest = folder / "export.json"
+    try:
+        rows = int(json.loads(manifest.read_text(encoding="utf-8"))["examples"])
+    except (OSError, ValueError, KeyError, TypeError):  # no manifest: count the JSONL lines
+        for path in files:
+            if path.suffix == ".jsonl":
+                with path.open("rb") as fh:
+                    rows = sum(1 for _ in fh)
     return {"dir": str(folder), "files": [p.name for p in files], "examples": rows}
 
 

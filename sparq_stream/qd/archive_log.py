@@ -8,9 +8,12 @@ A crash loses at most the unflushed buffer; a torn last JSONL line is cut off wh
 log is reopened. Flush before committing the input offsets and nothing acknowledged is
 ever lost (at-least-once: a redelivered result may be appended twice).
 
-Readers de-duplicate by problem id, keeping the first occurrence, so a redelivered result
-never counts twice. :func:`read_table` does it in Arrow (for archives too big for Python
-objects); :func:`read_archive` / :func:`iter_archive` return :class:`SolveResult` objects.
+With both formats, each flush also records in ``parquet.offset`` how much of the JSONL the
+parts hold. There is ONE reader, :func:`iter_batches` (Arrow record batches, bounded
+memory): the Parquet parts, then the JSONL rows past that offset, each problem id once,
+the newest row of an id winning, so a redelivered result never counts twice and rows
+written after the last part are never missed. :func:`iter_archive` / :func:`read_archive`
+give :class:`SolveResult` objects and :func:`read_table` one Arrow table, all from it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import typing
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
@@ -42,7 +45,11 @@ __all__ = [
     "read_table",
     "iter_archive",
     "read_archive",
+    "OFFSET_NAME",
     "dedupe_by_id",
+    "read_offset",
+    "iter_jsonl",
+    "iter_batches",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,9 @@ JSONL_NAME = "archive.jsonl"
 PARTS_DIR = "parquet"
 #: The formats an archive can be written in.
 FORMATS = ("jsonl", "parquet")
+
+#: The file holding the JSONL byte offset up to which the Parquet parts hold every row.
+OFFSET_NAME = "parquet.offset"
 
 _PART = re.compile(r"^part-(\d{8})\.parquet$")
 _FIELDS = tuple(SolveResult.model_fields)
@@ -153,6 +163,8 @@ class ArchiveLog:
             self._write_jsonl(rows)
         if "parquet" in self.formats:
             self._write_part(rows)
+            if "jsonl" in self.formats:
+                _write_offset(self.directory, (self.directory / JSONL_NAME).stat().st_size)
         self._buffer = []
 
     def close(self) -> None:
@@ -216,7 +228,7 @@ def _jsonable(result: SolveResult) -> dict[str, Any]:
 
 
 def dedupe_by_id(results: Iterable[SolveResult]) -> list[SolveResult]:
-    """Return the results with each problem id once, keeping the first occurrence."""
+    """Return the results with each problem id once, keeping the first occurrence (in-memory lists only)."""
     seen: set[str] = set()
     kept = []
     for result in results:
@@ -226,55 +238,161 @@ def dedupe_by_id(results: Iterable[SolveResult]) -> list[SolveResult]:
     return kept
 
 
-def read_table(directory: str | Path) -> pa.Table:
-    """Read the Parquet parts as one Arrow table, de-duplicated by id (first occurrence kept)."""
-    parts = part_files(directory)
-    if not parts:
-        return ARCHIVE_SCHEMA.empty_table()
-    table = pa.concat_tables([pq.read_table(p) for p in parts], promote_options="default")
-    rows = pa.array(range(table.num_rows), type=pa.int64())
-    first = table.select(["id"]).append_column("_row", rows).group_by("id", use_threads=False).aggregate([("_row", "min")])
-    keep = pc.sort_indices(first.column("_row_min"))
-    return table.take(pc.take(first.column("_row_min"), keep))
+def read_offset(directory: str | Path) -> int:
+    """Return the JSONL byte offset up to which the Parquet parts hold every row (0: none recorded)."""
+    try:
+        return max(0, int((Path(directory) / OFFSET_NAME).read_text(encoding="utf-8").strip()))
+    except (OSError, ValueError):
+        return 0
 
 
-def _iter_jsonl(path: Path) -> Iterator[SolveResult]:
+def _write_offset(directory: Path, offset: int) -> None:
+    path = directory / OFFSET_NAME
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{offset}\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def iter_jsonl(path: str | Path, start: int = 0) -> Iterator[dict[str, Any]]:
+    """Yield the rows (field dicts) of a JSONL archive from byte offset ``start``; unreadable lines are skipped."""
+    path = Path(path)
     if not path.exists():
         return
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        if start > size:
+            log.warning("%s is shorter than the recorded Parquet offset %d: reading it whole", path, start)
+            start = 0
+        fh.seek(start)
+        for line in fh:
             if not line.strip():
                 continue
             try:
                 body = json.loads(line)
-                if body.pop("schema", SolveResult.SCHEMA) != SolveResult.SCHEMA:
+                if not isinstance(body, dict) or body.pop("schema", SolveResult.SCHEMA) != SolveResult.SCHEMA:
                     raise ValueError("not a sparq.solved row")
                 body.pop("version", None)
-                yield SolveResult.model_validate(body)
+                yield _row(SolveResult.model_validate(body))
             except (ValueError, ValidationError) as exc:
-                log.warning("%s:%d: skipping an unreadable row: %s", path, number, str(exc).splitlines()[0])
+                log.warning("%s: skipping an unreadable row: %s", path, str(exc).splitlines()[0])
 
 
-def iter_archive(directory: str | Path, fmt: str = "auto") -> Iterator[SolveResult]:
-    """Yield the archived results once per id; ``fmt`` is ``parquet``, ``jsonl`` or ``auto``."""
+def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """Return ``batch`` with exactly ``schema``'s columns: missing ones as nulls, others cast."""
+    if batch.schema.equals(schema, check_metadata=False):
+        return batch
+    columns = []
+    for field in schema:
+        index = batch.schema.get_field_index(field.name)
+        if index < 0:
+            columns.append(pa.nulls(batch.num_rows, field.type))
+        else:
+            column = batch.column(index)
+            columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
+def _raw_batches(directory: Path, fmt: str, schema: pa.Schema, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Every stored row in write order, duplicates included: the Parquet parts, then the JSONL rows past them."""
+    parts = part_files(directory) if fmt in ("auto", "parquet") else []
+    for part in parts:
+        pf = pq.ParquetFile(part)
+        have = set(pf.schema_arrow.names)
+        wanted = [name for name in schema.names if name in have]
+        for batch in pf.iter_batches(batch_size=batch_size, columns=wanted):
+            yield _conform(batch, schema)
+    if fmt == "parquet":
+        return
+    start = read_offset(directory) if parts else 0
+    chunk: list[dict[str, Any]] = []
+    for row in iter_jsonl(directory / JSONL_NAME, start):
+        chunk.append(row)
+        if len(chunk) >= batch_size:
+            yield _conform(pa.RecordBatch.from_pylist(chunk, schema=ARCHIVE_SCHEMA), schema)
+            chunk = []
+    if chunk:
+        yield _conform(pa.RecordBatch.from_pylist(chunk, schema=ARCHIVE_SCHEMA), schema)
+
+
+def _duplicate_hashes(directory: Path, fmt: str, batch_size: int) -> tuple[set[int], int]:
+    """Pass 1: the 64-bit hashes held by more than one row, and the row count (16 bytes per row for a moment)."""
+    chunks = []
+    id_schema = pa.schema([ARCHIVE_SCHEMA.field("id")])
+    for batch in _raw_batches(directory, fmt, id_schema, batch_size):
+        ids = batch.column(0).to_pylist()
+        chunks.append(np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(ids)))
+    if not chunks:
+        return set(), 0
+    hashes = np.concatenate(chunks)
+    del chunks
+    hashes.sort()
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+    return set(np.unique(repeated).tolist()), int(hashes.size)
+
+
+def iter_batches(
+    directory: str | Path,
+    columns: Sequence[str] | None = None,
+    *,
+    fmt: str = "auto",
+    batch_size: int = 65_536,
+) -> Iterator[pa.RecordBatch]:
+    """Yield the archive as Arrow record batches, each problem id once, the newest row of an id winning.
+
+    THE archive reader (export, report and the archivist's restart all use it). ``auto``
+    reads the Parquet parts and then the JSONL rows past ``parquet.offset`` (all of the
+    JSONL when no offset is recorded: rows the parts already hold are duplicates and fold
+    away), so rows written after the last part are never missed; ``parquet`` / ``jsonl``
+    read one format only. Memory is bounded: pass 1 hashes every id to 64 bits (16 bytes a
+    row, freed before pass 2) to find the ids written more than once; pass 2 streams the
+    batches and holds back only the rows of those ids (a hash collision only holds a row
+    back, never drops it), emitting the newest of each at the end. Row order: write order,
+    except that an id written more than once comes after the others, at its newest write.
+    """
     if fmt not in ("auto", *FORMATS):
         raise ConfigError(f"fmt must be auto, jsonl or parquet; got {fmt!r}")
     directory = Path(directory)
-    if fmt == "parquet" or (fmt == "auto" and part_files(directory)):
-        seen: set[str] = set()
-        for part in part_files(directory):
-            for row in pq.read_table(part).to_pylist():
-                if row["id"] not in seen:
-                    seen.add(row["id"])
-                    yield SolveResult.model_validate(row)
-        return
-    seen = set()
-    for result in _iter_jsonl(directory / JSONL_NAME):
-        if result.id not in seen:
-            seen.add(result.id)
-            yield result
+    names = list(columns) if columns else list(ARCHIVE_SCHEMA.names)
+    if "id" not in names:
+        names = ["id", *names]
+    unknown = [n for n in names if n not in ARCHIVE_SCHEMA.names]
+    if unknown:
+        raise ConfigError(f"unknown archive column(s) {unknown}; the archive has {ARCHIVE_SCHEMA.names}")
+    schema = pa.schema([ARCHIVE_SCHEMA.field(n) for n in names], metadata=ARCHIVE_SCHEMA.metadata)
+    repeated, _ = _duplicate_hashes(directory, fmt, batch_size)
+    held: dict[str, dict[str, Any]] = {}
+    for batch in _raw_batches(directory, fmt, schema, batch_size):
+        if repeated:
+            ids = batch.column(0).to_pylist()
+            hold = [hash(i) in repeated for i in ids]
+            if any(hold):
+                for index in (i for i, h in enumerate(hold) if h):
+                    row = batch.slice(index, 1).to_pylist()[0]
+                    held.pop(row["id"], None)  # move to the end: the newest write wins and sets the order
+                    held[row["id"]] = row
+                batch = batch.filter(pa.array([not h for h in hold]))
+        if batch.num_rows:
+            yield batch
+    if held:
+        yield pa.RecordBatch.from_pylist(list(held.values()), schema=schema)
+
+
+def read_table(directory: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read the archive as one Arrow table, each id once (newest wins); for archives that fit in memory."""
+    schema = pa.schema([ARCHIVE_SCHEMA.field(n) for n in (columns or ARCHIVE_SCHEMA.names)])
+    batches = list(iter_batches(directory, columns))
+    if not batches:
+        return schema.empty_table()
+    return pa.Table.from_batches(batches).select(schema.names)
+
+
+def iter_archive(directory: str | Path, fmt: str = "auto") -> Iterator[SolveResult]:
+    """Yield the archived results once per id (newest wins) as :class:`SolveResult`; ``fmt``: auto, jsonl, parquet."""
+    for batch in iter_batches(directory, fmt=fmt, batch_size=8192):
+        for row in batch.to_pylist():
+            yield SolveResult.model_validate(row)
 
 
 def read_archive(directory: str | Path, fmt: str = "auto") -> list[SolveResult]:
-    """Return the archived results once per id, in the order first written."""
+    """Return the archived results once per id, newest write winning (see :func:`iter_batches` for the order)."""
     return list(iter_archive(directory, fmt))

@@ -18,14 +18,17 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sparq_stream.errors import ConfigError
@@ -92,6 +95,7 @@ EXPORT_SCHEMA = pa.schema(
     metadata={b"sparq.schema": _MANIFEST_SCHEMA.encode(), b"sparq.version": str(_MANIFEST_VERSION).encode()},
 )
 _COLUMNS = tuple(EXPORT_SCHEMA.names)
+_ROW_GROUP = 32_768  # rows per Parquet row group of an export (bounded memory while streaming)
 
 
 @dataclass(frozen=True)
@@ -159,30 +163,39 @@ def build_examples(
         if result.audit and not include_flagged:
             counts["audit_flagged"] += 1
             continue
-        targets = _targets(result, filtered, counts)
-        if not targets:
-            continue
-        prompt = template.render(problem=result.problem)
-        base = _provenance(result, source, template)
-        for index, text in targets:
-            messages = [dict(turn) for turn in prompt] + [{"role": "assistant", "content": text}]
-            rows.append(
-                {
-                    "id": example_id(result.id, index),
-                    "problem_id": result.id,
-                    "rollout_index": index,
-                    "messages": messages,
-                    "problem": result.problem,
-                    "answer": result.answer,
-                    "response": text,
-                    "target": "rollout" if index >= 0 else "solution",
-                    **base,
-                }
-            )
+        rows.extend(_examples_of(result, filtered, source, template, counts))
     rows.sort(key=lambda r: (r["problem_id"], r["rollout_index"]))
     if limit is not None and len(rows) > limit:
         counts["over_limit"] += len(rows) - limit
         rows = rows[:limit]
+    return rows
+
+
+def _examples_of(
+    result: SolveResult, filtered: bool, source: str, template: PromptTemplate, counts: Counter[str]
+) -> list[dict[str, Any]]:
+    """The example rows of one result (none when it gives no target)."""
+    targets = _targets(result, filtered, counts)
+    if not targets:
+        return []
+    prompt = template.render(problem=result.problem)
+    base = _provenance(result, source, template)
+    rows = []
+    for index, text in targets:
+        messages = [dict(turn) for turn in prompt] + [{"role": "assistant", "content": text}]
+        rows.append(
+            {
+                "id": example_id(result.id, index),
+                "problem_id": result.id,
+                "rollout_index": index,
+                "messages": messages,
+                "problem": result.problem,
+                "answer": result.answer,
+                "response": text,
+                "target": "rollout" if index >= 0 else "solution",
+                **base,
+            }
+        )
     return rows
 
 
@@ -237,43 +250,89 @@ def write_examples(
     fsync: bool = False,
 ) -> ExportInfo:
     """Write sorted example rows to ``out_dir``: every file goes to a temporary name first, then all are renamed."""
-    out = Path(out_dir)
+    out = _prepare_out(out_dir)
+    return _write_sorted(out, [list(rows)], skipped=dict(skipped or {}), extra=extra, fsync=fsync)
+
+
+def _write_sorted(
+    out: Path,
+    chunks: Iterable[Sequence[Mapping[str, Any]]],
+    *,
+    skipped: dict[str, int],
+    extra: Mapping[str, Any] | None,
+    fsync: bool,
+    lines: bool = False,
+) -> ExportInfo:
+    """Stream already-sorted example chunks (row dicts, or JSONL lines with ``lines``) to the three files atomically.
+
+    One chunk is in memory at a time: JSONL bytes and the SHA-256 are written as they go,
+    the Parquet file one row group per chunk; then every file is renamed into place.
+    """
+    digest = hashlib.sha256()
+    examples = problems = 0
+    last_problem: str | None = None
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_jsonl, tmp_parquet = out / f".{JSONL_NAME}.tmp-{tag}", out / f".{PARQUET_NAME}.tmp-{tag}"
+    written = [(tmp_jsonl, out / JSONL_NAME), (tmp_parquet, out / PARQUET_NAME)]
+    group: list[dict[str, Any]] = []  # rows of the Parquet row group being filled
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the export directory {out}: {exc}") from exc
-    _remove_stale_tmp(out)
-    jsonl = "".join(json.dumps({c: row[c] for c in _COLUMNS}, ensure_ascii=False) + "\n" for row in rows).encode()
-    digest = hashlib.sha256(jsonl).hexdigest()
-    table = pa.Table.from_pylist([{c: row[c] for c in _COLUMNS} for row in rows], schema=EXPORT_SCHEMA)
-    manifest = {
-        "schema": _MANIFEST_SCHEMA,
-        "version": _MANIFEST_VERSION,
-        "examples": len(rows),
-        "problems": len({row["problem_id"] for row in rows}),
-        "files": {"jsonl": JSONL_NAME, "parquet": PARQUET_NAME},
-        "jsonl_sha256": digest,
-        "skipped": dict(sorted((skipped or {}).items())),
-        **dict(extra or {}),
-    }
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    _atomic_write_all(
-        [
-            (out / JSONL_NAME, lambda tmp: tmp.write_bytes(jsonl)),
-            (out / PARQUET_NAME, lambda tmp: pq.write_table(table, tmp, compression="zstd")),
-            (out / MANIFEST_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8")),
-        ],
-        fsync,
-    )
+        with open(tmp_jsonl, "wb") as jf, pq.ParquetWriter(tmp_parquet, EXPORT_SCHEMA, compression="zstd") as writer:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                if lines:
+                    text = "".join(chunk).encode()  # type: ignore[arg-type]
+                    rows = [json.loads(line) for line in chunk]  # type: ignore[arg-type]
+                else:
+                    rows = [{c: row[c] for c in _COLUMNS} for row in chunk]
+                    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+                jf.write(text)
+                digest.update(text)
+                group.extend(rows)
+                if len(group) >= _ROW_GROUP:
+                    writer.write_table(pa.Table.from_pylist(group, schema=EXPORT_SCHEMA))
+                    group = []
+                for row in rows:
+                    if row["problem_id"] != last_problem:
+                        problems += 1
+                        last_problem = row["problem_id"]
+                examples += len(rows)
+            if group or not examples:
+                writer.write_table(pa.Table.from_pylist(group, schema=EXPORT_SCHEMA))
+            if fsync:
+                jf.flush()
+                os.fsync(jf.fileno())
+        manifest = {
+            "schema": _MANIFEST_SCHEMA,
+            "version": _MANIFEST_VERSION,
+            "examples": examples,
+            "problems": problems,
+            "files": {"jsonl": JSONL_NAME, "parquet": PARQUET_NAME},
+            "jsonl_sha256": digest.hexdigest(),
+            "skipped": dict(sorted(skipped.items())),
+            **dict(extra or {}),
+        }
+        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        _atomic_write_all(
+            [
+                (out / PARQUET_NAME, lambda tmp: os.replace(tmp_parquet, tmp)),
+                (out / JSONL_NAME, lambda tmp: os.replace(tmp_jsonl, tmp)),
+                (out / MANIFEST_NAME, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+            ],
+            fsync,
+        )
+    finally:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
     return ExportInfo(
         out_dir=out,
         jsonl_path=out / JSONL_NAME,
         parquet_path=out / PARQUET_NAME,
         manifest_path=out / MANIFEST_NAME,
-        problems=manifest["problems"],
-        examples=len(rows),
+        problems=problems,
+        examples=examples,
         skipped=dict(manifest["skipped"]),
-        sha256=digest,
+        sha256=manifest["jsonl_sha256"],
     )
 
 
@@ -308,18 +367,87 @@ def export_from_archive(
     fmt: str = "auto",
     solve_prompt: PromptTemplate | None = None,
     include_flagged: bool = False,
+    buckets_dir: str | Path | None = None,
 ) -> ExportInfo:
-    """Export from an archive A on disk: filtered (quality > 0, correct rollouts) or every child with its own solution."""
+    """Export from an archive A on disk: filtered (quality > 0, correct rollouts) or every child with its own solution.
+
+    Bounded memory at any archive size: the one archive reader streams record batches
+    (each id once, newest row winning); each example line goes to a bucket file by the
+    first two characters of its problem id; then the buckets are sorted one at a time and
+    streamed to the export files, so the output is the same sorted, byte-identical set as
+    :func:`export_training_set` gives for the same results.
+    """
     from sparq_stream.qd.archive_log import JSONL_NAME as ARCHIVE_JSONL
-    from sparq_stream.qd.archive_log import iter_archive, part_files
+    from sparq_stream.qd.archive_log import iter_batches, part_files
 
     archive = Path(archive_dir)
     if not archive.is_dir() or not (part_files(archive) or (archive / ARCHIVE_JSONL).is_file()):
         raise ConfigError(f"{archive} is not an archive directory (no {ARCHIVE_JSONL} and no Parquet parts)")
-    return export_training_set(
-        iter_archive(archive, fmt), out_dir, filtered=filtered, limit=limit, source="archive", solve_prompt=solve_prompt,
-        include_flagged=include_flagged,
-    )
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be >= 0, got {limit}")
+    out = _prepare_out(out_dir)
+    template = solve_prompt or load_prompt(SOLVE)
+    counts: Counter[str] = Counter()
+    spill = Path(tempfile.mkdtemp(prefix=".export-buckets-", dir=buckets_dir or out))
+    try:
+        files: dict[str, Any] = {}
+        paths: dict[str, Path] = {}
+        total = 0
+        try:
+            for batch in iter_batches(archive, fmt=fmt, batch_size=8192):
+                if filtered:
+                    keep = pc.greater(batch.column(batch.schema.get_field_index("quality")), 0.0)
+                    counts["quality_zero"] += batch.num_rows - (pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
+                    batch = batch.filter(keep)
+                for row in batch.to_pylist():
+                    result = SolveResult.model_validate(row)
+                    if result.audit and not include_flagged:
+                        counts["audit_flagged"] += 1
+                        continue
+                    for example in _examples_of(result, filtered, "archive", template, counts):
+                        bucket = example["problem_id"][:2]
+                        fh = files.get(bucket)
+                        if fh is None:
+                            paths[bucket] = spill / f"{len(files):06d}"
+                            fh = files[bucket] = open(paths[bucket], "w", encoding="utf-8")
+                        key = json.dumps([example["problem_id"], example["rollout_index"]], ensure_ascii=False)
+                        fh.write(key + "\t" + json.dumps({c: example[c] for c in _COLUMNS}, ensure_ascii=False) + "\n")
+                        total += 1
+        finally:
+            for fh in files.values():
+                fh.close()
+        if limit is not None and total > limit:
+            counts["over_limit"] += total - limit
+        extra = {"filtered": filtered, "source": "archive", "limit": limit}
+        info = _write_sorted(
+            out, _sorted_buckets([paths[b] for b in sorted(paths)], limit), skipped=dict(counts), extra=extra, fsync=False, lines=True
+        )
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+    log.info("exported %d examples of %d problems to %s (skipped: %s)", info.examples, info.problems, out, dict(counts))
+    return info
+
+
+def _sorted_buckets(paths: Sequence[Path], limit: int | None, chunk: int = 4096) -> Iterator[list[str]]:
+    """Yield the example lines of the bucket files in (problem id, rollout index) order, ``limit`` lines at most."""
+    left = limit
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            keyed = []
+            for line in fh:
+                key, _, body = line.partition("\t")
+                problem, index = json.loads(key)
+                keyed.append((problem, index, body))
+        keyed.sort(key=lambda item: (item[0], item[1]))
+        lines = [body for _, _, body in keyed]
+        del keyed
+        if left is not None:
+            lines = lines[:left]
+            left -= len(lines)
+        for start in range(0, len(lines), chunk):
+            yield lines[start : start + chunk]
+        if left == 0:
+            return
 
 
 def read_examples(path: str | Path, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -368,8 +496,22 @@ def _atomic_write_all(files: Sequence[tuple[Path, Callable[[Path], Any]]], fsync
         os.replace(tmp, final)
 
 
+def _prepare_out(out_dir: str | Path) -> Path:
+    """Create the export directory and clear what a killed export left in it."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the export directory {out}: {exc}") from exc
+    _remove_stale_tmp(out)
+    return out
+
+
 def _remove_stale_tmp(out: Path) -> None:
-    """Delete temporary files a killed export left behind."""
+    """Delete temporary files and bucket folders a killed export left behind."""
     for stale in out.glob(".*.tmp-*"):
         if stale.is_file():
             stale.unlink(missing_ok=True)
+    for stale in out.glob(".export-buckets-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)

@@ -433,3 +433,32 @@ def test_build_solver_names_its_backend_and_owns_it(pool: CheckerPool) -> None:
     core.close()
     with pytest.raises(ConfigError, match="unknown generation backend"):
         build_solver(SolverConfig(backend="nope"), checker=pool)
+
+
+def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
+    pool: CheckerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sparq_stream.cores.solver as solver_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(solver_mod.time, "perf_counter", lambda: clock[0])
+
+    class Timed(Spy):
+        fail = False
+
+        def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[GenerationResult]:
+            clock[0] += 0.25 * len(prompts)  # the backend is busy for 0.25 s a prompt
+            if self.fail:
+                raise RuntimeError("CUDA out of memory")
+            return super().generate(prompts, n, params)
+
+    scripted = ScriptedBackend(_script(10))
+    backend = Timed(scripted)
+    core = SolverCore(backend, pool, SolverConfig(early_stop="none", max_batch=4))
+    core.handle_batch([_inbound(_candidate(i, scripted), i) for i in range(10)])
+    clock[0] += 7.0  # time outside the backend (checking, waiting for input) is not busy
+    assert len(backend.calls) == 3 and core.metrics()["busy_seconds"] == pytest.approx(2.5)
+    backend.fail = True
+    with pytest.raises(RetriableError):
+        core.handle_batch([_inbound(_candidate(20, scripted), 20)])
+    assert core.metrics()["busy_seconds"] == pytest.approx(2.75)

@@ -121,7 +121,7 @@ def test_export_is_atomic_a_failed_write_keeps_the_previous_export(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_mod.pq, "write_table", broken)
+    monkeypatch.setattr(export_mod.pq.ParquetWriter, "write_table", broken)
     with pytest.raises(OSError, match="disk full"):
         export_training_set([_result(1), _result(2)], tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)  # no temporary file left behind
@@ -173,3 +173,24 @@ def test_empty_state_exports_empty_but_valid_files(tmp_path: Path) -> None:
     assert info.examples == 0 and (tmp_path / JSONL_NAME).read_bytes() == b""
     assert pq.read_table(tmp_path / PARQUET_NAME).schema.equals(EXPORT_SCHEMA, check_metadata=False)
     assert os.listdir(tmp_path) and read_examples(tmp_path) == []
+
+
+def test_sparq_export_reads_the_jsonl_rows_newer_than_the_parts_and_matches_the_in_memory_export(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    results = [_result(i * 7919, quality=0.5 if i % 3 else 0.0, rollouts=2 if i % 3 else 0, cls=SolveResult) for i in range(60)]
+    with ArchiveLog(archive, rows_per_part=25) as log:
+        log.extend(results[:50])  # two parts of 25 rows
+    with ArchiveLog(archive, formats=["jsonl"]) as tail:  # newer rows only in the JSONL: a part not written yet
+        tail.extend(results[50:])
+        tail.append(_result(0, quality=0.75, rollouts=1, cls=SolveResult))  # id 0 again, now kept: the newest wins
+    info = export_from_archive(archive, tmp_path / "streamed")
+    ids = {r["problem_id"] for r in read_examples(info.jsonl_path)}
+    assert {r.id for r in results[50:] if r.quality > 0} <= ids and f"{0:032x}" in ids
+    kept = sum(1 for r in results if r.quality > 0) + 1
+    assert (info.problems, info.examples) == (kept, 2 * (kept - 1) + 1)
+    from sparq_stream.qd.archive_log import read_archive
+
+    reference = export_training_set(read_archive(archive), tmp_path / "in-memory", source="archive")
+    assert _files(tmp_path / "streamed") == _files(tmp_path / "in-memory")
+    assert reference.sha256 == info.sha256
+    assert not list((tmp_path / "streamed").glob(".export-buckets-*"))  # the spill folder is gone

@@ -13,11 +13,14 @@ from sparq_stream.messages import Elite, SolveResult
 from sparq_stream.qd.archive_log import (
     ARCHIVE_SCHEMA,
     JSONL_NAME,
+    OFFSET_NAME,
     PARTS_DIR,
     ArchiveLog,
     dedupe_by_id,
+    iter_batches,
     part_files,
     read_archive,
+    read_offset,
     read_table,
 )
 
@@ -82,11 +85,36 @@ def test_redelivered_results_count_once(tmp_path: Path) -> None:
     with ArchiveLog(tmp_path, rows_per_part=4) as log:
         log.extend(rows)
         log.extend(rows[2:5])  # redelivered after a restart
-    for fmt in ("jsonl", "parquet"):
-        assert read_archive(tmp_path, fmt) == rows
+    newest_last = rows[:2] + rows[5:] + rows[2:5]  # an id written twice sits at its newest write
+    for fmt in ("jsonl", "parquet", "auto"):
+        assert read_archive(tmp_path, fmt) == newest_last
     table = read_table(tmp_path)
-    assert table.num_rows == 6 and table.column("id").to_pylist() == [r.id for r in rows]
+    assert table.num_rows == 6 and table.column("id").to_pylist() == [r.id for r in newest_last]
     assert dedupe_by_id(rows + rows[:2]) == rows
+
+
+def test_the_one_reader_reads_the_jsonl_past_the_parts_and_the_newest_row_wins(tmp_path: Path) -> None:
+    old = [_result(i, q=0.25) for i in range(5)]
+    with ArchiveLog(tmp_path, rows_per_part=5) as log:
+        log.extend(old)  # one part and its JSONL rows; parquet.offset marks the end of them
+    assert read_offset(tmp_path) == (tmp_path / JSONL_NAME).stat().st_size > 0
+    newer = [_result(1, q=0.75), _result(7, q=0.5), _result(3, q=0.0)]
+    with ArchiveLog(tmp_path, formats=["jsonl"]) as tail:
+        tail.extend(newer)  # rows newer than every part: only in the JSONL
+    assert len(part_files(tmp_path)) == 1
+    back = {r.id: r for r in read_archive(tmp_path)}
+    assert sorted(back) == sorted({r.id for r in old + newer})
+    assert back["id0001"].quality == 0.75 and back["id0003"].quality == 0.0 and back["id0000"].quality == 0.25
+    assert [r.id for r in read_archive(tmp_path)] == ["id0000", "id0002", "id0004", "id0007", "id0001", "id0003"]
+    # no offset file: the whole JSONL is read after the parts; the rows both hold fold away
+    (tmp_path / OFFSET_NAME).unlink()
+    assert {r.id: r.quality for r in read_archive(tmp_path)} == {r.id: r.quality for r in back.values()}
+    # the batches give the same rows and only the columns asked for
+    batches = list(iter_batches(tmp_path, ["quality"], batch_size=2))
+    assert all(b.schema.names == ["id", "quality"] for b in batches)
+    assert {i: q for b in batches for i, q in zip(b.column(0).to_pylist(), b.column(1).to_pylist())} == {
+        r.id: r.quality for r in back.values()
+    }
 
 
 def test_reopening_continues_the_parts_and_cuts_a_torn_line(tmp_path: Path) -> None:
