@@ -355,7 +355,9 @@ cluster_cmd() {
         stop-node)
             cluster_node "$NODE"; stop_node "${TIMEOUT:-30}" ;;
         stop)
-            for ((n = C_NODES; n >= 1; n--)); do cluster_node "$n"; stop_node "${TIMEOUT:-30}"; done ;;
+            # All at once: a node stopped last alone has no quorum and would hang in controlled shutdown.
+            for ((n = 1; n <= C_NODES; n++)); do cluster_node "$n"; stop_node "${TIMEOUT:-30}" & done
+            wait ;;
         status)
             local down=0
             for ((n = 1; n <= C_NODES; n++)); do
