@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sparq_stream.errors import ConfigError, FatalError
+from sparq_stream.errors import ConfigError
+from sparq_stream.index.faiss_index import check_ids, check_vectors
 from sparq_stream.index.idtable import IdTable
 from sparq_stream.index.segments import SegmentStore
 
@@ -122,13 +123,9 @@ class ScalableIndex:
     # ------------------------------------------------------------------ add and search
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> int:
         """Add vectors under ids; known or repeated ids are skipped. Return how many were added."""
-        matrix = self._check(vectors)
+        matrix = check_vectors(vectors, self.dim)
         ids = list(ids)
-        if len(ids) != matrix.shape[0]:
-            raise FatalError(f"add: {len(ids)} ids for {matrix.shape[0]} vectors")
-        for problem_id in ids:
-            if not isinstance(problem_id, str) or not problem_id or "\n" in problem_id:
-                raise FatalError(f"add: id {problem_id!r} must be a non-empty string without newlines")
+        check_ids(ids, matrix.shape[0])
         fresh = self._ids.add(ids)
         if not len(fresh):
             return 0
@@ -141,7 +138,7 @@ class ScalableIndex:
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """Return, per query row, up to ``k`` (id, cosine similarity) pairs, most similar first."""
-        matrix = self._check(vectors)
+        matrix = check_vectors(vectors, self.dim)
         if k < 1:
             raise ConfigError(f"k must be >= 1, got {k}")
         if matrix.shape[0] == 0:
@@ -290,11 +287,5 @@ class ScalableIndex:
         self._store.close()
 
     # ------------------------------------------------------------------ internals
-    def _check(self, vectors: np.ndarray) -> np.ndarray:
-        matrix = np.asarray(vectors, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dim:
-            raise FatalError(f"expected vectors of shape (n, {self.dim}), got {matrix.shape}")
-        return np.ascontiguousarray(matrix)
-
     def __repr__(self) -> str:
         return f"ScalableIndex(kind={self.kind!r}, phase={self.phase!r}, dim={self.dim}, items={len(self)})"

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 from kafka import KafkaAdminClient
-from kafka.admin import ConfigResource, ConfigResourceType
 
 from sparq_stream.bus import ServiceProcess, create_topics
+from sparq_stream.bus.topics import describe_topics
 from sparq_stream.cores.relay import RelayCore
 from sparq_stream.messages import Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
@@ -26,7 +26,7 @@ def _leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
     """How many partitions of ``topics`` each node leads."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return Counter(p["leader"] for t in admin.describe_topics(topics) for p in t["partitions"])
+        return Counter(p["leader_id"] for t in admin.describe_topics(topics) for p in t["partitions"])
     finally:
         admin.close()
 
@@ -34,14 +34,15 @@ def _leaders(bootstrap: str, topics: list[str]) -> Counter[int]:
 def test_topics_get_three_replicas_and_two_in_sync(kafka_cluster, prefix: str) -> None:
     settings = ServiceSettings(bootstrap=kafka_cluster.bootstrap, prefix=prefix)
     create_topics(settings, partitions=6, replication_factor=3, logical=("seeds", "candidates"))
+    (described,) = describe_topics(settings, ["seeds"])
+    assert (described["partitions"], described["replication_factor"]) == (6, 3)
+    for node in (1, 2, 3):  # the broker default every topic inherits
+        props = (kafka_cluster.workdir / f"node-{node}" / "server.properties").read_text().splitlines()
+        assert "min.insync.replicas=2" in props and "default.replication.factor=3" in props
     admin = KafkaAdminClient(bootstrap_servers=kafka_cluster.bootstrap)
     try:
         meta = admin.describe_topics([f"{prefix}.seeds"])[0]
-        assert len(meta["partitions"]) == 6
-        assert all(sorted(p["replicas"]) == [1, 2, 3] for p in meta["partitions"])
-        answer = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{prefix}.seeds")])
-        entries = {e[0]: e[1] for r in answer for e in r.resources[0][4]}
-        assert entries["min.insync.replicas"] == "2"
+        assert all(sorted(p["replica_nodes"]) == [1, 2, 3] for p in meta["partitions"])
         brokers = admin.describe_cluster()["brokers"]
         assert sorted(b["port"] for b in brokers) == [kafka_cluster.node_port(n) for n in (1, 2, 3)]
     finally:
