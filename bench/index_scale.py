@@ -114,7 +114,7 @@ def run_one(args: argparse.Namespace) -> dict:
     qps = batches * 64 / (time.perf_counter() - t0)
     disk = sum(p.stat().st_size for p in folder.iterdir())
     row = {
-        "items": n, "kind": index.kind, "opq": not args.no_opq, "phase": index.phase, "nlist": args.nlist, "pq_m": args.pq_m,
+        "items": n, "kind": index.kind, "opq": not args.no_opq, "phase": index.phase, "nlist": index.lists(), "pq_m": args.pq_m,
         "nprobe": args.nprobe, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "index_bytes": index.memory_bytes(), "disk_bytes": disk, "adds_per_s": round(n / add_s, 1),
         "add_threads": args.add_threads, "queries_per_s": round(qps, 1), "query_threads": args.query_threads,

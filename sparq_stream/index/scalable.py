@@ -120,6 +120,14 @@ class ScalableIndex:
             held = n * (self.pq_m // 2 + 8) + self.nlist * self.dim * 4 + self.dim * self.dim * 4
         return held + self._ids.memory_bytes()
 
+    def lists(self) -> int:
+        """The IVF lists in use (0 while flat; fewer than ``nlist`` when trained on few items)."""
+        if self.phase == "flat":
+            return 0
+        import faiss
+
+        return int(faiss.extract_index_ivf(self._index).nlist)
+
     # ------------------------------------------------------------------ add and search
     def add(self, ids: Sequence[str], vectors: np.ndarray) -> int:
         """Add vectors under ids; known or repeated ids are skipped. Return how many were added."""
