@@ -81,3 +81,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(f"shared data folder {SHARED_DATA} is missing (set SPARQ_DATA_DIR)")
     return SHARED_DATA
+
+
+# ---- a 3-node Apache Kafka cluster (replication 3, min.insync.replicas 2) ----------------------
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"]:
+    """A 3-node KRaft cluster of Apache Kafka for the whole session (a ``KafkaCluster``)."""
+    from sparq_stream.brokers.apache import KafkaCluster
+
+    cluster = KafkaCluster(nodes=3, workdir=tmp_path_factory.mktemp("kafka-cluster"))
+    try:
+        cluster.start()
+    except Exception as exc:
+        cluster.close()
+        if IN_CI:
+            raise
+        pytest.skip(f"an Apache Kafka cluster could not start here: {exc}")
+    yield cluster
+    cluster.close()

@@ -7,6 +7,15 @@
 #   run-kafka.sh status     [--port P] [--dir D]           exit 0 when the node of that dir runs
 #   run-kafka.sh foreground [--port P] [--dir D] [...]     format, then exec the broker in this process
 #   run-kafka.sh version                                   print the Kafka version of the resolved jars
+#   run-kafka.sh cluster start --nodes 3 --port P --dir D  a KRaft cluster on this machine: node N serves
+#                                                          clients on P+N-1 and its controller on
+#                                                          C+N-1 (C = --controller-port, default P+nodes);
+#                                                          every node is a voter of the controller
+#                                                          quorum; one cluster id formatted into all;
+#                                                          storage in D/node-N; prints the bootstrap list
+#   run-kafka.sh cluster stop-node N  --dir D              stop node N (its storage stays)
+#   run-kafka.sh cluster start-node N --dir D              start node N again on the same storage
+#   run-kafka.sh cluster status|stop  --dir D              list the nodes / stop them all
 #
 # Options:
 #   --port P              client (PLAINTEXT) port, default 19092
@@ -15,10 +24,12 @@
 #                         a dir that was formatted before keeps its topics on the next start
 #   --timeout S           start: seconds to wait for readiness (120); stop: seconds before SIGKILL (30)
 #   --set KEY=VALUE       extra broker setting, repeatable (wins over the built-in defaults)
+#   --nodes N             cluster start: number of nodes (default 3); topics default to replication
+#                         min(3, N) with min.insync.replicas min(2, N)
 #
 # Environment: JAVA_HOME or JAVA (java binary), MVN (maven binary), SPARQ_KAFKA_LIB (a folder of
 # Kafka jars to use instead of resolving, e.g. the libs/ of a Kafka distribution),
-# KAFKA_HEAP_OPTS (default "-Xms128m -Xmx512m"), KAFKA_JVM_OPTS (extra JVM flags),
+# KAFKA_HEAP_OPTS (default "-Xms128m -Xmx512m"; cluster nodes "-Xms64m -Xmx384m"), KAFKA_JVM_OPTS (extra JVM flags),
 # KAFKA_LOG_LEVEL (root log level, default INFO).
 #
 # Exit codes: 0 ok, 1 failure (the log tail is printed on stderr), 2 bad usage,
@@ -32,7 +43,7 @@ STAMP="$LIB/.resolved"
 READY_MARK="Kafka Server started"
 
 die() { echo "run-kafka: $*" >&2; exit 1; }
-usage() { sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//' >&2; exit 2; }
 missing() { echo "run-kafka: missing: $1 ($2)" >&2; exit 3; }
 
 java_bin() {
@@ -90,11 +101,21 @@ kafka_version() {
 
 # ---- options -------------------------------------------------------------------------------------
 CMD="${1:-}"; [[ -n "$CMD" ]] || usage; shift
-PORT=19092; CPORT=""; DIR=""; TIMEOUT=""; EXTRA=()
+SUB=""; NODE=""
+if [[ "$CMD" == cluster ]]; then
+    SUB="${1:-}"; [[ -n "$SUB" ]] || usage; shift
+    if [[ "$SUB" == stop-node || "$SUB" == start-node ]]; then
+        NODE="${1:-}"; [[ "$NODE" =~ ^[0-9]+$ ]] || { echo "run-kafka: cluster $SUB needs a node number" >&2; exit 2; }
+        shift
+    fi
+fi
+CPORT_SET=""; PORT=19092; CPORT=""; DIR=""; TIMEOUT=""; EXTRA=(); NODES=3; PORT_SET=""
+NODE_ID=1; VOTERS=""; REPL=1; MIN_ISR=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --port) PORT="${2:?--port needs a value}"; shift 2 ;;
-        --controller-port) CPORT="${2:?--controller-port needs a value}"; shift 2 ;;
+        --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
+        --port) PORT="${2:?--port needs a value}"; PORT_SET=1; shift 2 ;;
+        --controller-port) CPORT="${2:?--controller-port needs a value}"; CPORT_SET="$CPORT"; shift 2 ;;
         --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
         --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
         --set) [[ "${2:-}" == *=* ]] || { echo "run-kafka: --set needs KEY=VALUE" >&2; exit 2; }
@@ -119,10 +140,10 @@ write_config() {
     DIR="$(cd "$DIR" && pwd)"; PIDFILE="$DIR/kafka.pid"; LOG="$DIR/kafka.log"
     PROPS="$DIR/server.properties"; LOG4J="$DIR/log4j2.properties"
     cat >"$PROPS" <<EOF
-# Written by run-kafka.sh: one combined KRaft broker+controller for tests and a single machine.
+# Written by run-kafka.sh: a combined KRaft broker+controller (one node, or one of a cluster).
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$CPORT
+node.id=$NODE_ID
+controller.quorum.voters=${VOTERS:-1@127.0.0.1:$CPORT}
 listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
 advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
 inter.broker.listener.name=PLAINTEXT
@@ -132,16 +153,19 @@ log.dirs=$DIR/data
 auto.create.topics.enable=true
 delete.topic.enable=true
 num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-# Internal topics on one node: replication 1, few partitions (fast first join and first txn).
-offsets.topic.replication.factor=1
+default.replication.factor=$REPL
+min.insync.replicas=$MIN_ISR
+# Internal topics: replicated like the others, few partitions (fast first join and first txn).
+offsets.topic.replication.factor=$REPL
 offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$REPL
+transaction.state.log.min.isr=$MIN_ISR
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$REPL
+share.coordinator.state.topic.min.isr=$MIN_ISR
+# A stopped node's partitions move back to it once it is in sync again.
+auto.leader.rebalance.enable=true
+leader.imbalance.check.interval.seconds=10
 group.initial.rebalance.delay.ms=0
 # Compaction that happens within a test: the cleaner wakes every second; topics set
 # segment.ms / min.cleanable.dirty.ratio themselves.
@@ -266,7 +290,89 @@ prepare() {
     java_cmd
 }
 
+launch_daemon() {
+    # The broker writes its own pid (exec keeps it), in a new session away from this terminal.
+    rm -f "$PIDFILE"
+    setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" "${JAVA_CMD[@]}" \
+        </dev/null >>"$LOG" 2>&1 &
+    for _ in $(seq 100); do [[ -s "$PIDFILE" ]] && break; sleep 0.05; done
+    [[ -s "$PIDFILE" ]] || die "the broker did not write $PIDFILE"
+}
+
+# ---- cluster -------------------------------------------------------------------------------------
+CLUSTER_DIR=""
+cluster_load() {
+    mkdir -p "$DIR"; CLUSTER_DIR="$(cd "$DIR" && pwd)"
+    if [[ -f "$CLUSTER_DIR/cluster.env" ]]; then
+        # shellcheck disable=SC1091
+        source "$CLUSTER_DIR/cluster.env"
+    else
+        [[ "$SUB" == start ]] || die "no cluster in $CLUSTER_DIR (run: $0 cluster start --dir $CLUSTER_DIR)"
+        [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || { echo "run-kafka: --nodes must be >= 1" >&2; exit 2; }
+        C_NODES="$NODES"; C_PORT="$PORT"; C_CPORT="${CPORT_SET:-$((PORT + NODES))}"
+        printf 'C_NODES=%s\nC_PORT=%s\nC_CPORT=%s\n' "$C_NODES" "$C_PORT" "$C_CPORT" >"$CLUSTER_DIR/cluster.env"
+        random_cluster_id >"$CLUSTER_DIR/cluster.id"
+    fi
+}
+
+cluster_node() {
+    # Point the single-node globals at node $1 of the cluster.
+    local n="$1" i voters=""
+    ((n >= 1 && n <= C_NODES)) || die "node $n is not in 1..$C_NODES"
+    for ((i = 1; i <= C_NODES; i++)); do voters+="${voters:+,}$i@127.0.0.1:$((C_CPORT + i - 1))"; done
+    NODE_ID="$n"; VOTERS="$voters"; PORT=$((C_PORT + n - 1)); CPORT=$((C_CPORT + n - 1))
+    REPL=$((C_NODES < 3 ? C_NODES : 3)); MIN_ISR=$((C_NODES < 2 ? 1 : 2))
+    DIR="$CLUSTER_DIR/node-$n"; mkdir -p "$DIR"
+    cp "$CLUSTER_DIR/cluster.id" "$DIR/cluster.id"
+    PIDFILE="$DIR/kafka.pid"; LOG="$DIR/kafka.log"; PROPS="$DIR/server.properties"; LOG4J="$DIR/log4j2.properties"
+    export KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms64m -Xmx384m}"
+}
+
+cluster_bootstrap() {
+    local i out=""
+    for ((i = 1; i <= C_NODES; i++)); do out+="${out:+,}127.0.0.1:$((C_PORT + i - 1))"; done
+    echo "$out"
+}
+
+cluster_cmd() {
+    cluster_load
+    local n pids=()
+    case "$SUB" in
+        start)
+            for ((n = 1; n <= C_NODES; n++)); do
+                cluster_node "$n"
+                if [[ -n "$(node_pid)" ]]; then pids+=("$(node_pid)"); continue; fi
+                prepare; launch_daemon; pids+=("$(cat "$PIDFILE")")
+            done
+            # The nodes wait for each other (quorum), so wait for readiness only after all started.
+            for ((n = 1; n <= C_NODES; n++)); do cluster_node "$n"; wait_ready "${pids[n - 1]}"; done
+            cluster_bootstrap ;;
+        start-node)
+            cluster_node "$NODE"
+            [[ -z "$(node_pid)" ]] || { cluster_bootstrap; return 0; }
+            prepare; launch_daemon; wait_ready "$(cat "$PIDFILE")"
+            cluster_bootstrap ;;
+        stop-node)
+            cluster_node "$NODE"; stop_node "${TIMEOUT:-30}" ;;
+        stop)
+            # All at once: a node stopped last alone has no quorum and would hang in controlled shutdown.
+            for ((n = 1; n <= C_NODES; n++)); do cluster_node "$n"; stop_node "${TIMEOUT:-30}" & done
+            wait ;;
+        status)
+            local down=0
+            for ((n = 1; n <= C_NODES; n++)); do
+                cluster_node "$n"
+                if [[ -n "$(node_pid)" ]]; then echo "node $n running pid $(node_pid) on 127.0.0.1:$PORT"
+                else echo "node $n stopped (127.0.0.1:$PORT)"; down=1; fi
+            done
+            return "$down" ;;
+        *) echo "run-kafka: unknown cluster command $SUB" >&2; usage ;;
+    esac
+}
+
 case "$CMD" in
+    cluster)
+        cluster_cmd ;;
     resolve)
         resolve
         echo "$LIB" ;;
@@ -274,12 +380,7 @@ case "$CMD" in
         kafka_version ;;
     start)
         prepare
-        rm -f "$PIDFILE"
-        # The broker writes its own pid (exec keeps it), in a new session away from this terminal.
-        setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$PIDFILE" "${JAVA_CMD[@]}" \
-            </dev/null >>"$LOG" 2>&1 &
-        for _ in $(seq 100); do [[ -s "$PIDFILE" ]] && break; sleep 0.05; done
-        [[ -s "$PIDFILE" ]] || die "the broker did not write $PIDFILE"
+        launch_daemon
         wait_ready "$(cat "$PIDFILE")"
         echo "127.0.0.1:$PORT" ;;
     foreground)

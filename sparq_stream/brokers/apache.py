@@ -18,7 +18,7 @@ from typing import IO
 
 from sparq_stream.errors import BrokerUnavailable, ConfigError
 
-__all__ = ["ApacheKafka", "KafkaLaunchError", "kafka_home", "resolve_jars", "kafka_version"]
+__all__ = ["ApacheKafka", "KafkaCluster", "KafkaLaunchError", "kafka_home", "resolve_jars", "kafka_version"]
 
 log = logging.getLogger(__name__)
 
@@ -344,3 +344,125 @@ def _prop_value(value: str | int | float | bool) -> str:
     if "\n" in text:
         raise ConfigError(f"broker override values must be one line, got {text!r}")
     return text
+
+
+class KafkaCluster:
+    """A KRaft cluster of ``nodes`` combined broker+controller nodes on 127.0.0.1 (run-kafka.sh cluster).
+
+    Node N (1-based) serves clients on ``port + N - 1`` and its controller on
+    ``port + nodes + N - 1``; every node votes in the controller quorum. Topics default to
+    replication min(3, nodes) with min.insync.replicas min(2, nodes). Each JVM gets a small
+    heap (``-Xmx384m``) so three fit beside the tests. The nodes run as daemons; ``close()``
+    (or the object going away) stops them.
+    """
+
+    def __init__(self, nodes: int = 3, workdir: str | Path | None = None, *, port: int | None = None,
+                 heap: str = "384m", home: str | Path | None = None, timeout: float = 240.0) -> None:
+        if nodes < 1:
+            raise ConfigError(f"nodes must be >= 1, got {nodes}")
+        self.nodes, self.heap, self.timeout = nodes, heap, timeout
+        self._home = Path(home) if home else None
+        self._port = port
+        owned = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="sparq-kcluster-")) if owned else Path(workdir).resolve()
+        self._finalizer = weakref.finalize(self, _stop_cluster, self._home, self.workdir, owned)
+
+    @property
+    def port(self) -> int:
+        """The client port of node 1 (valid once started)."""
+        if not self._port:
+            raise ConfigError("KafkaCluster: not started yet, so it has no ports")
+        return self._port
+
+    def node_port(self, node: int) -> int:
+        """The client port of ``node`` (1-based)."""
+        if not 1 <= node <= self.nodes:
+            raise ConfigError(f"node must be in 1..{self.nodes}, got {node}")
+        return self.port + node - 1
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's address, comma separated."""
+        return ",".join(f"127.0.0.1:{self.node_port(n)}" for n in range(1, self.nodes + 1))
+
+    def _script(self, *args: str) -> str:
+        env_heap = os.environ.get("KAFKA_HEAP_OPTS")
+        os.environ["KAFKA_HEAP_OPTS"] = f"-Xms64m -Xmx{self.heap}"
+        try:
+            return _run_script(self._home or kafka_home(), [*args, "--dir", str(self.workdir)], self.timeout)
+        finally:
+            if env_heap is None:
+                os.environ.pop("KAFKA_HEAP_OPTS", None)
+            else:
+                os.environ["KAFKA_HEAP_OPTS"] = env_heap
+
+    def start(self) -> str:
+        """Start every node (resolving jars first), wait until all serve; return the bootstrap list."""
+        if _java_binary() is None:
+            raise ConfigError("missing: java (Apache Kafka needs a Java 17+ runtime; install one or set JAVA_HOME)")
+        resolve_jars(self._home or kafka_home())
+        if not self._port:
+            self._port = _free_port_block(2 * self.nodes)
+        out = self._script("cluster", "start", "--nodes", str(self.nodes), "--port", str(self._port))
+        log.info("Apache Kafka cluster of %d nodes ready at %s (dir %s)", self.nodes, out, self.workdir)
+        return self.bootstrap
+
+    def stop_node(self, node: int) -> None:
+        """Stop ``node`` (SIGTERM, then SIGKILL); its storage stays."""
+        self.node_port(node)
+        self._script("cluster", "stop-node", str(node))
+
+    def start_node(self, node: int) -> None:
+        """Start ``node`` again on its storage and wait until it serves."""
+        self.node_port(node)
+        self._script("cluster", "start-node", str(node))
+
+    def running_nodes(self) -> list[int]:
+        """The nodes whose process runs."""
+        return [n for n in range(1, self.nodes + 1) if _port_open(self.node_port(n))]
+
+    def stop(self) -> None:
+        """Stop every node; keep the storage."""
+        if self._port:
+            self._script("cluster", "stop")
+
+    def close(self) -> None:
+        """Stop every node and remove the workdir if this object created it."""
+        self._finalizer()
+
+    def __enter__(self) -> KafkaCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _free_port_block(count: int, tries: int = 50) -> int:
+    """Return a base port such that ``count`` consecutive ports are free on 127.0.0.1."""
+    import random
+
+    for _ in range(tries):
+        base = random.randint(20000, 60000 - count)
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise KafkaLaunchError(f"no block of {count} free ports found", retriable=True)
+
+
+def _stop_cluster(home: Path | None, workdir: Path, owned: bool) -> None:
+    """Stop a cluster's nodes (finalizer; errors are logged, not raised)."""
+    if (workdir / "cluster.env").is_file():
+        try:
+            _run_script(home or kafka_home(), ["cluster", "stop", "--dir", str(workdir)], 90.0)
+        except (BrokerUnavailable, ConfigError) as exc:
+            log.warning("stopping the Kafka cluster in %s: %s", workdir, exc)
+    if owned:
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -66,6 +66,7 @@ from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
 from sparq_stream.ids import problem_id
 from sparq_stream.index import VectorIndex
+from sparq_stream.index.scalable import SCALABLE_KINDS, ScalableIndex
 from sparq_stream.messages import Candidate, Dropped, NovelCandidate, Seed
 from sparq_stream.models.base import EmbeddingBackend, GenerationBackend, SamplingParams
 from sparq_stream.prompts import MUTATION, SKILL_CLASSIFICATION, load_prompt
@@ -135,9 +136,14 @@ class NoveltyConfig(BaseModel):
         default=8, ge=0, description="drop a candidate sharing a word n-gram with the mutation prompt's worked example (0: off)"
     )
     k_neighbours: int = Field(default=10, ge=1, description="k of the novelty score (mean distance to the k nearest seen)")
-    index_kind: Literal["flat", "flat-fp16", "hnsw", "hnsw-fp16"] = Field(
-        default="flat", description="FAISS index: flat (exact) for small runs, hnsw-fp16 for millions of problems"
+    index_kind: Literal["auto", "ivfpq", "flat", "flat-fp16", "hnsw", "hnsw-fp16"] = Field(
+        default="auto",
+        description="FAISS index: auto = exact flat up to index_threshold items, then OPQ+IVF-PQ codes with exact "
+        "refinement (20M items in ~2 GB); ivfpq = compressed as soon as it can train; flat/hnsw kinds as before",
     )
+    index_threshold: int = Field(default=200_000, ge=1, description="auto index: items at which flat becomes IVF-PQ")
+    index_nlist: int = Field(default=4096, ge=1, description="IVF-PQ index: coarse lists")
+    index_nprobe: int = Field(default=16, ge=1, description="IVF-PQ index: lists searched per query")
     hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree")
     ef_search: int = Field(default=128, ge=1, description="HNSW search breadth")
     state_dir: str | None = Field(default=None, description="folder of the index snapshot; unset: no snapshot (restart = empty index)")
@@ -445,10 +451,12 @@ class NoveltyCore(BaseCore):
         log.info("novelty index snapshot: %d items -> %s", len(self.index), folder)
         return folder
 
-    def _load_or_create(self) -> VectorIndex:
+    def _load_or_create(self) -> VectorIndex | ScalableIndex:
         cfg = self.config
         if self._snapshot_root is not None:
-            loaded = VectorIndex.restore(self._snapshot_root)
+            loaded: tuple[VectorIndex | ScalableIndex, dict] | None = ScalableIndex.restore(self._snapshot_root)
+            if loaded is None:
+                loaded = VectorIndex.restore(self._snapshot_root)
             if loaded is not None:
                 index, extra = loaded
                 if index.dim != self.embedder.dim or extra.get("embedder") != self._embedder_name:
@@ -466,6 +474,9 @@ class NoveltyCore(BaseCore):
                 log.info("restored the novelty index: %d items from %s", len(index), self._snapshot_root)
                 self.counters["restored_items"] = len(index)
                 return index
+        if cfg.index_kind in SCALABLE_KINDS:
+            return ScalableIndex(self.embedder.dim, cfg.index_kind, threshold=cfg.index_threshold, nlist=cfg.index_nlist,
+                                 nprobe=cfg.index_nprobe, pq_m=_pq_m(self.embedder.dim), folder=self._snapshot_root)
         return VectorIndex(self.embedder.dim, cfg.index_kind, hnsw_m=cfg.hnsw_m, ef_search=cfg.ef_search)
 
     # ------------------------------------------------------------------ internals
@@ -642,3 +653,11 @@ def build_novelty(
     return NoveltyCore(
         config, embedder=embedder, backend=backend, vocabulary=vocabulary, heldout=heldout, owned=owned
     )
+
+
+def _pq_m(dim: int) -> int:
+    """PQ sub-quantizers for ``dim``: 64 for 384-d (6 dims each), else the largest divisor of dim <= dim // 6."""
+    for m in range(max(1, min(64, dim // 6)), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1

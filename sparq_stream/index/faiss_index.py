@@ -35,7 +35,7 @@ import numpy as np
 
 from sparq_stream.errors import ConfigError, FatalError
 
-__all__ = ["INDEX_KINDS", "SNAPSHOT_FORMAT", "VectorIndex", "bytes_per_item"]
+__all__ = ["INDEX_KINDS", "SNAPSHOT_FORMAT", "VectorIndex", "bytes_per_item", "check_ids", "check_vectors"]
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +259,7 @@ class VectorIndex:
             hnsw.efSearch = self.ef_search
 
     def _check(self, vectors: np.ndarray) -> np.ndarray:
-        matrix = np.asarray(vectors, dtype=np.float32)
-        if matrix.ndim != 2 or matrix.shape[1] != self.dim:
-            raise FatalError(f"expected vectors of shape (n, {self.dim}), got {matrix.shape}")
-        return np.ascontiguousarray(matrix)
+        return check_vectors(vectors, self.dim)
 
     def __repr__(self) -> str:
         return f"VectorIndex(kind={self.kind!r}, dim={self.dim}, items={len(self._ids)})"
@@ -297,3 +294,20 @@ def _sync_dir(root: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def check_vectors(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Return ``vectors`` as a contiguous float32 (n, dim) matrix; another shape raises FatalError."""
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.ndim != 2 or matrix.shape[1] != dim:
+        raise FatalError(f"expected vectors of shape (n, {dim}), got {matrix.shape}")
+    return np.ascontiguousarray(matrix)
+
+
+def check_ids(ids: Sequence[str], rows: int) -> None:
+    """Raise FatalError unless there is one non-empty, newline-free string id per vector row."""
+    if len(ids) != rows:
+        raise FatalError(f"add: {len(ids)} ids for {rows} vectors")
+    for problem_id in ids:
+        if not isinstance(problem_id, str) or not problem_id or "\n" in problem_id:
+            raise FatalError(f"add: id {problem_id!r} must be a non-empty string without newlines")

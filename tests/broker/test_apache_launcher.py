@@ -309,3 +309,31 @@ def test_bad_kafka_home_is_a_config_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_bootstrap_before_start_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         _ = ApacheKafka(workdir=tmp_path).bootstrap
+
+
+def test_cluster_commands_check_their_arguments(tmp_path: Path) -> None:
+    import subprocess
+
+    script = str(kafka_home() / "run-kafka.sh")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", script, "cluster", *args], capture_output=True, text=True, timeout=60)
+
+    assert run("stop-node").returncode == 2  # no node number
+    assert run("stop-node", "x").returncode == 2
+    missing = run("stop-node", "1", "--dir", str(tmp_path / "none"))
+    assert missing.returncode == 1 and "no cluster" in missing.stderr
+
+
+def test_cluster_object_checks_nodes_and_ports(tmp_path: Path) -> None:
+    from sparq_stream.brokers.apache import KafkaCluster
+
+    with pytest.raises(ConfigError):
+        KafkaCluster(nodes=0, workdir=tmp_path)
+    cluster = KafkaCluster(nodes=3, workdir=tmp_path, port=30100)
+    assert cluster.bootstrap == "127.0.0.1:30100,127.0.0.1:30101,127.0.0.1:30102"
+    assert cluster.node_port(3) == 30102
+    with pytest.raises(ConfigError):
+        cluster.node_port(4)
+    with pytest.raises(ConfigError):
+        _ = KafkaCluster(nodes=3, workdir=tmp_path / "other").bootstrap

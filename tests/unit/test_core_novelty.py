@@ -212,7 +212,7 @@ def test_restart_from_a_snapshot_still_drops_duplicates(tmp_path) -> None:
     core = make(config)
     run(core, cand(PROBLEMS[0]), cand(PROBLEMS[1]))
     core.close()  # writes the snapshot
-    assert (tmp_path / "novelty-index" / "CURRENT").is_file()
+    assert (tmp_path / "novelty-index" / "manifest.json").is_file()  # the default auto index: segments + manifest
     restarted = make(config)
     assert len(restarted.index) == 2
     same, near, new = run(

