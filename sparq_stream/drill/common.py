@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -59,7 +60,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "small": Budget("small", steps=3, run_timeout_s=150.0, kills=8, kill_interval_s=1.5, kills_of_one=3,
+    "small": Budget("small", steps=3, run_timeout_s=100.0, kills=6, kill_interval_s=1.5, kills_of_one=3,
                     poison=600, poison_large=2, stall_s=10.0, outage_s=20.0, hostile_scale=1),
     "full": Budget("full", steps=10, run_timeout_s=420.0, kills=20, kill_interval_s=2.5, kills_of_one=5,
                    poison=10_000, poison_large=8, stall_s=60.0, outage_s=30.0, hostile_scale=4),
@@ -110,7 +111,8 @@ class DrillContext:
     def folder(self, drill: str) -> Path:
         """A fresh folder for one drill's run(s)."""
         path = self.out / f"{drill}-{self.broker}"
-        path.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(path, ignore_errors=True)  # a run appends to its archive and resumes from its state
+        path.mkdir(parents=True)
         return path
 
 
@@ -136,7 +138,9 @@ def reference_for(ctx: DrillContext, config: UpConfig) -> Any:
 
     key = f"{config.steps}"
     if key not in ctx._references:
-        ref_config = config.model_copy(update={"out": ctx.out / f"reference-{key}", "bootstrap": None, "prefix": None})
+        ref_out = ctx.out / f"reference-{key}"
+        shutil.rmtree(ref_out, ignore_errors=True)  # the mutator would resume from an old checkpoint
+        ref_config = config.model_copy(update={"out": ref_out, "bootstrap": None, "prefix": None})
         ctx._references[key] = run_local(ref_config)
     return ctx._references[key]
 
@@ -207,11 +211,20 @@ def result_checks(diff: dict[str, Any]) -> dict[str, bool]:
 
 
 def read_elites(config: UpConfig, bootstrap: str, prefix: str) -> dict[str, Any]:
-    """W as the run left it: the elites topic, last value per key."""
+    """W as the run left it: the elites topic, last valid Elite per key (poison records on it are skipped)."""
     from sparq_stream.bus import read_latest
+    from sparq_stream.errors import SparqError
+    from sparq_stream.messages import Elite, decode
     from sparq_stream.settings import ServiceSettings
 
-    return read_latest(ServiceSettings(bootstrap=bootstrap, prefix=prefix), f"{prefix}.elites")
+    def lenient(value: bytes) -> Any:
+        try:
+            return decode(value, expect=Elite)
+        except SparqError:
+            return None
+
+    table = read_latest(ServiceSettings(bootstrap=bootstrap, prefix=prefix), f"{prefix}.elites", decoder=lenient)
+    return {k: v for k, v in table.items() if v is not None}
 
 
 def raise_restart_limit(config: UpConfig, limit: int) -> tuple[UpConfig, str]:

@@ -48,6 +48,7 @@ def run(ctx: DrillContext) -> DrillResult:
     result.notes.append(f"restart limit raised: {how}")
     done: list[tuple[float, str, float]] = []
     state: dict[str, Any] = {"next": 0.0, "t0": time.monotonic()}
+    first_seen: dict[int, float] = {}
 
     def chaos(supervisor: Any, monitor: Any) -> None:
         set_supervisor_limit(supervisor, limit)
@@ -58,6 +59,9 @@ def run(ctx: DrillContext) -> DrillResult:
         svc = next((s for s in supervisor.services if s.name == victim), None)
         if svc is None or not svc.alive:
             return  # still being restarted: try again next tick
+        seen = first_seen.setdefault(svc.proc.pid, now)
+        if now - seen < budget.kill_interval_s:
+            return  # let a restarted service get going before it dies again
         os.kill(svc.proc.pid, signal.SIGKILL)
         done.append((round(now - state["t0"], 1), victim, monitor.value("mutator", "step")))
         state["next"] = now + budget.kill_interval_s

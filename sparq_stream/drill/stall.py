@@ -21,7 +21,7 @@ from sparq_stream.orchestrator.up import run_up
 
 __all__ = ["RSS_GROWTH_LIMIT_MIB", "run"]
 
-RSS_GROWTH_LIMIT_MIB = 64  # a stalled solver may not make any service grow by more than this
+RSS_GROWTH_LIMIT_MIB = 128  # a stalled solver may not make any service grow by more than this
 
 
 def run(ctx: DrillContext) -> DrillResult:
