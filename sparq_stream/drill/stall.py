@@ -40,7 +40,7 @@ def run(ctx: DrillContext) -> DrillResult:
     def watch(supervisor: Any, monitor: Any) -> None:
         now = time.monotonic()
         stopped = state["stopped_at"]
-        if stopped is None and monitor.value("archivist", "scored") >= 1 and monitor.value("mutator", "step") < budget.steps - 1:
+        if stopped is None and monitor.value("archivist", "scored") >= 1 and monitor.value("mutator", "done") < 1:
             solver = next(s for s in supervisor.services if s.name == "solver-0")
             if solver.alive:
                 os.kill(solver.proc.pid, signal.SIGSTOP)
