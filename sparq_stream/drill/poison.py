@@ -89,8 +89,8 @@ def _plan(total: int, large: int, seed: int) -> list[tuple[str, str, int]]:
     """(topic, kind, size) for every poison record: kinds and topics round-robin, ``large`` big ones."""
     topics = list(POISON_TOPICS)
     small = [k for k in KINDS if k != "large"]
-    sizes = [int(RECORD_LIMIT * (i + 1) / large) for i in range(large)]
-    plan = [(topics[i % len(topics)], "large", sizes[i]) for i in range(large)]
+    # one value at the limit on every topic first, then smaller ones (halving per round)
+    plan = [(topics[i % len(topics)], "large", RECORD_LIMIT >> (i // len(topics))) for i in range(large)]
     plan += [(topics[i % len(topics)], small[(i // len(topics)) % len(small)], 0) for i in range(total - large)]
     random.Random(seed).shuffle(plan)
     return plan

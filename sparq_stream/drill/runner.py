@@ -66,10 +66,12 @@ def write_results(out: Path, results: list[DrillResult], command: str) -> Path:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         data = {"results": []}
+    for entry in data.get("results", []):
+        entry.setdefault("command", data.get("command", ""))
     fresh = {(r.drill, r.broker, r.budget) for r in results}
     kept = [e for e in data.get("results", []) if (e["drill"], e["broker"], e["budget"]) not in fresh]
     data.update(
-        results=kept + [r.to_json() for r in results], command=command,
+        results=kept + [{**r.to_json(), "command": command} for r in results], command=command,
         updated=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), cpus=os.cpu_count(),
     )
     out.mkdir(parents=True, exist_ok=True)

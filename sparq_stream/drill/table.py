@@ -58,7 +58,8 @@ def render_table(data: dict[str, Any]) -> str:
     for e in entries:
         figures = e.get("skipped") or _figures(e)
         rows.append(f"| {e['drill']} | {e['broker']} | {e['budget']} | {_status(e)} | {figures} | {e.get('wall_s', 0)} |")
-    head = f"Measured {data.get('updated', '?')} on {data.get('cpus', '?')} CPUs with `{data.get('command', '?')}`."
+    commands = sorted({e.get("command") or data.get("command", "?") for e in entries})
+    head = f"Measured (last {data.get('updated', '?')}) on {data.get('cpus', '?')} CPUs with " + ", ".join(f"`{c}`" for c in commands) + "."
     return "\n".join([head, "", *rows])
 
 

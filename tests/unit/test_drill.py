@@ -26,12 +26,12 @@ def test_kill_plan_kills_the_solver_often_and_every_service() -> None:
 
 
 def test_poison_plan_covers_every_topic_and_kind_with_large_values_up_to_the_limit() -> None:
-    plan = _plan(10_000, 8, seed=3)
+    plan = _plan(10_000, 14, seed=3)
     assert len(plan) == 10_000
     assert {t for t, _, _ in plan} == set(POISON_TOPICS)
     assert {k for _, k, _ in plan} == set(KINDS)
     assert {(t, k) for t, k, _ in plan if k != "large"} == {(t, k) for t in POISON_TOPICS for k in KINDS if k != "large"}
-    assert max(s for _, k, s in plan if k == "large") == RECORD_LIMIT
+    assert {t for t, k, s in plan if k == "large" and s == RECORD_LIMIT} == set(POISON_TOPICS)
 
 
 @pytest.mark.parametrize("topic", sorted(POISON_TOPICS))
