@@ -39,7 +39,7 @@ POISON_TOPICS: dict[str, type] = {
     "drops": Dropped, "elites": Elite, "models": ModelVersion,
 }
 KINDS = ("random_bytes", "wrong_shape", "truncated", "large", "unknown_version", "key_not_id", "tombstone")
-RECORD_LIMIT = 1_048_000  # just under Apache Kafka's default message.max.bytes (1,048,588) with key and batch overhead
+RECORD_LIMIT = 1_048_400  # Apache Kafka's default message.max.bytes (1,048,588) less the key and batch overhead
 
 
 def _valid(kind: type, n: int) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,7 +16,8 @@ from sparq_stream.drill.kill import kill_plan
 from sparq_stream.drill.poison import KINDS, POISON_TOPICS, RECORD_LIMIT, _plan, make_poison
 from sparq_stream.drill.table import render_table
 from sparq_stream.errors import SparqError
-from sparq_stream.messages import SolveResult, decode
+from sparq_stream.messages import SolveResult, decode, to_jsonable
+from sparq_stream.qd.archive_log import JSONL_NAME
 
 
 def test_kill_plan_kills_the_solver_often_and_every_service() -> None:
@@ -66,12 +69,6 @@ def _result(i: int, step: int = 0) -> SolveResult:
 
 
 def test_compare_counts_lost_extra_changed_and_duplicate_lines(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
-    from sparq_stream.qd.archive_log import JSONL_NAME
-    from sparq_stream.messages import to_jsonable
-    import json
-
     rows = [_result(0), _result(1, step=1), _result(1, step=1), _result(3)]
     (tmp_path / JSONL_NAME).write_text("".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
     reference = SimpleNamespace(results=[_result(0), _result(1), _result(2)], elites={})
