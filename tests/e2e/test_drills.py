@@ -59,8 +59,9 @@ def test_kill_drill_ends_equal_to_the_reference(tansu_drills: dict[str, DrillRes
     assert result.figures["lost"] == 0 and result.figures["duplicate_lines"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 items 1 and 8: table topics (seeds, elites, models) only log a "
-                                        "malformed record and skip tombstones, and key != id is not checked")
+@pytest.mark.xfail(strict=False, reason="issue 12 items 1 and 8: a value at the record limit blocks its partition (its "
+                                        "dead-letter copy is too large); table topics (seeds, elites, models) only log "
+                                        "a malformed record; tombstones are skipped and key != id is not checked")
 def test_poison_drill_dead_letters_everything(tansu_drills: dict[str, DrillResult]) -> None:
     result = tansu_drills["poison"]
     _held(result)
