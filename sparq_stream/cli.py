@@ -386,6 +386,11 @@ def up(
 skills_app = typer.Typer(help="The M=100 skill vocabulary.", no_args_is_help=True)
 app.add_typer(skills_app, name="skills")
 
+# ---------------------------------------------------------------------- drill (fault drills: sparq_stream/drill)
+from sparq_stream.drill.cli import drill_app  # noqa: E402
+
+app.add_typer(drill_app, name="drill")
+
 
 @skills_app.command("build")
 def skills_build(

@@ -1,0 +1,82 @@
+"""Drill ``kill``: random ``kill -9`` of services every few seconds while the loop runs."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+from sparq_stream.drill.common import (
+    DrillContext,
+    DrillResult,
+    compare_with_reference,
+    drill_config,
+    raise_restart_limit,
+    read_elites,
+    reference_for,
+    result_checks,
+    set_supervisor_limit,
+)
+from sparq_stream.orchestrator.up import run_up
+
+__all__ = ["kill_plan", "run"]
+
+SERVICES = ("mutator", "novelty", "solver-0", "archivist", "trainer")
+
+
+def kill_plan(total: int, of_one: int, seed: int) -> list[str]:
+    """The victims in kill order: ``of_one`` kills of the solver, the rest spread over the others."""
+    others = [s for s in SERVICES if s != "solver-0"]
+    plan = ["solver-0"] * of_one + [others[i % len(others)] for i in range(max(0, total - of_one))]
+    random.Random(seed).shuffle(plan)
+    return plan
+
+
+def run(ctx: DrillContext) -> DrillResult:
+    """Kill services on a schedule until the plan is done; the run must end equal to the reference."""
+    budget = ctx.budget
+    result = DrillResult("kill", ctx.broker, budget.name)
+    out = ctx.folder("kill")
+    config = drill_config(ctx, out)
+    reference = reference_for(ctx, config)
+    plan = kill_plan(budget.kills, budget.kills_of_one, seed=len(ctx.broker))
+    limit = budget.kills + 5
+    config, how = raise_restart_limit(config, limit)
+    result.notes.append(f"restart limit raised: {how}")
+    done: list[tuple[float, str, float]] = []
+    state: dict[str, Any] = {"next": 0.0, "t0": time.monotonic()}
+    first_seen: dict[int, float] = {}
+
+    def chaos(supervisor: Any, monitor: Any) -> None:
+        set_supervisor_limit(supervisor, limit)
+        now = time.monotonic()
+        if len(done) >= len(plan) or now < state["next"] or monitor.value("archivist", "scored") < 1:
+            return
+        victim = plan[len(done)]
+        svc = next((s for s in supervisor.services if s.name == victim), None)
+        if svc is None or not svc.alive:
+            return  # still being restarted: try again next tick
+        seen = first_seen.setdefault(svc.proc.pid, now)
+        if now - seen < budget.kill_interval_s:
+            return  # let a restarted service get going before it dies again
+        os.kill(svc.proc.pid, signal.SIGKILL)
+        done.append((round(now - state["t0"], 1), victim, monitor.value("mutator", "step")))
+        state["next"] = now + budget.kill_interval_s
+
+    up = run_up(config, on_tick=chaos)
+    diff = compare_with_reference(reference, out / "archive", read_elites(config, up.bootstrap, up.prefix))
+    per_service = Counter(v for _, v, _ in done)
+    result.figures.update(
+        diff, kills=len(done), kills_per_service=dict(per_service), restarts=up.restarts, reason=up.reason,
+        kill_times_s=[t for t, _, _ in done], scored=up.summary.get("scored"),
+    )
+    result.checks.update(
+        run_completed=up.reason == "budget reached",
+        kills_done=len(done) >= budget.kills,
+        one_service_killed_often=bool(per_service) and max(per_service.values()) >= budget.kills_of_one,
+        **result_checks(diff),
+    )
+    return result

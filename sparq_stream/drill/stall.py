@@ -1,0 +1,89 @@
+"""Drill ``stall``: SIGSTOP the solver for a while; memory and in-flight stay bounded; the run completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from sparq_stream.drill.common import (
+    DrillContext,
+    DrillResult,
+    compare_with_reference,
+    drill_config,
+    proc_memory_kib,
+    read_elites,
+    reference_for,
+    result_checks,
+)
+from sparq_stream.orchestrator.up import run_up
+
+__all__ = ["RSS_GROWTH_LIMIT_MIB", "run"]
+
+RSS_GROWTH_LIMIT_MIB = 128  # a stalled solver may not make any service grow by more than this
+
+
+def run(ctx: DrillContext) -> DrillResult:
+    """Stop the solver once scoring has begun, sample every service's RSS and the in-flight count, resume it."""
+    budget = ctx.budget
+    result = DrillResult("stall", ctx.broker, budget.name)
+    out = ctx.folder("stall")
+    config = drill_config(ctx, out)
+    reference = reference_for(ctx, config)
+    state: dict[str, Any] = {"stopped_at": None, "resumed": False, "pid": None}
+    at_stop: dict[str, int] = {}
+    peak_during: dict[str, int] = {}
+    in_flight: list[float] = []
+    cap: list[float] = []
+
+    def watch(supervisor: Any, monitor: Any) -> None:
+        now = time.monotonic()
+        stopped = state["stopped_at"]
+        if stopped is None and monitor.value("archivist", "scored") >= 1 and monitor.value("mutator", "done") < 1:
+            solver = next(s for s in supervisor.services if s.name == "solver-0")
+            if solver.alive:
+                os.kill(solver.proc.pid, signal.SIGSTOP)
+                state.update(stopped_at=now, pid=solver.proc.pid)
+                for svc in supervisor.services:
+                    if svc.alive:
+                        at_stop[svc.name] = proc_memory_kib(svc.proc.pid)[0]
+            return
+        if stopped is None or state["resumed"]:
+            return
+        in_flight.append(monitor.value("mutator", "in_flight"))
+        cap.append(monitor.value("mutator", "max_in_flight"))
+        for svc in supervisor.services:
+            if svc.alive:
+                rss = proc_memory_kib(svc.proc.pid)[0]
+                peak_during[svc.name] = max(peak_during.get(svc.name, 0), rss)
+        if now - stopped >= budget.stall_s:
+            os.kill(state["pid"], signal.SIGCONT)
+            state["resumed"] = True
+
+    try:
+        up = run_up(config, on_tick=watch)
+    finally:
+        if state["pid"] and not state["resumed"]:
+            try:
+                os.kill(state["pid"], signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    diff = compare_with_reference(reference, out / "archive", read_elites(config, up.bootstrap, up.prefix))
+    growth = {n: round((peak_during.get(n, 0) - at_stop.get(n, 0)) / 1024, 1) for n in at_stop}
+    limit = max(cap) if cap and max(cap) > 0 else None
+    result.figures.update(
+        diff, stall_s=budget.stall_s, reason=up.reason, rss_at_stop_mib={n: round(v / 1024, 1) for n, v in at_stop.items()},
+        rss_peak_during_mib={n: round(v / 1024, 1) for n, v in peak_during.items()}, rss_growth_mib=growth,
+        rss_growth_limit_mib=RSS_GROWTH_LIMIT_MIB, in_flight_max=max(in_flight, default=0.0), in_flight_cap=limit,
+        restarts=up.restarts,
+    )
+    result.checks.update(
+        solver_was_stopped=state["stopped_at"] is not None and state["resumed"],
+        rss_growth_within_bound=bool(growth) and max(growth.values()) <= RSS_GROWTH_LIMIT_MIB,
+        in_flight_within_cap=limit is not None and max(in_flight, default=0.0) <= limit,
+        no_restarts=not up.restarts,
+        run_completed=up.reason == "budget reached",
+        **result_checks(diff),
+    )
+    return result

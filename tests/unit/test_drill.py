@@ -1,0 +1,89 @@
+"""The drills' own pieces without a broker: kill plans, poison records, hostile texts, the table."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from sparq_stream.drill.common import BUDGETS, DrillResult, archive_ids, compare_with_reference
+from sparq_stream.drill.hostile import hostile_texts
+from sparq_stream.drill.kill import kill_plan
+from sparq_stream.drill.poison import KINDS, POISON_TOPICS, RECORD_LIMIT, _plan, make_poison
+from sparq_stream.drill.table import render_table
+from sparq_stream.errors import SparqError
+from sparq_stream.messages import SolveResult, decode, to_jsonable
+from sparq_stream.qd.archive_log import JSONL_NAME
+
+
+def test_kill_plan_kills_the_solver_often_and_every_service() -> None:
+    full = BUDGETS["full"]
+    plan = kill_plan(full.kills, full.kills_of_one, seed=1)
+    counts = Counter(plan)
+    assert len(plan) == 20 and counts["solver-0"] == 5
+    assert set(counts) == {"mutator", "novelty", "solver-0", "archivist", "trainer"}
+
+
+def test_poison_plan_covers_every_topic_and_kind_with_large_values_up_to_the_limit() -> None:
+    plan = _plan(10_000, 14, seed=3)
+    assert len(plan) == 10_000
+    assert {t for t, _, _ in plan} == set(POISON_TOPICS)
+    assert {k for _, k, _ in plan} == set(KINDS)
+    assert {(t, k) for t, k, _ in plan if k != "large"} == {(t, k) for t in POISON_TOPICS for k in KINDS if k != "large"}
+    assert {t for t, k, s in plan if k == "large" and s == RECORD_LIMIT} == set(POISON_TOPICS)
+
+
+@pytest.mark.parametrize("topic", sorted(POISON_TOPICS))
+def test_every_poison_record_is_malformed_for_its_topic(topic: str) -> None:
+    rng = random.Random(0)
+    expected = POISON_TOPICS[topic]
+    for n, kind in enumerate(KINDS):
+        key, value = make_poison(topic, kind, n, rng, size=1000)
+        if kind == "tombstone":
+            assert value is None
+            continue
+        assert value is not None
+        if kind == "key_not_id":
+            message = decode(value, expect=expected)  # a valid message under a key it does not own
+            assert key is not None and key.decode() != message.kafka_key()
+            continue
+        with pytest.raises(SparqError):
+            decode(value, expect=expected)
+
+
+def test_hostile_texts_hold_the_shapes_the_issue_names(tmp_path: Path) -> None:
+    texts = hostile_texts(1, tmp_path / "sentinel")
+    assert texts["newlines_20k"].count("\n") == 20_000
+    assert len(texts["huge_plain"]) >= 1_000_000
+    assert texts["deep_braces"].count("{") > 50_000
+    assert str(tmp_path / "sentinel") in texts["injection_eval"]
+
+
+def _result(i: int, step: int = 0) -> SolveResult:
+    return SolveResult(id=f"id{i}", problem=f"p{i}", solution="s", answer="1", k=4, rollouts_used=4, n_correct=2,
+                       solve_rate=0.5, quality=0.5, niche="a", step=step)
+
+
+def test_compare_counts_lost_extra_changed_and_duplicate_lines(tmp_path: Path) -> None:
+    rows = [_result(0), _result(1, step=1), _result(1, step=1), _result(3)]
+    (tmp_path / JSONL_NAME).write_text("".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
+    reference = SimpleNamespace(results=[_result(0), _result(1), _result(2)], elites={})
+    assert archive_ids(tmp_path) == ["id0", "id1", "id1", "id3"]
+    diff = compare_with_reference(reference, tmp_path, {})
+    assert (diff["lost"], diff["extra"], diff["changed"], diff["duplicate_lines"]) == (1, 1, 1, 1)
+    assert diff["elites_equal"] is True
+
+
+def test_table_names_failed_checks_and_skips() -> None:
+    ok = DrillResult("kill", "tansu", "small", checks={"a": True}, figures={"kills": 6, "kills_per_service": {"x": 3}})
+    bad = DrillResult("resume", "tansu", "small", checks={"no_process_left_behind": False})
+    skipped = DrillResult("broker", "tansu", "small", skipped="memory only")
+    text = render_table({"results": [r.to_json() for r in (ok, bad, skipped)], "command": "sparq drill all", "cpus": 2})
+    assert "| kill | tansu | small | pass | 6 kills (max 3 of one)" in text
+    assert "| resume | tansu | small | **FAIL**: no_process_left_behind |" in text
+    assert "| broker | tansu | small | skipped | memory only |" in text
+    assert "`sparq drill all`" in text
