@@ -25,11 +25,9 @@ __all__ = [
     "proc_memory_kib",
     "descendants",
     "proc_start_time",
-    "raise_restart_limit",
     "read_elites",
     "reference_for",
     "result_checks",
-    "set_supervisor_limit",
     "wait_until",
 ]
 
@@ -225,20 +223,6 @@ def read_elites(config: UpConfig, bootstrap: str, prefix: str) -> dict[str, Any]
 
     table = read_latest(ServiceSettings(bootstrap=bootstrap, prefix=prefix), f"{prefix}.elites", decoder=lenient)
     return {k: v for k, v in table.items() if v is not None}
-
-
-def raise_restart_limit(config: UpConfig, limit: int) -> tuple[UpConfig, str]:
-    """Let each service restart ``limit`` times: through an ``UpConfig`` option where one exists."""
-    for name in ("max_restarts", "restart_limit", "restarts"):
-        if name in UpConfig.model_fields:
-            return config.model_copy(update={name: limit}), f"UpConfig.{name}={limit}"
-    return config, f"Supervisor.max_restarts={limit} set from on_tick (UpConfig has no restart option yet)"
-
-
-def set_supervisor_limit(supervisor: Any, limit: int) -> None:
-    """Raise the supervisor's per-service restart limit in place (for builds without an option)."""
-    if hasattr(supervisor, "max_restarts") and supervisor.max_restarts < limit:
-        supervisor.max_restarts = limit
 
 
 def proc_memory_kib(pid: int) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from kafka import KafkaAdminClient
 from sparq_stream.bus import ServiceProcess, create_topics
 from sparq_stream.bus.topics import describe_topics
 from sparq_stream.cores.relay import RelayCore
+from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
@@ -56,7 +57,8 @@ def test_relay_loses_nothing_when_the_busiest_leader_stops_and_returns(kafka_clu
     create_topics(settings, partitions=6, replication_factor=3, logical=("seeds", "candidates"))
     items = []
     for i in range(N):
-        msg = Seed(id=f"p{i:06d}", problem=f"Problem {i}: " + "x" * 300, answer=str(i))
+        text = f"Problem {i}: " + "x" * 300
+        msg = Seed(id=problem_id(text), problem=text, answer=str(i))
         items.append((msg.id.encode(), encode(msg)))
     produce(bootstrap, topics[0], items)
     proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
