@@ -15,13 +15,17 @@ from typing import Any
 
 from sparq_stream.errors import DecodeError
 
-__all__ = ["normalise_text", "problem_id", "IdMismatch", "check_id"]
+__all__ = ["normalise_text", "problem_id", "IdMismatch", "KeyMismatch", "check_id", "check_key"]
 
 _SPACE = re.compile(r"\s+")
 
 
 class IdMismatch(DecodeError):
     """A message whose ``id`` is not the problem id of its ``problem`` text (never retriable)."""
+
+
+class KeyMismatch(DecodeError):
+    """A record whose Kafka key is not its message's own key (never retriable)."""
 
 
 def normalise_text(text: str) -> str:
@@ -49,3 +53,19 @@ def check_id(message: Any) -> None:
     if given != expected:
         schema = getattr(message, "SCHEMA", type(message).__name__)
         raise IdMismatch(f"{schema}: id {given[:64]!r} is not the problem id of its text (expected {expected!r})")
+
+
+def check_key(key: bytes | None, message: Any) -> None:
+    """Raise :class:`KeyMismatch` when a keyed record's key is not its message's own key (``kafka_key()``).
+
+    Consumers are idempotent by key, so a valid message under a foreign key would be a second
+    copy of that problem (or overwrite another slot of a compacted topic). Records without a
+    key, and messages without a key of their own, pass unchecked.
+    """
+    own = message.kafka_key() if message is not None and hasattr(message, "kafka_key") else None
+    if key is None or own is None:
+        return
+    got = key.decode("utf-8", "replace")
+    if got != own:
+        schema = getattr(message, "SCHEMA", type(message).__name__)
+        raise KeyMismatch(f"{schema}: record key {got[:64]!r} is not the message's key {own[:64]!r}")

@@ -65,11 +65,11 @@ from sparq_stream.bus.metrics import ServiceMetrics
 from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
 from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
 from sparq_stream.errors import FatalError, RetriableError, SparqError
-from sparq_stream.ids import check_id
+from sparq_stream.ids import check_id, check_key
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
 
-__all__ = ["ServiceProcess", "run_service"]
+__all__ = ["ServiceProcess", "UnexpectedTombstone", "run_service"]
 
 #: Send errors that concern one record and that no retry can fix: the record's input is dead-lettered.
 _RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
@@ -110,6 +110,10 @@ class _Out:
     value: bytes | None
     headers: list[tuple[str, bytes]]
     partition: int | None = None
+
+
+class UnexpectedTombstone(FatalError):
+    """A tombstone (null value) on a topic whose records are never deleted."""
 
 
 class _RecordsRejected(KafkaError):
@@ -315,8 +319,7 @@ class ServiceProcess:
             self.metrics.inc("table_tombstones_rejected")
             return _Dead(rec, "UnexpectedTombstone", f"tombstone on table topic {rec.topic}, which carries no deletes")
         try:
-            message = None if rec.value is None else decode(rec.value)
-            check_id(message)
+            message = self._decode_record(rec)
         except SparqError as exc:
             self.log.warning("%s does not decode: %s", where, exc)
             self.metrics.inc("table_decode_errors")
@@ -329,6 +332,22 @@ class ServiceProcess:
             return _Dead(rec, type(exc).__name__, str(exc) or repr(exc))
         pairs.extend((out, rec) for out in outputs)
         return None
+
+    def _decode_record(self, rec: Any) -> Any:
+        """Decode a record under the wire contract; a breach raises a non-retriable error (dead-lettered).
+
+        A tombstone on a topic that carries no deletes, a value that does not decode, an id that
+        is not its problem text's hash (IdMismatch) and a key that is not the message's own key
+        (KeyMismatch) are all refused.
+        """
+        if rec.value is None:
+            if not self._table_carries_deletes(rec.topic):
+                raise UnexpectedTombstone(f"tombstone on topic {rec.topic}, which carries no deletes")
+            return None
+        message = decode(rec.value)
+        check_id(message)
+        check_key(rec.key, message)
+        return message
 
     def _table_carries_deletes(self, topic: str) -> bool:
         logical = self.names.logical(topic)
@@ -361,8 +380,7 @@ class ServiceProcess:
                 dead.append(_Dead(rec, *poisoned))
                 continue
             try:
-                message = None if rec.value is None else decode(rec.value)
-                check_id(message)  # wire contract: an id that is not its problem text's hash is dead-lettered (IdMismatch)
+                message = self._decode_record(rec)
             except SparqError as exc:
                 self.metrics.inc("decode_errors")
                 dead.append(_Dead(rec, type(exc).__name__, str(exc)))

@@ -2,7 +2,8 @@
 
 Kinds: random bytes, wrong shape (valid msgpack that is not this topic's struct), truncated
 (a valid value cut short), large (random bytes up to the broker's record limit), unknown
-version, key != id (a valid message under a key it does not own) and tombstones. Each one
+version, key != id (a valid message under a key it does not own) and tombstones (on topics whose
+records are never deleted: on elites and models a tombstone is a legitimate delete). Each one
 must reach the dead-letter topic with a reason, the services must not crash, and the run
 must end equal to its undisturbed reference. Dead letters are matched to injected records
 by their source topic, partition and offset headers.
@@ -28,6 +29,7 @@ from sparq_stream.drill.common import (
     reference_for,
     result_checks,
 )
+from sparq_stream.bus.topics import spec_of
 from sparq_stream.messages import Candidate, Dropped, Elite, ModelVersion, NovelCandidate, Seed, SolveResult, encode
 from sparq_stream.orchestrator.up import run_up
 
@@ -92,6 +94,8 @@ def _plan(total: int, large: int, seed: int) -> list[tuple[str, str, int]]:
     # one value at the limit on every topic first, then smaller ones (halving per round)
     plan = [(topics[i % len(topics)], "large", RECORD_LIMIT >> (i // len(topics))) for i in range(large)]
     plan += [(topics[i % len(topics)], small[(i // len(topics)) % len(small)], 0) for i in range(total - large)]
+    # a tombstone is a legitimate delete on a topic that carries deletes (elites, models): poison only elsewhere
+    plan = [(t, "key_not_id" if k == "tombstone" and spec_of(t).deletes else k, size) for t, k, size in plan]
     random.Random(seed).shuffle(plan)
     return plan
 

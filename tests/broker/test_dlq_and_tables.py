@@ -17,7 +17,7 @@ from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.relay import RelayCore
 from sparq_stream.errors import FatalError, RetriableError
 from sparq_stream.ids import problem_id
-from sparq_stream.messages import Elite, Seed, decode, encode
+from sparq_stream.messages import Elite, ModelVersion, Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
 from ._util import produce, read_all, run_in_thread
@@ -27,6 +27,14 @@ pytestmark = pytest.mark.broker
 
 def _seed(i: int) -> Seed:
     return Seed(id=problem_id(f"problem {i}"), problem=f"problem {i}", answer=str(i))
+
+
+def _version(i: int) -> ModelVersion:
+    return ModelVersion(name=f"k{i % 50}", number=i, path=f"/models/{i}", created_at=0.0)
+
+
+def _key(i: int) -> bytes:
+    return _seed(i).id.encode()
 
 
 def test_poison_messages_go_to_dlq_with_bytes_and_reason(broker: str, prefix: str, group: str) -> None:
@@ -181,8 +189,8 @@ def test_table_topics_are_restored_before_the_first_step(broker: str, prefix: st
     settings = ServiceSettings(bootstrap=broker, prefix=prefix)
     create_topics(settings, partitions=3)
     producer = KafkaProducer(bootstrap_servers=broker, acks="all")
-    for i in range(300):
-        producer.send(f"{prefix}.elites", key=f"k{i % 50}".encode(), value=encode(_seed(i)))
+    for i in range(300):  # versions of 50 keyed records stand in for elite slots (their own key is their name)
+        producer.send(f"{prefix}.elites", key=f"k{i % 50}".encode(), value=encode(_version(i)))
     producer.send(f"{prefix}.elites", key=b"k3", value=None)
     producer.flush()
     producer.close()
@@ -199,7 +207,7 @@ def test_table_topics_are_restored_before_the_first_step(broker: str, prefix: st
         thread.join(30)
     restored = core.restored_before_first_tick
     assert restored is not None and len(restored) == 49 and "k3" not in restored
-    assert restored["k7"] == _seed(257)
+    assert restored["k7"] == _version(257)
 
 
 # ---------------------------------------------------------------------- size limits (issue 12, item 1)
@@ -212,7 +220,7 @@ def test_a_near_limit_poison_value_is_dead_lettered_truncated_and_the_partition_
     settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
     create_topics(settings, partitions=1)
     huge = (b"\xc1" + bytes(range(256)) * 4096)[: _LIMIT - 100]  # not msgpack; fits the producer alone, not with DLQ headers
-    produce(broker, f"{prefix}.seeds", [(b"s0000", encode(_seed(0))), (b"huge", huge), (b"s0001", encode(_seed(1)))])
+    produce(broker, f"{prefix}.seeds", [(_key(0), encode(_seed(0))), (b"huge", huge), (_key(1), encode(_seed(1)))])
     proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
     thread = run_in_thread(proc)
     try:
@@ -221,7 +229,7 @@ def test_a_near_limit_poison_value_is_dead_lettered_truncated_and_the_partition_
     finally:
         proc.stop()
         thread.join(30)
-    assert sorted(r.key for r in out) == [b"s0000", b"s0001"]
+    assert {r.key for r in out} == {_key(0), _key(1)}
     assert [r.key for r in dlq] == [b"huge"]
     headers = dict(dlq[0].headers)
     assert headers["sparq.dlq.truncated"] == b"true"
@@ -309,7 +317,7 @@ def test_an_output_the_broker_refuses_dead_letters_its_input(broker: str, broker
 
 # ---------------------------------------------------------------------- table records (issue 12, item 8)
 class _SeedTableCore(BaseCore):
-    """Follows seeds and elites as tables; an elite keyed ``boom`` makes ``on_table`` fail."""
+    """Follows seeds and elites as tables; the elite keyed like seed 2 makes ``on_table`` fail."""
 
     name = "follower"
     inputs = ()
@@ -319,7 +327,7 @@ class _SeedTableCore(BaseCore):
         self.seen: list[str] = []
 
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
-        if inbound.key == "boom":
+        if inbound.topic == "elites" and inbound.key == _seed(2).id:
             raise ValueError("cannot apply this elite")
         self.seen.append(inbound.key or "")
         return []
@@ -328,25 +336,48 @@ class _SeedTableCore(BaseCore):
 def test_bad_table_records_are_dead_lettered_with_reason_and_counted(broker: str, prefix: str) -> None:
     settings = ServiceSettings(bootstrap=broker, prefix=prefix, instance="replica-a")
     create_topics(settings, partitions=1)
-    produce(broker, f"{prefix}.seeds", [(b"s0000", encode(_seed(0))), (b"junk", b"\xc1 not msgpack"), (b"s0000", None), (b"s0001", encode(_seed(1)))])
-    produce(broker, f"{prefix}.elites", [(b"boom", encode(_seed(2))), (b"ok", None)])  # elites carry deletes
+    produce(
+        broker,
+        f"{prefix}.seeds",
+        [(_key(0), encode(_seed(0))), (b"junk", b"\xc1 not msgpack"), (_key(0), None), (_key(1), encode(_seed(1))), (b"foreign", encode(_seed(3)))],
+    )
+    produce(broker, f"{prefix}.elites", [(_key(2), encode(_seed(2))), (b"ok", None)])  # elites carry deletes
     core = _SeedTableCore()
     proc = ServiceProcess(core, settings, install_signals=False)
     thread = run_in_thread(proc)
     try:
-        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 3, timeout_s=60)
+        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 4, timeout_s=60)
     finally:
         proc.stop()
         thread.join(30)
     letters = {(r.key, dead_letter_from_record(r.key, r.value, r.headers).error_type): r for r in dlq}
-    assert set(letters) == {(b"junk", "DecodeError"), (b"s0000", "UnexpectedTombstone"), (b"boom", "ValueError")}
-    tombstone = dead_letter_from_record(b"s0000", None, letters[(b"s0000", "UnexpectedTombstone")].headers)
+    assert set(letters) == {
+        (b"junk", "DecodeError"), (_key(0), "UnexpectedTombstone"), (_key(2), "ValueError"), (b"foreign", "KeyMismatch")
+    }
+    tombstone = dead_letter_from_record(_key(0), None, letters[(_key(0), "UnexpectedTombstone")].headers)
     assert "carries no deletes" in tombstone.error and tombstone.offset == 2
     assert letters[(b"junk", "DecodeError")].value == b"\xc1 not msgpack"
-    assert dict(letters[(b"boom", "ValueError")].headers)["sparq.dlq.instance"] == b"replica-a"
-    assert sorted(core.seen) == ["ok", "s0000", "s0001"]
-    assert proc.metrics.counters["table_dead_lettered"] == 3
+    assert dict(letters[(_key(2), "ValueError")].headers)["sparq.dlq.instance"] == b"replica-a"
+    assert sorted(core.seen) == sorted(["ok", _seed(0).id, _seed(1).id])
+    assert proc.metrics.counters["table_dead_lettered"] == 4
     assert proc.metrics.counters["table_tombstones_rejected"] == 1
+
+
+def test_input_tombstones_and_foreign_keys_are_dead_lettered(broker: str, prefix: str, group: str) -> None:
+    settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group)
+    create_topics(settings, partitions=1)
+    produce(broker, f"{prefix}.seeds", [(_key(0), encode(_seed(0))), (_key(1), None), (_key(2), encode(_seed(3))), (_key(4), encode(_seed(4)))])
+    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
+    thread = run_in_thread(proc)
+    try:
+        out = read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 2, timeout_s=60)
+        dlq = read_all(broker, f"{prefix}.dlq", until=lambda r: len(r) >= 2, timeout_s=60)
+    finally:
+        proc.stop()
+        thread.join(30)
+    assert {r.key for r in out} == {_key(0), _key(4)}
+    reasons = {r.key: dead_letter_from_record(r.key, r.value, r.headers).error_type for r in dlq}
+    assert reasons == {_key(1): "UnexpectedTombstone", _key(2): "KeyMismatch"}
 
 
 # ---------------------------------------------------------------------- restore bound (issue 12, item 12)
