@@ -4,7 +4,7 @@ A scripted ``sparq up`` runs against Apache Kafka; before it starts, the test pu
 a real run meets now and then: a poison record and a candidate whose id is not its text's
 hash (both dead-lettered), a candidate that repeats a seed (dropped as an exact duplicate),
 and a finished but unpublished model version in the run's models folder (the trainer
-publishes it on start, as after a crash). So all nine schemas appear on the wire.
+publishes it on start, as after a crash). So every schema appears on the wire.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import org.msgpack.value.Value;
  */
 public final class WireCheck {
   static final List<String> TOPICS = List.of(
-      "seeds", "candidates", "novel", "drops", "solved", "elites", "archive", "models", "metrics", "dlq");
+      "seeds", "candidates", "novel", "drops", "solved", "elites", "archive", "models", "metrics", "dlq", "mutator-state");
   static final JsonNodeFactory JSON = JsonNodeFactory.instance;
 
   public static void main(String[] args) throws Exception {
