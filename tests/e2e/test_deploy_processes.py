@@ -12,7 +12,7 @@ import pytest
 from sparq_stream.bus.client import publish_all
 from sparq_stream.bus.topics import TopicNames, create_topics
 from sparq_stream.orchestrator.monitor import MetricsMonitor
-from sparq_stream.orchestrator.supervisor import Supervisor
+from sparq_stream.orchestrator.supervisor import RestartPolicy, Supervisor
 from sparq_stream.orchestrator.up import UpConfig, _common, _finished, load_seed_set, service_args
 from sparq_stream.settings import ServiceSettings
 
@@ -49,7 +49,7 @@ def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster
     seeds, _ = load_seed_set(config)
     publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
     monitor = MetricsMonitor(settings).start()
-    supervisor = Supervisor(tmp_path / "logs", max_restarts=0)
+    supervisor = Supervisor(tmp_path / "logs", RestartPolicy(max_restarts=0))
     args = service_args(config, prefix, bootstrap)
     finished = False
     try:
@@ -63,7 +63,7 @@ def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster
             time.sleep(0.5)
             failed = supervisor.check()
             assert not failed, "\n".join(f"--- {n}:\n{supervisor.tail(n, 40)}" for n in failed)
-            if _finished(monitor, idle):
+            if _finished(monitor, idle, supervisor.given_up()):
                 finished = True
                 break
     finally:
