@@ -418,7 +418,7 @@ def export_from_archive(
                 fh.close()
         if limit is not None and total > limit:
             counts["over_limit"] += total - limit
-        extra = {"filtered": filtered, "source": "archive", "limit": limit}
+        extra = {"filtered": filtered, "source": "archive", "limit": limit, "include_flagged": include_flagged}
         info = _write_sorted(
             out, _sorted_buckets([paths[b] for b in sorted(paths)], limit), skipped=dict(counts), extra=extra, fsync=False, lines=True
         )

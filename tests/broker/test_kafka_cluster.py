@@ -50,9 +50,17 @@ def test_topics_get_three_replicas_and_two_in_sync(kafka_cluster, prefix: str) -
         admin.close()
 
 
+class _SlowRelay(RelayCore):
+    """A relay that takes ~50 ms per batch of 10, so the node stops while most records are still to relay."""
+
+    def handle_batch(self, batch):  # type: ignore[no-untyped-def]
+        time.sleep(0.05)
+        return super().handle_batch(batch)
+
+
 def test_relay_loses_nothing_when_the_busiest_leader_stops_and_returns(kafka_cluster, prefix: str, group: str) -> None:
     bootstrap = kafka_cluster.bootstrap
-    settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix, group_id=group, max_poll_records=100)
+    settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix, group_id=group, max_poll_records=10)
     topics = [f"{prefix}.seeds", f"{prefix}.candidates"]
     create_topics(settings, partitions=6, replication_factor=3, logical=("seeds", "candidates"))
     items = []
@@ -61,7 +69,7 @@ def test_relay_loses_nothing_when_the_busiest_leader_stops_and_returns(kafka_clu
         msg = Seed(id=problem_id(text), problem=text, answer=str(i))
         items.append((msg.id.encode(), encode(msg)))
     produce(bootstrap, topics[0], items)
-    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
+    proc = ServiceProcess(_SlowRelay("seeds", "candidates"), settings, install_signals=False)
     thread = threading.Thread(target=proc.run, daemon=True)
     thread.start()
     victim = None

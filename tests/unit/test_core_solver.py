@@ -454,7 +454,7 @@ def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
 
     scripted = ScriptedBackend(_script(10))
     backend = Timed(scripted)
-    core = SolverCore(backend, pool, SolverConfig(early_stop="none", max_batch=4))
+    core = SolverCore(backend, pool, SolverConfig(early_stop="none", max_batch=4, audit="off"))  # rollouts only
     core.handle_batch([_inbound(_candidate(i, scripted), i) for i in range(10)])
     clock[0] += 7.0  # time outside the backend (checking, waiting for input) is not busy
     assert len(backend.calls) == 3 and core.metrics()["busy_seconds"] == pytest.approx(2.5)
