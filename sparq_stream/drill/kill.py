@@ -38,7 +38,7 @@ def run(ctx: DrillContext) -> DrillResult:
     budget = ctx.budget
     result = DrillResult("kill", ctx.broker, budget.name)
     out = ctx.folder("kill")
-    config = drill_config(ctx, out, steps=budget.kill_steps or budget.steps)
+    config = drill_config(ctx, out, steps=budget.long_steps or budget.steps)
     reference = reference_for(ctx, config)
     plan = kill_plan(budget.kills, budget.kills_of_one, seed=len(ctx.broker))
     limit = budget.kills + 5

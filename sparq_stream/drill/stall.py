@@ -25,11 +25,11 @@ RSS_GROWTH_LIMIT_MIB = 128  # a stalled solver may not make any service grow by 
 
 
 def run(ctx: DrillContext) -> DrillResult:
-    """Stop the solver once scoring has begun, sample every service's RSS and the in-flight count, resume it."""
+    """Stop the solver once the mutator has emitted, sample every service's RSS and the in-flight count, resume it."""
     budget = ctx.budget
     result = DrillResult("stall", ctx.broker, budget.name)
     out = ctx.folder("stall")
-    config = drill_config(ctx, out)
+    config = drill_config(ctx, out, steps=budget.long_steps or budget.steps)
     reference = reference_for(ctx, config)
     state: dict[str, Any] = {"stopped_at": None, "resumed": False, "pid": None}
     at_stop: dict[str, int] = {}
@@ -40,7 +40,7 @@ def run(ctx: DrillContext) -> DrillResult:
     def watch(supervisor: Any, monitor: Any) -> None:
         now = time.monotonic()
         stopped = state["stopped_at"]
-        if stopped is None and monitor.value("archivist", "scored") >= 1 and monitor.value("mutator", "done") < 1:
+        if stopped is None and monitor.value("mutator", "emitted") >= 1 and monitor.value("mutator", "done") < 1:
             solver = next(s for s in supervisor.services if s.name == "solver-0")
             if solver.alive:
                 os.kill(solver.proc.pid, signal.SIGSTOP)

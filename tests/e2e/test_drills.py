@@ -4,7 +4,6 @@ One module fixture runs kill, poison, stall, resume and hostile on Tansu (one br
 reference run shared by them); the broker drill runs on Apache Kafka (Tansu keeps no
 storage across a restart). Each test asserts every check of its drill except those that
 compare a measured time with a limit (those are figures, in docs/reliability.md).
-Drills that exercise fixes still in flight are xfail(strict=False) with the item they wait for.
 """
 
 from __future__ import annotations
@@ -100,8 +99,6 @@ def test_drills_json_holds_every_result_and_renders_the_table(tansu_drills: dict
         assert f"| {drill} | tansu | small |" in text
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 items 4 and 9: after an Apache Kafka restart the archivist's sends "
-                                        "expire and it stops archiving; the mutator's settle wait times out each step")
 def test_broker_drill_recovers_from_an_apache_kafka_restart(drills_dir: Path, shared_data: Path) -> None:
     if not _wanted("kafka"):
         pytest.skip("SPARQ_TEST_BROKERS leaves out kafka")
