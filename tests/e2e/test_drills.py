@@ -58,9 +58,6 @@ def test_kill_drill_ends_equal_to_the_reference(tansu_drills: dict[str, DrillRes
     assert result.figures["lost"] == 0 and result.figures["duplicate_lines"] == 0
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 items 1 and 8: a value at the record limit blocks its partition (its "
-                                        "dead-letter copy is too large); table topics (seeds, elites, models) only log "
-                                        "a malformed record; tombstones are skipped and key != id is not checked")
 def test_poison_drill_dead_letters_everything(tansu_drills: dict[str, DrillResult]) -> None:
     result = tansu_drills["poison"]
     _held(result)
@@ -73,8 +70,6 @@ def test_stall_drill_keeps_memory_and_in_flight_bounded(tansu_drills: dict[str, 
     assert result.figures["in_flight_max"] <= result.figures["in_flight_cap"]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 12 item 3: kill -9 of sparq up leaves its broker and services running "
-                                        "(no PR_SET_PDEATHSIG yet)")
 def test_resume_drill_leaves_nothing_behind_and_resumes(tansu_drills: dict[str, DrillResult]) -> None:
     result = tansu_drills["resume"]
     _held(result)
