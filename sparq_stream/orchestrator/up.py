@@ -195,13 +195,18 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
 
 
 def _finished(monitor: Any, idle_since: dict[str, float], given_up: list[str]) -> bool:
-    """The mutator is done (every candidate solved or dropped) and archivist and trainer have caught up."""
+    """The mutator is done (every candidate solved or dropped) and every service has read all of its input.
+
+    Every stage must report a known zero lag for 2 s: a record that arrives after the last
+    candidate's outcome (a late duplicate, a malformed record) is still handled, or dead-lettered,
+    before the services are stopped.
+    """
     snap = monitor.snapshot()
     mutator = snap.get("mutator")
     if not mutator or mutator["gauges"].get("done", 0.0) < 1.0:
         return False
     now = time.monotonic()
-    waiting = [n for n in ("archivist", "trainer") if n not in given_up]
+    waiting = [n for n in ("mutator", "novelty", "solver", "archivist", "trainer") if n not in given_up]
     for name in waiting:
         row = snap.get(name)
         gauges = row["gauges"] if row else {}
