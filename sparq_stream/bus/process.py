@@ -314,15 +314,11 @@ class ServiceProcess:
     def _apply_table_record(self, rec: Any, pairs: list[tuple[Outgoing, Any]]) -> _Dead | None:
         """Hand one table record to the core; return a dead letter when it cannot be applied."""
         where = f"table record {rec.topic}[{rec.partition}]@{rec.offset}"
-        if rec.value is None and not self._table_carries_deletes(rec.topic):
-            self.log.warning("%s: tombstone on a table that carries no deletes: dead-lettered", where)
-            self.metrics.inc("table_tombstones_rejected")
-            return _Dead(rec, "UnexpectedTombstone", f"tombstone on table topic {rec.topic}, which carries no deletes")
         try:
             message = self._decode_record(rec)
         except SparqError as exc:
-            self.log.warning("%s does not decode: %s", where, exc)
-            self.metrics.inc("table_decode_errors")
+            self.log.warning("%s dead-lettered: %s", where, exc)
+            self.metrics.inc("table_tombstones_rejected" if isinstance(exc, UnexpectedTombstone) else "table_decode_errors")
             return _Dead(rec, type(exc).__name__, str(exc))
         try:
             outputs = self.core.on_table(self._inbound(rec, message))
