@@ -46,6 +46,25 @@ def _service_settings(bootstrap: Optional[str], prefix: Optional[str], **values:
     return settings
 
 
+def _generation_options(backend: str, options_json: Optional[str]) -> dict[str, Any]:
+    """Backend options from --backend-options (JSON, no secrets) plus the API key from SPARQ_OPENAI_API_KEY or its file."""
+    from sparq_stream.credentials import OpenAIKey, openai_key_option, refuse_secret_options
+    from sparq_stream.settings import BaseSparqSettings, load_settings
+
+    try:
+        options = json.loads(options_json) if options_json else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
+    if not isinstance(options, dict):
+        raise ConfigError("--backend-options: not a JSON object")
+    try:
+        refuse_secret_options("backend_options", options)
+    except ValueError as exc:
+        raise ConfigError(f"setting 'backend_options': {exc}") from None
+    keys = load_settings(type("KeySettings", (BaseSparqSettings, OpenAIKey), {}), ignore_unknown_file_keys=True)
+    return {**options, **openai_key_option(keys, backend)}
+
+
 def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
     """Fail fast with one line when nothing listens at the bootstrap address."""
     from sparq_stream.brokers.tansu import require_reachable
@@ -145,8 +164,7 @@ def seed(
     if not seeds:
         raise ConfigError(f"{file}: no valid seed line ({len(bad_lines):,} bad line(s)); nothing published")
     if label:
-        options = json.loads(backend_options) if backend_options else {}
-        seeds = label_seeds(seeds, backend, backend_options=options, vocabulary=vocabulary)
+        seeds = label_seeds(seeds, backend, backend_options=_generation_options(backend, backend_options), vocabulary=vocabulary)
     sent = publish_all(settings, topic, seeds)
     bad = len(bad_lines)
     typer.echo(f"published {sent} seed(s) to {topic}; skipped {bad} bad line(s)", err=True)
@@ -281,94 +299,121 @@ def wire_doc(
 
 
 # ---------------------------------------------------------------------- run
-@app.command(
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
-)
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
+
+
+def _wants_help(args: list[str]) -> bool:
+    return "--help" in args or "-h" in args
+
+
+def _print_settings(cls: Any, title: str, usage: str = "", notes: str = "") -> None:
+    """Print a settings class as a table: flags, environment name, default, meaning."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from sparq_stream.settings import setting_rows
+
+    console = Console(width=160)
+    if usage:
+        console.print(usage, markup=False, highlight=False)
+    table = Table(title=title, show_lines=False)
+    for column in ("flag", "environment", "default", "meaning"):
+        table.add_column(column, overflow="fold")
+    for row in setting_rows(cls):
+        table.add_row(*map(escape, row))
+    console.print(table)
+    if notes:
+        console.print(notes, markup=False, highlight=False)
+
+
+_RUN_USAGE = """Usage: sparq run SERVICE [--config FILE] [--field-name VALUE ...]
+
+Run one service against a Kafka cluster. Every setting below is a flag, a SPARQ_* environment
+variable and a key of the settings file (--config FILE or SPARQ_CONFIG; TOML, YAML or JSON).
+Precedence: flags, then environment, then the file, then the defaults. Booleans are --flag /
+--no-flag; mappings and lists take JSON; null is None. Secrets are never flags."""
+
+
+# ---------------------------------------------------------------------- run
+@app.command(context_settings=_PASS_THROUGH)
 def run(
     ctx: typer.Context,
     service: str = typer.Argument(..., help="mutator | novelty | solver | archivist | trainer | relay ('sparq settings SERVICE' lists its settings)."),
-    bootstrap: Optional[str] = _BOOTSTRAP,
-    prefix: Optional[str] = _PREFIX,
     config: Optional[Path] = _CONFIG,
 ) -> None:
-    """Run one service against a Kafka cluster; extra --field value flags set its settings."""
-    from sparq_stream.services import build_service
+    """Run one service against a Kafka cluster; its settings are flags (sparq run SERVICE --help lists them)."""
+    from sparq_stream.services import service_settings, service_spec
 
-    core, settings = build_service(service, bootstrap=bootstrap, prefix=prefix, config=config, args=list(ctx.args))
+    args = list(ctx.args)
+    if _wants_help(args) or service in ("--help", "-h"):
+        if service in ("--help", "-h"):
+            typer.echo(_RUN_USAGE + "\n\nSERVICE: " + " | ".join(_service_names()))
+        else:
+            spec = service_spec(service)
+            _print_settings(spec.settings_cls, f"sparq run {service}: {spec.help}", _RUN_USAGE)
+        return
+    settings = service_settings(service, args, config=config)
     _require_broker(settings.bootstrap)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sparq_stream.cli").info("%s settings (not default): %s", service, _changed(settings))
+    core = service_spec(service).factory(settings)
     from sparq_stream.bus.process import run_service
 
     raise typer.Exit(run_service(core, settings))
 
 
+def _service_names() -> list[str]:
+    from sparq_stream.services import service_names
+
+    return service_names()
+
+
+def _changed(settings: Any) -> str:
+    """The settings that differ from their defaults, secrets shown as ********** (pydantic's SecretStr)."""
+    values = settings.model_dump(exclude_defaults=True)
+    return ", ".join(f"{k}={v!s}" if not isinstance(v, (dict, list, tuple)) else f"{k}={json.dumps(v, default=str)}"
+                     for k, v in sorted(values.items()))  # fmt: skip
+
+
 # ---------------------------------------------------------------------- up
-@app.command()
+_UP_USAGE = """Usage: sparq up --seeds FILE [--budget] [--field-name VALUE ...] [--with "SERVICE --flag value" ...]
+
+Run the whole loop on one machine: broker, topics, seeds, every service, a live view, the report.
+Every setting below is a flag and a SPARQ_* environment variable (flags win).
+
+Exit code: 0 budget reached, 2 bad option or --out in use, 3 a service kept failing,
+4 embedded broker lost, 5 --timeout reached, 130 interrupted (Ctrl-C or SIGTERM)."""
+_UP_NOTES = """--with "SERVICE --flag value ...": extra settings for one service (repeatable; they come last and win),
+e.g. --with "solver --early-stop exact" --with "trainer --train-max-steps 200"; 'sparq settings SERVICE'
+lists them. The OpenAI API key (openai backend) comes from SPARQ_OPENAI_API_KEY or --openai-api-key-file,
+and reaches the services through their environment or the file, never their command lines."""
+
+
+@app.command(context_settings=_PASS_THROUGH)
 def up(
-    seeds: Path = typer.Option(..., "--seeds", envvar="SPARQ_SEEDS", help="Seed JSONL (GSM8K or MATH style)."),
-    out: Path = typer.Option(Path("runs/latest"), "--out", envvar="SPARQ_OUT", help="Output folder."),
-    steps: Optional[int] = typer.Option(None, "--steps", envvar="SPARQ_STEPS", min=1, help="Mutation steps (b parents each)."),
-    max_candidates: Optional[int] = typer.Option(None, "--max-candidates", envvar="SPARQ_MAX_CANDIDATES", min=1),
-    variant: str = typer.Option("qd", "--variant", envvar="SPARQ_VARIANT", help="static-uniform | static-diverse | dynamic-uniform | qd"),
-    backend: str = typer.Option("transformers", "--backend", envvar="SPARQ_BACKEND", help="scripted | transformers | openai | vllm"),
-    model: Optional[str] = typer.Option(None, "--model", envvar="SPARQ_MODEL", help="Model path or served name."),
-    backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object of backend options."),
-    embedder: str = typer.Option("sentence-transformers", "--embedder", envvar="SPARQ_EMBEDDER", help="sentence-transformers | hash"),
-    bootstrap: Optional[str] = typer.Option(None, "--bootstrap", "-b", envvar="SPARQ_BOOTSTRAP", help="Kafka to use (default: embedded)."),
-    prefix: Optional[str] = typer.Option(None, "--prefix", envvar="SPARQ_PREFIX", help="Topic prefix (default: new per run)."),
-    partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1),
-    solvers: int = typer.Option(1, "--solvers", envvar="SPARQ_SOLVERS", min=1, help="Solver processes."),
-    batch_size: int = typer.Option(64, "--batch-size", envvar="SPARQ_BATCH_SIZE", min=1, help="Parents per step (b)."),
-    k: int = typer.Option(16, "--k", envvar="SPARQ_K", min=1, help="Solver rollouts per candidate (K)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", envvar="SPARQ_MAX_TOKENS", min=16),
-    cap: Optional[int] = typer.Option(None, "--cap", envvar="SPARQ_CAP", min=1, help="W's cap (top-T, or per niche)."),
-    seed: int = typer.Option(0, "--seed", envvar="SPARQ_SEED"),
-    seed_limit: Optional[int] = typer.Option(None, "--seed-limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish only N seeds."),
-    label_seeds: bool = typer.Option(True, "--label-seeds/--no-label-seeds", envvar="SPARQ_LABEL_SEEDS", help="Classify seed skill-sets first."),
-    vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
-    threads: Optional[int] = typer.Option(None, "--threads", envvar="SPARQ_THREADS", min=1, help="Torch threads per service."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", envvar="SPARQ_TIMEOUT", help="Stop after S seconds."),
-    max_restarts: int = typer.Option(5, "--max-restarts", envvar="SPARQ_MAX_RESTARTS", min=0, help="Restarts per service within the window."),
-    restart_window_s: float = typer.Option(300.0, "--restart-window-s", envvar="SPARQ_RESTART_WINDOW_S", min=1, help="Window of --max-restarts, seconds."),
-    stop_grace_s: float = typer.Option(30.0, "--stop-grace-s", envvar="SPARQ_STOP_GRACE_S", min=1, help="Seconds services get to stop before SIGKILL."),
-    broker_timeout_s: float = typer.Option(30.0, "--broker-timeout-s", envvar="SPARQ_BROKER_TIMEOUT_S", min=1, help="Embedded broker silent this long: stop."),
-    train_every: int = typer.Option(0, "--train-every", envvar="SPARQ_TRAIN_EVERY", min=0, help="Fine-tune a student version every N new examples; mutator and solver hot-reload it (0: never)."),
+    ctx: typer.Context,
     with_flags: Optional[list[str]] = typer.Option(
         None, "--with", help='Extra flags for one service, e.g. --with "solver --early-stop exact".'
     ),
 ) -> None:
-    """Run the whole loop on one machine: broker, topics, seeds, every service, a live view, the report.
-
-    Exit code: 0 budget reached, 2 bad option or --out in use, 3 a service kept failing,
-    4 embedded broker lost, 5 --timeout reached, 130 interrupted (Ctrl-C or SIGTERM).
-    """
+    """Run the whole loop on one machine (sparq up --help lists every setting)."""
     import shlex
 
     from sparq_stream.orchestrator.live import LiveView
-    from sparq_stream.orchestrator.up import UpConfig, run_up
-    from sparq_stream.settings import config_error
+    from sparq_stream.orchestrator.up import UpSettings, run_up
+    from sparq_stream.settings import load_settings
 
-    from pydantic import ValidationError
-
+    args = list(ctx.args)
+    if _wants_help(args):
+        _print_settings(UpSettings, "sparq up", _UP_USAGE, _UP_NOTES)
+        return
     extra: dict[str, list[str]] = {}
     for item in with_flags or []:
         parts = shlex.split(item)
-        if not parts:
-            continue
-        extra.setdefault(parts[0], []).extend(parts[1:])
-    try:
-        options = json.loads(backend_options) if backend_options else {}
-        config = UpConfig(
-            seeds=seeds, out=out, steps=steps, max_candidates=max_candidates, variant=variant, backend=backend,
-            model=model, backend_options=options, embedder=embedder, bootstrap=bootstrap, prefix=prefix,
-            partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
-            seed=seed, seed_limit=seed_limit, label_seeds=label_seeds, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
-            max_restarts=max_restarts, restart_window_s=restart_window_s, stop_grace_s=stop_grace_s, broker_timeout_s=broker_timeout_s,
-            train_every=train_every,
-        )
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
-    except ValidationError as exc:
-        raise config_error(exc, where="option") from None
+        if parts:
+            extra.setdefault(parts[0], []).extend(parts[1:])
+    config = load_settings(UpSettings, args=args, read_file=False, where="option", **({"extra": extra} if extra else {}))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     result = run_up(config, view=LiveView)
     s = result.summary
@@ -407,7 +452,7 @@ def skills_build(
 
     if not seeds.is_file():
         raise ConfigError(f"seed file {seeds} does not exist")
-    options = json.loads(backend_options) if backend_options else {}
+    options = _generation_options(backend, backend_options)
     vocab = build_skill_vocabulary(seeds, backend, m=m, limit=limit, batch_size=batch_size, out=out, backend_options=options)
     typer.echo(f"saved {len(vocab.skills)} skills to {out}")
 
@@ -520,24 +565,18 @@ def report(
 
 @app.command("settings")
 def settings_cmd(
-    service: str = typer.Argument(..., help="Service whose settings to list."),
+    service: str = typer.Argument(..., help="Service whose settings to list ('up' lists sparq up's own)."),
 ) -> None:
-    """List a service's settings: flag, environment variable, default and meaning."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """List a service's settings: flags, environment variable, default and meaning (from its settings class)."""
     from sparq_stream.services import service_spec
 
+    if service == "up":
+        from sparq_stream.orchestrator.up import UpSettings
+
+        _print_settings(UpSettings, "sparq up", notes=_UP_NOTES)
+        return
     spec = service_spec(service)
-    table = Table(title=f"sparq run {service}: {spec.help}", show_lines=False)
-    for column in ("flag", "environment", "default", "meaning"):
-        table.add_column(column, overflow="fold")
-    for name, info in sorted(spec.settings_cls.model_fields.items()):
-        default = "(required)" if info.is_required() else repr(info.get_default(call_default_factory=False))
-        if info.default_factory is not None:
-            default = "(computed)"
-        table.add_row("--" + name.replace("_", "-"), "SPARQ_" + name.upper(), default, info.description or "")
-    Console(width=160).print(table)
+    _print_settings(spec.settings_cls, f"sparq run {service}: {spec.help}")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

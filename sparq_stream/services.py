@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -18,8 +17,8 @@ __all__ = [
     "ServiceSpec",
     "RelaySettings",
     "SERVICES",
-    "parse_flags",
     "build_service",
+    "service_settings",
     "register",
     "service_spec",
     "service_names",
@@ -100,64 +99,21 @@ def register(spec: ServiceSpec) -> None:
     SERVICES[spec.name] = spec
 
 
-def parse_flags(args: list[str], settings_cls: type[ServiceSettings]) -> dict[str, Any]:
-    """Turn ``--field value``, ``--field=value``, ``--flag`` and ``--no-flag`` into settings values."""
-    fields = settings_cls.model_fields
-    values: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; settings are given as --name value")
-        name, eq, value = arg[2:].partition("=")
-        field = name.replace("-", "_")
-        negated = False
-        if field not in fields and field.startswith("no_") and field[3:] in fields:
-            field, negated = field[3:], True
-        if field not in fields:
-            allowed = ", ".join("--" + f.replace("_", "-") for f in sorted(fields))
-            raise ConfigError(f"unknown setting --{name}; allowed: {allowed}")
-        annotation = fields[field].annotation
-        if annotation is bool and not eq:
-            values[field] = not negated
-            i += 1
-            continue
-        if not eq:
-            if i + 1 >= len(args):
-                raise ConfigError(f"setting --{name} needs a value")
-            value = args[i + 1]
-            i += 1
-        values[field] = _coerce(field, value, annotation)
-        i += 1
-    return values
-
-
-def _coerce(field: str, value: str, annotation: Any) -> Any:
-    """Flags are strings: JSON for mappings, JSON or comma-separated for lists, 'none' for optionals."""
-    kinds = {typing.get_origin(a) or a for a in (typing.get_args(annotation) or (annotation,))}
-    kinds.add(typing.get_origin(annotation) or annotation)
-    if value.strip().lower() in ("none", "null") and type(None) in kinds:
-        return None
-    if dict in kinds:
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"setting --{field.replace('_', '-')}: expected a JSON object ({exc.msg})") from None
-    if (list in kinds or tuple in kinds) and str not in kinds:
-        if value.lstrip().startswith("["):
-            try:
-                return json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"setting --{field.replace('_', '-')}: expected a JSON list ({exc.msg})") from None
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
+def service_settings(
+    name: str, args: Sequence[str] = (), *, config: str | Path | None = None, **values: Any
+) -> ServiceSettings:
+    """A service's frozen settings from its flags (``args``), ``values``, ``SPARQ_*`` environment and a settings file."""
+    return load_settings(service_spec(name).settings_cls, config=config, args=args, **values)
 
 
 def build_service(
-    name: str, *, bootstrap: str | None, prefix: str | None, config: str | Path | None = None, args: list[str] | None = None
+    name: str,
+    *,
+    bootstrap: str | None = None,
+    prefix: str | None = None,
+    config: str | Path | None = None,
+    args: Sequence[str] = (),
 ) -> tuple[Core, ServiceSettings]:
     """Build a service's core and frozen settings from flags, environment and a settings file."""
-    spec = service_spec(name)
-    values = parse_flags(args or [], spec.settings_cls)
-    settings = load_settings(spec.settings_cls, config=config, bootstrap=bootstrap, prefix=prefix, **values)
-    return spec.factory(settings), settings
+    settings = service_settings(name, args, config=config, bootstrap=bootstrap, prefix=prefix)
+    return service_spec(name).factory(settings), settings

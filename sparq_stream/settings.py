@@ -1,27 +1,46 @@
 """Frozen settings objects, read from flags, ``SPARQ_*`` environment variables or a file.
 
+Each settings class is the one source of truth: its fields are the command-line flags
+(``--field-name``, parsed by pydantic-settings' own ``CliSettingsSource``), the environment
+names (``SPARQ_<FIELD>``), the keys of a settings file and the rows of ``sparq settings``.
 Precedence, highest first: explicit values (command-line flags), environment
 (``SPARQ_<FIELD>``), a settings file (TOML, YAML or JSON; ``--config`` or
-``SPARQ_CONFIG``), then the defaults. A bad value raises :class:`ConfigError`
-naming the field and what it accepts.
+``SPARQ_CONFIG``), then the defaults. A bad flag or value raises :class:`ConfigError`
+naming the field and what it accepts. Secret fields (``SecretStr``) are never flags.
 """
 
 from __future__ import annotations
 
+import argparse
+import difflib
 import json
 import os
+import re
 import socket
 import tomllib
+import typing
+from collections.abc import Sequence
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, CliSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
+from sparq_stream.credentials import is_secret_field, is_secret_name, refuse_secret_options
 from sparq_stream.errors import ConfigError
 
-__all__ = ["BaseSparqSettings", "KafkaSettings", "ServiceSettings", "load_settings", "config_error"]
+__all__ = [
+    "BaseSparqSettings",
+    "KafkaSettings",
+    "ServiceSettings",
+    "SettingRow",
+    "cli_values",
+    "config_error",
+    "load_settings",
+    "setting_rows",
+]
 
 S = TypeVar("S", bound="BaseSparqSettings")
 
@@ -43,7 +62,24 @@ class _FileSource(PydanticBaseSettingsSource):
 class BaseSparqSettings(BaseSettings):
     """Base of every settings object: frozen, ``SPARQ_`` environment prefix, no unknown keys."""
 
-    model_config = SettingsConfigDict(env_prefix="SPARQ_", frozen=True, extra="forbid", env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix="SPARQ_",
+        frozen=True,
+        extra="forbid",
+        env_ignore_empty=True,
+        # how the fields become flags (cli_values): --field-name, --flag/--no-flag, -b for --bootstrap
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_shortcuts={"bootstrap": "b"},
+    )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_secrets_in_options(cls, value: Any, info: ValidationInfo) -> Any:
+        """Mappings of pass-through options (backend_options, kafka_options, ...) may not carry a secret."""
+        if isinstance(value, dict):
+            refuse_secret_options(str(info.field_name), value)
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -151,17 +187,144 @@ class ServiceSettings(KafkaSettings):
 
 
 def config_error(exc: ValidationError, where: str = "setting") -> ConfigError:
-    """Turn a pydantic validation error into a ConfigError naming each bad field."""
+    """Turn a pydantic validation error into a ConfigError naming each bad field (a secret's value is never shown)."""
     parts = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ())) or "(settings)"
-        msg = err.get("msg", "invalid")
+        loc = [str(p) for p in err.get("loc", ())]
+        field = ".".join(loc) or "(settings)"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             msg = "unknown setting"
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        secret = any(is_secret_name(p) for p in loc)
+        shown = "" if secret or isinstance(got, dict) or got is None else f" (got {got!r})"
         parts.append(f"{where} '{field}': {msg}{shown}")
     return ConfigError("; ".join(parts))
+
+
+class _FlagError(Exception):
+    """argparse's complaint about the flags, raised instead of printing usage and exiting."""
+
+
+class _FlagParser(argparse.ArgumentParser):
+    """The root parser handed to ``CliSettingsSource``: errors raise, no abbreviations, no built-in --help."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog=prog, add_help=False, allow_abbrev=False)
+
+    def error(self, message: str) -> Any:  # argparse would print usage and exit 2
+        """Raise the message; :func:`cli_values` turns it into a ConfigError naming the flag."""
+        raise _FlagError(message)
+
+
+def _add_argument(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -> Any:
+    """Add one field's flag; a one-letter field keeps its long spelling too (``--k`` as well as ``-k``)."""
+    dest = kwargs.get("dest")
+    longs = tuple(f"-{n}" for n in names if len(n) == 2 and n[0] == "-" and n[1:] == dest)
+    return parser.add_argument(*names, *longs, **kwargs)
+
+
+def flag_names(cls: type[BaseSettings], name: str) -> list[str]:
+    """The command-line spellings of field ``name`` of ``cls`` (none for a secret)."""
+    if is_secret_field(name, cls.model_fields[name]):
+        return []
+    kebab = name.replace("_", "-")
+    shortcuts = cls.model_config.get("cli_shortcuts") or {}
+    extra = shortcuts.get(kebab, shortcuts.get(name, []))
+    extra = [extra] if isinstance(extra, str) else list(extra)
+    names = [f"--{kebab}"] + [("-" if len(e) == 1 else "--") + e for e in extra]
+    if cls.model_fields[name].annotation is bool:
+        names.append(f"--no-{kebab}")
+    return names
+
+
+def _allowed_flags(cls: type[BaseSettings]) -> list[str]:
+    return [f for name in sorted(cls.model_fields) for f in flag_names(cls, name)[:1]]
+
+
+def _flag_error(cls: type[BaseSettings], message: str) -> ConfigError:
+    """Turn argparse's message into one naming the setting and what it accepts."""
+    allowed = _allowed_flags(cls)
+    if message.startswith("unrecognized arguments:"):
+        first = message.split(":", 1)[1].split()[0]
+        if not first.startswith("-"):
+            return ConfigError(f"unexpected argument {first!r}; settings are given as --name value")
+        flag = first.partition("=")[0]
+        close = difflib.get_close_matches(flag, allowed, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return ConfigError(f"unknown setting {flag}{hint}; allowed: {', '.join(allowed)}")
+    found = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+    if not found:
+        return ConfigError(f"bad flags: {message}")
+    flag, what = found.groups()
+    field = flag.lstrip("-").replace("-", "_")
+    if what.startswith("expected one argument"):
+        return ConfigError(f"setting --{field.replace('_', '-')} needs a value")
+    if what.startswith("ignored explicit argument"):
+        return ConfigError(f"setting '{field}' is a switch: give --{flag.lstrip('-')} or --no-{flag.lstrip('-')}, no value")
+    return ConfigError(f"setting '{field}': {what}")
+
+
+def cli_values(cls: type[BaseSettings], args: Sequence[str], *, prog: str = "sparq") -> dict[str, Any]:
+    """Parse ``--field value`` flags into raw values with pydantic-settings' ``CliSettingsSource``.
+
+    Flags are the fields in kebab case; booleans are ``--flag``/``--no-flag``; mappings and lists
+    take JSON (lists also ``a,b``; a repeated mapping or list flag merges); ``null`` is None.
+    Unknown flags, missing values and secrets given as flags raise :class:`ConfigError`.
+    """
+    source = CliSettingsSource(cls, root_parser=_FlagParser(prog), add_argument_method=_add_argument, cli_prog_name=prog)
+    try:
+        values = dict(source(args=list(args))())
+    except _FlagError as exc:
+        raise _flag_error(cls, str(exc)) from None
+    except SettingsError as exc:
+        found = re.search(r"for (?:field \")?(\w+)", str(exc))
+        field = found.group(1) if found else "(settings)"
+        raise ConfigError(f"setting '{field}': not a valid value ({str(exc).split(':', 1)[-1].strip()}); "
+                          "mappings and lists are given as JSON") from None  # fmt: skip
+    for name in values:
+        if is_secret_field(name, cls.model_fields[name]):
+            env = str(cls.model_config.get("env_prefix", "")) + name.upper()
+            raise ConfigError(
+                f"setting '{name}' is a secret and is never a flag (argv is visible to every user): "
+                f"set {env}, put it in the settings file" + (f" or give --{name.replace('_', '-')}-file" if f"{name}_file" in cls.model_fields else "")
+            )
+    return values
+
+
+class SettingRow(NamedTuple):
+    """One row of ``sparq settings``: flags, environment name, default, meaning."""
+
+    flags: str
+    env: str
+    default: str
+    meaning: str
+
+
+def _choices(annotation: Any) -> list[Any]:
+    """The allowed values of a Literal annotation (also inside Optional / tuples), else []."""
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation))
+    return [c for arg in typing.get_args(annotation) for c in _choices(arg)]
+
+
+def setting_rows(cls: type[BaseSettings]) -> list[SettingRow]:
+    """Every field of a settings class as it is set: its flags, its environment name, its default, its meaning."""
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    rows = []
+    for name, info in sorted(cls.model_fields.items()):
+        if info.is_required():
+            default = "(required)"
+        elif info.default_factory is not None:
+            default = "(computed)"
+        else:
+            value = info.get_default(call_default_factory=False)
+            default = str(value) if isinstance(value, Path) else repr(value)
+        flags = ", ".join(flag_names(cls, name)) or "(secret: environment or file only)"
+        choices = _choices(info.annotation)
+        meaning = (info.description or "") + (f" (one of: {', '.join(map(str, choices))})" if choices else "")
+        rows.append(SettingRow(flags, prefix + name.upper(), default, meaning.strip()))
+    return rows
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -189,13 +352,22 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def load_settings(
-    cls: type[S], config: str | Path | None = None, *, ignore_unknown_file_keys: bool = False, **values: Any
+    cls: type[S],
+    config: str | Path | None = None,
+    *,
+    args: Sequence[str] = (),
+    ignore_unknown_file_keys: bool = False,
+    read_file: bool = True,
+    where: str = "setting",
+    **values: Any,
 ) -> S:
-    """Build a frozen settings object from flags (``values``), environment and a file.
+    """Build a frozen settings object from flags (``args``, then ``values``), environment and a file.
 
-    ``ignore_unknown_file_keys`` lets a tool read its own keys from a file shared with other services.
+    ``ignore_unknown_file_keys`` lets a tool read its own keys from a file shared with other services;
+    ``read_file=False`` ignores ``SPARQ_CONFIG`` (for commands that take no settings file).
     """
-    config = config or os.environ.get("SPARQ_CONFIG")
+    values = {**cli_values(cls, args), **{k: v for k, v in values.items() if v is not None}} if args else values
+    config = (config or os.environ.get("SPARQ_CONFIG")) if read_file else None
     file_values = _read_file(Path(config)) if config else {}
     if ignore_unknown_file_keys:
         file_values = {k: v for k, v in file_values.items() if k in cls.model_fields}
@@ -203,6 +375,6 @@ def load_settings(
     try:
         return cls(**{k: v for k, v in values.items() if v is not None})
     except ValidationError as exc:
-        raise config_error(exc) from None
+        raise config_error(exc, where) from None
     finally:
         _FILE_VALUES.reset(token)

@@ -63,6 +63,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.credentials import OpenAIKey, openai_key_option
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
 from sparq_stream.ids import problem_id
 from sparq_stream.index import VectorIndex
@@ -105,7 +106,7 @@ _TABLE_FLUSH = 256
 _SNAPSHOT_DIR = "novelty-index"
 
 
-class NoveltyConfig(BaseModel):
+class NoveltyConfig(OpenAIKey):
     """Every setting of the novelty core (defaults are the paper's where it has one)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -646,7 +647,7 @@ def build_novelty(
         options = dict(config.backend_options)
         if config.model is not None:
             options.setdefault("model", config.model)
-        backend = make_generation_backend(config.backend, **options)
+        backend = make_generation_backend(config.backend, **options, **openai_key_option(config))
         owned.append(backend)
     if vocabulary is None and config.classify:
         vocabulary = load_vocabulary(config.vocabulary)

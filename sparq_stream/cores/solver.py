@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol, Sequence
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.credentials import OpenAIKey, openai_key_option
 from sparq_stream.errors import ConfigError, FatalError, RetriableError, SparqError
 from sparq_stream.messages import ModelVersion, NovelCandidate, SolveResult
 from sparq_stream.models.model_root import UntrustedModelPath, model_path_inside
@@ -75,7 +76,7 @@ _PERMANENT_ERRORS = ("invalid prompt",)
 _NOVEL_FIELDS = tuple(NovelCandidate.model_fields)
 
 
-class SolverConfig(BaseModel):
+class SolverConfig(OpenAIKey):
     """Every setting of the solver core, with the paper's defaults."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -529,7 +530,7 @@ def build_solver(
     prompt = load_prompt(SOLVE, config.prompt_dir)
     own_backend, own_checker = backend is None, checker is None
     if backend is None:
-        backend = make_generation_backend(config.backend, **config.backend_options)
+        backend = make_generation_backend(config.backend, **config.backend_options, **openai_key_option(config))
     try:
         if checker is None:
             checker = CheckerPool(config.checker_workers, config.checker_timeout_s, memory_mb=config.checker_memory_mb)

@@ -124,17 +124,9 @@ class LocalBus:
 
 def build_local_cores(args: dict[str, list[str]], order: tuple[str, ...] = ("mutator", "novelty", "solver", "archivist", "trainer")) -> dict[str, Core]:
     """Build the loop's cores from the same ``sparq run`` flags that ``sparq up`` passes."""
-    from sparq_stream.services import parse_flags, service_spec
-    from sparq_stream.settings import load_settings
+    from sparq_stream.services import service_settings, service_spec
 
-    cores: dict[str, Core] = {}
-    for name in order:
-        spec = service_spec(name)
-        flags = [a for a in args[name]]
-        values = parse_flags(flags, spec.settings_cls)
-        settings = load_settings(spec.settings_cls, **values)
-        cores[name] = spec.factory(settings)
-    return cores
+    return {name: service_spec(name).factory(service_settings(name, args[name])) for name in order}
 
 
 @dataclass

@@ -14,11 +14,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sparq_stream.credentials import OpenAIKey, openai_key_option, refuse_secret_options
 from sparq_stream.errors import ConfigError
+from sparq_stream.settings import BaseSparqSettings
 
-__all__ = ["UpConfig", "UpResult", "RunEnd", "run_up", "service_args", "load_seed_set"]
+__all__ = ["UpConfig", "UpSettings", "UpResult", "RunEnd", "run_up", "service_args", "service_env", "load_seed_set"]
 
 log = logging.getLogger(__name__)
 
@@ -26,29 +28,29 @@ Variant = Literal["static-uniform", "static-diverse", "dynamic-uniform", "qd"]
 Backend = Literal["scripted", "transformers", "openai", "vllm"]
 
 
-class UpConfig(BaseModel):
-    """Everything ``sparq up`` needs; per-service details go through ``extra`` flags."""
+class UpConfig(OpenAIKey):
+    """Everything ``sparq up`` needs; per-service details go through ``extra`` flags (``--with``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seeds: Path = Field(description="seed JSONL (GSM8K or MATH style)")
-    out: Path = Field(description="output folder: export, archive, summary.json, plots, logs, state")
+    out: Path = Field(default=Path("runs/latest"), description="output folder: export, archive, summary.json, plots, logs, state")
     steps: int | None = Field(default=None, ge=1, description="mutation steps (rounds of b parents)")
     max_candidates: int | None = Field(default=None, ge=1, description="stop after this many candidates")
-    variant: Variant = "qd"
-    backend: Backend = "transformers"
+    variant: Variant = Field(default="qd", description="how W is kept and parents are sampled")
+    backend: Backend = Field(default="transformers", description="generation backend of every model service")
     model: str | None = Field(default=None, description="model path or served name (default: the packaged SmolLM2)")
-    backend_options: dict[str, Any] = Field(default_factory=dict)
-    embedder: Literal["sentence-transformers", "hash"] = "sentence-transformers"
+    backend_options: dict[str, Any] = Field(default_factory=dict, description="generation backend options (JSON; no secrets)")
+    embedder: Literal["sentence-transformers", "hash"] = Field(default="sentence-transformers", description="novelty's embedder")
     bootstrap: str | None = Field(default=None, description="Kafka to use; default: start the embedded Tansu broker")
     prefix: str | None = Field(default=None, description="topic prefix; default: a new one per run")
-    partitions: int = Field(default=3, ge=1)
+    partitions: int = Field(default=3, ge=1, description="partitions per topic")
     solvers: int = Field(default=1, ge=1, description="solver replicas (processes)")
     batch_size: int = Field(default=64, ge=1, description="parents per step (b)")
     k: int = Field(default=16, ge=1, description="solver rollouts per candidate (K)")
     max_tokens: int | None = Field(default=None, ge=16, description="token limit of mutations and rollouts")
     cap: int | None = Field(default=None, ge=1, description="W's cap (top-T or per niche)")
-    seed: int = 0
+    seed: int = Field(default=0, description="random seed of the mutator (and the hash embedder)")
     seed_limit: int | None = Field(default=None, ge=1, description="publish only the first N seeds")
     label_seeds: bool = Field(default=True, description="classify the seeds' skills before publishing (diverse selection needs them)")
     vocabulary: Path | None = Field(default=None, description="skill vocabulary JSON (default: packaged fallback)")
@@ -56,13 +58,26 @@ class UpConfig(BaseModel):
     threads: int | None = Field(default=1, ge=1, description="torch threads per model service (5 processes share the cores)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop the run after this long, whatever is left")
     train_every: int = Field(default=0, ge=0, description="fine-tune a new student version every N new examples (0 = never)")
-    metrics_interval_s: float = Field(default=1.0, gt=0)
+    metrics_interval_s: float = Field(default=1.0, gt=0, description="how often each service publishes its metrics")
     max_restarts: int = Field(default=5, ge=0, description="restarts allowed per service within --restart-window-s")
     restart_window_s: float = Field(default=300.0, gt=0, description="the sliding window of --max-restarts, seconds")
     stop_grace_s: float = Field(default=30.0, gt=0, description="how long services get to finish and commit on stop")
     broker_timeout_s: float = Field(default=30.0, gt=0, description="the embedded broker unreachable this long: the run stops")
     journal: bool = Field(default=True, description="embedded broker: journal every topic to out/journal so a rerun resumes")
-    extra: dict[str, list[str]] = Field(default_factory=dict, description="extra flags per service")
+    extra: dict[str, list[str]] = Field(default_factory=dict, description="extra flags per service (--with 'SERVICE --flag value')")
+
+    @field_validator("backend_options", mode="after")
+    @classmethod
+    def _no_secret_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """Options go on the services' command lines and into run.json: no secret may ride along."""
+        refuse_secret_options("backend_options", value)
+        return value
+
+
+class UpSettings(BaseSparqSettings, UpConfig):
+    """``sparq up``'s settings as flags and ``SPARQ_*`` environment (``--timeout`` sets timeout_s)."""
+
+    model_config = {**BaseSparqSettings.model_config, "cli_shortcuts": {"bootstrap": "b", "timeout-s": "timeout"}}
 
 
 class RunEnd(enum.IntEnum):
@@ -113,7 +128,15 @@ def _backend_options(config: UpConfig) -> dict[str, Any]:
 
 def _backend_flags(config: UpConfig) -> list[str]:
     options = _backend_options(config)
-    return ["--backend", config.backend, *(["--backend-options", json.dumps(options)] if options else [])]
+    key_file = ["--openai-api-key-file", str(config.openai_api_key_file.resolve())] if config.openai_api_key_file else []
+    return ["--backend", config.backend, *(["--backend-options", json.dumps(options)] if options else []), *key_file]
+
+
+def service_env(config: UpConfig) -> dict[str, str]:
+    """Environment of the services: the API key, when it was given as a value, goes here and never on argv."""
+    if config.openai_api_key is None:
+        return {}
+    return {"SPARQ_OPENAI_API_KEY": config.openai_api_key.get_secret_value()}
 
 
 def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, list[str]]:
@@ -188,7 +211,8 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
     if config.label_seeds and seeds:
         log.info("labelling %d seeds with their skill-sets (%s backend)", len(seeds), config.backend)
         vocabulary = str(config.vocabulary) if config.vocabulary else None
-        seeds = label_seeds(seeds, config.backend, backend_options=_backend_options(config), vocabulary=vocabulary)
+        options = {**_backend_options(config), **openai_key_option(config)}
+        seeds = label_seeds(seeds, config.backend, backend_options=options, vocabulary=vocabulary)
     return seeds, len(bad_lines)
 
 
@@ -407,14 +431,15 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         signals.supervisor = supervisor
         watch = _BrokerWatch(broker, config.broker_timeout_s)
         args = service_args(config, prefix, bootstrap)
+        env = service_env(config)
         final_metrics: dict[str, Any] = {}
         error: Exception | None = None
         try:
             for name in ("archivist", "trainer", "novelty"):
-                supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name])
+                supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name], env)
             for i in range(config.solvers):
-                supervisor.add(f"solver-{i}", "solver", _common(config, prefix, bootstrap, f"solver-{i}") + args["solver"])
-            supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"])
+                supervisor.add(f"solver-{i}", "solver", _common(config, prefix, bootstrap, f"solver-{i}") + args["solver"], env)
+            supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"], env)
             started = time.monotonic()
             idle: dict[str, float] = {}
             live = view(monitor, supervisor) if view else None

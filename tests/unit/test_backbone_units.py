@@ -14,7 +14,8 @@ from sparq_stream.errors import ConfigError, DecodeError, FatalError, RetriableE
 from sparq_stream.ids import normalise_text, problem_id
 from sparq_stream.messages import Elite, Seed
 from sparq_stream.seeds import BadLine, parse_seed_line, read_seeds
-from sparq_stream.services import RelaySettings, build_service, parse_flags
+from sparq_stream.services import RelaySettings, build_service
+from sparq_stream.settings import cli_values
 from sparq_stream.settings import ServiceSettings, load_settings
 
 
@@ -122,14 +123,14 @@ def test_topic_names() -> None:
 
 
 def test_flags_parse_into_settings() -> None:
-    values = parse_flags(["--source", "novel", "--target=solved", "--ssl-check-hostname", "--no-ssl-check-hostname"], RelaySettings)
+    values = cli_values(RelaySettings, ["--source", "novel", "--target=solved", "--ssl-check-hostname", "--no-ssl-check-hostname"])
     assert values == {"source": "novel", "target": "solved", "ssl_check_hostname": False}
     core, settings = build_service("relay", bootstrap="h:1", prefix="p", args=["--source", "novel", "--max-poll-records", "5"])
     assert core.inputs == ("novel",) and settings.max_poll_records == 5 and settings.bootstrap == "h:1"
     with pytest.raises(ConfigError, match="needs a value"):
-        parse_flags(["--source"], RelaySettings)
+        cli_values(RelaySettings, ["--source"])
     with pytest.raises(ConfigError, match="unexpected argument 'stray'"):
-        parse_flags(["stray"], RelaySettings)
+        cli_values(RelaySettings, ["stray"])
 
 
 def test_dead_letter_headers_round_trip() -> None:

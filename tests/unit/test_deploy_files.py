@@ -160,16 +160,10 @@ def _check_argv(argv: list[str], where: str) -> tuple[Any, str | None, Any]:
         return cmd, None, ctx
     service = ctx.params["service"]
     assert service in RUNNABLE, f"{where}: sparq run {service!r} is not one of {sorted(RUNNABLE)}"
-    from sparq_stream.services import parse_flags, service_spec
+    from sparq_stream.services import service_spec
+    from sparq_stream.settings import cli_values
 
-    if True:  # every runnable service has a real settings class
-        parse_flags(list(ctx.args), service_spec(service).settings_cls)
-    else:
-        fields = _service_fields(service)
-        for arg in ctx.args:
-            if arg.startswith("--"):
-                name = arg[2:].partition("=")[0].replace("-", "_")
-                assert name in fields or name.removeprefix("no_") in fields, f"{where}: --{name} is no setting of {service}"
+    cli_values(service_spec(service).settings_cls, list(ctx.args))  # raises on unknown flags
     return cmd, service, ctx
 
 

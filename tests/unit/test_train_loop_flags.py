@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 
 from sparq_stream.orchestrator.up import UpConfig, service_args
-from sparq_stream.services import parse_flags, service_spec
+from sparq_stream.services import service_spec
+from sparq_stream.settings import cli_values
 from sparq_stream.training.loop import MODEL_NAME, default_eval_sets
 
 
 def _parsed(config: UpConfig) -> dict[str, dict]:
     args = service_args(config, "p", "127.0.0.1:9092")
-    return {name: parse_flags(args[name], service_spec(name).settings_cls) for name in ("trainer", "mutator", "solver")}
+    return {name: cli_values(service_spec(name).settings_cls, args[name]) for name in ("trainer", "mutator", "solver")}
 
 
 def test_train_every_turns_on_training_evaluation_and_following(tmp_path: Path) -> None:

@@ -77,6 +77,7 @@ from sparq_stream.cores.mutator.barrier import WatermarkBarrier
 from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
 from sparq_stream.cores.mutator.reload import ModelFollower
 from sparq_stream.cores.mutator.state import Credit, MutatorSnapshot, StepState, Unit, read_cache, write_cache
+from sparq_stream.credentials import OpenAIKey, openai_key_option
 from sparq_stream.errors import ConfigError, SparqError
 from sparq_stream.ids import problem_id
 from sparq_stream.messages import WATERMARK_KEY, Candidate, Dropped, Elite, ModelVersion, MutatorState, Seed, SolveResult
@@ -94,7 +95,7 @@ _KEY = re.compile(r"[^a-z0-9]+")
 _MAX_BACKOFF_S = 30.0
 
 
-class MutatorConfig(BaseModel):
+class MutatorConfig(OpenAIKey):
     """Every setting of the mutator core (defaults are the paper's where it has one)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -584,6 +585,6 @@ def build_mutator(config: MutatorConfig, *, backend: GenerationBackend | None = 
         options = dict(config.backend_options)
         if config.model is not None:
             options.setdefault("model", config.model)
-        backend = make_generation_backend(config.backend, **options)
+        backend = make_generation_backend(config.backend, **options, **openai_key_option(config))
         owned.append(backend)
     return MutatorCore(config, backend=backend, clock=clock, owned=owned)
