@@ -52,8 +52,9 @@ def _free_port() -> int:
 class LlamaServer:
     """One ``python -m llama_cpp.server`` subprocess on a free local port, logging to a file."""
 
-    def __init__(self, model: Path, log_path: Path, n_ctx: int = 2048) -> None:
+    def __init__(self, model: Path, log_path: Path, n_ctx: int = 2048, api_key: str | None = None) -> None:
         self.model = model
+        self.api_key = api_key  # the server then answers only requests bearing it
         self.log_path = log_path
         self.n_ctx = n_ctx
         self.port = _free_port()
@@ -68,6 +69,7 @@ class LlamaServer:
             "--host", "127.0.0.1",
             "--port", str(self.port),
             "--n_ctx", str(self.n_ctx),
+            *(["--api_key", self.api_key] if self.api_key else []),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "wb") as log:
@@ -77,7 +79,8 @@ class LlamaServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                if httpx.get(f"{self.base_url}/models", headers=auth, timeout=2.0).status_code == 200:
                     return self
             except httpx.TransportError:
                 pass
@@ -118,7 +121,7 @@ class LlamaServer:
 
 
 @pytest.fixture(scope="session")
-def llama_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], LlamaServer]]:
+def llama_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LlamaServer]]:
     """Start extra llama.cpp servers (each stopped at the end of the session or when the test stops it)."""
     missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
     if missing:
@@ -127,8 +130,8 @@ def llama_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[C
     started: list[LlamaServer] = []
     logs = tmp_path_factory.mktemp("llama-server")
 
-    def start() -> LlamaServer:
-        server = LlamaServer(model, logs / f"server-{len(started)}.log")
+    def start(api_key: str | None = None) -> LlamaServer:
+        server = LlamaServer(model, logs / f"server-{len(started)}.log", api_key=api_key)
         started.append(server)
         return server.start()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -77,3 +79,31 @@ def test_server_stopped_mid_batch_gives_per_prompt_errors(llama_server_factory: 
     assert len(served) >= 2 and failed
     assert all(len(r.completions) == 1 for r in served)
     assert all(r.completions == [] and "attempts" in r.error for r in failed)
+
+
+def test_the_api_key_reaches_the_server_from_the_environment_or_a_file(
+    llama_server_factory: Callable[..., LlamaServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that wants a key: the solver's settings hand it over from SPARQ_OPENAI_API_KEY or the key file."""
+    from sparq_stream.credentials import openai_key_option
+    from sparq_stream.models.registry import make_generation_backend
+    from sparq_stream.services import service_settings
+
+    key = "sk-llama-test-5d1e"
+    server = llama_server_factory(api_key=key)
+    flags = ["--backend", "openai", "--backend-options", json.dumps({"base_url": server.base_url, "max_retries": 0})]
+    params = SamplingParams(max_tokens=4, seed=1)
+
+    def first_result(settings: object) -> GenerationResult:
+        with make_generation_backend("openai", **settings.backend_options, **openai_key_option(settings)) as backend:
+            return backend.generate(_solve_prompts(1), 1, params)[0]
+
+    monkeypatch.delenv("SPARQ_OPENAI_API_KEY", raising=False)
+    refused = first_result(service_settings("solver", flags))
+    assert not refused.ok and "401" in (refused.error or "")
+    monkeypatch.setenv("SPARQ_OPENAI_API_KEY", key)
+    assert first_result(service_settings("solver", flags)).ok
+    monkeypatch.delenv("SPARQ_OPENAI_API_KEY")
+    key_file = tmp_path / "openai.key"
+    key_file.write_text(key + "\n")
+    assert first_result(service_settings("solver", [*flags, "--openai-api-key-file", str(key_file)])).ok
