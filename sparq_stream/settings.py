@@ -38,6 +38,7 @@ __all__ = [
     "SettingRow",
     "cli_values",
     "config_error",
+    "flag_names",
     "load_settings",
     "setting_rows",
 ]
