@@ -225,6 +225,18 @@ def _add_argument(parser: argparse.ArgumentParser, *names: str, **kwargs: Any) -
     return parser.add_argument(*names, *longs, **kwargs)
 
 
+def _parse_args(parser: argparse.ArgumentParser, args: Sequence[str]) -> argparse.Namespace:
+    """Parse the flags; a list flag given once as ``[]`` or ``null`` means an empty list or None.
+
+    (``CliSettingsSource`` would merge ``[]`` of an optional list into ``[""]`` and ``null`` into ``[None]``.)
+    """
+    namespace = parser.parse_args(list(args))
+    for key, value in vars(namespace).items():
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str) and value[0].strip() in ("[]", "null"):
+            setattr(namespace, key, value[0].strip())
+    return namespace
+
+
 def flag_names(cls: type[BaseSettings], name: str) -> list[str]:
     """The command-line spellings of field ``name`` of ``cls`` (none for a secret)."""
     if is_secret_field(name, cls.model_fields[name]):
@@ -273,7 +285,9 @@ def cli_values(cls: type[BaseSettings], args: Sequence[str], *, prog: str = "spa
     take JSON (lists also ``a,b``; a repeated mapping or list flag merges); ``null`` is None.
     Unknown flags, missing values and secrets given as flags raise :class:`ConfigError`.
     """
-    source = CliSettingsSource(cls, root_parser=_FlagParser(prog), add_argument_method=_add_argument, cli_prog_name=prog)
+    source = CliSettingsSource(
+        cls, root_parser=_FlagParser(prog), parse_args_method=_parse_args, add_argument_method=_add_argument, cli_prog_name=prog
+    )
     try:
         values = dict(source(args=list(args))())
     except _FlagError as exc:

@@ -154,6 +154,10 @@ def test_flag_spellings_of_the_docs_and_tools_still_parse() -> None:
     assert (up.timeout_s, up.label_seeds, up.k) == (30.0, False, 2)
     merged = cli_values(CLASSES["solver"], ["--backend-options", '{"a": 1}', "--backend-options", '{"b": 2}'])
     assert merged == {"backend_options": {"a": 1, "b": 2}}  # a repeated mapping flag merges (as --with appends)
+    novelty = CLASSES["novelty"]
+    assert cli_values(novelty, ["--contamination", "[]"]) == {"contamination": []}  # as sparq up passes "no held-out files"
+    assert cli_values(novelty, ["--contamination", "null"]) == {"contamination": None}
+    assert cli_values(novelty, ["--contamination", "a.jsonl,b.jsonl"]) == {"contamination": ["a.jsonl", "b.jsonl"]}
 
 
 def test_flags_beat_environment_beat_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
