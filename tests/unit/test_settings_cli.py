@@ -20,7 +20,7 @@ from sparq_stream.credentials import is_secret_field
 from sparq_stream.errors import ConfigError
 from sparq_stream.orchestrator.up import UpConfig, UpSettings, _common, service_args, service_env
 from sparq_stream.services import service_names, service_settings, service_spec
-from sparq_stream.settings import cli_values, flag_names, load_settings, setting_rows
+from sparq_stream.settings import ServiceSettings, cli_values, flag_names, load_settings, setting_rows
 
 CLASSES = {name: service_spec(name).settings_cls for name in service_names()} | {"up": UpSettings}
 #: Values for fields whose generic sample would break a cross-field rule or a pattern.
@@ -31,7 +31,12 @@ OVERRIDES: dict[str, Any] = {
 
 
 def _fields() -> list[tuple[str, str]]:
-    return [(c, f) for c, cls in CLASSES.items() for f, info in cls.model_fields.items() if not is_secret_field(f, info)]
+    """Each class's own fields; the shared wrapper fields (ServiceSettings) once, on the relay."""
+    shared = set(ServiceSettings.model_fields)
+    return [
+        (c, f) for c, cls in CLASSES.items() for f, info in cls.model_fields.items()
+        if not is_secret_field(f, info) and (c in ("relay", "up") or f not in shared)
+    ]  # fmt: skip
 
 
 def _other_value(name: str, info: Any, tmp_path: Path) -> Any:
