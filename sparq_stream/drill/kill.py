@@ -1,4 +1,10 @@
-"""Drill ``kill``: random ``kill -9`` of services every few seconds while the loop runs."""
+"""Drill ``kill``: random ``kill -9`` of services every few seconds while the loop runs, and one at the end.
+
+The planned kills act while the loop runs. Then the archivist is stopped (SIGSTOP) once the
+mutator has emitted its last candidate and killed once the mutator reports every outcome in: it
+dies holding unread results while its last report said it had read everything, the moment a stop
+rule trusting a dead process's last report would end the run without them.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from sparq_stream.orchestrator.up import run_up
 __all__ = ["kill_plan", "run"]
 
 SERVICES = ("mutator", "novelty", "solver-0", "archivist", "trainer")
+#: Stopped when the mutator has emitted its last candidate, killed when every outcome is in.
+AT_DONE = "archivist"
 
 
 def kill_plan(total: int, of_one: int, seed: int) -> list[str]:
@@ -50,7 +58,10 @@ def run(ctx: DrillContext) -> DrillResult:
 
     def chaos(supervisor: Any, monitor: Any) -> None:
         now = time.monotonic()
-        if len(done) >= len(plan) or now < state["next"] or monitor.value("archivist", "scored") < 1:
+        if len(done) >= len(plan):
+            _kill_at_done(supervisor, monitor, now)
+            return
+        if now < state["next"] or monitor.value("archivist", "scored") < 1:
             return
         victim = plan[len(done)]
         svc = next((s for s in supervisor.services if s.name == victim), None)
@@ -63,17 +74,35 @@ def run(ctx: DrillContext) -> DrillResult:
         done.append((round(now - state["t0"], 1), victim, monitor.value("mutator", "step")))
         state["next"] = now + budget.kill_interval_s
 
+    def _kill_at_done(supervisor: Any, monitor: Any, now: float) -> None:
+        # Stopped once the last candidate is out, killed once its outcome is in: the archivist then
+        # certainly holds unread results while its last report (from before the stop) said "lag 0".
+        # A stop rule that trusted a dead process's last report would end the run without them.
+        if state.get("at_done") is not None or monitor.value("mutator", "exhausted") < 1:
+            return
+        svc = next((s for s in supervisor.services if s.name == AT_DONE), None)
+        if svc is None or not svc.alive:
+            return
+        if not state.get("stopped"):
+            os.kill(svc.proc.pid, signal.SIGSTOP)
+            state["stopped"] = svc.proc.pid
+        if monitor.value("mutator", "done") < 1 or state["stopped"] != svc.proc.pid:
+            return
+        os.kill(svc.proc.pid, signal.SIGKILL)
+        state["at_done"] = round(now - state["t0"], 1)
+
     up = run_up(config, on_tick=chaos)
     diff = compare_with_reference(reference, out / "archive", read_elites(config, up.bootstrap, up.prefix))
     per_service = Counter(v for _, v, _ in done)
     result.figures.update(
         diff, kills=len(done), kills_per_service=dict(per_service), restarts=up.restarts, reason=up.reason,
-        kill_times_s=[t for t, _, _ in done], scored=up.summary.get("scored"),
+        kill_times_s=[t for t, _, _ in done], scored=up.summary.get("scored"), killed_at_done_s=state.get("at_done"),
     )
     result.checks.update(
         run_completed=up.reason == "budget reached",
         kills_done=len(done) >= budget.kills,
         one_service_killed_often=bool(per_service) and max(per_service.values()) >= budget.kills_of_one,
+        killed_at_done=state.get("at_done") is not None,
         **result_checks(diff),
     )
     return result

@@ -96,6 +96,12 @@ class MetricsBook:
         return {k: {**v, "counters": dict(v["counters"]), "gauges": dict(v["gauges"])} for k, v in out.items()}
 
 
+    def newest_start(self, service: str, instance: str) -> float | None:
+        """``started_at`` of the newest incarnation of one instance that has reported, or None."""
+        with self._lock:
+            incs = self._runs.get((service, instance))
+            return max(incs) if incs else None
+
     def per_instance(self, service: str, name: str) -> dict[str, float]:
         """A metric of each instance of a service: counters summed over its incarnations, instant gauges the newest."""
         with self._lock:
@@ -173,6 +179,10 @@ class MetricsMonitor:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per service: summed counters and gauges over its instances and incarnations."""
         return self.book.snapshot()
+
+    def newest_start(self, service: str, instance: str) -> float | None:
+        """``started_at`` of the newest incarnation of one instance that has reported, or None."""
+        return self.book.newest_start(service, instance)
 
     def per_instance(self, service: str, name: str) -> dict[str, float]:
         """A counter of each instance of a service, summed over its incarnations."""

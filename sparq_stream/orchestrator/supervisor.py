@@ -57,6 +57,12 @@ class ServiceProc:
     crashes: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
     gave_up: bool = False
+    started_wall: float = 0.0  # time.time() of the latest start: its metrics must be newer to count
+
+    @property
+    def service(self) -> str:
+        """The service this process runs (``solver`` for ``solver-0``)."""
+        return self.args[1] if len(self.args) > 1 else self.name
 
     @property
     def alive(self) -> bool:
@@ -106,6 +112,7 @@ class Supervisor:
         )
         out.close()
         svc.restart_at = None
+        svc.started_wall = time.time()
         log.info("started %s (pid %d)", svc.name, svc.proc.pid)
 
     def pids(self) -> list[int]:

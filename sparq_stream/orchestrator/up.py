@@ -218,27 +218,33 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
 
 
 
-def _finished(monitor: Any, idle_since: dict[str, float], given_up: list[str]) -> bool:
+def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any) -> bool:
     """The mutator is done (every candidate solved or dropped) and every service has read all of its input.
 
     Every stage must report a known zero lag for 2 s: a record that arrives after the last
     candidate's outcome (a late duplicate, a malformed record) is still handled, or dead-lettered,
-    before the services are stopped.
+    before the services are stopped. Only a live process's own report counts: while a service
+    waits to be restarted, or its new process has not reported yet, the last figures of the
+    dead one (often a lag of 0) say nothing about what is still unread.
     """
     snap = monitor.snapshot()
     mutator = snap.get("mutator")
     if not mutator or mutator["gauges"].get("done", 0.0) < 1.0:
         return False
     now = time.monotonic()
-    waiting = [n for n in ("mutator", "novelty", "solver", "archivist", "trainer") if n not in given_up]
-    for name in waiting:
+    for name in ("mutator", "novelty", "solver", "archivist", "trainer"):
+        procs = [p for p in supervisor.services if p.service == name and not p.gave_up]
+        if not procs:
+            continue  # not run, or given up on (an optional service)
         row = snap.get(name)
         gauges = row["gauges"] if row else {}
-        if row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0 or gauges.get("training", 0.0) > 0:
+        busy = row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0 or gauges.get("training", 0.0) > 0
+        stale = any(not p.alive or (monitor.newest_start(name, p.name) or 0.0) < p.started_wall for p in procs)
+        if busy or stale:
             idle_since.pop(name, None)
             return False
         idle_since.setdefault(name, now)
-    return all(now - idle_since[n] >= 2.0 for n in waiting)
+    return all(now - since >= 2.0 for since in idle_since.values())
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -461,7 +467,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
                     end = RunEnd.SERVICE_FAILED
                     detail = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
                     break
-                if _finished(monitor, idle, supervisor.given_up()):
+                if _finished(monitor, idle, supervisor):
                     break
                 if config.timeout_s is not None and time.monotonic() - started > config.timeout_s:
                     reason, end = f"timeout after {config.timeout_s:.0f}s", RunEnd.TIMEOUT

@@ -63,7 +63,7 @@ def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster
             time.sleep(0.5)
             failed = supervisor.check()
             assert not failed, "\n".join(f"--- {n}:\n{supervisor.tail(n, 40)}" for n in failed)
-            if _finished(monitor, idle, supervisor.given_up()):
+            if _finished(monitor, idle, supervisor):
                 finished = True
                 break
     finally:

@@ -56,6 +56,7 @@ def test_kill_drill_ends_equal_to_the_reference(tansu_drills: dict[str, DrillRes
     _held(result)
     assert result.figures["kills"] >= 6 and max(result.figures["kills_per_service"].values()) >= 3
     assert result.figures["lost"] == 0 and result.figures["duplicate_lines"] == 0
+    assert result.figures["killed_at_done_s"] is not None  # the archivist died holding the last results
 
 
 def test_poison_drill_dead_letters_everything(tansu_drills: dict[str, DrillResult]) -> None:

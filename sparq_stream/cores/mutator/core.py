@@ -63,6 +63,7 @@ candidate is accounted for.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -191,6 +192,7 @@ class MutatorCore(BaseCore):
         self._dirty = False
         self._state_error: ConfigError | None = None
         self._last_state: MutatorState | None = None
+        self._restored_from: str | None = None
         self._backoff_until = 0.0
         self._backoff_s = 0.0
         self.counters: Counter[str] = Counter()
@@ -348,6 +350,10 @@ class MutatorCore(BaseCore):
         if not parents:
             return False
         self._open = StepState(self._step, _units(parents))
+        log.info(
+            "step %d opened: %d parents from W of %d (parents %s, emitted so far %d)",
+            self._step, len(parents), len(self.W), _digest(p.id for p in parents), self._emitted,
+        )
         self._step += 1
         self._dirty = True
         return True
@@ -551,19 +557,26 @@ class MutatorCore(BaseCore):
         self._step, self._emitted, self._open = snap.step, snap.emitted, snap.open
         self._in_flight, self._waits = snap.in_flight, snap.waits
         self.counters["restored_in_flight"] = len(self._in_flight)
-        log.info(
-            "restored the mutator from %s at step %d: %d emitted, %d in flight, open step %s",
-            where,
-            self._step,
-            self._emitted,
-            len(self._in_flight),
-            None if self._open is None else self._open.number,
-        )
+        self._restored_from = where  # logged once, when the core goes live (a table replay restores record by record)
 
     def _go_live(self) -> None:
         if self._state_error is not None:
             raise self._state_error
+        if not self._live and self._restored_from is not None:
+            log.info(
+                "restored the mutator from %s at step %d: %d emitted, %d in flight, open step %s",
+                self._restored_from,
+                self._step,
+                self._emitted,
+                len(self._in_flight),
+                None if self._open is None else self._open.number,
+            )
         self._live = True
+
+
+def _digest(ids: Any) -> str:
+    """A short digest of a sequence of ids (equal steps log equal digests)."""
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
 
 
 def _units(parents: list[Seed | Elite]) -> list[Unit]:

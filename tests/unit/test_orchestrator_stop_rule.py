@@ -1,0 +1,96 @@
+"""The stop rule of ``sparq up``: only a live process's own report of zero lag counts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sparq_stream.messages import Metric
+from sparq_stream.orchestrator.monitor import MetricsBook
+from sparq_stream.orchestrator.supervisor import ServiceProc
+from sparq_stream.orchestrator.up import _finished
+
+_SERVICES = ("mutator", "novelty", "solver", "archivist", "trainer")
+
+
+class _Proc:
+    def __init__(self, alive: bool = True) -> None:
+        self._alive = alive
+
+    def poll(self) -> int | None:
+        return None if self._alive else -9
+
+
+class _Monitor:
+    """The monitor's two queries, over a real MetricsBook."""
+
+    def __init__(self, book: MetricsBook) -> None:
+        self.book = book
+
+    def snapshot(self) -> dict:
+        return self.book.snapshot()
+
+    def newest_start(self, service: str, instance: str) -> float | None:
+        return self.book.newest_start(service, instance)
+
+
+class _Supervisor:
+    def __init__(self, procs: list[ServiceProc]) -> None:
+        self.services = procs
+
+
+def _report(book: MetricsBook, service: str, instance: str, started: float, **gauges: float) -> None:
+    book.add(Metric(service=service, instance=instance, ts=started + 1.0, counters={}, gauges={"started_at": started, **gauges}))
+
+
+def _world(now: float) -> tuple[MetricsBook, list[ServiceProc]]:
+    book = MetricsBook()
+    procs = []
+    for name in _SERVICES:
+        instance = "solver-0" if name == "solver" else name
+        proc = ServiceProc(instance, ["run", name], Path("/dev/null"), proc=_Proc(), started_wall=now - 100)  # type: ignore[arg-type]
+        procs.append(proc)
+        _report(book, name, instance, now - 99, lag=0.0, lag_unknown=0.0, done=1.0 if name == "mutator" else 0.0)
+    return book, procs
+
+
+def test_all_idle_and_live_for_two_seconds_finishes() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    idle: dict[str, float] = {}
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs))  # idle only just now
+    for name in idle:
+        idle[name] -= 3.0
+    assert _finished(_Monitor(book), idle, _Supervisor(procs))
+
+
+def test_a_dead_service_with_a_stale_zero_lag_holds_the_stop() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    archivist = next(p for p in procs if p.name == "archivist")
+    archivist.proc = _Proc(alive=False)  # type: ignore[assignment]  # killed: waits for its restart
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs))
+    assert "archivist" not in idle
+
+
+def test_a_restarted_service_counts_only_once_its_new_process_reported() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    archivist = next(p for p in procs if p.name == "archivist")
+    archivist.started_wall = now - 5  # restarted 5 s ago; the book holds only the old process's lag 0
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs))
+    _report(book, "archivist", "archivist", now - 4, lag=0.0, lag_unknown=0.0)
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert _finished(_Monitor(book), idle, _Supervisor(procs))
+
+
+def test_a_given_up_optional_service_is_not_waited_for() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    trainer = next(p for p in procs if p.name == "trainer")
+    trainer.proc = _Proc(alive=False)  # type: ignore[assignment]
+    trainer.gave_up = True
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert _finished(_Monitor(book), idle, _Supervisor(procs))
