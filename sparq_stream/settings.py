@@ -172,6 +172,10 @@ class ServiceSettings(KafkaSettings):
     restore_timeout_s: float = Field(
         default=300.0, gt=0, description="longest wait to read the table topics on start; then exit non-zero (retriable)"
     )
+    join_timeout_s: float = Field(
+        default=120.0, ge=0,
+        description="longest time the input consumer may stay outside its group (joining, rebalancing); then exit non-zero (retriable) to be restarted; 0: wait forever",
+    )
     shutdown_timeout_s: float = Field(
         default=8.0, gt=0, description="after SIGTERM/SIGINT, longest wait for a clean stop before exiting without commit"
     )

@@ -56,7 +56,7 @@ from kafka.errors import (
     ProducerFencedError,
     RecordListTooLargeError,
 )
-from kafka.structs import OffsetAndMetadata
+from kafka.structs import MemberState, OffsetAndMetadata
 
 from sparq_stream.bus.client import make_consumer, make_producer, max_request_size
 from sparq_stream.bus.compacted import caught_up, partitions_of
@@ -148,6 +148,7 @@ class ServiceProcess:
         self._shrink: set[_Coords] = set()  # dead letters the broker refused: resend without their value
         self._watchdog: threading.Timer | None = None
         self._stop_at: float | None = None
+        self._outside_since: float | None = None  # since when the input consumer is outside its group
         self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
 
     # ------------------------------------------------------------------ lifecycle
@@ -363,6 +364,7 @@ class ServiceProcess:
             polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
                 records.extend(polled[tp])
+            self._watch_membership()
         else:
             time.sleep(self.settings.poll_timeout_ms / 1000)
         self._poll_tables()
@@ -651,6 +653,30 @@ class ServiceProcess:
                 self._consumer.seek(tp, offset)
             except (KafkaError, AssertionError, ValueError) as exc:  # partition no longer ours
                 self.log.warning("seek %s to %d: %s", tp, offset, exc)
+
+    def _watch_membership(self) -> None:
+        """Raise a retriable error when the input consumer stayed outside its group for ``join_timeout_s``.
+
+        A member that never completes its join (seen once on Apache Kafka under heavy load: no
+        assignment, no error, for minutes) would idle silently; exiting lets the supervisor (or the
+        orchestrator) start a fresh consumer. A stable member with no partitions (a standby) is fine.
+        """
+        limit = self.settings.join_timeout_s
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        state = getattr(coordinator, "state", None)
+        if limit <= 0 or state is None:
+            return
+        now = time.monotonic()
+        if state is MemberState.STABLE:
+            self._outside_since = None
+            return
+        if self._outside_since is None:
+            self._outside_since = now
+        elif now - self._outside_since > limit:
+            raise RetriableError(
+                f"{self.core.name}: the input consumer has not joined group {self.group_id} within {limit:.0f}s "
+                f"(state {getattr(state, 'name', state)}); exiting so the service is restarted"
+            )
 
     def _publish_metrics(self, force: bool = False) -> None:
         if not (force or self.metrics.due()):
