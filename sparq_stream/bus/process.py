@@ -149,6 +149,7 @@ class ServiceProcess:
         self._watchdog: threading.Timer | None = None
         self._stop_at: float | None = None
         self._outside_since: float | None = None  # since when the input consumer is outside its group
+        self._failed_deliveries = 0  # deliveries failed in a row (not counting refused records)
         self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
 
     # ------------------------------------------------------------------ lifecycle
@@ -579,6 +580,19 @@ class ServiceProcess:
         self._producer = None
         self._producer = self._new_producer()  # exactly-once: init_transactions aborts the old one's transaction
 
+    def _replace_wedged_producer(self) -> None:
+        """Replace a producer whose deliveries keep timing out; keep it while no broker answers a new one."""
+        try:
+            fresh = self._new_producer()
+        except (SparqError, KafkaError) as exc:
+            self.log.warning("%d deliveries failed in a row; no new producer yet: %s", self._failed_deliveries, exc)
+            return
+        self.log.warning("%d deliveries failed in a row: replaced the producer", self._failed_deliveries)
+        self.metrics.inc("producer_replacements")
+        self._failed_deliveries = 0
+        _force_close(self._producer)
+        self._producer = fresh
+
     def _new_producer(self) -> Any:
         txn_id = f"{self.group_id}.{self.settings.instance}" if self._txn else None
         producer = make_producer(self.settings, transactional_id=txn_id)
@@ -630,11 +644,17 @@ class ServiceProcess:
             self.log.warning("send/commit failed (%s: %s): rewinding the batch to retry it", type(exc).__name__, exc)
             if not isinstance(exc, _RecordsRejected):  # else the producer was replaced: nothing open to abort
                 self._abort()
+                self._failed_deliveries += 1
+                if self._failed_deliveries >= _REPLACE_PRODUCER_AFTER:
+                    # A producer whose sends still time out after its broker came back can stay wedged
+                    # (seen after an Apache Kafka restart): a fresh one resends the carried outputs.
+                    self._replace_wedged_producer()
             self._rewind(records)
             if not isinstance(exc, _RecordsRejected):
                 self._stop.wait(self.settings.retry_backoff_ms / 1000)
             return False
         self._isolate = False
+        self._failed_deliveries = 0
         for d in dead:
             self._poisoned.pop(_coords(d.record), None)
             self._shrink.discard(_coords(d.record))
@@ -719,6 +739,10 @@ class ServiceProcess:
                 self._producer.abort_transaction()
             except KafkaError as exc:
                 self.log.warning("abort_transaction: %s", exc)
+
+
+#: Failed deliveries in a row after which the producer is replaced (each waits up to client_timeout_s).
+_REPLACE_PRODUCER_AFTER = 2
 
 
 def _force_close(producer: Any) -> None:

@@ -94,3 +94,32 @@ def test_a_failed_first_phase_sends_no_state_and_commits_nothing() -> None:
     assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
     sent = {e[1] for e in process._producer.events if e[0] == "send"}
     assert sent == {"t.seeds"} and ("commit",) not in process._producer.events and ("seek", 7) in process._producer.events
+
+
+def test_a_producer_whose_deliveries_keep_timing_out_is_replaced() -> None:
+    process = _process(fail_topic="t.seeds")
+    wedged = process._producer
+    fresh = _Producer()
+    process._new_producer = lambda: fresh  # type: ignore[method-assign]
+    pairs = [(o, _Record()) for o in OUTPUTS]
+    assert not process._deliver(pairs, [], {"tp": "offset"}, [_Record()])
+    assert process._producer is wedged  # one failure: could be the broker, keep it
+    assert not process._deliver(pairs, [], {"tp": "offset"}, [_Record()])
+    assert process._producer is fresh and process.metrics.snapshot({}).counters["producer_replacements"] == 1
+    assert process._deliver(pairs, [], {"tp": "offset"}, [_Record()])  # the fresh producer delivers
+    assert ("commit",) in process._consumer.events or ("commit",) in fresh.events
+
+
+def test_no_replacement_while_no_broker_answers_a_new_producer() -> None:
+    process = _process(fail_topic="t.seeds")
+    wedged = process._producer
+
+    def _unreachable() -> None:
+        from sparq_stream.errors import BrokerUnavailable
+
+        raise BrokerUnavailable("no Kafka broker answered at localhost:1")
+
+    process._new_producer = _unreachable  # type: ignore[method-assign]
+    for _ in range(3):
+        assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
+    assert process._producer is wedged
