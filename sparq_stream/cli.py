@@ -292,13 +292,13 @@ def run(
     config: Optional[Path] = _CONFIG,
 ) -> None:
     """Run one service against a Kafka cluster; extra --field value flags set its settings."""
-    from sparq_stream.services import build_service
+    from sparq_stream.services import prepare_service
 
-    core, settings = build_service(service, bootstrap=bootstrap, prefix=prefix, config=config, args=list(ctx.args))
+    build, settings = prepare_service(service, bootstrap=bootstrap, prefix=prefix, config=config, args=list(ctx.args))
     _require_broker(settings.bootstrap)
-    from sparq_stream.bus.process import run_service
+    from sparq_stream.bus.process import serve_service
 
-    raise typer.Exit(run_service(core, settings))
+    raise typer.Exit(serve_service(service, build, settings))
 
 
 # ---------------------------------------------------------------------- up

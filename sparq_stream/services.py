@@ -20,6 +20,7 @@ __all__ = [
     "SERVICES",
     "parse_flags",
     "build_service",
+    "prepare_service",
     "register",
     "service_spec",
     "service_names",
@@ -153,11 +154,19 @@ def _coerce(field: str, value: str, annotation: Any) -> Any:
     return value
 
 
+def prepare_service(
+    name: str, *, bootstrap: str | None, prefix: str | None, config: str | Path | None = None, args: list[str] | None = None
+) -> tuple[Callable[[], Core], ServiceSettings]:
+    """A service's frozen settings (flags, environment, settings file) and a function that builds its core."""
+    spec = service_spec(name)
+    values = parse_flags(args or [], spec.settings_cls)
+    settings = load_settings(spec.settings_cls, config=config, bootstrap=bootstrap, prefix=prefix, **values)
+    return (lambda: spec.factory(settings)), settings
+
+
 def build_service(
     name: str, *, bootstrap: str | None, prefix: str | None, config: str | Path | None = None, args: list[str] | None = None
 ) -> tuple[Core, ServiceSettings]:
     """Build a service's core and frozen settings from flags, environment and a settings file."""
-    spec = service_spec(name)
-    values = parse_flags(args or [], spec.settings_cls)
-    settings = load_settings(spec.settings_cls, config=config, bootstrap=bootstrap, prefix=prefix, **values)
-    return spec.factory(settings), settings
+    build, settings = prepare_service(name, bootstrap=bootstrap, prefix=prefix, config=config, args=args)
+    return build(), settings
