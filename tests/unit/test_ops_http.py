@@ -9,8 +9,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,14 +18,7 @@ from sparq_stream.bus.metrics import WRAPPER_COUNTERS, PartitionLag, ServiceMetr
 from sparq_stream.bus.ops_http import OpsServer, Probes
 from sparq_stream.bus.prometheus import service_registry
 from sparq_stream.errors import ConfigError
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
+from tests.broker._util import get
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,7 +46,7 @@ def test_metrics_are_prometheus_text_with_counters_lag_core_values_and_latency(s
     metrics.partition_lag = [PartitionLag("input", "p.candidates", 0, 5), PartitionLag("input", "p.candidates", 1, None),
                              PartitionLag("table", "p.models", 0, 0)]  # fmt: skip
     metrics.snapshot({"rollouts_asked": 64.0})
-    status, text = _get(server.address + "/metrics")
+    status, text = get(server.address + "/metrics")
     assert status == 200
     got = _samples(text)
     me = (("replica", "solver-0"), ("service", "solver"))
@@ -77,36 +68,36 @@ def test_metrics_are_prometheus_text_with_counters_lag_core_values_and_latency(s
 
 def test_readyz_waits_for_model_tables_partitions_and_the_broker(served) -> None:
     _, probes, server = served
-    status, body = _get(server.address + "/readyz")
+    status, body = get(server.address + "/readyz")
     assert status == 503 and set(json.loads(body)["waiting_for"]) == {"model", "tables", "partitions"}
     for condition in ("model", "tables", "partitions"):
         probes.met(condition)
-    assert _get(server.address + "/readyz") == (200, json.dumps({"ready": True, "waiting_for": {}}))
+    assert get(server.address + "/readyz") == (200, json.dumps({"ready": True, "waiting_for": {}}))
     probes.waiting("partitions")  # a rebalance took them away
-    assert _get(server.address + "/readyz")[0] == 503
+    assert get(server.address + "/readyz")[0] == 503
     probes.met("partitions")
     probes.broker_stale_s = 0.05
     probes.sent()
     time.sleep(0.1)  # an unacknowledged write older than the bound: the broker is lost
-    status, body = _get(server.address + "/readyz")
+    status, body = get(server.address + "/readyz")
     assert status == 503 and "no acknowledgement from the broker" in json.loads(body)["waiting_for"]["broker"]
     probes.acknowledged()
-    assert _get(server.address + "/readyz")[0] == 200
+    assert get(server.address + "/readyz")[0] == 200
     probes.stopping()
-    status, body = _get(server.address + "/readyz")
+    status, body = get(server.address + "/readyz")
     assert status == 503 and list(json.loads(body)["waiting_for"]) == ["stopping"]
 
 
 def test_healthz_fails_when_the_loop_stops_coming_round(served) -> None:
     _, probes, server = served
-    assert _get(server.address + "/healthz")[0] == 200
+    assert get(server.address + "/healthz")[0] == 200
     probes.stale_after_s = 0.05
     time.sleep(0.1)
-    status, body = _get(server.address + "/healthz")
+    status, body = get(server.address + "/healthz")
     assert status == 503 and "has not come round" in json.loads(body)["reason"]
     probes.beat()
-    assert _get(server.address + "/healthz")[0] == 200
-    assert _get(server.address + "/nope")[0] == 404
+    assert get(server.address + "/healthz")[0] == 200
+    assert get(server.address + "/nope")[0] == 404
 
 
 def test_a_port_in_use_is_a_config_error(served) -> None:
