@@ -72,7 +72,7 @@ from sparq_stream.bus.metrics import PartitionLag, ServiceMetrics
 from sparq_stream.bus.ops_http import OpsServer, Probes
 from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
 from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
-from sparq_stream.errors import FatalError, RetriableError, SparqError
+from sparq_stream.errors import ConfigError, FatalError, RetriableError, SparqError
 from sparq_stream.ids import check_id, check_key
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
@@ -218,13 +218,29 @@ class ServiceProcess:
         topics = [self.names.resolve(t) for t in self.core.inputs]
         self._producer = self._new_producer()
         if topics:
-            self._consumer = make_consumer(self.settings, self.group_id, *topics)
+            self._consumer = make_consumer(self.settings, self.group_id)
+            self._await_metadata(topics)
+            self._consumer.subscribe(topics)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
             self._restore_tables()
         self.probes.met("tables")
         if self._consumer is None:
             self.probes.met("partitions")
+
+    def _await_metadata(self, topics: list[str]) -> None:
+        """Know the input topics' partitions before joining the group.
+
+        A topic created a moment ago may not be in the broker's metadata answer yet; the group
+        leader would then assign nothing and the consumer would idle until its next metadata
+        refresh (``metadata_max_age_ms``, minutes). A topic still unknown after a few seconds is
+        subscribed to anyway: it is picked up when it appears.
+        """
+        for topic in topics:
+            try:
+                partitions_of(self._consumer, topic, timeout_s=min(10.0, self.settings.connect_timeout_s))
+            except ConfigError:
+                self.log.warning("input topic %s does not exist yet: waiting for it", topic)
 
     def _close(self) -> None:
         bound_ms = int(min(self.settings.client_timeout_s, self.settings.shutdown_timeout_s / 2) * 1000)

@@ -103,3 +103,36 @@ def test_readyz_turns_503_when_the_broker_is_lost(prefix: str, group: str, tmp_p
         proc.stop()
         thread.join(60)
         broker.stop()
+
+
+def test_exactly_once_lag_counts_to_the_last_stable_offset_not_an_open_transaction(kafka_bootstrap: str, prefix: str, group: str) -> None:
+    """An upstream transaction left open raises the high watermark but not the lag; its commit does."""
+    from kafka import KafkaProducer
+
+    settings = ServiceSettings(
+        bootstrap=kafka_bootstrap, prefix=prefix, group_id=group, processing_guarantee="exactly_once", instance="lso",
+        http_port=0, http_host="127.0.0.1", metrics_interval_s=0.2,
+    )  # fmt: skip
+    create_topics(settings, partitions=1)
+    upstream = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{prefix}-upstream", enable_idempotence=True)
+    upstream.init_transactions()
+    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
+    thread = run_in_thread(proc)
+    try:
+        wait_until(lambda: proc.ops is not None and get(proc.ops.address + "/readyz")[0] == 200, "ready")
+        assert proc.ops is not None
+        address = proc.ops.address
+        upstream.begin_transaction()
+        for key, value in _seeds(5, prefix):
+            upstream.send(f"{prefix}.seeds", key=key, value=value)
+        upstream.flush()  # written, not committed: above the last stable offset
+        hw = wait_until(lambda: proc._consumer and proc._consumer.highwater(next(iter(proc._consumer.assignment()))), "the new high watermark")
+        assert hw >= 5
+        time.sleep(1.0)  # several metrics intervals with the transaction open
+        assert _drained(address, 0, 1) is not None  # nothing readable yet: lag 0, not 5
+        upstream.commit_transaction()
+        wait_until(lambda: _drained(address, 5, 1), "the committed records consumed and the partition drained")
+    finally:
+        proc.stop()
+        thread.join(30)
+        upstream.close()
