@@ -46,11 +46,13 @@ def load_in_thread(
     log: logging.Logger,
     report_every_s: float = 10.0,
     on_wait: Callable[[], None] | None = None,
+    exit_on_signal: bool = True,
 ) -> T:
     """Return ``build()`` run in a worker thread; log progress; exit the process at once on SIGTERM/SIGINT.
 
     An exception raised by ``build`` is raised here. ``on_wait`` is called about once a second
-    while waiting (e.g. to keep a liveness probe fresh). Call from the main thread.
+    while waiting (e.g. to keep a liveness probe fresh). The signal handlers are installed only
+    with ``exit_on_signal`` and from the main thread.
     """
     result: dict[str, Any] = {}
     done = threading.Event()
@@ -73,8 +75,8 @@ def load_in_thread(
 
     root = logging.getLogger()
     root.addHandler(stage)
-    in_main = threading.current_thread() is threading.main_thread()
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
+    handle = exit_on_signal and threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if handle else {}
     started = time.monotonic()
     log.info("loading %s (models load in the background; SIGTERM exits at once)", what)
     worker = threading.Thread(target=_run, name=f"load-{what}", daemon=True)

@@ -269,7 +269,9 @@ class ServiceProcess:
         try:
             self._serve_http()
             if self._build is not None:
-                self.core = load_in_thread(self._build, what=f"the {self.name} core", log=self.log, on_wait=self.probes.beat)
+                self.core = load_in_thread(
+                    self._build, what=f"the {self.name} core", log=self.log, on_wait=self.probes.beat, exit_on_signal=self._install_signals
+                )
                 self._build = None
             self.probes.met("model")
             self._open()
