@@ -105,6 +105,7 @@ def test_readyz_turns_503_when_the_broker_is_lost(prefix: str, group: str, tmp_p
         broker.stop()
 
 
+@pytest.mark.slow
 def test_exactly_once_lag_counts_to_the_last_stable_offset_not_an_open_transaction(kafka_bootstrap: str, prefix: str, group: str) -> None:
     """An upstream transaction left open raises the high watermark but not the lag; its commit does."""
     from kafka import KafkaProducer
