@@ -33,6 +33,20 @@ def wait_until(check: Callable[[], Any], what: str, limit_s: float = 60.0) -> An
     raise AssertionError(f"never saw {what}")
 
 
+def _serving(settings: ServiceSettings) -> tuple[ServiceProcess, Any, str]:
+    """A relay (seeds -> candidates) running in a thread, once its /readyz answers 200; its address."""
+    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
+    thread = run_in_thread(proc)
+    try:
+        wait_until(lambda: proc.ops is not None and get(proc.ops.address + "/readyz")[0] == 200, "ready")
+    except AssertionError:
+        proc.stop()
+        thread.join(30)
+        raise
+    assert proc.ops is not None
+    return proc, thread, proc.ops.address
+
+
 def _seeds(n: int, tag: str) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
@@ -56,13 +70,8 @@ def _drained(address: str, consumed: int, partitions: int) -> dict[str, list[Any
 def test_a_service_is_ready_once_assigned_and_its_drained_partitions_read_lag_0(broker: str, prefix: str, group: str) -> None:
     settings = ServiceSettings(bootstrap=broker, prefix=prefix, group_id=group, http_port=0, http_host="127.0.0.1", metrics_interval_s=0.2)
     create_topics(settings, partitions=3)
-    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
-    thread = run_in_thread(proc)
+    proc, thread, address = _serving(settings)
     try:
-        wait_until(lambda: proc.ops is not None, "the endpoint")
-        assert proc.ops is not None
-        address = proc.ops.address
-        wait_until(lambda: get(address + "/readyz")[0] == 200, "ready")
         items = _seeds(30, prefix)
         produce(broker, f"{prefix}.seeds", items)
         read_all(broker, f"{prefix}.candidates", until=lambda r: len(r) >= 30, timeout_s=60)
@@ -89,12 +98,8 @@ def test_readyz_turns_503_when_the_broker_is_lost(prefix: str, group: str, tmp_p
         client_timeout_s=2.0, shutdown_timeout_s=4.0, session_timeout_ms=2000,  # the broker bound: max(3 x 0.2 s, 2 s)
     )  # fmt: skip
     create_topics(settings, partitions=1)
-    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
-    thread = run_in_thread(proc)
+    proc, thread, address = _serving(settings)
     try:
-        wait_until(lambda: proc.ops is not None and get(proc.ops.address + "/readyz")[0] == 200, "ready")
-        assert proc.ops is not None
-        address = proc.ops.address
         broker.stop()
         status, body = wait_until(lambda: (r := get(address + "/readyz"))[0] == 503 and r, "not ready after the broker loss")
         assert "broker" in json.loads(body)["waiting_for"]
@@ -117,12 +122,8 @@ def test_exactly_once_lag_counts_to_the_last_stable_offset_not_an_open_transacti
     create_topics(settings, partitions=1)
     upstream = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{prefix}-upstream", enable_idempotence=True)
     upstream.init_transactions()
-    proc = ServiceProcess(RelayCore("seeds", "candidates"), settings, install_signals=False)
-    thread = run_in_thread(proc)
+    proc, thread, address = _serving(settings)
     try:
-        wait_until(lambda: proc.ops is not None and get(proc.ops.address + "/readyz")[0] == 200, "ready")
-        assert proc.ops is not None
-        address = proc.ops.address
         upstream.begin_transaction()
         for key, value in _seeds(5, prefix):
             upstream.send(f"{prefix}.seeds", key=key, value=value)
