@@ -357,10 +357,10 @@ def run(
     _require_broker(settings.bootstrap)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sparq_stream.cli").info("%s settings (not default): %s", service, _changed(settings))
-    core = service_spec(service).factory(settings)
-    from sparq_stream.bus.process import run_service
+    factory = service_spec(service).factory
+    from sparq_stream.bus.process import serve_service
 
-    raise typer.Exit(run_service(core, settings))
+    raise typer.Exit(serve_service(service, lambda: factory(settings), settings))
 
 
 def _service_names() -> list[str]:

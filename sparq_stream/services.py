@@ -19,6 +19,7 @@ __all__ = [
     "SERVICES",
     "build_service",
     "service_settings",
+    "prepare_service",
     "register",
     "service_spec",
     "service_names",
@@ -106,6 +107,20 @@ def service_settings(
     return load_settings(service_spec(name).settings_cls, config=config, args=args, **values)
 
 
+def prepare_service(
+    name: str,
+    *,
+    bootstrap: str | None = None,
+    prefix: str | None = None,
+    config: str | Path | None = None,
+    args: Sequence[str] = (),
+) -> tuple[Callable[[], Core], ServiceSettings]:
+    """A service's frozen settings (flags, environment, settings file) and a function that builds its core."""
+    spec = service_spec(name)
+    settings = service_settings(name, args, config=config, bootstrap=bootstrap, prefix=prefix)
+    return (lambda: spec.factory(settings)), settings
+
+
 def build_service(
     name: str,
     *,
@@ -115,5 +130,5 @@ def build_service(
     args: Sequence[str] = (),
 ) -> tuple[Core, ServiceSettings]:
     """Build a service's core and frozen settings from flags, environment and a settings file."""
-    settings = service_settings(name, args, config=config, bootstrap=bootstrap, prefix=prefix)
-    return service_spec(name).factory(settings), settings
+    build, settings = prepare_service(name, bootstrap=bootstrap, prefix=prefix, config=config, args=args)
+    return build(), settings

@@ -189,6 +189,13 @@ class ServiceSettings(KafkaSettings):
         default=3_600_000, ge=1000, description="segment.ms of compacted topics created by 'sparq topics create'"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="serve /metrics (Prometheus), /healthz and /readyz on this port (0: a free one); default: off",
+    )
+    http_host: str = Field(default="0.0.0.0", min_length=1, description="address the HTTP endpoint listens on")
 
 
 def config_error(exc: ValidationError, where: str = "setting") -> ConfigError:

@@ -30,6 +30,12 @@ SIGTERM/SIGINT finish the batch in flight, commit, close and return 0; every
 flush/commit/close is bounded, and a watchdog ends the process
 ``shutdown_timeout_s`` after the signal whatever it is blocked on (the broker
 gone, say), without committing: at-least-once redelivers, exactly-once aborts.
+A core given as a builder (:func:`serve_service`) is built, its models loaded, in a
+worker thread with progress lines; a signal during that load exits at once with
+``128 + signal`` (:mod:`sparq_stream.bus.loading`).
+
+With ``http_port`` set, the process serves ``/metrics`` (Prometheus), ``/healthz`` and
+``/readyz`` (:mod:`sparq_stream.bus.ops_http`) from the start, the model load included.
 """
 
 from __future__ import annotations
@@ -61,15 +67,17 @@ from kafka.structs import MemberState, OffsetAndMetadata
 from sparq_stream.bus.client import make_consumer, make_producer, max_request_size
 from sparq_stream.bus.compacted import caught_up, partitions_of
 from sparq_stream.bus.dlq import dlq_headers, fit_record, record_size
-from sparq_stream.bus.metrics import ServiceMetrics
+from sparq_stream.bus.loading import load_in_thread
+from sparq_stream.bus.metrics import PartitionLag, ServiceMetrics
+from sparq_stream.bus.ops_http import OpsServer, Probes
 from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
 from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
-from sparq_stream.errors import FatalError, RetriableError, SparqError
+from sparq_stream.errors import ConfigError, FatalError, RetriableError, SparqError
 from sparq_stream.ids import check_id, check_key
 from sparq_stream.messages import decode, encode
 from sparq_stream.settings import ServiceSettings
 
-__all__ = ["ServiceProcess", "UnexpectedTombstone", "run_service"]
+__all__ = ["ServiceProcess", "UnexpectedTombstone", "run_service", "serve_service"]
 
 #: Send errors that concern one record and that no retry can fix: the record's input is dead-lettered.
 _RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidRecordError, CorruptRecordError)
@@ -125,15 +133,36 @@ def _coords(record: Any) -> _Coords:
 
 
 class ServiceProcess:
-    """Runs one core against Kafka; the same code for every service."""
+    """Runs one core against Kafka; the same code for every service.
 
-    def __init__(self, core: Core, settings: ServiceSettings, *, install_signals: bool = True) -> None:
-        self.core = core
+    Give the core, or ``build`` (a function that builds it, loading its models) and ``name``:
+    then :meth:`run` builds it in a worker thread first, serving the probes meanwhile.
+    """
+
+    def __init__(
+        self,
+        core: Core | None,
+        settings: ServiceSettings,
+        *,
+        install_signals: bool = True,
+        build: Callable[[], Core] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if (core is None) == (build is None) or (core is None and name is None):
+            raise ValueError("give either a core, or build and name")
+        self.core: Core = core  # type: ignore[assignment]  # built by run() when None
+        self._build = build
+        self.name = core.name if core is not None else str(name)
         self.settings = settings
         self.names = TopicNames(settings.prefix)
-        self.group_id = settings.group_id or f"{settings.prefix}.{core.name}"
-        self.log = logging.getLogger(f"sparq.{core.name}")
-        self.metrics = ServiceMetrics(core.name, settings.instance, settings.metrics_interval_s)
+        self.group_id = settings.group_id or f"{settings.prefix}.{self.name}"
+        self.log = logging.getLogger(f"sparq.{self.name}")
+        self.metrics = ServiceMetrics(self.name, settings.instance, settings.metrics_interval_s)
+        self.probes = Probes(
+            stale_after_s=settings.max_poll_interval_ms / 1000,
+            broker_stale_s=max(3 * settings.metrics_interval_s, settings.session_timeout_ms / 1000),
+        )
+        self.ops: OpsServer | None = None
         self._stop = threading.Event()
         self._install_signals = install_signals
         self._txn = settings.processing_guarantee == "exactly_once"
@@ -157,6 +186,7 @@ class ServiceProcess:
         """Ask the loop to finish the batch in flight, commit and exit (thread- and signal-safe)."""
         if self._stop_at is None:
             self._stop_at = time.monotonic()
+        self.probes.stopping()
         self._stop.set()
 
     @property
@@ -190,10 +220,29 @@ class ServiceProcess:
         topics = [self.names.resolve(t) for t in self.core.inputs]
         self._producer = self._new_producer()
         if topics:
-            self._consumer = make_consumer(self.settings, self.group_id, *topics)
+            self._consumer = make_consumer(self.settings, self.group_id)
+            self._await_metadata(topics)
+            self._consumer.subscribe(topics)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
             self._restore_tables()
+        self.probes.met("tables")
+        if self._consumer is None:
+            self.probes.met("partitions")
+
+    def _await_metadata(self, topics: list[str]) -> None:
+        """Know the input topics' partitions before joining the group.
+
+        A topic created a moment ago may not be in the broker's metadata answer yet; the group
+        leader would then assign nothing and the consumer would idle until its next metadata
+        refresh (``metadata_max_age_ms``, minutes). A topic still unknown after a few seconds is
+        subscribed to anyway: it is picked up when it appears.
+        """
+        for topic in topics:
+            try:
+                partitions_of(self._consumer, topic, timeout_s=min(10.0, self.settings.connect_timeout_s))
+            except ConfigError:
+                self.log.warning("input topic %s does not exist yet: waiting for it", topic)
 
     def _close(self) -> None:
         bound_ms = int(min(self.settings.client_timeout_s, self.settings.shutdown_timeout_s / 2) * 1000)
@@ -220,11 +269,18 @@ class ServiceProcess:
             signal.signal(signal.SIGINT, self._on_signal)
         opened = False
         try:
+            self._serve_http()
+            if self._build is not None:
+                self.core = load_in_thread(
+                    self._build, what=f"the {self.name} core", log=self.log, on_wait=self.probes.beat, exit_on_signal=self._install_signals
+                )
+                self._build = None
+            self.probes.met("model")
             self._open()
             opened = True
             self.log.info(
                 "%s running: group=%s instance=%s inputs=%s tables=%s guarantee=%s",
-                self.core.name,
+                self.name,
                 self.group_id,
                 self.settings.instance,
                 list(self.core.inputs),
@@ -246,10 +302,23 @@ class ServiceProcess:
                     self._publish_metrics(force=True)
                 except Exception as exc:
                     self.log.warning("final metrics: %s", exc)
-            self.core.close()
+            if self._build is None:
+                self.core.close()
             self._close()
-            self.log.info("%s stopped", self.core.name)
+            if self.ops is not None:
+                self.ops.close()
+                self.ops = None
+            self.log.info("%s stopped", self.name)
         return 0
+
+    def _serve_http(self) -> None:
+        """Start the /metrics, /healthz, /readyz endpoint when ``http_port`` is set."""
+        if self.settings.http_port is None or self.ops is not None:
+            return
+        from sparq_stream.bus.prometheus import service_registry
+
+        registry = service_registry(self.metrics, self.group_id, self.probes.ready)
+        self.ops = OpsServer(self.settings.http_host, self.settings.http_port, self.probes, registry).start()
 
     # ------------------------------------------------------------------ tables
     def _restore_tables(self) -> None:
@@ -266,6 +335,7 @@ class ServiceProcess:
         deadline = started + self.settings.restore_timeout_s
         next_report = started + 10.0
         while True:
+            self.probes.beat()
             n += self._poll_tables(timeout_ms=200)
             if caught_up(self._tables, parts):
                 break
@@ -275,7 +345,7 @@ class ServiceProcess:
                 return
             if now >= deadline:
                 raise RetriableError(
-                    f"{self.core.name}: table topics not read to their end within {self.settings.restore_timeout_s:.0f}s "
+                    f"{self.name}: table topics not read to their end within {self.settings.restore_timeout_s:.0f}s "
                     f"({n} record(s) read; behind: {self._table_lag(parts)}); exiting so the service is restarted "
                     "(raise --restore-timeout-s for large tables)"
                 )
@@ -361,11 +431,17 @@ class ServiceProcess:
     def _step(self) -> bool:
         """Run one poll-handle-produce-commit cycle; return True if it consumed input."""
         records: list[Any] = []
+        self.probes.beat()
         if self._consumer is not None:
             polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
                 records.extend(polled[tp])
             self._watch_membership()
+            if self._consumer.assignment():
+                self.probes.met("partitions")
+            else:
+                self.probes.waiting("partitions")
+            self.metrics.set("in_flight", len(records))
         else:
             time.sleep(self.settings.poll_timeout_ms / 1000)
         self._poll_tables()
@@ -389,6 +465,7 @@ class ServiceProcess:
         pairs: list[tuple[Outgoing, Any]] = []
         if inbound:
             handled, failed = self._handle(inbound, records)
+            self.metrics.handle_seconds.observe(time.monotonic() - started)
             pairs.extend(handled)
             dead.extend(failed)
         ticked = self._carry + self.core.tick(time.time())
@@ -397,6 +474,7 @@ class ServiceProcess:
         if records or pairs or dead:
             if not self._deliver(pairs, dead, offsets, records):
                 self._carry = ticked  # the rewound records redo their outputs; tick outputs are kept to resend
+        self.metrics.set("in_flight", 0)
         if records:
             self.metrics.inc("consumed", len(records))
             self.metrics.inc("batches")
@@ -522,7 +600,7 @@ class ServiceProcess:
             offset=rec.offset,
             error_type=what.error_type,
             error=what.error,
-            service=self.core.name,
+            service=self.name,
             instance=self.settings.instance,
             original_headers=rec.headers or (),
         )
@@ -701,28 +779,20 @@ class ServiceProcess:
     def _publish_metrics(self, force: bool = False) -> None:
         if not (force or self.metrics.due()):
             return
-        lag = unknown = 0
-        for client in (self._consumer, self._tables):  # input lag, and how far behind the tables are
-            if client is None:
-                continue
-            assigned = client.assignment()
-            if client is self._consumer and not assigned:
-                unknown += 1  # still joining the group: nothing is known yet
-            for tp in assigned:
-                hw = client.highwater(tp)
-                position = client.position(tp, timeout_ms=0) if hw is not None else None
-                if hw is None or position is None:
-                    unknown += 1  # no fetch answered yet for this partition
-                else:  # the position steps over transaction markers: 0 when caught up under both guarantees
-                    lag += max(0, hw - position)
-        self.metrics.set("lag", lag)
-        self.metrics.set("lag_unknown", unknown)
+        parts = self._partition_lag()
+        self.metrics.partition_lag = parts
+        joining = self._consumer is not None and not self._consumer.assignment()  # nothing is known yet
+        self.metrics.set("lag", sum(p.lag for p in parts if p.lag is not None))
+        self.metrics.set("lag_unknown", sum(p.lag is None for p in parts) + int(joining))
         snap = self.metrics.snapshot(self.core.metrics())
         self.log.debug("metrics %s", snap.counters)
         try:
             if self._txn:
                 self._producer.begin_transaction()
-            self._producer.send(self.names.topic("metrics"), key=snap.kafka_key().encode(), value=encode(snap))
+            self.probes.sent()  # before the send: its acknowledgement may come first
+            future = self._producer.send(self.names.topic("metrics"), key=snap.kafka_key().encode(), value=encode(snap))
+            future.add_callback(self.probes.acknowledged)
+            future.add_errback(self.probes.failed)
             if self._txn:
                 self._producer.commit_transaction()
             # at-least-once: no flush; the producer sends within linger_ms and close() flushes the last one
@@ -731,6 +801,39 @@ class ServiceProcess:
         except KafkaError as exc:  # metrics are best effort: the next snapshot carries the same counters
             self.log.warning("publishing metrics failed: %s: %s", type(exc).__name__, exc)
             self._abort()
+
+    def _partition_lag(self) -> list[PartitionLag]:
+        """Records behind per assigned partition: the end offset minus the consumer's position.
+
+        The position steps over transaction markers, so a drained partition reads 0 under both
+        guarantees. The end offset is the last stable offset under exactly-once (read_committed:
+        an open upstream transaction's records are not readable yet, so they are not lag), asked
+        of the broker once per metrics interval; else the high watermark of the last fetch. None:
+        not known yet (no fetch answered, or the broker did not answer in time).
+        """
+        out: list[PartitionLag] = []
+        for reader, client in (("input", self._consumer), ("table", self._tables)):
+            if client is None:
+                continue
+            assigned = sorted(client.assignment())
+            ends = self._end_offsets(client, assigned)
+            for tp in assigned:
+                end = ends.get(tp)
+                position = client.position(tp, timeout_ms=0) if end is not None else None
+                lag = None if end is None or position is None else max(0, end - position)
+                out.append(PartitionLag(reader, tp.topic, tp.partition, lag))
+        return out
+
+    def _end_offsets(self, client: Any, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not parts:
+            return {}
+        if self._txn:  # ListOffsets under read_committed answers the last stable offset
+            try:
+                return dict(client.end_offsets(parts, timeout_ms=int(min(2.0, self.settings.client_timeout_s) * 1000)))
+            except KafkaError as exc:
+                self.log.debug("end offsets: %s", exc)
+                return {}
+        return {tp: hw for tp in parts if (hw := client.highwater(tp)) is not None}
 
     def _abort(self) -> None:
         """Abort the open transaction, if any (exactly-once only)."""
@@ -757,10 +860,17 @@ def _force_close(producer: Any) -> None:
         pass
 
 
+def _configure_logging(settings: ServiceSettings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 def run_service(core: Core, settings: ServiceSettings, **kwargs: Any) -> int:
     """Run ``core`` with the process wrapper until stopped; return the exit code."""
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(settings)
     return ServiceProcess(core, settings).run(**kwargs)
+
+
+def serve_service(name: str, build: Callable[[], Core], settings: ServiceSettings, **kwargs: Any) -> int:
+    """Build the service's core (its models load in a thread, with progress; SIGTERM exits at once), then run it."""
+    _configure_logging(settings)
+    return ServiceProcess(None, settings, build=build, name=name).run(**kwargs)

@@ -32,6 +32,7 @@ class SentenceTransformerEmbedder:
         """Load ``model_dir`` (default: the packaged all-MiniLM-L6-v2) without network access."""
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        log.info("loading the embedder %s: importing sentence-transformers", model_dir or "all-MiniLM-L6-v2 (packaged)")
         import torch
         from sentence_transformers import SentenceTransformer
 
@@ -46,6 +47,7 @@ class SentenceTransformerEmbedder:
         if not path.is_dir():
             raise ConfigError(f"embedding model folder {path} does not exist")
         start = time.perf_counter()
+        log.info("loading the embedder: reading %s", path)
         try:
             self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except (OSError, ValueError, KeyError) as exc:

@@ -217,7 +217,11 @@ def _lock(path: Path) -> Iterator[None]:
     except OSError as exc:
         raise ConfigError(f"cannot write to the model cache {path.parent} ({exc}); set {CACHE_ENV}") from exc
     with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish converting the model (lock %s)", path)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:

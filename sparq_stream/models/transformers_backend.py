@@ -171,10 +171,12 @@ class TransformersBackend:
 
     def _load(self, model: str | os.PathLike[str] | None) -> _Loaded:
         """Resolve and load model + tokenizer, offline."""
+        log.info("loading the causal LM %s: importing transformers", model or "SmolLM2-135M-Instruct (packaged)")
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         start = time.perf_counter()
         hf_dir, converted, convert_s = resolve_model_dir(model, self.cache_dir)
+        log.info("loading the causal LM: reading %s", hf_dir)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
             hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=self.dtype, local_files_only=True)

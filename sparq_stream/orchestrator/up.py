@@ -117,6 +117,24 @@ def _common(config: UpConfig, prefix: str, bootstrap: str, name: str) -> list[st
     ]
 
 
+def _http_ports(names: list[str]) -> dict[str, int]:
+    """A free local port per service for its /metrics, /healthz, /readyz (kept across its restarts)."""
+    import socket
+
+    socks = [socket.socket() for _ in names]
+    try:
+        for sock in socks:  # all bound at once: distinct ports
+            sock.bind(("127.0.0.1", 0))
+        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, socks)}
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _http_flags(port: int) -> list[str]:
+    return ["--http-host", "127.0.0.1", "--http-port", str(port)]
+
+
 def _backend_options(config: UpConfig) -> dict[str, Any]:
     options = dict(config.backend_options)
     if config.model and config.backend != "scripted":
@@ -441,11 +459,15 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         final_metrics: dict[str, Any] = {}
         error: Exception | None = None
         try:
+            http = _http_ports(["archivist", "trainer", "novelty", *(f"solver-{i}" for i in range(config.solvers)), "mutator"])
+            run_info["http"] = {name: f"http://127.0.0.1:{port}" for name, port in http.items()}
+            _write_run_json(out, run_info)
             for name in ("archivist", "trainer", "novelty"):
-                supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name], env)
+                supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name] + _http_flags(http[name]), env)
             for i in range(config.solvers):
-                supervisor.add(f"solver-{i}", "solver", _common(config, prefix, bootstrap, f"solver-{i}") + args["solver"], env)
-            supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"], env)
+                name = f"solver-{i}"
+                supervisor.add(name, "solver", _common(config, prefix, bootstrap, name) + args["solver"] + _http_flags(http[name]), env)
+            supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"] + _http_flags(http["mutator"]), env)
             started = time.monotonic()
             idle: dict[str, float] = {}
             live = view(monitor, supervisor) if view else None

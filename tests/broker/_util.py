@@ -7,10 +7,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from sparq_stream.bus.compacted import caught_up, partitions_of
 
@@ -86,4 +89,26 @@ def run_in_thread(proc: Any) -> threading.Thread:
     return thread
 
 
-__all__ = ["produce", "read_all", "sparq", "start_service", "keys_of", "run_in_thread", "TopicPartition"]
+def get(url: str) -> tuple[int, str]:
+    """GET ``url``: (status, body), an error status included; (0, reason) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError as exc:
+        return 0, str(exc.reason)
+
+
+def scrape(address: str) -> dict[str, list[Any]]:
+    """The samples of ``address``/metrics by name (the text must parse as Prometheus exposition)."""
+    status, text = get(address + "/metrics")
+    assert status == 200
+    out: dict[str, list[Any]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append(sample)
+    return out
+
+
+__all__ = ["produce", "read_all", "sparq", "start_service", "keys_of", "run_in_thread", "get", "scrape", "TopicPartition"]

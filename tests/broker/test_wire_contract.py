@@ -14,7 +14,7 @@ from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed, decode, encode
 from sparq_stream.settings import ServiceSettings
 
-from ._util import produce, read_all, run_in_thread
+from ._util import produce, read_all, run_in_thread, scrape
 
 pytestmark = pytest.mark.broker
 
@@ -54,7 +54,9 @@ def test_a_message_whose_id_is_not_its_content_hash_is_dead_lettered(broker: str
 @pytest.mark.slow
 def test_lag_under_exactly_once_is_zero_inside_and_one_per_partition_outside(kafka_bootstrap: str, prefix: str, group: str) -> None:
     """Two transactional hops: the second reads a topic written in transactions (commit markers on every partition)."""
-    base = ServiceSettings(bootstrap=kafka_bootstrap, prefix=prefix, processing_guarantee="exactly_once", metrics_interval_s=0.2)
+    base = ServiceSettings(
+        bootstrap=kafka_bootstrap, prefix=prefix, processing_guarantee="exactly_once", metrics_interval_s=0.2, http_port=0, http_host="127.0.0.1"
+    )
     create_topics(base, partitions=2)
     seeds = [_seed(f"Lag problem {i}.") for i in range(40)]
     produce(kafka_bootstrap, f"{prefix}.seeds", [(s.id.encode(), encode(s)) for s in seeds])
@@ -69,6 +71,8 @@ def test_lag_under_exactly_once_is_zero_inside_and_one_per_partition_outside(kaf
             if gauges.get("lag") == 0 and gauges.get("lag_unknown") == 0:
                 break
             time.sleep(0.2)
+        assert second.ops is not None
+        scraped = scrape(second.ops.address)  # Prometheus: per group and partition, 0 when drained
     finally:
         for proc in (first, second):
             proc.stop()
@@ -76,6 +80,8 @@ def test_lag_under_exactly_once_is_zero_inside_and_one_per_partition_outside(kaf
             thread.join(30)
     assert len(out) == 40
     assert gauges == {**gauges, "lag": 0, "lag_unknown": 0}
+    lag = {(s.labels["group"], s.labels["topic"], s.labels["partition"]): s.value for s in scraped["sparq_consumer_lag"]}
+    assert lag == {(group + "b", f"{prefix}.candidates", str(p)): 0 for p in range(2)}
     monitor = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group + "b", enable_auto_commit=False)
     try:
         parts = [TopicPartition(f"{prefix}.candidates", p) for p in range(2)]

@@ -566,3 +566,22 @@ def test_k8s_manifests_match_the_api_schema() -> None:
     kv = pytest.importorskip("kubernetes_validate")
     for path, obj in _k8s_objects():
         kv.validate(obj, "1.30.0", strict=True)
+
+
+def test_every_service_pod_has_probes_and_scrape_annotations_on_its_http_port() -> None:
+    (image_env,) = [args for kw, args in _containerfile() if kw == "ENV" and args.startswith("SPARQ_HTTP_PORT=")]
+    port = int(image_env.partition("=")[2])
+    assert ("EXPOSE", str(port)) in _containerfile()
+    deployments = _objects("Deployment")
+    for name in SERVICE_NAMES:
+        template = deployments[name]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}, name
+        (container,) = template["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["SPARQ_HTTP_PORT"] == str(port), name
+        assert container["ports"] == [{"name": "http", "containerPort": port}], name
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, name
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, name
+    check = _compose()["x-sparq-service"]["healthcheck"]["test"]
+    assert f"http://127.0.0.1:{port}/readyz" in " ".join(check)
