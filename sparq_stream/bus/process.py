@@ -170,7 +170,7 @@ class ServiceProcess:
         self._tables: Any = None
         self._producer: Any = None
         self._dlq_topic = self.names.topic("dlq")
-        self._carry: list[Outgoing] = []
+        self._redo: _Redo | None = None  # a batch whose delivery failed, to be delivered again as it is
         self._max_record = max_request_size(settings)
         self._poisoned: dict[_Coords, tuple[str, str]] = {}  # input -> (error type, reason): dead-letter on redo
         self._poisoned_ticks: dict[int, tuple[str, str]] = {}  # id() of a carried tick output -> reason
@@ -432,6 +432,10 @@ class ServiceProcess:
         """Run one poll-handle-produce-commit cycle; return True if it consumed input."""
         records: list[Any] = []
         self.probes.beat()
+        if self._redo is not None:
+            self._redeliver()
+            self._publish_metrics()
+            return False
         if self._consumer is not None:
             polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
@@ -468,12 +472,10 @@ class ServiceProcess:
             self.metrics.handle_seconds.observe(time.monotonic() - started)
             pairs.extend(handled)
             dead.extend(failed)
-        ticked = self._carry + self.core.tick(time.time())
-        self._carry = []
-        pairs.extend((out, None) for out in ticked)
+        pairs.extend((out, None) for out in self.core.tick(time.time()))
         if records or pairs or dead:
             if not self._deliver(pairs, dead, offsets, records):
-                self._carry = ticked  # the rewound records redo their outputs; tick outputs are kept to resend
+                self._hold(_Redo(pairs, dead, offsets, records))
         self.metrics.set("in_flight", 0)
         if records:
             self.metrics.inc("consumed", len(records))
@@ -481,6 +483,35 @@ class ServiceProcess:
             self.metrics.set("batch_seconds", time.monotonic() - started)
         self._publish_metrics()
         return bool(records)
+
+    def _hold(self, redo: "_Redo") -> None:
+        """Keep a batch whose delivery failed, to deliver exactly it again; pause input meanwhile.
+
+        The core has already applied the batch to its state, so handling the records again would
+        not give the same outputs (the archivist, for one, sees its results as duplicates and writes
+        no watermark): the outputs computed once are resent, with the same offsets, until they are
+        acknowledged. Input stays paused (and polled, so the group keeps this member) until then.
+        """
+        self._redo = redo
+        if self._consumer is not None:
+            assigned = set(self._consumer.assignment())
+            redo.paused = assigned - set(self._consumer.paused())
+            if redo.paused:
+                self._consumer.pause(*redo.paused)
+
+    def _redeliver(self) -> None:
+        """Try the held batch again; on success resume the input it paused."""
+        redo = self._redo
+        assert redo is not None
+        if self._consumer is not None:
+            self._consumer.poll(timeout_ms=0)  # paused: fetches nothing, keeps the membership alive
+        if not self._deliver(redo.pairs, redo.dead, redo.offsets, redo.records):
+            return
+        self._redo = None
+        if self._consumer is not None and redo.paused:
+            still = redo.paused & set(self._consumer.assignment())
+            if still:
+                self._consumer.resume(*still)
 
     def _handle(self, batch: list[Inbound], records: list[Any]) -> tuple[list[tuple[Outgoing, Any]], list[_Dead]]:
         """Handle a batch; on failure fall back to one message at a time so only the culprit is dead-lettered.
@@ -687,7 +718,7 @@ class ServiceProcess:
     ) -> bool:
         """Send outputs and dead letters, wait for the broker's acknowledgement, then commit offsets.
 
-        Returns False when the sends failed and the batch was rewound to be handled again.
+        Returns False when the sends failed (the caller holds the batch to deliver it again).
         """
         dead = list(dead)
         outs = self._screen(pairs, dead)
@@ -719,7 +750,7 @@ class ServiceProcess:
             return True
         except KafkaError as exc:
             self.metrics.inc("produce_failures")
-            self.log.warning("send/commit failed (%s: %s): rewinding the batch to retry it", type(exc).__name__, exc)
+            self.log.warning("send/commit failed (%s: %s): delivering the same batch again", type(exc).__name__, exc)
             if not isinstance(exc, _RecordsRejected):  # else the producer was replaced: nothing open to abort
                 self._abort()
                 self._failed_deliveries += 1
@@ -727,7 +758,6 @@ class ServiceProcess:
                     # A producer whose sends still time out after its broker came back can stay wedged
                     # (seen after an Apache Kafka restart): a fresh one resends the carried outputs.
                     self._replace_wedged_producer()
-            self._rewind(records)
             if not isinstance(exc, _RecordsRejected):
                 self._stop.wait(self.settings.retry_backoff_ms / 1000)
             return False
@@ -740,17 +770,6 @@ class ServiceProcess:
         if dead:
             self.metrics.inc("dead_lettered", len(dead))
         return True
-
-    def _rewind(self, records: Sequence[Any]) -> None:
-        first: dict[TopicPartition, int] = {}
-        for rec in records:
-            tp = TopicPartition(rec.topic, rec.partition)
-            first[tp] = min(first.get(tp, rec.offset), rec.offset)
-        for tp, offset in first.items():
-            try:
-                self._consumer.seek(tp, offset)
-            except (KafkaError, AssertionError, ValueError) as exc:  # partition no longer ours
-                self.log.warning("seek %s to %d: %s", tp, offset, exc)
 
     def _watch_membership(self) -> None:
         """Raise a retriable error when the input consumer stayed outside its group for ``join_timeout_s``.
@@ -842,6 +861,17 @@ class ServiceProcess:
                 self._producer.abort_transaction()
             except KafkaError as exc:
                 self.log.warning("abort_transaction: %s", exc)
+
+
+@dataclass
+class _Redo:
+    """A batch whose delivery failed: its outputs, dead letters and offsets, delivered again as they are."""
+
+    pairs: list[tuple[Outgoing, Any]]
+    dead: list[_Dead]
+    offsets: dict[TopicPartition, OffsetAndMetadata]
+    records: list[Any]
+    paused: set[TopicPartition] = field(default_factory=set)
 
 
 #: Failed deliveries in a row after which the producer is replaced (each waits up to client_timeout_s).

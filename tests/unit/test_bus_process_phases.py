@@ -93,7 +93,56 @@ def test_a_failed_first_phase_sends_no_state_and_commits_nothing() -> None:
     process = _process(fail_topic="t.seeds")
     assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
     sent = {e[1] for e in process._producer.events if e[0] == "send"}
-    assert sent == {"t.seeds"} and ("commit",) not in process._producer.events and ("seek", 7) in process._producer.events
+    assert sent == {"t.seeds"} and ("commit",) not in process._producer.events
+    assert not any(e[0] == "seek" for e in process._producer.events)  # no rewind: the caller holds the batch
+
+
+class _PausingConsumer(_Consumer):
+    def __init__(self, events: list[tuple[Any, ...]]) -> None:
+        super().__init__(events)
+        self.assigned = {"tp0", "tp1"}
+        self.paused_parts: set[str] = set()
+
+    def assignment(self) -> set[str]:
+        return set(self.assigned)
+
+    def paused(self) -> set[str]:
+        return set(self.paused_parts)
+
+    def pause(self, *parts: str) -> None:
+        self.paused_parts |= set(parts)
+
+    def resume(self, *parts: str) -> None:
+        self.paused_parts -= set(parts)
+
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
+        assert self.paused_parts >= self.assigned, "polled for records while a batch was held"
+        self.events.append(("poll",))
+        return {}
+
+
+def test_a_failed_batch_is_delivered_again_as_it_was_with_input_paused() -> None:
+    """The core already applied the batch: the same outputs are resent, the records are not handled again."""
+    process = _process(fail_topic="t.seeds")
+    process._consumer = _PausingConsumer(process._producer.events)
+    pairs = [(o, _Record()) for o in OUTPUTS]
+    assert not process._deliver(pairs, [], {"tp": "offset"}, [_Record()])
+    from sparq_stream.bus.process import _Redo
+
+    process._hold(_Redo(pairs, [], {"tp": "offset"}, [_Record()]))
+    assert process._consumer.paused_parts == {"tp0", "tp1"}
+    process._redeliver()  # still failing: held, still paused
+    assert process._redo is not None and process._consumer.paused_parts == {"tp0", "tp1"}
+    process._producer.fail_topic = None
+    process._producer.events.clear()
+    process._redeliver()
+    assert process._redo is None and process._consumer.paused_parts == set()
+    events = [e[:2] if e[0] == "send" else e for e in process._producer.events]
+    assert events == [
+        ("poll",), ("send", "t.seeds"), ("send", "t.seeds"), ("flush",),
+        ("send", "t.mutator-state"), ("send", "t.elites"), ("send", "t.elites"), ("send", "t.elites"), ("flush",),
+        ("commit",),
+    ]
 
 
 def test_a_producer_whose_deliveries_keep_timing_out_is_replaced() -> None:
