@@ -317,6 +317,9 @@ def up(
     prefix: Optional[str] = typer.Option(None, "--prefix", envvar="SPARQ_PREFIX", help="Topic prefix (default: new per run)."),
     partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1),
     solvers: int = typer.Option(1, "--solvers", envvar="SPARQ_SOLVERS", min=1, help="Solver processes."),
+    replicas: Optional[list[str]] = typer.Option(
+        None, "--replicas", help="SERVICE=N: run N processes of a service (repeatable), e.g. --replicas archivist=2."
+    ),
     batch_size: int = typer.Option(64, "--batch-size", envvar="SPARQ_BATCH_SIZE", min=1, help="Parents per step (b)."),
     k: int = typer.Option(16, "--k", envvar="SPARQ_K", min=1, help="Solver rollouts per candidate (K)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", envvar="SPARQ_MAX_TOKENS", min=16),
@@ -344,6 +347,7 @@ def up(
     import shlex
 
     from sparq_stream.orchestrator.live import LiveView
+    from sparq_stream.orchestrator.replicas import parse_replicas
     from sparq_stream.orchestrator.up import UpConfig, run_up
     from sparq_stream.settings import config_error
 
@@ -360,7 +364,7 @@ def up(
         config = UpConfig(
             seeds=seeds, out=out, steps=steps, max_candidates=max_candidates, variant=variant, backend=backend,
             model=model, backend_options=options, embedder=embedder, bootstrap=bootstrap, prefix=prefix,
-            partitions=partitions, solvers=solvers, batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
+            partitions=partitions, solvers=solvers, replicas=parse_replicas(replicas), batch_size=batch_size, k=k, max_tokens=max_tokens, cap=cap,
             seed=seed, seed_limit=seed_limit, label_seeds=label_seeds, vocabulary=vocabulary, threads=threads, timeout_s=timeout, extra=extra,
             max_restarts=max_restarts, restart_window_s=restart_window_s, stop_grace_s=stop_grace_s, broker_timeout_s=broker_timeout_s,
             train_every=train_every,

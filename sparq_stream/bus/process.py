@@ -26,6 +26,15 @@ ordinary output, so it goes in the same transaction as the other outputs and
 the input offsets; a restarted replica with the same ``instance`` keeps the
 transactional id ``<group>.<instance>`` and fences its predecessor.
 
+One active replica: a core with ``exclusive = True`` (its state is one global structure) runs
+as one active replica and hot standbys (:mod:`sparq_stream.bus.lease`). Every replica reads its
+tables whole on start and keeps following them; only the replica the group gives the
+partitions (of its inputs, or of a lease topic for a core without inputs) handles input and
+ticks. On taking over, a standby reads its tables to their end first (what the previous active
+wrote), then goes on from the committed offsets; under exactly-once it takes the role's
+transactional id ``<group>.active``, fencing the previous active. An active replica that loses
+the partitions (it stalled past the session timeout) exits, so it is restarted as a standby.
+
 SIGTERM/SIGINT finish the batch in flight, commit, close and return 0; every
 flush/commit/close is bounded, and a watchdog ends the process
 ``shutdown_timeout_s`` after the signal whatever it is blocked on (the broker
@@ -61,6 +70,7 @@ from kafka.structs import OffsetAndMetadata
 from sparq_stream.bus.client import make_consumer, make_producer, max_request_size
 from sparq_stream.bus.compacted import caught_up, partitions_of
 from sparq_stream.bus.dlq import dlq_headers, fit_record, record_size
+from sparq_stream.bus.lease import LeaseWatch, OneActiveAssignor, active_transactional_id
 from sparq_stream.bus.metrics import ServiceMetrics
 from sparq_stream.bus.topics import LOGICAL_TOPICS, TopicNames, spec_of
 from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
@@ -149,6 +159,10 @@ class ServiceProcess:
         self._watchdog: threading.Timer | None = None
         self._stop_at: float | None = None
         self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
+        self._exclusive = bool(getattr(core, "exclusive", False))
+        self._lease: LeaseWatch | None = LeaseWatch() if self._exclusive else None
+        self._lease_consumer: Any = None  # an exclusive core without inputs holds its lease here
+        self._active = not self._exclusive
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -187,15 +201,21 @@ class ServiceProcess:
     def _open(self) -> None:
         topics = [self.names.resolve(t) for t in self.core.inputs]
         self._producer = self._new_producer()
+        assignor = OneActiveAssignor(self.settings.instance) if self._exclusive else None
         if topics:
-            self._consumer = make_consumer(self.settings, self.group_id, *topics)
+            self._consumer = make_consumer(self.settings, self.group_id, *topics, assignor=assignor, listener=self._lease)
+        elif self._exclusive:
+            lease_topic = self.names.resolve(getattr(self.core, "lease_topic", None) or self.core.tables[0])
+            self._lease_consumer = make_consumer(self.settings, self.group_id, lease_topic, assignor=assignor, listener=self._lease)
+        if self._exclusive:
+            self.core.set_active(False)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
             self._restore_tables()
 
     def _close(self) -> None:
         bound_ms = int(min(self.settings.client_timeout_s, self.settings.shutdown_timeout_s / 2) * 1000)
-        for name in ("_consumer", "_tables"):
+        for name in ("_consumer", "_tables", "_lease_consumer"):
             client = getattr(self, name)
             if client is not None:
                 try:
@@ -259,13 +279,17 @@ class ServiceProcess:
         parts = [tp for logical in self.core.tables for tp in partitions_of(self._tables, self.names.resolve(logical))]
         self._tables.assign(parts)
         self._tables.seek_to_beginning(*parts)
+        self._read_tables_to_end(parts)
+
+    def _read_tables_to_end(self, parts: list[TopicPartition], min_s: float = 0.0) -> None:
+        """Poll the tables until every partition reached its high watermark (and ``min_s`` passed)."""
         n = 0
         started = time.monotonic()
         deadline = started + self.settings.restore_timeout_s
         next_report = started + 10.0
         while True:
             n += self._poll_tables(timeout_ms=200)
-            if caught_up(self._tables, parts):
+            if caught_up(self._tables, parts) and time.monotonic() - started >= min_s:
                 break
             now = time.monotonic()
             if self._stop.is_set():
@@ -363,8 +387,14 @@ class ServiceProcess:
             polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
                 records.extend(polled[tp])
+        elif self._lease_consumer is not None:
+            self._poll_lease()
         else:
             time.sleep(self.settings.poll_timeout_ms / 1000)
+        if self._exclusive and not self._check_role():
+            self._poll_tables()  # a hot standby: follow the tables, handle nothing
+            self._publish_metrics()
+            return False
         self._poll_tables()
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         inbound: list[Inbound] = []
@@ -400,6 +430,45 @@ class ServiceProcess:
             self.metrics.set("batch_seconds", time.monotonic() - started)
         self._publish_metrics()
         return bool(records)
+
+    def _poll_lease(self) -> None:
+        """Keep the lease consumer in its group; its partitions stay paused (nothing is fetched)."""
+        self._lease_consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=1)  # records, if any, are not ours to read
+        held = self._lease_consumer.assignment()
+        if held and set(held) - set(self._lease_consumer.paused()):
+            self._lease_consumer.pause(*held)
+
+    def _check_role(self) -> bool:
+        """Follow the group's choice of the active replica; return True while this one is it."""
+        assert self._lease is not None
+        active = self._lease.active
+        if active and not self._active:
+            self._take_over()
+        elif self._active and not active and self._lease.joined:
+            self.metrics.inc("leases_lost")
+            raise RetriableError(
+                f"{self.core.name}: instance {self.settings.instance} lost the active role (the group gave it to another "
+                "replica, e.g. after a stall past the session timeout): exiting so it is restarted as a standby"
+            )
+        return self._active
+
+    def _take_over(self) -> None:
+        """Become the active replica: the role's transactional id (exactly-once), then the tables read to their end."""
+        started = time.monotonic()
+        self._active = True
+        if self._txn:  # init_transactions under <group>.active fences the previous active and aborts its transaction
+            _force_close(self._producer)
+            self._producer = None
+            self._producer = self._new_producer()
+        if self._tables is not None:
+            # two fetch rounds at least: the high watermarks seen must postdate the previous active's last writes
+            self._read_tables_to_end(sorted(self._tables.assignment(), key=lambda t: (t.topic, t.partition)), min_s=0.5)
+        self.core.set_active(True)
+        self.metrics.inc("takeovers")
+        self.log.info(
+            "%s: instance %s is now the active replica (tables caught up in %.2fs)",
+            self.core.name, self.settings.instance, time.monotonic() - started,
+        )
 
     def _handle(self, batch: list[Inbound], records: list[Any]) -> tuple[list[tuple[Outgoing, Any]], list[_Dead]]:
         """Handle a batch; on failure fall back to one message at a time so only the culprit is dead-lettered.
@@ -578,11 +647,17 @@ class ServiceProcess:
         self._producer = self._new_producer()  # exactly-once: init_transactions aborts the old one's transaction
 
     def _new_producer(self) -> Any:
-        txn_id = f"{self.group_id}.{self.settings.instance}" if self._txn else None
+        txn_id = self._txn_id() if self._txn else None
         producer = make_producer(self.settings, transactional_id=txn_id)
         if self._txn:
             producer.init_transactions()
         return producer
+
+    def _txn_id(self) -> str:
+        """``<group>.<instance>``: stable per replica; the active replica of an exclusive core uses the role's id."""
+        if self._exclusive and self._active:
+            return active_transactional_id(self.group_id)
+        return f"{self.group_id}.{self.settings.instance}"
 
     def _deliver(
         self,
@@ -615,7 +690,7 @@ class ServiceProcess:
                 self._consumer.commit(offsets, timeout_ms=int(bound * 1000))
         except _FENCED_ERRORS as exc:
             raise FatalError(
-                f"another process took over transactional id {self.group_id}.{self.settings.instance} ({exc}); "
+                f"another process took over transactional id {self._txn_id()} ({exc}); "
                 "give each replica its own --instance"
             ) from None
         except CommitFailedError as exc:
@@ -660,8 +735,8 @@ class ServiceProcess:
             if client is None:
                 continue
             assigned = client.assignment()
-            if client is self._consumer and not assigned:
-                unknown += 1  # still joining the group: nothing is known yet
+            if client is self._consumer and not assigned and not (self._lease is not None and self._lease.joined):
+                unknown += 1  # still joining the group: nothing is known yet (a standby has joined: it has no input)
             for tp in assigned:
                 hw = client.highwater(tp)
                 position = client.position(tp, timeout_ms=0) if hw is not None else None
@@ -671,7 +746,11 @@ class ServiceProcess:
                     lag += max(0, hw - position)
         self.metrics.set("lag", lag)
         self.metrics.set("lag_unknown", unknown)
-        snap = self.metrics.snapshot(self.core.metrics())
+        if self._exclusive:
+            self.metrics.set("active", float(self._active))
+            if self._consumer is None and self._lease is not None and not self._lease.joined:
+                self.metrics.set("lag_unknown", unknown + 1)  # no role yet
+        snap = self.metrics.snapshot(self.core.metrics() if self._active else None)
         self.log.debug("metrics %s", snap.counters)
         try:
             if self._txn:
@@ -681,7 +760,7 @@ class ServiceProcess:
                 self._producer.commit_transaction()
             # at-least-once: no flush; the producer sends within linger_ms and close() flushes the last one
         except _FENCED_ERRORS as exc:
-            raise FatalError(f"another process took over transactional id {self.group_id}.{self.settings.instance}: {exc}") from None
+            raise FatalError(f"another process took over transactional id {self._txn_id()}: {exc}") from None
         except KafkaError as exc:  # metrics are best effort: the next snapshot carries the same counters
             self.log.warning("publishing metrics failed: %s: %s", type(exc).__name__, exc)
             self._abort()

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sparq_stream.errors import ConfigError
 
@@ -44,6 +44,9 @@ class UpConfig(BaseModel):
     prefix: str | None = Field(default=None, description="topic prefix; default: a new one per run")
     partitions: int = Field(default=3, ge=1)
     solvers: int = Field(default=1, ge=1, description="solver replicas (processes)")
+    replicas: dict[str, int] = Field(
+        default_factory=dict, description="processes per service (solver: overrides solvers); see orchestrator.replicas"
+    )
     batch_size: int = Field(default=64, ge=1, description="parents per step (b)")
     k: int = Field(default=16, ge=1, description="solver rollouts per candidate (K)")
     max_tokens: int | None = Field(default=None, ge=16, description="token limit of mutations and rollouts")
@@ -63,6 +66,19 @@ class UpConfig(BaseModel):
     broker_timeout_s: float = Field(default=30.0, gt=0, description="the embedded broker unreachable this long: the run stops")
     journal: bool = Field(default=True, description="embedded broker: journal every topic to out/journal so a rerun resumes")
     extra: dict[str, list[str]] = Field(default_factory=dict, description="extra flags per service")
+
+    @field_validator("replicas")
+    @classmethod
+    def _known_replicas(cls, value: dict[str, int]) -> dict[str, int]:
+        from sparq_stream.orchestrator.replicas import check_replicas
+
+        for service, count in value.items():
+            check_replicas(service, count)
+        return value
+
+    def replica_count(self, service: str) -> int:
+        """How many processes of ``service`` the run starts."""
+        return self.replicas.get(service, self.solvers if service == "solver" else 1)
 
 
 class RunEnd(enum.IntEnum):
@@ -350,6 +366,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
     from sparq_stream.bus.topics import TopicNames, create_topics
     from sparq_stream.orchestrator import journal as journal_mod
     from sparq_stream.orchestrator.monitor import MetricsMonitor
+    from sparq_stream.orchestrator.replicas import SERVICES, replica_flags, replica_names
     from sparq_stream.orchestrator.supervisor import RestartPolicy, Supervisor
     from sparq_stream.settings import ServiceSettings
 
@@ -410,11 +427,10 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         final_metrics: dict[str, Any] = {}
         error: Exception | None = None
         try:
-            for name in ("archivist", "trainer", "novelty"):
-                supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name])
-            for i in range(config.solvers):
-                supervisor.add(f"solver-{i}", "solver", _common(config, prefix, bootstrap, f"solver-{i}") + args["solver"])
-            supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"])
+            for service in SERVICES:
+                for index, name in enumerate(replica_names(service, config.replica_count(service))):
+                    flags = args[service] + replica_flags(service, index, name, out)
+                    supervisor.add(name, service, _common(config, prefix, bootstrap, name) + flags)
             started = time.monotonic()
             idle: dict[str, float] = {}
             live = view(monitor, supervisor) if view else None
