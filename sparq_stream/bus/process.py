@@ -281,7 +281,7 @@ class ServiceProcess:
         self._tables.seek_to_beginning(*parts)
         self._read_tables_to_end(parts)
 
-    def _read_tables_to_end(self, parts: list[TopicPartition], min_s: float = 0.0) -> None:
+    def _read_tables_to_end(self, parts: list[TopicPartition], min_s: float = 0.0, what: str = "restored") -> None:
         """Poll the tables until every partition reached its high watermark (and ``min_s`` passed)."""
         n = 0
         started = time.monotonic()
@@ -304,7 +304,8 @@ class ServiceProcess:
             if now >= next_report:
                 self.log.info("restoring tables: %d record(s) read in %.0fs; behind: %s", n, now - started, self._table_lag(parts))
                 next_report = now + 10.0
-        self.log.info("restored %d table record(s) from %s in %.1fs", n, [tp.topic for tp in parts], time.monotonic() - started)
+        topics = sorted({tp.topic for tp in parts})
+        self.log.info("%s %d table record(s) from %s in %.1fs", what, n, topics, time.monotonic() - started)
 
     def _table_lag(self, parts: list[TopicPartition]) -> dict[str, Any]:
         lag: dict[str, Any] = {}
@@ -462,7 +463,7 @@ class ServiceProcess:
             self._producer = self._new_producer()
         if self._tables is not None:
             # two fetch rounds at least: the high watermarks seen must postdate the previous active's last writes
-            self._read_tables_to_end(sorted(self._tables.assignment(), key=lambda t: (t.topic, t.partition)), min_s=0.5)
+            self._read_tables_to_end(sorted(self._tables.assignment(), key=lambda t: (t.topic, t.partition)), min_s=0.5, what="caught up with")
         self.core.set_active(True)
         self.metrics.inc("takeovers")
         self.log.info(
