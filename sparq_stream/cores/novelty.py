@@ -44,7 +44,9 @@ being dropped as its own duplicate.
 
 Replicas: with ``follow_novel`` each replica also indexes what the others accept (they
 embed it once more), so near duplicates across partitions are caught once the other
-replica's output arrives; one replica is exact.
+replica's output arrives; with ``route_partitions`` each candidate is first moved to the
+partition of its embedding bucket (:mod:`sparq_stream.cores.routing`), so near duplicates
+are decided by one replica even when they arrive together; one replica is exact.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.cores.routing import ROUTED_HEADER, EmbeddingRouter
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
 from sparq_stream.ids import problem_id
 from sparq_stream.index import VectorIndex
@@ -150,6 +153,12 @@ class NoveltyConfig(BaseModel):
     snapshot_every_s: float = Field(default=300.0, gt=0, description="snapshot at most this often while items are added")
     snapshot_every_items: int = Field(default=20_000, ge=1, description="snapshot after this many additions")
     follow_novel: bool = Field(default=True, description="also index the novel topic as a table (restart replay, replicas)")
+    route_partitions: int = Field(
+        default=0, ge=0, description="replicas: route each candidate to the partition of its embedding bucket so near "
+        "duplicates meet on one replica (the partition count of candidates; 0 = off)",
+    )
+    route_planes: int | None = Field(default=None, ge=1, le=16, description="hyperplanes of the routing buckets (unset: the fewest that reach every partition)")
+    route_seed: int = Field(default=0, description="seed of the routing hyperplanes (the same in every replica)")
     redelivery_window: int = Field(default=2048, ge=0, description="recent outputs kept to recognise a redelivered candidate")
 
     @model_validator(mode="after")
@@ -349,6 +358,10 @@ class NoveltyCore(BaseCore):
         self.heldout = heldout
         self._heldout_ids = {pid: i for i, pid in enumerate(heldout.ids)}
         self._text_checks = text_contamination_checks(config.contamination, config.ngram_n, config.prompt_example_n)
+        self._router = (
+            EmbeddingRouter(embedder.dim, config.route_partitions, config.route_planes, config.route_seed)
+            if config.route_partitions > 0 else None
+        )
 
     # ------------------------------------------------------------------ the core contract
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -369,6 +382,27 @@ class NoveltyCore(BaseCore):
         started = time.perf_counter()
         vectors = np.asarray(self.embedder.embed([c.problem for c in candidates]), dtype=np.float32)
         self._timers["embed_seconds"] += time.perf_counter() - started
+        if self._router is not None:
+            return self._route(batch, candidates, vectors)
+        return self._decide_batch(candidates, vectors)
+
+    def _route(self, batch: Sequence[Inbound], candidates: list[Candidate], vectors: np.ndarray) -> list[list[Outgoing]]:
+        """Decide the candidates on their bucket's partition; move the others there (once)."""
+        assert self._router is not None
+        targets = self._router.partitions_of(vectors)
+        stay = [i for i, item in enumerate(batch) if int(targets[i]) == item.partition or _routed(item)]
+        outputs: list[list[Outgoing]] = [
+            [Outgoing("candidates", cand, partition=int(target), headers=((ROUTED_HEADER, b"1"),))]
+            for cand, target in zip(candidates, targets)
+        ]
+        self.counters["routed"] += len(batch) - len(stay)
+        if stay:
+            for i, outs in zip(stay, self._decide_batch([candidates[i] for i in stay], vectors[stay])):
+                outputs[i] = outs
+        return outputs
+
+    def _decide_batch(self, candidates: list[Candidate], vectors: np.ndarray) -> list[list[Outgoing]]:
+        """Decide candidates already embedded: drop, or classify and accept."""
         started = time.perf_counter()
         decisions = self._decide(candidates, vectors)
         self._timers["search_seconds"] += time.perf_counter() - started
@@ -625,6 +659,11 @@ class NoveltyCore(BaseCore):
             model=cand.model,
         )
         return [Outgoing("drops", dropped)]
+
+
+def _routed(item: Inbound) -> bool:
+    """True for a candidate a replica already moved to its bucket's partition (never moved twice)."""
+    return any(name == ROUTED_HEADER for name, _value in item.headers)
 
 
 def build_novelty(

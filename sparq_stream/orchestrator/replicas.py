@@ -6,6 +6,9 @@ exactly-once, its transactional id ``<group>.<instance>``: a restarted replica f
 predecessor. How the replicas of each service share the work:
 
 - solver: the partitions of ``novel`` (a consumer group);
+- novelty: the partitions of ``candidates``, each candidate first moved to the partition of its
+  embedding bucket (``--route-partitions``), so near duplicates meet on one replica; each replica
+  snapshots its own index (replica 0 in ``out/state/novelty``);
 - archivist, trainer: one active replica, the others hot standbys (``sparq_stream.bus.lease``);
   each archivist replica writes its own copy of the archive on disk (replica 0 in ``out/archive``).
 """
@@ -23,6 +26,7 @@ SERVICES = ("archivist", "trainer", "novelty", "solver", "mutator")
 
 REPLICATED = {
     "solver": "replicas share the partitions of novel",
+    "novelty": "replicas share the partitions of candidates, routed by embedding bucket",
     "archivist": "one active replica, the others hot standbys",
     "trainer": "one active replica, the others hot standbys",
 }
@@ -61,8 +65,13 @@ def replica_names(service: str, count: int) -> list[str]:
     return [service]
 
 
-def replica_flags(service: str, index: int, name: str, out: Path) -> list[str]:
-    """Flags one replica needs besides its service's (after them, so they win): its own archive folder."""
+def replica_flags(service: str, index: int, name: str, out: Path, count: int = 1, partitions: int = 1) -> list[str]:
+    """Flags one replica needs besides its service's (after them, so they win): its own folders, the routing."""
+    flags: list[str] = []
     if service == "archivist" and index > 0:
-        return ["--archive-dir", str(out.resolve() / "replicas" / name / "archive")]
-    return []
+        flags += ["--archive-dir", str(out.resolve() / "replicas" / name / "archive")]
+    if service == "novelty" and count > 1:
+        flags += ["--route-partitions", str(partitions)]
+        if index > 0:
+            flags += ["--state-dir", str(out.resolve() / "state" / name)]
+    return flags

@@ -428,8 +428,9 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         error: Exception | None = None
         try:
             for service in SERVICES:
-                for index, name in enumerate(replica_names(service, config.replica_count(service))):
-                    flags = args[service] + replica_flags(service, index, name, out)
+                count = config.replica_count(service)
+                for index, name in enumerate(replica_names(service, count)):
+                    flags = args[service] + replica_flags(service, index, name, out, count, config.partitions)
                     supervisor.add(name, service, _common(config, prefix, bootstrap, name) + flags)
             started = time.monotonic()
             idle: dict[str, float] = {}
