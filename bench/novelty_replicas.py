@@ -11,7 +11,8 @@ partitions are split over the replicas as the range assignor does. Time runs in 
 round ``--arrivals`` more candidates of the stream arrive; every replica handles what arrived
 on its partitions as one batch, at the same time as the other replicas; after the round every
 replica indexes what the others accepted (the ``novel`` table) and routed candidates arrive on
-their bucket's partition for the next round. So two copies arriving in one round on different
+their bucket's partition for the next round. A batch is in (partition, offset) order, as the
+process wrapper hands a poll's records to the core. So two copies arriving in one round on different
 replicas meet only through routing, as in the streaming run.
 
 Three runs: 1 replica; 2 replicas keyed by id (``follow_novel`` only); 2 replicas routed by
@@ -34,12 +35,13 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
-from loop import SEEDS_FILE, _data_dir, _score_filter, labelled_stream  # noqa: E402
+from loop import SEEDS_FILE, _data_dir, labelled_stream  # noqa: E402
 
 from kafka.partitioner.default import murmur2  # noqa: E402
 
 from sparq_stream.core import Inbound  # noqa: E402
 from sparq_stream.cores.novelty import HeldOut, NoveltyConfig, NoveltyCore  # noqa: E402
+from sparq_stream.cores.routing import default_planes  # noqa: E402
 from sparq_stream.ids import problem_id  # noqa: E402
 from sparq_stream.messages import Candidate, Seed  # noqa: E402
 
@@ -61,10 +63,11 @@ def _owners(partitions: int, replicas: int) -> dict[int, int]:
 
 
 def run(seeds: list[str], stream: list[dict[str, Any]], embedder: Any, *, replicas: int, partitions: int, routed: bool,
-        arrivals: int) -> list[str]:
+        arrivals: int, basis: str = "seeds") -> list[str]:
     """The decision (accept or a drop reason) for every item of the stream."""
     heldout = HeldOut((), (), np.zeros((0, embedder.dim), np.float32))
-    config = NoveltyConfig(classify=False, follow_novel=True, contamination=[], route_partitions=partitions if routed else 0)
+    config = NoveltyConfig(classify=False, follow_novel=True, contamination=[], route_partitions=partitions if routed else 0,
+                           route_planes=default_planes(replicas), route_basis=basis)
     cores = [NoveltyCore(config, embedder=embedder, heldout=heldout) for _ in range(replicas)]
     for core in cores:
         for i, text in enumerate(seeds):
@@ -89,6 +92,8 @@ def run(seeds: list[str], stream: list[dict[str, Any]], embedder: Any, *, replic
         batches: list[list[Inbound]] = [[] for _ in cores]
         for item in waiting:
             batches[owner[item.partition]].append(item)
+        for batch in batches:  # the wrapper hands a poll's records over sorted by partition, then offset
+            batch.sort(key=lambda item: (item.partition, item.offset))
         waiting = []
         accepted: list[tuple[int, Any]] = []
         for r, batch in enumerate(batches):
@@ -141,15 +146,14 @@ def main() -> int:
     parser.add_argument("--dup-seeds", type=int, default=40)
     parser.add_argument("--dup-origins", type=int, default=80)
     parser.add_argument("--dup-fresh", type=int, default=120)
-    parser.add_argument("--stream-seed", type=int, default=7)
+    parser.add_argument("--stream-seeds", type=lambda v: [int(x) for x in v.split(",")], default=[7, 8, 9],
+                        help="labelled streams to run, comma-separated (figures per stream and their mean)")
     parser.add_argument("--data", default=None)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from sparq_stream.seeds import read_seeds
 
     problems = [s.problem for s in read_seeds(_data_dir(args.data) / SEEDS_FILE)]
-    seeds, stream = labelled_stream(problems, n_seeds=args.dup_seeds, n_origins=args.dup_origins, n_fresh=args.dup_fresh,
-                                    seed=args.stream_seed)
     if args.embedder == "hash":
         from sparq_stream.models.hashing_embedder import HashingEmbedder
 
@@ -158,19 +162,26 @@ def main() -> int:
         from sparq_stream.models.embeddings import SentenceTransformerEmbedder
 
         embedder = SentenceTransformerEmbedder()
-    copies = sum(1 for c in stream if c["kind"] != "distinct")
+    runs = (("1 replica", 1, False, "seeds"), ("2 replicas, keyed by id", 2, False, "seeds"),
+            ("2 replicas, routed (random plane)", 2, True, "random"), ("2 replicas, routed (seeds' principal plane)", 2, True, "seeds"))
     figures: dict[str, Any] = {"embedder": args.embedder, "partitions": args.partitions, "arrivals": args.arrivals,
-                               "candidates": len(stream), "copies": copies, "runs": {}}
-    for name, replicas, routed in (("1 replica", 1, False), ("2 replicas, keyed by id", 2, False), ("2 replicas, routed", 2, True)):
-        decisions = run(seeds, stream, embedder, replicas=replicas, partitions=args.partitions, routed=routed, arrivals=args.arrivals)
-        scored = _score_filter(stream, decisions, k=4)
-        passed = _duplicates_passed(seeds, stream, decisions)
-        figures["runs"][name] = {"duplicates_passed": passed, "passed_pct": round(100.0 * passed / copies, 2),
-                                 "labelled_copies_accepted": sum(1 for c, d in zip(stream, decisions) if c["kind"] != "distinct" and d == "accept"),
-                                 "labelled_distinct_dropped": scored["false_drops"]}
-    base = figures["runs"]["1 replica"]["passed_pct"]
-    for row in figures["runs"].values():
-        row["vs_1_replica_pp"] = round(row["passed_pct"] - base, 2)
+                               "streams": {}, "mean": {}}
+    for stream_seed in args.stream_seeds:
+        seeds, stream = labelled_stream(problems, n_seeds=args.dup_seeds, n_origins=args.dup_origins, n_fresh=args.dup_fresh,
+                                        seed=stream_seed)
+        copies = sum(1 for c in stream if c["kind"] != "distinct")
+        rows: dict[str, Any] = {}
+        for name, replicas, routed, basis in runs:
+            decisions = run(seeds, stream, embedder, replicas=replicas, partitions=args.partitions, routed=routed,
+                            arrivals=args.arrivals, basis=basis)
+            passed = _duplicates_passed(seeds, stream, decisions)
+            rows[name] = {"duplicates_passed": passed, "copies": copies, "passed_pct": round(100.0 * passed / copies, 2)}
+        for row in rows.values():
+            row["vs_1_replica_pp"] = round(row["passed_pct"] - rows["1 replica"]["passed_pct"], 2)
+        figures["streams"][str(stream_seed)] = rows
+    for name, *_rest in runs:
+        values = [figures["streams"][str(s)][name] for s in args.stream_seeds]
+        figures["mean"][name] = {k: round(sum(v[k] for v in values) / len(values), 2) for k in ("passed_pct", "vs_1_replica_pp")}
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:

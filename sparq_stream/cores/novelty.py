@@ -106,6 +106,7 @@ _DEFAULT_DATA_DIRS: tuple[str, ...] = ("../shared/data", "/work/shared/data", "/
 _CANDIDATE_FIELDS = tuple(f for f in Candidate.model_fields if f != "created_at")
 _TABLE_FLUSH = 256
 _SNAPSHOT_DIR = "novelty-index"
+_ROUTE_FIT_SEEDS = 4096  # seeds (the first by id) whose principal directions are the routing planes
 
 
 class NoveltyConfig(BaseModel):
@@ -158,7 +159,10 @@ class NoveltyConfig(BaseModel):
         "duplicates meet on one replica (the partition count of candidates; 0 = off)",
     )
     route_planes: int | None = Field(default=None, ge=1, le=16, description="hyperplanes of the routing buckets (unset: the fewest that reach every partition)")
-    route_seed: int = Field(default=0, description="seed of the routing hyperplanes (the same in every replica)")
+    route_basis: Literal["seeds", "random"] = Field(
+        default="seeds", description="routing hyperplanes: principal directions of the seeds' embeddings, or seeded random ones"
+    )
+    route_seed: int = Field(default=0, description="seed of random routing hyperplanes (the same in every replica)")
     redelivery_window: int = Field(default=2048, ge=0, description="recent outputs kept to recognise a redelivered candidate")
 
     @model_validator(mode="after")
@@ -358,10 +362,8 @@ class NoveltyCore(BaseCore):
         self.heldout = heldout
         self._heldout_ids = {pid: i for i, pid in enumerate(heldout.ids)}
         self._text_checks = text_contamination_checks(config.contamination, config.ngram_n, config.prompt_example_n)
-        self._router = (
-            EmbeddingRouter(embedder.dim, config.route_partitions, config.route_planes, config.route_seed)
-            if config.route_partitions > 0 else None
-        )
+        self._router: EmbeddingRouter | None = None
+        self._seed_texts: dict[str, str] = {}  # routing by the seeds' principal directions: fitted on the first batch
 
     # ------------------------------------------------------------------ the core contract
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -382,14 +384,26 @@ class NoveltyCore(BaseCore):
         started = time.perf_counter()
         vectors = np.asarray(self.embedder.embed([c.problem for c in candidates]), dtype=np.float32)
         self._timers["embed_seconds"] += time.perf_counter() - started
-        if self._router is not None:
+        if self.config.route_partitions:
             return self._route(batch, candidates, vectors)
         return self._decide_batch(candidates, vectors)
 
+    def _routing(self) -> EmbeddingRouter:
+        """The router, fitted on the seeds (every replica reads the same seeds table) on first use."""
+        if self._router is None:
+            cfg = self.config
+            ids = sorted(self._seed_texts)[:_ROUTE_FIT_SEEDS]
+            if cfg.route_basis == "seeds" and len(ids) >= 8:
+                fit = np.asarray(self.embedder.embed([self._seed_texts[i] for i in ids]), dtype=np.float32)
+                self._router = EmbeddingRouter.fitted(fit, cfg.route_partitions, cfg.route_planes)
+            else:
+                self._router = EmbeddingRouter.random(self.embedder.dim, cfg.route_partitions, cfg.route_planes, cfg.route_seed)
+            self._seed_texts.clear()
+        return self._router
+
     def _route(self, batch: Sequence[Inbound], candidates: list[Candidate], vectors: np.ndarray) -> list[list[Outgoing]]:
         """Decide the candidates on their bucket's partition; move the others there (once)."""
-        assert self._router is not None
-        targets = self._router.partitions_of(vectors)
+        targets = self._routing().partitions_of(vectors)
         stay = [i for i, item in enumerate(batch) if int(targets[i]) == item.partition or _routed(item)]
         outputs: list[list[Outgoing]] = [
             [Outgoing("candidates", cand, partition=int(target), headers=((ROUTED_HEADER, b"1"),))]
@@ -417,6 +431,8 @@ class NoveltyCore(BaseCore):
         """Index seeds, and (``follow_novel``) problems accepted after the snapshot or by another replica."""
         message = inbound.message
         if inbound.topic == "seeds" and isinstance(message, Seed):
+            if self.config.route_partitions and self._router is None:
+                self._seed_texts[message.id] = message.problem
             if message.id not in self.index:
                 self._pending.setdefault(message.id, message.problem)
                 self.counters["seeds_indexed"] += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparq_stream.cores.routing import default_planes
 from sparq_stream.errors import ConfigError
 
 __all__ = ["REPLICATED", "SERVICES", "parse_replicas", "replica_names", "replica_flags"]
@@ -71,7 +72,7 @@ def replica_flags(service: str, index: int, name: str, out: Path, count: int = 1
     if service == "archivist" and index > 0:
         flags += ["--archive-dir", str(out.resolve() / "replicas" / name / "archive")]
     if service == "novelty" and count > 1:
-        flags += ["--route-partitions", str(partitions)]
+        flags += ["--route-partitions", str(partitions), "--route-planes", str(default_planes(count))]
         if index > 0:
             flags += ["--state-dir", str(out.resolve() / "state" / name)]
     return flags

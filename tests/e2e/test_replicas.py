@@ -19,10 +19,10 @@ from sparq_stream.orchestrator.up import UpConfig, run_up
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.e2e]
 
 
-def _config(shared_data: Path, out: Path, bootstrap: str, **over: Any) -> UpConfig:
-    """The drills' run (scripted backend, hash embedder, b=64 in chunks of 16, K=4, 40 seeds) at 4 steps."""
+def _config(shared_data: Path, out: Path, bootstrap: str | None, **over: Any) -> UpConfig:
+    """The drills' run (scripted backend, hash embedder, b=64 in chunks of 16, K=4, 40 seeds) at 3 steps."""
     values: dict[str, Any] = dict(
-        seeds=shared_data / "gsm8k_train.jsonl", out=out, steps=4, batch_size=64, k=4, backend="scripted",
+        seeds=shared_data / "gsm8k_train.jsonl", out=out, steps=3, batch_size=64, k=4, backend="scripted",
         embedder="hash", seed_limit=40, seed=7, label_seeds=False, timeout_s=240.0, bootstrap=bootstrap,
         prefix=f"rep{uuid.uuid4().hex[:8]}", extra={"mutator": ["--chunk-size", "16"]},
     )
@@ -30,8 +30,10 @@ def _config(shared_data: Path, out: Path, bootstrap: str, **over: Any) -> UpConf
     return UpConfig(**values)
 
 
-def _reference(config: UpConfig, out: Path) -> Any:
-    return run_local(config.model_copy(update={"out": out, "bootstrap": None, "prefix": None, "replicas": {}}))
+@pytest.fixture(scope="module")
+def reference(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The undisturbed run of the same seed and settings, in memory (one per module: the replicas do not change it)."""
+    return run_local(_config(shared_data, tmp_path_factory.mktemp("reference"), None, prefix=None))
 
 
 class _KillActive:
@@ -54,9 +56,10 @@ class _KillActive:
         self.killed, self.step_at_kill = active, monitor.value("mutator", "step")
 
 
-def test_archivist_hot_standby_takes_over_a_kill_9_with_nothing_lost(kafka_cluster, shared_data: Path, tmp_path: Path) -> None:
+def test_archivist_hot_standby_takes_over_a_kill_9_with_nothing_lost(
+    kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path
+) -> None:
     config = _config(shared_data, tmp_path / "run", kafka_cluster.bootstrap, replicas={"archivist": 2})
-    reference = _reference(config, tmp_path / "reference")
     chaos = _KillActive("archivist", lambda monitor: monitor.value("archivist", "scored") >= 1)
     up = run_up(config, on_tick=chaos)
     assert up.reason == "budget reached", up.detail
@@ -71,6 +74,29 @@ def test_archivist_hot_standby_takes_over_a_kill_9_with_nothing_lost(kafka_clust
     assert stages["archivist.takeovers"] >= 2  # the first active one, then the standby after the kill
     assert stages["archivist.instances"] == 2
     assert stages["archivist.scored"] == len(reference.results)  # the active replica's state, not a sum over both
+
+
+def test_two_novelty_replicas_one_killed_route_by_bucket_and_end_equal_to_one(
+    kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path
+) -> None:
+    config = _config(shared_data, tmp_path / "run", kafka_cluster.bootstrap, replicas={"novelty": 2})
+    killed: list[str] = []
+
+    def chaos(supervisor: Any, monitor: Any) -> None:
+        svc = next(s for s in supervisor.services if s.name == "novelty-1")
+        if killed or not svc.alive or monitor.value("archivist", "scored") < 1 or monitor.value("mutator", "done") >= 1.0:
+            return
+        os.kill(svc.proc.pid, signal.SIGKILL)
+        killed.append(svc.name)
+
+    up = run_up(config, on_tick=chaos)
+    assert up.reason == "budget reached", up.detail
+    assert killed and up.restarts.get("novelty-1") == 1
+    diff = compare_with_reference(reference, config.out / "archive", read_elites(config, up.bootstrap, up.prefix))
+    assert all(result_checks(diff).values()), diff
+    stages = up.summary["stages"]
+    assert stages["novelty.instances"] == 2 and stages["novelty.routed"] > 0  # candidates moved to their bucket's partition
+    assert (config.out / "state" / "novelty-1").is_dir()  # each replica snapshots its own index
 
 
 def _elite(i: int) -> Any:

@@ -80,8 +80,8 @@ def test_replica_names_are_stable_and_distinct_and_each_archivist_has_its_own_fo
     assert replica_flags("archivist", 0, "archivist-0", tmp_path) == []
     assert replica_flags("archivist", 1, "archivist-1", tmp_path) == ["--archive-dir", str(tmp_path.resolve() / "replicas" / "archivist-1" / "archive")]
     assert replica_flags("trainer", 1, "trainer-1", tmp_path) == []
-    assert replica_flags("novelty", 0, "novelty-0", tmp_path, count=2, partitions=6) == ["--route-partitions", "6"]
-    assert replica_flags("novelty", 1, "novelty-1", tmp_path, count=2, partitions=6) == [
-        "--route-partitions", "6", "--state-dir", str(tmp_path.resolve() / "state" / "novelty-1")
+    assert replica_flags("novelty", 0, "novelty-0", tmp_path, count=2, partitions=6) == ["--route-partitions", "6", "--route-planes", "1"]
+    assert replica_flags("novelty", 1, "novelty-1", tmp_path, count=3, partitions=6) == [
+        "--route-partitions", "6", "--route-planes", "2", "--state-dir", str(tmp_path.resolve() / "state" / "novelty-1")
     ]
     assert replica_flags("novelty", 0, "novelty", tmp_path, count=1, partitions=6) == []
