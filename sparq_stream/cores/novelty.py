@@ -159,8 +159,8 @@ class NoveltyConfig(BaseModel):
         "duplicates meet on one replica (the partition count of candidates; 0 = off)",
     )
     route_planes: int | None = Field(default=None, ge=1, le=16, description="hyperplanes of the routing buckets (unset: the fewest that reach every partition)")
-    route_basis: Literal["seeds", "random"] = Field(
-        default="seeds", description="routing hyperplanes: principal directions of the seeds' embeddings, or seeded random ones"
+    route_basis: Literal["random", "seeds"] = Field(
+        default="random", description="routing hyperplanes: seeded random ones, or the principal directions of the seeds' embeddings"
     )
     route_seed: int = Field(default=0, description="seed of random routing hyperplanes (the same in every replica)")
     redelivery_window: int = Field(default=2048, ge=0, description="recent outputs kept to recognise a redelivered candidate")

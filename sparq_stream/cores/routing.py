@@ -10,13 +10,13 @@ candidate already on its bucket's partition is decided there; any other is writt
 to ``candidates``, on its bucket's partition, with the header ``sparq.routed`` (a routed
 record is never routed again), and decided by that partition's owner.
 
-The hyperplanes (basis ``seeds``, the default) are the principal directions of the seeds'
-embeddings, each cut at the seeds' median: the problems spread widest along them, so a near
-duplicate pair rarely straddles one, and the buckets hold similar shares. Every replica reads
-the same seeds table, so every replica fits the same planes. Basis ``random``: seeded random
-hyperplanes through the origin (a pair at cosine 0.95, 18 degrees apart, straddles one with
-probability 18/180). A pair split across replicas is still caught when one of them was indexed
-(``follow_novel``) before the other is decided.
+The hyperplanes (basis ``random``, the default) are seeded random hyperplanes through the
+origin: a pair at cosine 0.95, 18 degrees apart, straddles one with probability 18/180.
+Basis ``seeds``: the principal directions of the seeds' embeddings, each cut at the seeds'
+median (every replica reads the same seeds table, so every replica fits the same planes); on
+the labelled duplicate stream it passed slightly more duplicates than random planes
+(docs/benchmarks.md). A pair split across replicas is still caught when one of them was
+indexed (``follow_novel``) before the other is decided.
 """
 
 from __future__ import annotations

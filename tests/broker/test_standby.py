@@ -18,7 +18,7 @@ from sparq_stream.settings import ServiceSettings
 
 from ._util import produce, read_all
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 N = 400
 
