@@ -27,13 +27,16 @@ the input offsets; a restarted replica with the same ``instance`` keeps the
 transactional id ``<group>.<instance>`` and fences its predecessor.
 
 One active replica: a core with ``exclusive = True`` (its state is one global structure) runs
-as one active replica and hot standbys (:mod:`sparq_stream.bus.lease`). Every replica reads its
-tables whole on start and keeps following them; only the replica the group gives the
-partitions (of its inputs, or of a lease topic for a core without inputs) handles input and
-ticks. On taking over, a standby reads its tables to their end first (what the previous active
-wrote), then goes on from the committed offsets; under exactly-once it takes the role's
-transactional id ``<group>.active``, fencing the previous active. An active replica that loses
-the partitions (it stalled past the session timeout) exits, so it is restarted as a standby.
+as one active replica and hot standbys (:mod:`sparq_stream.bus.lease`). Only the replica the
+group gives the partitions (of its inputs, or of a lease topic for a core without inputs)
+handles input and ticks. Every replica starts reading its tables on start and follows them in
+every step; on taking over, it first takes the role's transactional id ``<group>.active`` under exactly-once (fencing
+the previous active: its open transaction, which would hold the read-committed tables back
+until it timed out, is aborted), then reads its tables to their end (what the previous active
+wrote), then goes on from the committed offsets. The group prefers the replica that started
+first, so a hot standby wins over a replica just (re)started with cold tables. An active
+replica that loses the partitions (it stalled past the session timeout) exits, so it is
+restarted as a standby.
 
 SIGTERM/SIGINT finish the batch in flight, commit, close and return 0; every
 flush/commit/close is bounded, and a watchdog ends the process
@@ -279,7 +282,8 @@ class ServiceProcess:
         parts = [tp for logical in self.core.tables for tp in partitions_of(self._tables, self.names.resolve(logical))]
         self._tables.assign(parts)
         self._tables.seek_to_beginning(*parts)
-        self._read_tables_to_end(parts)
+        if not self._exclusive:  # a standby follows in every step; it reads to the end on taking over
+            self._read_tables_to_end(parts)
 
     def _read_tables_to_end(self, parts: list[TopicPartition], min_s: float = 0.0, what: str = "restored") -> None:
         """Poll the tables until every partition reached its high watermark (and ``min_s`` passed)."""
