@@ -211,7 +211,7 @@ class ServiceProcess:
             lease_topic = self.names.resolve(getattr(self.core, "lease_topic", None) or self.core.tables[0])
             self._lease_consumer = make_consumer(self.settings, self.group_id, lease_topic, assignor=assignor, listener=self._lease)
         if self._exclusive:
-            self.core.set_active(False)
+            self._tell_role(False)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
             self._restore_tables()
@@ -468,12 +468,18 @@ class ServiceProcess:
         if self._tables is not None:
             # two fetch rounds at least: the high watermarks seen must postdate the previous active's last writes
             self._read_tables_to_end(sorted(self._tables.assignment(), key=lambda t: (t.topic, t.partition)), min_s=0.5, what="caught up with")
-        self.core.set_active(True)
+        self._tell_role(True)
         self.metrics.inc("takeovers")
         self.log.info(
             "%s: instance %s is now the active replica (tables caught up in %.2fs)",
             self.core.name, self.settings.instance, time.monotonic() - started,
         )
+
+    def _tell_role(self, active: bool) -> None:
+        """Tell an exclusive core its role (``set_active``, optional for cores not built on BaseCore)."""
+        tell = getattr(self.core, "set_active", None)
+        if callable(tell):
+            tell(active)
 
     def _handle(self, batch: list[Inbound], records: list[Any]) -> tuple[list[tuple[Outgoing, Any]], list[_Dead]]:
         """Handle a batch; on failure fall back to one message at a time so only the culprit is dead-lettered.
