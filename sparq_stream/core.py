@@ -102,11 +102,18 @@ class Core(Protocol):
 
 
 class BaseCore:
-    """Convenience base: per-message batches, no tables, no timers, no metrics."""
+    """Convenience base: per-message batches, no tables, no timers, no metrics.
+
+    ``exclusive``: one active replica, the others hot standbys (its state is one global
+    structure); the wrapper holds the role through the consumer group of its inputs, or of
+    ``lease_topic`` (default: its first table) when it has no inputs.
+    """
 
     name: str = "core"
     inputs: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    exclusive: bool = False
+    lease_topic: str | None = None
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
         """Handle one message (override this)."""
@@ -127,6 +134,9 @@ class BaseCore:
     def metrics(self) -> dict[str, float]:
         """No core metrics unless overridden."""
         return {}
+
+    def set_active(self, active: bool) -> None:
+        """Told by the wrapper when an ``exclusive`` core becomes a standby (on start) or the active replica."""
 
     def close(self) -> None:
         """Nothing to release unless overridden."""

@@ -40,7 +40,12 @@ class TopicDoc:
 #: Every logical topic: its key, its value type, its writers and its readers.
 TOPICS: dict[str, TopicDoc] = {
     "seeds": TopicDoc("problem id", "`sparq.seed` v1", "`sparq seed`, `sparq up`", "mutator, novelty, archivist (tables)"),
-    "candidates": TopicDoc("problem id", "`sparq.candidate` v1", "mutator", "novelty"),
+    "candidates": TopicDoc(
+        "problem id", "`sparq.candidate` v1",
+        "mutator; novelty replicas with `route_partitions` (a candidate moved to the partition of its embedding bucket, "
+        "header `sparq.routed`)",
+        "novelty",
+    ),
     "novel": TopicDoc("problem id", "`sparq.novel` v1", "novelty", "solver; novelty replicas (table, `follow_novel`)"),
     "drops": TopicDoc("problem id", "`sparq.dropped` v1", "novelty", "mutator (returns its credit)"),
     "solved": TopicDoc("problem id", "`sparq.solved` v1", "solver", "archivist, mutator"),

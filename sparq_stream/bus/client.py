@@ -59,14 +59,19 @@ def producer_options(settings: KafkaSettings, transactional_id: str | None = Non
     return opts
 
 
-def make_consumer(settings: ServiceSettings, group_id: str | None, *topics: str) -> KafkaConsumer:
-    """Create a consumer (subscribed to ``topics`` when given); no broker raises BrokerUnavailable."""
+def make_consumer(
+    settings: ServiceSettings, group_id: str | None, *topics: str, assignor: Any = None, listener: Any = None
+) -> KafkaConsumer:
+    """Create a consumer (subscribed to ``topics`` when given, with ``assignor`` and rebalance ``listener``)."""
+    options = consumer_options(settings, group_id)
+    if assignor is not None:
+        options["partition_assignment_strategy"] = [assignor]
     try:
-        consumer = KafkaConsumer(**consumer_options(settings, group_id))
+        consumer = KafkaConsumer(**options)
     except KafkaTimeoutError:
         raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
     if topics:
-        consumer.subscribe(list(topics))
+        consumer.subscribe(list(topics), listener=listener)
     return consumer
 
 

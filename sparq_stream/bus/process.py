@@ -26,6 +26,18 @@ ordinary output, so it goes in the same transaction as the other outputs and
 the input offsets; a restarted replica with the same ``instance`` keeps the
 transactional id ``<group>.<instance>`` and fences its predecessor.
 
+One active replica: a core with ``exclusive = True`` (its state is one global structure) runs
+as one active replica and hot standbys (:mod:`sparq_stream.bus.lease`). Only the replica the
+group gives the partitions (of its inputs, or of a lease topic for a core without inputs)
+handles input and ticks. Every replica starts reading its tables on start and follows them in
+every step; on taking over, it first takes the role's transactional id ``<group>.active`` under exactly-once (fencing
+the previous active: its open transaction, which would hold the read-committed tables back
+until it timed out, is aborted), then reads its tables to their end (what the previous active
+wrote), then goes on from the committed offsets. The group prefers the replica that started
+first, so a hot standby wins over a replica just (re)started with cold tables. An active
+replica that loses the partitions (it stalled past the session timeout) exits, so it is
+restarted as a standby.
+
 SIGTERM/SIGINT finish the batch in flight, commit, close and return 0; every
 flush/commit/close is bounded, and a watchdog ends the process
 ``shutdown_timeout_s`` after the signal whatever it is blocked on (the broker
@@ -67,6 +79,7 @@ from kafka.structs import MemberState, OffsetAndMetadata
 from sparq_stream.bus.client import make_consumer, make_producer, max_request_size
 from sparq_stream.bus.compacted import caught_up, partitions_of
 from sparq_stream.bus.dlq import dlq_headers, fit_record, record_size
+from sparq_stream.bus.lease import LeaseWatch, OneActiveAssignor, active_transactional_id
 from sparq_stream.bus.loading import load_in_thread
 from sparq_stream.bus.metrics import PartitionLag, ServiceMetrics
 from sparq_stream.bus.ops_http import OpsServer, Probes
@@ -180,6 +193,10 @@ class ServiceProcess:
         self._outside_since: float | None = None  # since when the input consumer is outside its group
         self._failed_deliveries = 0  # deliveries failed in a row (not counting refused records)
         self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
+        self._exclusive = bool(getattr(core, "exclusive", False))
+        self._lease: LeaseWatch | None = LeaseWatch() if self._exclusive else None
+        self._lease_consumer: Any = None  # an exclusive core without inputs holds its lease here
+        self._active = not self._exclusive
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -219,10 +236,16 @@ class ServiceProcess:
     def _open(self) -> None:
         topics = [self.names.resolve(t) for t in self.core.inputs]
         self._producer = self._new_producer()
+        assignor = OneActiveAssignor(self.settings.instance) if self._exclusive else None
         if topics:
-            self._consumer = make_consumer(self.settings, self.group_id)
+            self._consumer = make_consumer(self.settings, self.group_id, assignor=assignor)
             self._await_metadata(topics)
-            self._consumer.subscribe(topics)
+            self._consumer.subscribe(topics, listener=self._lease)
+        elif self._exclusive:
+            lease_topic = self.names.resolve(getattr(self.core, "lease_topic", None) or self.core.tables[0])
+            self._lease_consumer = make_consumer(self.settings, self.group_id, lease_topic, assignor=assignor, listener=self._lease)
+        if self._exclusive:
+            self._tell_role(False)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
             self._restore_tables()
@@ -246,7 +269,7 @@ class ServiceProcess:
 
     def _close(self) -> None:
         bound_ms = int(min(self.settings.client_timeout_s, self.settings.shutdown_timeout_s / 2) * 1000)
-        for name in ("_consumer", "_tables"):
+        for name in ("_consumer", "_tables", "_lease_consumer"):
             client = getattr(self, name)
             if client is not None:
                 try:
@@ -330,6 +353,11 @@ class ServiceProcess:
         parts = [tp for logical in self.core.tables for tp in partitions_of(self._tables, self.names.resolve(logical))]
         self._tables.assign(parts)
         self._tables.seek_to_beginning(*parts)
+        if not self._exclusive:  # a standby follows in every step; it reads to the end on taking over
+            self._read_tables_to_end(parts)
+
+    def _read_tables_to_end(self, parts: list[TopicPartition], min_s: float = 0.0, what: str = "restored") -> None:
+        """Poll the tables until every partition reached its high watermark (and ``min_s`` passed)."""
         n = 0
         started = time.monotonic()
         deadline = started + self.settings.restore_timeout_s
@@ -337,7 +365,7 @@ class ServiceProcess:
         while True:
             self.probes.beat()
             n += self._poll_tables(timeout_ms=200)
-            if caught_up(self._tables, parts):
+            if caught_up(self._tables, parts) and time.monotonic() - started >= min_s:
                 break
             now = time.monotonic()
             if self._stop.is_set():
@@ -352,7 +380,8 @@ class ServiceProcess:
             if now >= next_report:
                 self.log.info("restoring tables: %d record(s) read in %.0fs; behind: %s", n, now - started, self._table_lag(parts))
                 next_report = now + 10.0
-        self.log.info("restored %d table record(s) from %s in %.1fs", n, [tp.topic for tp in parts], time.monotonic() - started)
+        topics = sorted({tp.topic for tp in parts})
+        self.log.info("%s %d table record(s) from %s in %.1fs", what, n, topics, time.monotonic() - started)
 
     def _table_lag(self, parts: list[TopicPartition]) -> dict[str, Any]:
         lag: dict[str, Any] = {}
@@ -441,13 +470,19 @@ class ServiceProcess:
             for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
                 records.extend(polled[tp])
             self._watch_membership()
-            if self._consumer.assignment():
+            if self._consumer.assignment() or (self._lease is not None and self._lease.joined):  # a standby has joined
                 self.probes.met("partitions")
             else:
                 self.probes.waiting("partitions")
             self.metrics.set("in_flight", len(records))
+        elif self._lease_consumer is not None:
+            self._poll_lease()
         else:
             time.sleep(self.settings.poll_timeout_ms / 1000)
+        if self._exclusive and not self._check_role():
+            self._poll_tables()  # a hot standby: follow the tables, handle nothing
+            self._publish_metrics()
+            return False
         self._poll_tables()
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         inbound: list[Inbound] = []
@@ -512,6 +547,51 @@ class ServiceProcess:
             still = redo.paused & set(self._consumer.assignment())
             if still:
                 self._consumer.resume(*still)
+
+    def _poll_lease(self) -> None:
+        """Keep the lease consumer in its group; its partitions stay paused (nothing is fetched)."""
+        self._lease_consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=1)  # records, if any, are not ours to read
+        held = self._lease_consumer.assignment()
+        if held and set(held) - set(self._lease_consumer.paused()):
+            self._lease_consumer.pause(*held)
+
+    def _check_role(self) -> bool:
+        """Follow the group's choice of the active replica; return True while this one is it."""
+        assert self._lease is not None
+        active = self._lease.active
+        if active and not self._active:
+            self._take_over()
+        elif self._active and not active and self._lease.joined:
+            self.metrics.inc("leases_lost")
+            raise RetriableError(
+                f"{self.core.name}: instance {self.settings.instance} lost the active role (the group gave it to another "
+                "replica, e.g. after a stall past the session timeout): exiting so it is restarted as a standby"
+            )
+        return self._active
+
+    def _take_over(self) -> None:
+        """Become the active replica: the role's transactional id (exactly-once), then the tables read to their end."""
+        started = time.monotonic()
+        self._active = True
+        if self._txn:  # init_transactions under <group>.active fences the previous active and aborts its transaction
+            _force_close(self._producer)
+            self._producer = None
+            self._producer = self._new_producer()
+        if self._tables is not None:
+            # two fetch rounds at least: the high watermarks seen must postdate the previous active's last writes
+            self._read_tables_to_end(sorted(self._tables.assignment(), key=lambda t: (t.topic, t.partition)), min_s=0.5, what="caught up with")
+        self._tell_role(True)
+        self.metrics.inc("takeovers")
+        self.log.info(
+            "%s: instance %s is now the active replica (tables caught up in %.2fs)",
+            self.core.name, self.settings.instance, time.monotonic() - started,
+        )
+
+    def _tell_role(self, active: bool) -> None:
+        """Tell an exclusive core its role (``set_active``, optional for cores not built on BaseCore)."""
+        tell = getattr(self.core, "set_active", None)
+        if callable(tell):
+            tell(active)
 
     def _handle(self, batch: list[Inbound], records: list[Any]) -> tuple[list[tuple[Outgoing, Any]], list[_Dead]]:
         """Handle a batch; on failure fall back to one message at a time so only the culprit is dead-lettered.
@@ -703,11 +783,17 @@ class ServiceProcess:
         self._producer = fresh
 
     def _new_producer(self) -> Any:
-        txn_id = f"{self.group_id}.{self.settings.instance}" if self._txn else None
+        txn_id = self._txn_id() if self._txn else None
         producer = make_producer(self.settings, transactional_id=txn_id)
         if self._txn:
             producer.init_transactions()
         return producer
+
+    def _txn_id(self) -> str:
+        """``<group>.<instance>``: stable per replica; the active replica of an exclusive core uses the role's id."""
+        if self._exclusive and self._active:
+            return active_transactional_id(self.group_id)
+        return f"{self.group_id}.{self.settings.instance}"
 
     def _deliver(
         self,
@@ -740,7 +826,7 @@ class ServiceProcess:
                 self._consumer.commit(offsets, timeout_ms=int(bound * 1000))
         except _FENCED_ERRORS as exc:
             raise FatalError(
-                f"another process took over transactional id {self.group_id}.{self.settings.instance} ({exc}); "
+                f"another process took over transactional id {self._txn_id()} ({exc}); "
                 "give each replica its own --instance"
             ) from None
         except CommitFailedError as exc:
@@ -800,10 +886,16 @@ class ServiceProcess:
             return
         parts = self._partition_lag()
         self.metrics.partition_lag = parts
-        joining = self._consumer is not None and not self._consumer.assignment()  # nothing is known yet
+        # nothing is known yet while joining the group (a standby has joined: it has no input)
+        joining = self._consumer is not None and not self._consumer.assignment() and not (self._lease is not None and self._lease.joined)
+        unknown = sum(p.lag is None for p in parts) + int(joining)
         self.metrics.set("lag", sum(p.lag for p in parts if p.lag is not None))
-        self.metrics.set("lag_unknown", sum(p.lag is None for p in parts) + int(joining))
-        snap = self.metrics.snapshot(self.core.metrics())
+        if self._exclusive:
+            self.metrics.set("active", float(self._active))
+            if self._consumer is None and self._lease is not None and not self._lease.joined:
+                unknown += 1  # no role yet
+        self.metrics.set("lag_unknown", unknown)
+        snap = self.metrics.snapshot(self.core.metrics() if self._active else None)
         self.log.debug("metrics %s", snap.counters)
         try:
             if self._txn:
@@ -816,7 +908,7 @@ class ServiceProcess:
                 self._producer.commit_transaction()
             # at-least-once: no flush; the producer sends within linger_ms and close() flushes the last one
         except _FENCED_ERRORS as exc:
-            raise FatalError(f"another process took over transactional id {self.group_id}.{self.settings.instance}: {exc}") from None
+            raise FatalError(f"another process took over transactional id {self._txn_id()}: {exc}") from None
         except KafkaError as exc:  # metrics are best effort: the next snapshot carries the same counters
             self.log.warning("publishing metrics failed: %s: %s", type(exc).__name__, exc)
             self._abort()

@@ -4,8 +4,12 @@ Message flow: ``solved`` (:class:`SolveResult`, key = problem id) in; out go ``a
 (the same result, key = problem id: every scored child once) and ``elites`` (compacted, key
 = slot: an :class:`Elite` for every slot the update policy U writes, a tombstone for every
 slot it empties). The ``elites`` topic is read back as a table: it IS the state of W.
-Run exactly one archivist per topic prefix: W is one global structure (its caps span
-every partition of ``solved``), so replicas would each hold a part of it.
+W is one global structure (its caps span every partition of ``solved``), so the archivist is
+``exclusive``: of its replicas one is active and the others are hot standbys
+(:mod:`sparq_stream.bus.lease`). A standby keeps W, the watermarks and the statistics up to
+date from the tables and mirrors the archive topic into its own ``archive_dir`` (give each
+replica its own folder); when the active one dies it reads the tables to their end and goes
+live like a restarted archivist, from the committed ``solved`` offsets.
 
 Restart: the wrapper replays the ``elites`` table (and ``seeds``, with ``track_seeds``; and
 ``archive``, with ``publish_archive`` and ``restore_from_topic``) through
@@ -99,6 +103,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _NEVER = 1 << 62  # rows_per_part of the inner logs: this core decides when to flush
+_RESTORE_FLUSH_ROWS = 1000  # rows restored from the archive topic buffered before a flush
 
 
 class ArchivistConfig(BaseModel):
@@ -153,6 +158,7 @@ class ArchivistCore(BaseCore):
 
     name = "archivist"
     inputs: tuple[str, ...] = ("solved",)
+    exclusive = True
 
     def __init__(self, config: ArchivistConfig | None = None, *, working_set: WorkingSet | None = None) -> None:
         """Open (or resume) the archive in ``config.archive_dir`` and start with an empty W."""
@@ -259,6 +265,8 @@ class ArchivistCore(BaseCore):
         self._remember_id(message.id, True)
         self._append(message)
         self._inc("restored_from_topic")
+        if self._jsonl is not None and self._jsonl.pending >= _RESTORE_FLUSH_ROWS:
+            self.flush()  # a standby mirrors the whole topic: bounded memory
 
     def tick(self, now: float) -> list[Outgoing]:
         """Go live (reconcile or rebuild W) if no batch did yet; emit what that produced."""

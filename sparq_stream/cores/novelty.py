@@ -44,7 +44,9 @@ being dropped as its own duplicate.
 
 Replicas: with ``follow_novel`` each replica also indexes what the others accept (they
 embed it once more), so near duplicates across partitions are caught once the other
-replica's output arrives; one replica is exact.
+replica's output arrives; with ``route_partitions`` each candidate is first moved to the
+partition of its embedding bucket (:mod:`sparq_stream.cores.routing`), so near duplicates
+are decided by one replica even when they arrive together; one replica is exact.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.cores.routing import ROUTED_HEADER, EmbeddingRouter
 from sparq_stream.credentials import OpenAIKey, openai_key_option
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
 from sparq_stream.ids import problem_id
@@ -104,6 +107,7 @@ _DEFAULT_DATA_DIRS: tuple[str, ...] = ("../shared/data", "/work/shared/data", "/
 _CANDIDATE_FIELDS = tuple(f for f in Candidate.model_fields if f != "created_at")
 _TABLE_FLUSH = 256
 _SNAPSHOT_DIR = "novelty-index"
+_ROUTE_FIT_SEEDS = 4096  # seeds (the first by id) whose principal directions are the routing planes
 
 
 class NoveltyConfig(OpenAIKey):
@@ -151,6 +155,15 @@ class NoveltyConfig(OpenAIKey):
     snapshot_every_s: float = Field(default=300.0, gt=0, description="snapshot at most this often while items are added")
     snapshot_every_items: int = Field(default=20_000, ge=1, description="snapshot after this many additions")
     follow_novel: bool = Field(default=True, description="also index the novel topic as a table (restart replay, replicas)")
+    route_partitions: int = Field(
+        default=0, ge=0, description="replicas: route each candidate to the partition of its embedding bucket so near "
+        "duplicates meet on one replica (the partition count of candidates; 0 = off)",
+    )
+    route_planes: int | None = Field(default=None, ge=1, le=16, description="hyperplanes of the routing buckets (unset: the fewest that reach every partition)")
+    route_basis: Literal["random", "seeds"] = Field(
+        default="random", description="routing hyperplanes: seeded random ones, or the principal directions of the seeds' embeddings"
+    )
+    route_seed: int = Field(default=0, description="seed of random routing hyperplanes (the same in every replica)")
     redelivery_window: int = Field(default=2048, ge=0, description="recent outputs kept to recognise a redelivered candidate")
 
     @model_validator(mode="after")
@@ -350,6 +363,8 @@ class NoveltyCore(BaseCore):
         self.heldout = heldout
         self._heldout_ids = {pid: i for i, pid in enumerate(heldout.ids)}
         self._text_checks = text_contamination_checks(config.contamination, config.ngram_n, config.prompt_example_n)
+        self._router: EmbeddingRouter | None = None
+        self._seed_texts: dict[str, str] = {}  # routing by the seeds' principal directions: fitted on the first batch
 
     # ------------------------------------------------------------------ the core contract
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -370,6 +385,39 @@ class NoveltyCore(BaseCore):
         started = time.perf_counter()
         vectors = np.asarray(self.embedder.embed([c.problem for c in candidates]), dtype=np.float32)
         self._timers["embed_seconds"] += time.perf_counter() - started
+        if self.config.route_partitions:
+            return self._route(batch, candidates, vectors)
+        return self._decide_batch(candidates, vectors)
+
+    def _routing(self) -> EmbeddingRouter:
+        """The router, fitted on the seeds (every replica reads the same seeds table) on first use."""
+        if self._router is None:
+            cfg = self.config
+            ids = sorted(self._seed_texts)[:_ROUTE_FIT_SEEDS]
+            if cfg.route_basis == "seeds" and len(ids) >= 8:
+                fit = np.asarray(self.embedder.embed([self._seed_texts[i] for i in ids]), dtype=np.float32)
+                self._router = EmbeddingRouter.fitted(fit, cfg.route_partitions, cfg.route_planes)
+            else:
+                self._router = EmbeddingRouter.random(self.embedder.dim, cfg.route_partitions, cfg.route_planes, cfg.route_seed)
+            self._seed_texts.clear()
+        return self._router
+
+    def _route(self, batch: Sequence[Inbound], candidates: list[Candidate], vectors: np.ndarray) -> list[list[Outgoing]]:
+        """Decide the candidates on their bucket's partition; move the others there (once)."""
+        targets = self._routing().partitions_of(vectors)
+        stay = [i for i, item in enumerate(batch) if int(targets[i]) == item.partition or _routed(item)]
+        outputs: list[list[Outgoing]] = [
+            [Outgoing("candidates", cand, partition=int(target), headers=((ROUTED_HEADER, b"1"),))]
+            for cand, target in zip(candidates, targets)
+        ]
+        self.counters["routed"] += len(batch) - len(stay)
+        if stay:
+            for i, outs in zip(stay, self._decide_batch([candidates[i] for i in stay], vectors[stay])):
+                outputs[i] = outs
+        return outputs
+
+    def _decide_batch(self, candidates: list[Candidate], vectors: np.ndarray) -> list[list[Outgoing]]:
+        """Decide candidates already embedded: drop, or classify and accept."""
         started = time.perf_counter()
         decisions = self._decide(candidates, vectors)
         self._timers["search_seconds"] += time.perf_counter() - started
@@ -384,6 +432,8 @@ class NoveltyCore(BaseCore):
         """Index seeds, and (``follow_novel``) problems accepted after the snapshot or by another replica."""
         message = inbound.message
         if inbound.topic == "seeds" and isinstance(message, Seed):
+            if self.config.route_partitions and self._router is None:
+                self._seed_texts[message.id] = message.problem
             if message.id not in self.index:
                 self._pending.setdefault(message.id, message.problem)
                 self.counters["seeds_indexed"] += 1
@@ -626,6 +676,11 @@ class NoveltyCore(BaseCore):
             model=cand.model,
         )
         return [Outgoing("drops", dropped)]
+
+
+def _routed(item: Inbound) -> bool:
+    """True for a candidate a replica already moved to its bucket's partition (never moved twice)."""
+    return any(name == ROUTED_HEADER for name, _value in item.headers)
 
 
 def build_novelty(

@@ -20,6 +20,12 @@ Message flow (no input topic; everything arrives as tables, read whole on every 
   published before a crash is published on the next start.
 
 Idempotent: state is keyed (slot, problem id, version), so a redelivered record changes nothing.
+
+Replicas: the trainer is ``exclusive``: one active replica exports and trains, the others are hot
+standbys following the same tables (:mod:`sparq_stream.bus.lease`; the lease is held on the
+``models`` topic). A standby that takes over knows the latest published version from the models
+table, publishes a version the dead one finished but did not publish (replicas share
+``models_dir``), and numbers the next one after it: no version is published twice.
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ class TrainerCore(BaseCore):
 
     name = "trainer"
     inputs: tuple[str, ...] = ()
+    exclusive = True
+    lease_topic = "models"
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class TrainerCore(BaseCore):
         self._rows_cache: list[dict[str, Any]] = []
         self._trained_ids: set[str] | None = None
         self._started = False
+        self._standby = False
         self._recheck = False
         self._stop = threading.Event()
         self._executor: ThreadPoolExecutor | None = None
@@ -200,6 +209,10 @@ class TrainerCore(BaseCore):
 
     def _changed(self) -> None:
         self._changes += 1
+
+    def set_active(self, active: bool) -> None:
+        """The wrapper's word on this replica's role: a standby writes nothing, not even on close."""
+        self._standby = not active
 
     # ------------------------------------------------------------------ timers
     def tick(self, now: float) -> list[Outgoing]:
@@ -449,7 +462,7 @@ class TrainerCore(BaseCore):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        if self._changes:
+        if self._changes and not self._standby:  # the active replica owns the export
             self.export()
 
 

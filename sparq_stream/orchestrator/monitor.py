@@ -6,6 +6,9 @@ incarnations: the wrapper's counters always reset; a core's cumulative gauges ei
 (novelty's accepted) or continue from restored state (the archivist's scored), told apart
 as a Prometheus counter reset is: a first value below the previous incarnation's last one is
 a reset. Instantaneous gauges (lag, in flight, step, done, ...) come from the newest incarnation.
+A service run as one active replica and standbys (its snapshots carry an ``active`` gauge) takes
+its gauges from the newest active incarnation only (a standby that took over holds the whole
+state: summing would count it twice), except the lag, summed over every replica.
 Snapshots of processes started before ``since`` (an earlier run on the same prefix) are ignored.
 """
 
@@ -78,7 +81,8 @@ class MetricsBook:
         out: dict[str, dict[str, Any]] = defaultdict(
             lambda: {"counters": defaultdict(float), "gauges": defaultdict(float), "instances": 0, "incarnations": 0, "ts": 0.0}
         )
-        for (service, _instance), incs in runs.items():
+        leaders = _leaders(runs)
+        for (service, instance), incs in runs.items():
             row = out[service]
             row["instances"] += 1
             row["incarnations"] += len(incs)
@@ -88,11 +92,17 @@ class MetricsBook:
                     row["counters"][k] += v
             newest = incs[-1].last.gauges
             names = {k for inc in incs for k in inc.last.gauges} - {_STARTED}
+            if service in leaders:  # one active replica: its state gauges only; every replica's lag
+                names = names & _EVERY_REPLICA if leaders[service] != instance else names - {"active"}
+                if leaders[service] == instance:
+                    incs = [inc for inc in incs if inc.last.gauges.get("active", 0.0) >= 1.0][-1:] or incs[-1:]
             for k in names:
                 if k in INSTANT_GAUGES:
                     row["gauges"][k] += newest.get(k, 0.0)
                 else:
                     row["gauges"][k] += _total(incs, k)
+            if service in leaders and leaders[service] == instance:
+                row["active_instance"] = instance
         return {k: {**v, "counters": dict(v["counters"]), "gauges": dict(v["gauges"])} for k, v in out.items()}
 
 
@@ -117,6 +127,24 @@ class MetricsBook:
             else:
                 out[instance] = _total(incs, name)
         return out
+
+
+_EVERY_REPLICA = frozenset({"lag", "lag_unknown"})
+"""Gauges of an exclusive service summed over all its replicas: the run waits for standbys to follow too."""
+
+
+def _leaders(runs: dict[tuple[str, str], list[_Incarnation]]) -> dict[str, str]:
+    """Per exclusive service (its snapshots carry ``active``), the instance whose newest active snapshot is newest."""
+    best: dict[str, tuple[float, str]] = {}
+    for (service, instance), incs in runs.items():
+        for inc in incs:
+            gauges = inc.last.gauges
+            if "active" not in gauges:
+                continue
+            stamp = inc.last.ts if gauges["active"] >= 1.0 else -1.0
+            if service not in best or (stamp, instance) > best[service]:
+                best[service] = (stamp, instance)
+    return {service: instance for service, (_stamp, instance) in best.items()}
 
 
 def _total(incs: list[_Incarnation], name: str) -> float:

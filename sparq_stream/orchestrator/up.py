@@ -46,6 +46,9 @@ class UpConfig(OpenAIKey):
     prefix: str | None = Field(default=None, description="topic prefix; default: a new one per run")
     partitions: int = Field(default=3, ge=1, description="partitions per topic")
     solvers: int = Field(default=1, ge=1, description="solver replicas (processes)")
+    replicas: dict[str, int] = Field(
+        default_factory=dict, description="processes per service (solver: overrides solvers); see orchestrator.replicas"
+    )
     batch_size: int = Field(default=64, ge=1, description="parents per step (b)")
     k: int = Field(default=16, ge=1, description="solver rollouts per candidate (K)")
     max_tokens: int | None = Field(default=None, ge=16, description="token limit of mutations and rollouts")
@@ -72,6 +75,19 @@ class UpConfig(OpenAIKey):
         """Options go on the services' command lines and into run.json: no secret may ride along."""
         refuse_secret_options("backend_options", value)
         return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _known_replicas(cls, value: dict[str, int]) -> dict[str, int]:
+        from sparq_stream.orchestrator.replicas import check_replicas
+
+        for service, count in value.items():
+            check_replicas(service, count)
+        return value
+
+    def replica_count(self, service: str) -> int:
+        """How many processes of ``service`` the run starts."""
+        return self.replicas.get(service, self.solvers if service == "solver" else 1)
 
 
 class UpSettings(BaseSparqSettings, UpConfig):
@@ -398,6 +414,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
     from sparq_stream.bus.topics import TopicNames, create_topics
     from sparq_stream.orchestrator import journal as journal_mod
     from sparq_stream.orchestrator.monitor import MetricsMonitor
+    from sparq_stream.orchestrator.replicas import SERVICES, replica_flags, replica_names
     from sparq_stream.orchestrator.supervisor import RestartPolicy, Supervisor
     from sparq_stream.settings import ServiceSettings
 
@@ -459,15 +476,15 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
         final_metrics: dict[str, Any] = {}
         error: Exception | None = None
         try:
-            http = _http_ports(["archivist", "trainer", "novelty", *(f"solver-{i}" for i in range(config.solvers)), "mutator"])
+            names = {service: replica_names(service, config.replica_count(service)) for service in SERVICES}
+            http = _http_ports([name for service in SERVICES for name in names[service]])
             run_info["http"] = {name: f"http://127.0.0.1:{port}" for name, port in http.items()}
             _write_run_json(out, run_info)
-            for name in ("archivist", "trainer", "novelty"):
-                supervisor.add(name, name, _common(config, prefix, bootstrap, name) + args[name] + _http_flags(http[name]), env)
-            for i in range(config.solvers):
-                name = f"solver-{i}"
-                supervisor.add(name, "solver", _common(config, prefix, bootstrap, name) + args["solver"] + _http_flags(http[name]), env)
-            supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"] + _http_flags(http["mutator"]), env)
+            for service in SERVICES:
+                count = len(names[service])
+                for index, name in enumerate(names[service]):
+                    flags = args[service] + replica_flags(service, index, name, out, count, config.partitions)
+                    supervisor.add(name, service, _common(config, prefix, bootstrap, name) + flags + _http_flags(http[name]), env)
             started = time.monotonic()
             idle: dict[str, float] = {}
             live = view(monitor, supervisor) if view else None

@@ -35,3 +35,32 @@ def test_metrics_of_an_earlier_run_on_the_same_prefix_are_ignored() -> None:
     assert not book.add(_m("mutator", 10, 50, done=1.0, emitted=320))
     assert book.add(_m("mutator", 1001, 1002, done=0.0, emitted=8))
     assert book.snapshot()["mutator"]["gauges"] == {"done": 0.0, "emitted": 8.0}
+
+
+def _r(instance: str, started: float, ts: float, counters: dict | None = None, **gauges: float) -> Metric:
+    return Metric(service="archivist", instance=instance, ts=ts, counters=counters or {}, gauges={"started_at": started, **gauges})
+
+
+def test_one_active_replica_its_state_gauges_alone_and_every_replica_lag() -> None:
+    book = MetricsBook(since=100.0)
+    # archivist-0 active until killed at 130 with 190 scored; archivist-1, a standby, takes over with the whole state
+    book.add(_r("archivist-0", 101, 120, {"consumed": 50}, active=1, scored=150, lag=0))
+    book.add(_r("archivist-0", 101, 129, {"consumed": 90}, active=1, scored=190, lag=0))
+    book.add(_r("archivist-1", 102, 125, {"consumed": 0}, active=0, lag=4))
+    book.add(_r("archivist-1", 102, 140, {"consumed": 30}, active=1, scored=260, lag=0))
+    # archivist-0 restarted by its supervisor: a standby now, still following the tables
+    book.add(_r("archivist-0", 135, 141, {"consumed": 0}, active=0, lag=3))
+    snap = book.snapshot()["archivist"]
+    assert snap["gauges"]["scored"] == 260  # not 190 + 260: the standby that took over holds the whole state
+    assert snap["gauges"]["lag"] == 3  # the run is not over while a standby is behind
+    assert snap["counters"]["consumed"] == 120
+    assert snap["active_instance"] == "archivist-1" and snap["instances"] == 2
+    assert "active" not in snap["gauges"]
+
+
+def test_a_replica_active_twice_counts_its_newest_active_incarnation_only() -> None:
+    book = MetricsBook(since=100.0)
+    book.add(_r("archivist-0", 101, 110, active=1, scored=100))
+    book.add(_r("archivist-0", 120, 121, active=0))  # restarted: a standby first (no state gauges)
+    book.add(_r("archivist-0", 120, 130, active=1, scored=180))  # then active again, state restored
+    assert book.snapshot()["archivist"]["gauges"]["scored"] == 180

@@ -26,7 +26,7 @@ CLASSES = {name: service_spec(name).settings_cls for name in service_names()} | 
 #: Values for fields whose generic sample would break a cross-field rule or a pattern.
 OVERRIDES: dict[str, Any] = {
     "variant": "static-uniform", "t_low": 0.2, "t_high": 0.8, "prefix": "other-prefix", "exact_threshold": 0.99,
-    "max_tokens": 100, "extra": {"solver": ["--k", "2"]},
+    "max_tokens": 100, "extra": {"solver": ["--k", "2"]}, "replicas": {"archivist": 2},
 }  # fmt: skip
 
 

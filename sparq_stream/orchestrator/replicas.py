@@ -1,0 +1,78 @@
+"""``sparq up --replicas SERVICE=N``: how many processes of each service, their names and per-replica flags.
+
+Each replica gets a stable instance name (``<service>-<i>``; a service run once keeps its plain
+name, the solver is always ``solver-<i>``), which is also its metrics key and, under
+exactly-once, its transactional id ``<group>.<instance>``: a restarted replica fences its own
+predecessor. How the replicas of each service share the work:
+
+- solver: the partitions of ``novel`` (a consumer group);
+- novelty: the partitions of ``candidates``, each candidate first moved to the partition of its
+  embedding bucket (``--route-partitions``), so near duplicates meet on one replica; each replica
+  snapshots its own index (replica 0 in ``out/state/novelty``);
+- archivist, trainer: one active replica, the others hot standbys (``sparq_stream.bus.lease``);
+  each archivist replica writes its own copy of the archive on disk (replica 0 in ``out/archive``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sparq_stream.cores.routing import default_planes
+from sparq_stream.errors import ConfigError
+
+__all__ = ["REPLICATED", "SERVICES", "parse_replicas", "replica_names", "replica_flags"]
+
+SERVICES = ("archivist", "trainer", "novelty", "solver", "mutator")
+"""Every service of the loop, in the order ``sparq up`` starts them."""
+
+REPLICATED = {
+    "solver": "replicas share the partitions of novel",
+    "novelty": "replicas share the partitions of candidates, routed by embedding bucket",
+    "archivist": "one active replica, the others hot standbys",
+    "trainer": "one active replica, the others hot standbys",
+}
+"""Services that run as more than one process, and how the replicas share the work."""
+
+
+def parse_replicas(items: list[str] | None) -> dict[str, int]:
+    """``["archivist=2", "trainer=2"]`` -> ``{"archivist": 2, "trainer": 2}``; a bad item raises ConfigError."""
+    out: dict[str, int] = {}
+    allowed = ", ".join(sorted(REPLICATED))
+    for item in items or []:
+        service, sep, count = item.partition("=")
+        service = service.strip()
+        if not sep or not count.strip().lstrip("-").isdigit():
+            raise ConfigError(f"--replicas {item!r}: expected SERVICE=N, N a whole number >= 1 (SERVICE: {allowed})")
+        check_replicas(service, int(count))
+        out[service] = int(count)
+    return out
+
+
+def check_replicas(service: str, count: int) -> None:
+    """Raise ConfigError unless ``service`` may run as ``count`` processes."""
+    allowed = ", ".join(sorted(REPLICATED))
+    if service not in SERVICES:
+        raise ConfigError(f"--replicas: unknown service {service!r}; allowed: {allowed}")
+    if count < 1:
+        raise ConfigError(f"--replicas {service}={count}: N must be >= 1")
+    if count > 1 and service not in REPLICATED:
+        raise ConfigError(f"--replicas {service}={count}: {service} runs as one process; services with replicas: {allowed}")
+
+
+def replica_names(service: str, count: int) -> list[str]:
+    """The stable instance names of a service's replicas."""
+    if service == "solver" or count > 1:
+        return [f"{service}-{i}" for i in range(count)]
+    return [service]
+
+
+def replica_flags(service: str, index: int, name: str, out: Path, count: int = 1, partitions: int = 1) -> list[str]:
+    """Flags one replica needs besides its service's (after them, so they win): its own folders, the routing."""
+    flags: list[str] = []
+    if service == "archivist" and index > 0:
+        flags += ["--archive-dir", str(out.resolve() / "replicas" / name / "archive")]
+    if service == "novelty" and count > 1:
+        flags += ["--route-partitions", str(partitions), "--route-planes", str(default_planes(count))]
+        if index > 0:
+            flags += ["--state-dir", str(out.resolve() / "state" / name)]
+    return flags
