@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaTimeoutError
 
 from sparq_stream.errors import BrokerUnavailable
@@ -59,10 +60,19 @@ def producer_options(settings: KafkaSettings, transactional_id: str | None = Non
     return opts
 
 
-def make_consumer(settings: ServiceSettings, group_id: str | None, *topics: str) -> KafkaConsumer:
-    """Create a consumer (subscribed to ``topics`` when given); no broker raises BrokerUnavailable."""
+def make_consumer(settings: ServiceSettings, group_id: str | None, *topics: str, round_robin: bool = False) -> KafkaConsumer:
+    """Create a consumer (subscribed to ``topics`` when given); no broker raises BrokerUnavailable.
+
+    ``round_robin``: the group assigns partition i to member i mod N (kafka-python's round-robin
+    assignor) instead of contiguous ranges, so records spread round-robin over the partitions
+    (a ``spread`` topic) reach the members in turn: an even share of any run of records
+    whenever the member count divides the partition count.
+    """
+    opts = consumer_options(settings, group_id)
+    if round_robin:
+        opts.setdefault("partition_assignment_strategy", (RoundRobinPartitionAssignor,))
     try:
-        consumer = KafkaConsumer(**consumer_options(settings, group_id))
+        consumer = KafkaConsumer(**opts)
     except KafkaTimeoutError:
         raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
     if topics:

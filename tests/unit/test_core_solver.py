@@ -462,3 +462,26 @@ def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
     with pytest.raises(RetriableError):
         core.handle_batch([_inbound(_candidate(20, scripted), 20)])
     assert core.metrics()["busy_seconds"] == pytest.approx(2.75)
+
+
+def test_the_audit_verifiers_calls_count_as_busy_time_beside_the_solve_calls(
+    pool: CheckerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sparq_stream.cores.solver as solver_mod
+
+    clock = [100.0]
+    monkeypatch.setattr(solver_mod.time, "perf_counter", lambda: clock[0])
+
+    class Timed(Spy):
+        def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[GenerationResult]:
+            clock[0] += 0.25 * len(prompts)
+            return super().generate(prompts, n, params)
+
+    scripted = ScriptedBackend(_script(10))
+    backend = Timed(scripted)
+    core = SolverCore(backend, pool, SolverConfig(early_stop="none", max_batch=4, audit="kept"))
+    core.handle_batch([_inbound(_candidate(i, scripted), i) for i in range(10)])
+    m = core.metrics()
+    assert m["audited"] > 0 and len(backend.calls) == 4  # 3 solve calls, then one verifier call for the kept ones
+    assert m["solve_seconds"] == pytest.approx(2.5) and m["audit_seconds"] == pytest.approx(0.25 * m["audited"])
+    assert m["busy_seconds"] == pytest.approx(m["solve_seconds"] + m["audit_seconds"])
