@@ -8,10 +8,12 @@
     (start-up, group joins and the drain at the end excluded). Measured in the mutator's
     asynchronous mode (it keeps up to ``max_in_flight`` candidates downstream: the steady
     state a long job runs in) and in the paper's synchronous rounds (a step of b
-    candidates must be scored before the next starts), where each step is profiled: its
-    measured length against the backend calls of its busiest replica (keys spread over
-    partitions by hash, so one replica holds more than half of a step, and a partial
-    batch costs a whole call) plus the hops between services.
+    candidates must be scored before the next starts), where each step is profiled from
+    the record timestamps on the broker: its length split into the novelty hop, the
+    solving and the barrier (last result to the next step's first candidate), against the
+    backend calls of its busiest replica (a partial batch costs a whole call). Busy
+    fraction per replica: time in the backend (rollouts and the audit's verifier calls)
+    over wall time.
 (b) duplicates: a loop whose generator repeats itself (scripted children that cycle
     through a small pool of problems, exact copies and near copies) on the embedded
     broker; from the archive on disk, the share of rollouts spent on a problem that is an
@@ -130,10 +132,9 @@ def _scaling_run(
                 "--backend-options", json.dumps(solver_options),
                 "--max-batch", str(args.max_batch),
                 "--max-poll-records", str(args.solver_poll_records or args.max_batch * 2),
-                "--batch-linger-records", str(args.max_batch),
-                "--batch-linger-ms", str(args.solver_linger_ms),
                 "--checker-workers", "1",
-            ],
+            ] + (["--batch-linger-records", str(args.max_batch), "--batch-linger-ms", str(args.solver_linger_ms)]
+                 if args.solver_linger_ms else []),
             "mutator": mutator,
         },
     )
@@ -254,23 +255,27 @@ def _step_profile(bootstrap: str, prefix: str, solvers: int, max_batch: int, lat
         rows.append({
             "step_s": first[step + 1] - first[step],
             "novelty_s": first_novel - first[step],
+            "novel_spread_s": max(t for _, t in novel[step]) - first_novel,
             "solving_s": last_solved[step] - first_novel,
             "between_s": first[step + 1] - last_solved[step],
             "call_bound_s": max(math.ceil(n / max_batch) for n in loads) * latency,
             "busiest_share": max(loads) / max(1, sum(loads)),
+            "partition_loads": [sum(1 for p, _ in novel[step] if p == q) for q in range(1 + max(p for p, _ in novel[step]))],
         })
     if not rows:
         return {}
-    mean = {key: statistics.fmean(r[key] for r in rows) for key in rows[0]}
+    mean = {key: statistics.fmean(r[key] for r in rows) for key in rows[0] if key != "partition_loads"}
     return {
         "measured_step_s": mean["step_s"],
         "novelty_s": mean["novelty_s"],
         "solving_s": mean["solving_s"],
         "between_s": mean["between_s"],
+        "novel_spread_s": mean["novel_spread_s"],
         "call_bound_step_s": mean["call_bound_s"],
         "overhead_step_s": mean["step_s"] - mean["call_bound_s"],
         "busiest_replica_share": mean["busiest_share"],
         "steps_measured": len(rows),
+        "partition_loads": [r["partition_loads"] for r in rows],
     }
 
 
