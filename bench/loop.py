@@ -100,6 +100,7 @@ def _scaling_run(
     script = {"seed": 3, "solve_rates": [0.25, 0.5, 0.75]}
     solver_options = {"script": script, "latency_per_call_s": args.latency}
     budget = args.scaling_candidates
+    poll = args.solver_poll_records or args.max_batch * 2  # a short poll lingers for a whole poll: full calls only
     mutator = ["--chunk-size", "16"]
     if synchronous:
         mutator += ["--synchronous"]
@@ -131,9 +132,9 @@ def _scaling_run(
             "solver": [
                 "--backend-options", json.dumps(solver_options),
                 "--max-batch", str(args.max_batch),
-                "--max-poll-records", str(args.solver_poll_records or args.max_batch * 2),
+                "--max-poll-records", str(poll),
                 "--checker-workers", "1",
-            ] + (["--batch-linger-records", str(args.max_batch), "--batch-linger-ms", str(args.solver_linger_ms)]
+            ] + (["--batch-linger-records", str(poll), "--batch-linger-ms", str(args.solver_linger_ms)]
                  if args.solver_linger_ms else []),
             "mutator": mutator,
         },
@@ -302,7 +303,7 @@ def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str,
             sync = kind == "synchronous"
             mode = f"synchronous b={batch}" if sync else kind
             rates = {}
-            counts = sorted({1, *(int(c) for c in str(args.solver_counts).split(","))})
+            counts = sorted({int(c) for c in str(args.solver_counts).split(",")})  # without 1: busy fractions, no ratio
             for solvers in counts:
                 work = root / f"a-{kind}-{batch}-{solvers}"
                 run = _scaling_run(data, work, bootstrap, solvers=solvers, synchronous=sync, batch=batch, args=args)
@@ -310,7 +311,7 @@ def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str,
                 rates[solvers] = run["rate"]
                 log.info("(a) %s, %d solver(s): %.1f scored/s (%d scored, window %.1fs, %s)",
                          mode, solvers, run["rate"], run["scored"], run["window_s"], run["per_solver_candidates"])
-            for solvers in counts[1:]:
+            for solvers in counts[1:] if counts[0] == 1 else ():
                 ratio = rates[solvers] / rates[1] if rates[1] > 0 else float("nan")
                 out[f"ratio_{mode}" if solvers == 2 else f"ratio_{mode}_x{solvers}"] = ratio
     finally:
@@ -617,7 +618,7 @@ def _table(figures: dict[str, Any]) -> str:
         lines.append(f"(a) scored candidates/s, 1 vs 2 solver replicas (scripted solver: {st['latency_per_call_s']} s per call of "
                      f"<= {st['max_batch']} candidates = {st['ideal_rate_per_solver']:.0f}/s per replica; {st['partitions']} partitions, K={st['k']})")
         lines.append(f"    variant {st['variant']}, solver max records per poll {st['solver_poll_records']}, "
-                     f"a short poll lingers {st['solver_linger_ms']} ms for {st['max_batch']}")
+                     f"a short poll lingers {st['solver_linger_ms']} ms for a whole poll")
         lines.append(f"    {'mutator mode':<20}{'solvers':>8}{'scored/s':>10}{'window s':>10}{'calls':>7}{'per replica':>16}"
                      "  busy fraction per replica (rollouts alone)")
         for run in a["runs"]:
@@ -693,11 +694,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scaling-candidates", type=int, default=None, help="candidates per run (default 1200, quick 600)")
     g.add_argument("--max-in-flight", type=int, default=128)
     g.add_argument("--modes", default="asynchronous,synchronous")
-    g.add_argument("--solver-counts", default="1,2", help="solver replicas to compare with 1, e.g. 1,2,4 (with --partitions 16)")
+    g.add_argument("--solver-counts", default="1,2", help="solver replicas, e.g. 1,2,4: each compared with 1 (replicas should divide --partitions)")
     g.add_argument("--run-timeout", type=float, default=240.0)
     g.add_argument("--variant", default="static-uniform", help="selection variant of (a) (qd: the default, with W's watermark barrier)")
     g.add_argument("--solver-poll-records", type=int, default=None, help="the solvers' max records per poll (default 2 x max-batch)")
-    g.add_argument("--solver-linger-ms", type=int, default=100, help="a solver's short poll waits this long for max-batch records (0: off)")
+    g.add_argument("--solver-linger-ms", type=int, default=100, help="a solver's short poll waits this long for a whole poll of records (0: off)")
     g = p.add_argument_group("(b) duplicates")
     g.add_argument("--dup-seeds", type=int, default=40, help="seeds indexed before the stream (each copied 5 ways)")
     g.add_argument("--dup-origins", type=int, default=80, help="distinct candidates that are copied 5 ways later")

@@ -349,8 +349,9 @@ class SolverCore(BaseCore):
         except Exception as exc:  # a backend that raises (out of memory, a bug) is retried with back-off
             raise RetriableError(f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}") from exc
         finally:  # busy_seconds: time inside the backend (solve and audit calls, failed ones included): busy fraction = its rate
-            self._inc("busy_seconds", time.perf_counter() - started)
-            self._inc("solve_seconds", time.perf_counter() - started)
+            spent = time.perf_counter() - started
+            self._inc("busy_seconds", spent)
+            self._inc("solve_seconds", spent)
         self._inc("generate_calls")
         self._inc("generate_prompts", len(jobs))  # / generate_calls: how full the calls were
         self._inc("generate_seconds", time.perf_counter() - started)
@@ -521,8 +522,9 @@ class _TimedBackend:
         try:
             return self._backend.generate(prompts, n, params)
         finally:
-            self._inc("audit_seconds", time.perf_counter() - started)
-            self._inc("busy_seconds", time.perf_counter() - started)
+            spent = time.perf_counter() - started
+            self._inc("audit_seconds", spent)
+            self._inc("busy_seconds", spent)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._backend, name)
