@@ -154,6 +154,7 @@ class ServiceProcess:
         self._stop_at: float | None = None
         self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
         self._eager = False  # the last tick emitted: poll without waiting
+        self._table_wakeup = False  # the core can act on a table record: input polls wait in slices
         self._turns: dict[str, int] = {}  # spread topics: the next partition's turn (starts at a hash of the instance)
 
     # ------------------------------------------------------------------ lifecycle
@@ -198,6 +199,7 @@ class ServiceProcess:
             self._consumer = make_consumer(self.settings, self.group_id, *topics, round_robin=spread)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
+            self._table_wakeup = bool(getattr(self.core, "wakes_on_tables", False))
             self._restore_tables()
 
     def _close(self) -> None:
@@ -372,9 +374,9 @@ class ServiceProcess:
 
         A tick that emitted may have more to emit at once (the mutator opens a step in one tick
         and generates it in the next): waiting the poll out there cost each synchronous step a
-        whole poll timeout. With tables the wait is cut in slices with the tables read between
-        them, so a table record (the archivist's watermark a synchronous mutator waits for) ends
-        the wait as an input record does.
+        whole poll timeout. For a core whose ``wakes_on_tables`` is true (a synchronous dynamic
+        mutator) the wait is cut in slices with the tables read between them, so a table record
+        (the archivist's watermark it waits for) ends the wait as an input record does.
         """
         wait_ms = 0 if self._eager else self.settings.poll_timeout_ms
         if self._consumer is None:
@@ -384,7 +386,7 @@ class ServiceProcess:
         deadline = time.monotonic() + wait_ms / 1000
         while True:
             left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
-            slice_ms = min(left_ms, _TABLE_SLICE_MS) if self._tables is not None else left_ms
+            slice_ms = min(left_ms, _TABLE_SLICE_MS) if self._table_wakeup else left_ms
             polled = self._consumer.poll(timeout_ms=slice_ms, max_records=self.settings.max_poll_records)
             if polled or left_ms <= slice_ms or self._poll_tables():
                 break

@@ -171,8 +171,26 @@ def test_a_short_batch_lingers_for_the_rest_of_a_burst_only_when_asked() -> None
 def test_a_table_record_ends_the_wait_of_an_input_poll() -> None:
     process = _process(4)
     process.settings = process.settings.model_copy(update={"poll_timeout_ms": 60_000})
-    process._tables = object()  # a core with tables: the wait is cut in slices, the tables read between them
+    process._tables = object()
+    process._table_wakeup = True  # a core that acts on table records: the wait is cut in slices, the tables read between
     read = [0, 0, 2]  # table records read after each slice: the third brings a watermark
     process._poll_tables = lambda timeout_ms=0: read.pop(0)
     assert process._poll_input() == [] and read == []
     assert len(process._consumer.timeouts) == 3 and max(process._consumer.timeouts) <= 20
+
+
+def test_only_a_synchronous_dynamic_mutator_wakes_on_table_records() -> None:
+    from sparq_stream.cores.mutator import MutatorConfig, MutatorCore
+    from sparq_stream.models.scripted import ScriptedBackend
+
+    def wakes(**config: Any) -> bool:
+        return MutatorCore(MutatorConfig(changelog=False, **config), backend=ScriptedBackend()).wakes_on_tables
+
+    assert wakes(variant="qd") and wakes(variant="dynamic-uniform")
+    assert not wakes(variant="static-uniform") and not wakes(variant="qd", synchronous=False)
+    process = _process(4)  # a core with tables that does not act on them: one poll, the whole wait
+    process._tables = object()
+    process._poll_tables = lambda timeout_ms=0: 1
+    assert process._poll_input() == []
+    (wait,) = process._consumer.timeouts
+    assert wait > 20
