@@ -8,10 +8,12 @@
     (start-up, group joins and the drain at the end excluded). Measured in the mutator's
     asynchronous mode (it keeps up to ``max_in_flight`` candidates downstream: the steady
     state a long job runs in) and in the paper's synchronous rounds (a step of b
-    candidates must be scored before the next starts), where each step is profiled: its
-    measured length against the backend calls of its busiest replica (keys spread over
-    partitions by hash, so one replica holds more than half of a step, and a partial
-    batch costs a whole call) plus the hops between services.
+    candidates must be scored before the next starts), where each step is profiled from
+    the record timestamps on the broker: its length split into the novelty hop, the
+    solving and the barrier (last result to the next step's first candidate), against the
+    backend calls of its busiest replica (a partial batch costs a whole call). Busy
+    fraction per replica: time in the backend (rollouts and the audit's verifier calls)
+    over wall time.
 (b) duplicates: a loop whose generator repeats itself (scripted children that cycle
     through a small pool of problems, exact copies and near copies) on the embedded
     broker; from the archive on disk, the share of rollouts spent on a problem that is an
@@ -98,6 +100,7 @@ def _scaling_run(
     script = {"seed": 3, "solve_rates": [0.25, 0.5, 0.75]}
     solver_options = {"script": script, "latency_per_call_s": args.latency}
     budget = args.scaling_candidates
+    poll = args.solver_poll_records or args.max_batch * 2  # a short poll lingers for a whole poll: full calls only
     mutator = ["--chunk-size", "16"]
     if synchronous:
         mutator += ["--synchronous"]
@@ -110,7 +113,7 @@ def _scaling_run(
         out=work,
         steps=steps,
         max_candidates=None if synchronous else budget,
-        variant="static-uniform",
+        variant=args.variant,
         backend="scripted",
         backend_options={"script": script},
         embedder="hash",
@@ -129,21 +132,28 @@ def _scaling_run(
             "solver": [
                 "--backend-options", json.dumps(solver_options),
                 "--max-batch", str(args.max_batch),
-                "--max-poll-records", str(args.max_batch * 2),
+                "--max-poll-records", str(poll),
                 "--checker-workers", "1",
-            ],
+            ] + (["--batch-linger-records", str(poll), "--batch-linger-ms", str(args.solver_linger_ms)]
+                 if args.solver_linger_ms else []),
             "mutator": mutator,
         },
     )
     samples: list[tuple[float, float]] = []
     per_solver: dict[str, float] = {}
     busy: list[tuple[float, dict[str, float]]] = []
+    solving: list[tuple[float, dict[str, float]]] = []
+    calls: dict[str, float] = {}
+    prompts: dict[str, float] = {}
 
     def tick(supervisor: Any, monitor: Any) -> None:
         now = time.monotonic()
         samples.append((now, monitor.value("archivist", "scored")))
         per_solver.update(_per_instance(monitor, "solver", "candidates"))
         busy.append((now, _per_instance(monitor, "solver", "busy_seconds")))
+        solving.append((now, _per_instance(monitor, "solver", "solve_seconds")))
+        calls.update(_per_instance(monitor, "solver", "generate_calls"))
+        prompts.update(_per_instance(monitor, "solver", "generate_prompts"))
 
     started = time.monotonic()
     result = run_up(config, on_tick=tick)
@@ -153,8 +163,12 @@ def _scaling_run(
     stages = result.summary.get("stages", {})
     return {
         "busy_fraction": _busy_fractions(samples, busy, total),
+        "solve_fraction": _busy_fractions(samples, solving, total),
         "generate_calls": stages.get("solver.generate_calls"),
-        "steps": _step_profile(work / "archive", args.partitions, solvers, args.max_batch, args.latency) if synchronous else None,
+        "batch_fill": {name: prompts.get(name, 0.0) / n / args.max_batch for name, n in sorted(calls.items()) if n},
+        "steps": _step_profile(result.bootstrap, result.prefix, solvers, args.max_batch, args.latency)
+        if synchronous
+        else None,
         "solvers": solvers,
         "mode": f"synchronous b={batch}" if synchronous else "asynchronous",
         "batch_size": batch,
@@ -173,68 +187,97 @@ def _busy_fractions(
     """Per solver replica: seconds inside its backend / wall seconds, between the 10% and 90% marks of ``scored``.
 
     ``busy_seconds`` is the solver core's counter of time spent in ``backend.generate``
-    (what a GPU would be generating); both ends are read from the same monitor ticks, so
+    (what a GPU would be generating: the rollouts and the validity audit's verifier calls;
+    ``solve_seconds`` counts the rollouts alone); both ends are read from the same monitor ticks, so
     the metrics' reporting lag cancels.
     """
     t_lo = next((t for t, v in samples if v >= 0.1 * total), None)
     t_hi = next((t for t, v in samples if v >= 0.9 * total), None)
     if t_lo is None or t_hi is None or t_hi <= t_lo:
         return {}
-    at_lo = next(b for t, b in busy if t >= t_lo)
-    at_hi = next(b for t, b in busy if t >= t_hi)
+    at_lo = next((b for t, b in busy if t >= t_lo), {})
+    at_hi = next((b for t, b in busy if t >= t_hi), {})
     return {name: (at_hi[name] - at_lo.get(name, 0.0)) / (t_hi - t_lo) for name in sorted(at_hi)}
 
 
-def _partition(key: str, partitions: int) -> int:
-    """The partition kafka-python's default partitioner gives a key (murmur2, as the services' producers)."""
-    from kafka.partitioner.default import murmur2
+def _read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, Any]]:
+    """Every record of a topic as (partition, timestamp ms, decoded message), read from the beginning."""
+    from kafka import KafkaConsumer
 
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    from sparq_stream.bus.compacted import caught_up, partitions_of
+    from sparq_stream.messages import decode
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        parts = partitions_of(consumer, topic)
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        out: list[tuple[int, int, Any]] = []
+        deadline = time.monotonic() + 60
+        while not caught_up(consumer, parts) and time.monotonic() < deadline:
+            for tp, recs in consumer.poll(timeout_ms=200).items():
+                out.extend((r.partition, r.timestamp, decode(r.value)) for r in recs if r.value is not None)
+        return out
+    finally:
+        consumer.close()
 
 
-def _step_profile(archive: Path, partitions: int, solvers: int, max_batch: int, latency: float) -> dict[str, Any]:
-    """Per synchronous step: measured duration (start to next start) and the backend-call bound of the busiest replica.
+def _step_profile(bootstrap: str, prefix: str, solvers: int, max_batch: int, latency: float) -> dict[str, Any]:
+    """Per synchronous step, from the record timestamps of candidates, novel and solved on the broker.
 
-    Replicas get contiguous ranges of partitions (kafka-python's range assignor); a replica
-    holding n candidates of a step needs at least ceil(n / max_batch) calls of ``latency`` s.
+    A step's length (its first candidate to the next step's first candidate) splits into
+    ``novelty`` (first candidate -> first novel record), ``solving`` (first novel -> last
+    solved record) and ``between`` (last solved -> the next step's first candidate: the
+    barrier, the mutator's state record and its generation). ``call_bound`` is what the
+    backend calls alone need: the replica holding the most of the step's novel records
+    (replicas own contiguous ranges of partitions, kafka-python's range assignor) needs
+    ceil(n / max_batch) calls of ``latency`` s.
     """
-    rows = _raw_archive(archive)
-    by_step: dict[int, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_step.setdefault(int(row["step"]), []).append(row)
-    starts = {s: min(float(r["created_at"]) for r in rs) for s, rs in by_step.items()}
-    per = partitions // solvers if partitions % solvers == 0 else None
-    durations, bounds, shares = [], [], []
-    for step in sorted(by_step):
-        if step == min(by_step) or step + 1 not in starts:
-            continue  # the first step includes start-up, the last has no successor
-        durations.append(starts[step + 1] - starts[step])
-        loads = [0] * solvers
-        for row in by_step[step]:
-            part = _partition(row["id"], partitions)
-            loads[min(solvers - 1, part // per) if per else part % solvers] += 1
-        bounds.append(max(math.ceil(n / max_batch) for n in loads) * latency)
-        shares.append(max(loads) / max(1, sum(loads)))
-    if not durations:
-        return {}
-    return {
-        "measured_step_s": statistics.fmean(durations),
-        "call_bound_step_s": statistics.fmean(bounds),
-        "overhead_step_s": statistics.fmean(durations) - statistics.fmean(bounds),
-        "busiest_replica_share": statistics.fmean(shares),
-        "steps_measured": len(durations),
-    }
+    from sparq_stream.bus.topics import TopicNames
 
-
-def _raw_archive(directory: Path) -> list[dict[str, Any]]:
-    """Every row of the archive JSONL as written (repeated ids included), in order."""
-    path = directory / "archive.jsonl"
+    names = TopicNames(prefix)
+    first: dict[int, float] = {}
+    for _, ts, msg in _read_topic(bootstrap, names.topic("candidates")):
+        first[msg.step] = min(first.get(msg.step, math.inf), ts / 1000)
+    novel: dict[int, list[tuple[int, float]]] = {}
+    for part, ts, msg in _read_topic(bootstrap, names.topic("novel")):
+        novel.setdefault(msg.step, []).append((part, ts / 1000))
+    last_solved: dict[int, float] = {}
+    for _, ts, msg in _read_topic(bootstrap, names.topic("solved")):
+        last_solved[msg.step] = max(last_solved.get(msg.step, 0.0), ts / 1000)
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-    return rows
+    for step in sorted(first):
+        if step == min(first) or step + 1 not in first or step not in novel or step not in last_solved:
+            continue  # the first step includes start-up, the last has no successor
+        loads = [0] * solvers
+        for part, _ in novel[step]:
+            loads[part % solvers] += 1
+        first_novel = min(t for _, t in novel[step])
+        rows.append({
+            "step_s": first[step + 1] - first[step],
+            "novelty_s": first_novel - first[step],
+            "novel_spread_s": max(t for _, t in novel[step]) - first_novel,
+            "solving_s": last_solved[step] - first_novel,
+            "between_s": first[step + 1] - last_solved[step],
+            "call_bound_s": max(math.ceil(n / max_batch) for n in loads) * latency,
+            "busiest_share": max(loads) / max(1, sum(loads)),
+            "partition_loads": [sum(1 for p, _ in novel[step] if p == q) for q in range(1 + max(p for p, _ in novel[step]))],
+        })
+    if not rows:
+        return {}
+    mean = {key: statistics.fmean(r[key] for r in rows) for key in rows[0] if key != "partition_loads"}
+    return {
+        "measured_step_s": mean["step_s"],
+        "novelty_s": mean["novelty_s"],
+        "solving_s": mean["solving_s"],
+        "between_s": mean["between_s"],
+        "novel_spread_s": mean["novel_spread_s"],
+        "call_bound_step_s": mean["call_bound_s"],
+        "overhead_step_s": mean["step_s"] - mean["call_bound_s"],
+        "busiest_replica_share": mean["busiest_share"],
+        "steps_measured": len(rows),
+        "partition_loads": [r["partition_loads"] for r in rows],
+    }
 
 
 def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -248,7 +291,8 @@ def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str,
             "latency_per_call_s": args.latency, "max_batch": args.max_batch, "partitions": args.partitions,
             "k": args.k, "candidates_asynchronous": args.scaling_candidates, "max_in_flight": args.max_in_flight,
             "synchronous_candidates": args.sync_candidates, "synchronous_batches": args.sync_batches,
-            "ideal_rate_per_solver": args.max_batch / args.latency,
+            "ideal_rate_per_solver": args.max_batch / args.latency, "variant": args.variant,
+            "solver_poll_records": args.solver_poll_records or args.max_batch * 2, "solver_linger_ms": args.solver_linger_ms,
         },
         "runs": [],
     }
@@ -259,7 +303,7 @@ def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str,
             sync = kind == "synchronous"
             mode = f"synchronous b={batch}" if sync else kind
             rates = {}
-            counts = sorted({1, *(int(c) for c in str(args.solver_counts).split(","))})
+            counts = sorted({int(c) for c in str(args.solver_counts).split(",")})  # without 1: busy fractions, no ratio
             for solvers in counts:
                 work = root / f"a-{kind}-{batch}-{solvers}"
                 run = _scaling_run(data, work, bootstrap, solvers=solvers, synchronous=sync, batch=batch, args=args)
@@ -267,7 +311,7 @@ def bench_scaling(data: Path, root: Path, args: argparse.Namespace) -> dict[str,
                 rates[solvers] = run["rate"]
                 log.info("(a) %s, %d solver(s): %.1f scored/s (%d scored, window %.1fs, %s)",
                          mode, solvers, run["rate"], run["scored"], run["window_s"], run["per_solver_candidates"])
-            for solvers in counts[1:]:
+            for solvers in counts[1:] if counts[0] == 1 else ():
                 ratio = rates[solvers] / rates[1] if rates[1] > 0 else float("nan")
                 out[f"ratio_{mode}" if solvers == 2 else f"ratio_{mode}_x{solvers}"] = ratio
     finally:
@@ -573,12 +617,16 @@ def _table(figures: dict[str, Any]) -> str:
         st = a["settings"]
         lines.append(f"(a) scored candidates/s, 1 vs 2 solver replicas (scripted solver: {st['latency_per_call_s']} s per call of "
                      f"<= {st['max_batch']} candidates = {st['ideal_rate_per_solver']:.0f}/s per replica; {st['partitions']} partitions, K={st['k']})")
-        lines.append(f"    {'mutator mode':<20}{'solvers':>8}{'scored/s':>10}{'window s':>10}{'calls':>7}{'per replica':>16}  busy fraction per replica")
+        lines.append(f"    variant {st['variant']}, solver max records per poll {st['solver_poll_records']}, "
+                     f"a short poll lingers {st['solver_linger_ms']} ms for a whole poll")
+        lines.append(f"    {'mutator mode':<20}{'solvers':>8}{'scored/s':>10}{'window s':>10}{'calls':>7}{'per replica':>16}"
+                     "  busy fraction per replica (rollouts alone)")
         for run in a["runs"]:
             per = "/".join(str(int(v)) for v in run["per_solver_candidates"].values())
             fractions = " ".join(f"{v:.2f}" for v in run["busy_fraction"].values()) or "-"
+            alone = " ".join(f"{v:.2f}" for v in run.get("solve_fraction", {}).values()) or "-"
             lines.append(f"    {run['mode']:<20}{run['solvers']:>8}{run['rate']:>10.1f}{run['window_s']:>10.1f}"
-                         f"{run['generate_calls'] or 0:>7.0f}{per:>16}  {fractions}")
+                         f"{run['generate_calls'] or 0:>7.0f}{per:>16}  {fractions} ({alone})")
         for key, ratio in a.items():
             if key.startswith("ratio_"):
                 mode, _, n = key[6:].partition("_x")
@@ -589,8 +637,10 @@ def _table(figures: dict[str, Any]) -> str:
             if prof:
                 lines.append(
                     f"    {run['mode']} step, {run['solvers']} solver(s): {prof['measured_step_s']:.2f} s measured = "
-                    f"{prof['call_bound_step_s']:.2f} s of backend calls for the busiest replica "
-                    f"(it holds {100 * prof['busiest_replica_share']:.0f}% of a step) + {prof['overhead_step_s']:.2f} s hops"
+                    f"{prof['novelty_s']:.2f} novelty + {prof['solving_s']:.2f} solving + {prof['between_s']:.2f} barrier/next step; "
+                    f"backend calls alone {prof['call_bound_step_s']:.2f} s for the busiest replica "
+                    f"(it holds {100 * prof['busiest_replica_share']:.0f}% of a step); "
+                    f"calls {' '.join(f'{v:.2f}' for v in run['batch_fill'].values())} full"
                 )
     b = figures.get("duplicates")
     if b:
@@ -644,8 +694,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--scaling-candidates", type=int, default=None, help="candidates per run (default 1200, quick 600)")
     g.add_argument("--max-in-flight", type=int, default=128)
     g.add_argument("--modes", default="asynchronous,synchronous")
-    g.add_argument("--solver-counts", default="1,2", help="solver replicas to compare with 1, e.g. 1,2,4 (with --partitions 16)")
+    g.add_argument("--solver-counts", default="1,2", help="solver replicas, e.g. 1,2,4: each compared with 1 (replicas should divide --partitions)")
     g.add_argument("--run-timeout", type=float, default=240.0)
+    g.add_argument("--variant", default="static-uniform", help="selection variant of (a) (qd: the default, with W's watermark barrier)")
+    g.add_argument("--solver-poll-records", type=int, default=None, help="the solvers' max records per poll (default 2 x max-batch)")
+    g.add_argument("--solver-linger-ms", type=int, default=100, help="a solver's short poll waits this long for a whole poll of records (0: off)")
     g = p.add_argument_group("(b) duplicates")
     g.add_argument("--dup-seeds", type=int, default=40, help="seeds indexed before the stream (each copied 5 ways)")
     g.add_argument("--dup-origins", type=int, default=80, help="distinct candidates that are copied 5 ways later")

@@ -160,6 +160,10 @@ class ServiceSettings(KafkaSettings):
     max_poll_records: int = Field(default=500, ge=1)
     max_poll_interval_ms: int = Field(default=300_000, ge=1000)
     poll_timeout_ms: int = Field(default=200, ge=0)
+    batch_linger_records: int = Field(
+        default=1, ge=1, description="a poll that returned fewer records keeps polling for more, up to batch_linger_ms"
+    )
+    batch_linger_ms: int = Field(default=0, ge=0, description="longest wait to top a short batch up to batch_linger_records (0: none)")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
         default="at_least_once",

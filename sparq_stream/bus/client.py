@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from kafka import KafkaConsumer, KafkaProducer
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaTimeoutError
 
 from sparq_stream.errors import BrokerUnavailable
@@ -60,12 +61,26 @@ def producer_options(settings: KafkaSettings, transactional_id: str | None = Non
 
 
 def make_consumer(
-    settings: ServiceSettings, group_id: str | None, *topics: str, assignor: Any = None, listener: Any = None
+    settings: ServiceSettings,
+    group_id: str | None,
+    *topics: str,
+    assignor: Any = None,
+    listener: Any = None,
+    round_robin: bool = False,
 ) -> KafkaConsumer:
-    """Create a consumer (subscribed to ``topics`` when given, with ``assignor`` and rebalance ``listener``)."""
+    """Create a consumer (subscribed to ``topics`` when given, with ``assignor`` and rebalance ``listener``).
+
+    ``round_robin``: the group assigns partition i to member i mod N (kafka-python's round-robin
+    assignor) instead of contiguous ranges, so records spread round-robin over the partitions
+    (a ``spread`` topic) reach the members in turn: an even share of any run of records
+    whenever the member count divides the partition count. An explicit ``assignor`` wins.
+    No broker raises BrokerUnavailable.
+    """
     options = consumer_options(settings, group_id)
     if assignor is not None:
         options["partition_assignment_strategy"] = [assignor]
+    elif round_robin:
+        options.setdefault("partition_assignment_strategy", (RoundRobinPartitionAssignor,))
     try:
         consumer = KafkaConsumer(**options)
     except KafkaTimeoutError:

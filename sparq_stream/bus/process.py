@@ -53,12 +53,14 @@ With ``http_port`` set, the process serves ``/metrics`` (Prometheus), ``/healthz
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -97,6 +99,8 @@ _RECORD_ERRORS = (MessageSizeTooLargeError, RecordListTooLargeError, InvalidReco
 #: Another producer took over this transactional id: this process must end.
 _FENCED_ERRORS = (ProducerFencedError, InvalidProducerEpochError)
 _Coords = tuple[str, int, int]
+#: Longest slice of an input poll's wait between two reads of the table topics (ms).
+_TABLE_SLICE_MS = 20
 
 
 @dataclass
@@ -197,6 +201,9 @@ class ServiceProcess:
         self._lease: LeaseWatch | None = LeaseWatch() if self._exclusive else None
         self._lease_consumer: Any = None  # an exclusive core without inputs holds its lease here
         self._active = not self._exclusive
+        self._eager = False  # the last tick emitted: poll without waiting
+        self._table_wakeup = False  # the core can act on a table record: input polls wait in slices
+        self._turns: dict[str, int] = {}  # spread topics: the next partition's turn (starts at a hash of the instance)
 
     # ------------------------------------------------------------------ lifecycle
     def stop(self) -> None:
@@ -238,7 +245,8 @@ class ServiceProcess:
         self._producer = self._new_producer()
         assignor = OneActiveAssignor(self.settings.instance) if self._exclusive else None
         if topics:
-            self._consumer = make_consumer(self.settings, self.group_id, assignor=assignor)
+            spread = any(self._spreads(t) for t in topics)  # members take the spread partitions in turn
+            self._consumer = make_consumer(self.settings, self.group_id, assignor=assignor, round_robin=spread)
             self._await_metadata(topics)
             self._consumer.subscribe(topics, listener=self._lease)
         elif self._exclusive:
@@ -248,6 +256,7 @@ class ServiceProcess:
             self._tell_role(False)
         if self.core.tables:
             self._tables = make_consumer(self.settings, None)
+            self._table_wakeup = bool(getattr(self.core, "wakes_on_tables", False))
             self._restore_tables()
         self.probes.met("tables")
         if self._consumer is None:
@@ -450,6 +459,10 @@ class ServiceProcess:
         logical = self.names.logical(topic)
         return logical is None or logical not in LOGICAL_TOPICS or spec_of(logical).deletes
 
+    def _spreads(self, topic: str) -> bool:
+        logical = self.names.logical(topic)
+        return logical is not None and logical in LOGICAL_TOPICS and spec_of(logical).spread
+
     # ------------------------------------------------------------------ one step
     def _inbound(self, rec: Any, message: Any) -> Inbound:
         key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
@@ -457,28 +470,67 @@ class ServiceProcess:
         headers = tuple((str(k), bytes(v or b"")) for k, v in (rec.headers or ()))
         return Inbound(topic, key, message, rec.partition, rec.offset, rec.timestamp or 0, headers)
 
+    def _poll_input(self) -> list[Any]:
+        """Poll the inputs, waiting up to ``poll_timeout_ms``, or not at all after a tick that emitted.
+
+        A tick that emitted may have more to emit at once (the mutator opens a step in one tick
+        and generates it in the next): waiting the poll out there cost each synchronous step a
+        whole poll timeout. For a core whose ``wakes_on_tables`` is true (a synchronous dynamic
+        mutator) the wait is cut in slices with the tables read between them, so a table record
+        (the archivist's watermark it waits for) ends the wait as an input record does.
+        """
+        wait_ms = 0 if self._eager else self.settings.poll_timeout_ms
+        if self._consumer is None:
+            if wait_ms:
+                time.sleep(wait_ms / 1000)
+            return []
+        deadline = time.monotonic() + wait_ms / 1000
+        while True:
+            left_ms = max(0, math.ceil((deadline - time.monotonic()) * 1000))
+            slice_ms = min(left_ms, _TABLE_SLICE_MS) if self._table_wakeup else left_ms
+            polled = self._consumer.poll(timeout_ms=slice_ms, max_records=self.settings.max_poll_records)
+            if polled or left_ms <= slice_ms or self._poll_tables():
+                break
+        records = _flatten(polled)
+        return self._linger(records) if records else records
+
+    def _linger(self, records: list[Any]) -> list[Any]:
+        """Top a short batch up to ``batch_linger_records`` for at most ``batch_linger_ms`` (0: hand it over at once).
+
+        For a latency-bound core (the solver: a backend call costs the same with 3 candidates
+        as with 8) a batch that waits a few ms for the rest of a burst saves a whole call.
+        """
+        want = min(self.settings.batch_linger_records, self.settings.max_poll_records)
+        until = time.monotonic() + self.settings.batch_linger_ms / 1000
+        while len(records) < want:
+            left_ms = math.ceil((until - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            more = _flatten(self._consumer.poll(timeout_ms=left_ms, max_records=self.settings.max_poll_records - len(records)))
+            records.extend(more)
+            if more:
+                self.metrics.inc("lingered_records", len(more))
+        return records
+
     def _step(self) -> bool:
         """Run one poll-handle-produce-commit cycle; return True if it consumed input."""
-        records: list[Any] = []
         self.probes.beat()
         if self._redo is not None:
             self._redeliver()
             self._publish_metrics()
             return False
+        if self._consumer is None and self._lease_consumer is not None:
+            records: list[Any] = []
+            self._poll_lease()  # waits the poll timeout
+        else:
+            records = self._poll_input()
         if self._consumer is not None:
-            polled = self._consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
-            for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
-                records.extend(polled[tp])
             self._watch_membership()
             if self._consumer.assignment() or (self._lease is not None and self._lease.joined):  # a standby has joined
                 self.probes.met("partitions")
             else:
                 self.probes.waiting("partitions")
             self.metrics.set("in_flight", len(records))
-        elif self._lease_consumer is not None:
-            self._poll_lease()
-        else:
-            time.sleep(self.settings.poll_timeout_ms / 1000)
         if self._exclusive and not self._check_role():
             self._poll_tables()  # a hot standby: follow the tables, handle nothing
             self._publish_metrics()
@@ -507,7 +559,9 @@ class ServiceProcess:
             self.metrics.handle_seconds.observe(time.monotonic() - started)
             pairs.extend(handled)
             dead.extend(failed)
-        pairs.extend((out, None) for out in self.core.tick(time.time()))
+        ticked = self.core.tick(time.time())
+        self._eager = bool(ticked)
+        pairs.extend((out, None) for out in ticked)
         if records or pairs or dead:
             if not self._deliver(pairs, dead, offsets, records):
                 self._hold(_Redo(pairs, dead, offsets, records))
@@ -682,7 +736,21 @@ class ServiceProcess:
         return outs
 
     def _placed(self, item: _Out) -> list[_Out]:
-        """One output, or one copy per partition (with the fan-out header) for an ``EVERY_PARTITION`` output."""
+        """One output, or one copy per partition (with the fan-out header) for an ``EVERY_PARTITION`` output.
+
+        On a ``spread`` topic (``novel``) an output without a partition goes to the next partition
+        round-robin, and its consumers' group assigns partition i to member i mod N: any run of n
+        records gives each of N members n/N (+-1) when N divides the partition count, where key
+        hashing gave a synchronous step's 64 ids to the replicas unevenly and the replica holding
+        the most set the step's pace. The key stays the problem id (compaction, key checks, DLQ).
+        """
+        if item.partition is None and self._spreads(item.topic):
+            parts = sorted(self._producer.partitions_for(item.topic) or ())
+            if parts:
+                turn = self._turns.get(item.topic, zlib.crc32(self.settings.instance.encode()))
+                self._turns[item.topic] = turn + 1
+                item.partition = parts[turn % len(parts)]
+            return [item]
         if item.partition != EVERY_PARTITION:
             return [item]
         parts = sorted(self._producer.partitions_for(item.topic) or ())
@@ -968,6 +1036,11 @@ class _Redo:
 
 #: Failed deliveries in a row after which the producer is replaced (each waits up to client_timeout_s).
 _REPLACE_PRODUCER_AFTER = 2
+
+
+def _flatten(polled: dict[Any, list[Any]]) -> list[Any]:
+    """The records of one poll, partition by partition."""
+    return [rec for tp in sorted(polled, key=lambda t: (t.topic, t.partition)) for rec in polled[tp]]
 
 
 def _force_close(producer: Any) -> None:

@@ -45,7 +45,10 @@ class TopicSpec:
 
     ``retention_ms=-1`` keeps records forever; ``short_segments`` rolls segments every
     ``segment_ms`` so compaction actually runs; ``deletes`` says whether a tombstone is a
-    legitimate delete on this topic (elsewhere a table reader dead-letters it).
+    legitimate delete on this topic (elsewhere a table reader dead-letters it). ``spread``:
+    the wrapper places records round-robin over the partitions instead of by key hash (the
+    key stays the problem id), so every consumer of a group gets an equal share of any run
+    of records, e.g. of one synchronous step (:meth:`ServiceProcess._placed`).
     """
 
     name: str
@@ -54,6 +57,7 @@ class TopicSpec:
     single_partition: bool = False
     short_segments: bool = False
     deletes: bool = False
+    spread: bool = False
 
     @property
     def compacted(self) -> bool:
@@ -71,7 +75,8 @@ def changelog(name: str, *, single_partition: bool = False) -> TopicSpec:
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec("seeds", "compact", -1),  # read whole on every start: never expires; keys are problem ids
     TopicSpec("candidates"),
-    TopicSpec("novel", "compact", -1),  # read whole on start by novelty followers
+    # read whole on start by novelty followers; spread evenly over the solver replicas (not by key hash)
+    TopicSpec("novel", "compact", -1, spread=True),
     TopicSpec("drops"),
     TopicSpec("solved"),
     changelog("elites"),  # W: last value per slot; tombstones evict

@@ -219,7 +219,8 @@ class SolverCore(BaseCore):
         self._failed_versions: set[tuple[str, int]] = set()
         self._counters: dict[str, float] = {}
         audit_on = self.config.audit != "off"
-        self._auditor = Auditor(backend, verifier=self.config.audit_verifier, max_tokens=self.config.audit_max_tokens) if audit_on else None
+        audit_backend = _TimedBackend(backend, self._inc)  # the verifier's calls are busy time too
+        self._auditor = Auditor(audit_backend, verifier=self.config.audit_verifier, max_tokens=self.config.audit_max_tokens) if audit_on else None
 
     # ------------------------------------------------------------------ the core contract
     def handle(self, inbound: Inbound) -> list[Outgoing]:
@@ -286,7 +287,7 @@ class SolverCore(BaseCore):
         return []
 
     def metrics(self) -> dict[str, float]:
-        """Counters: candidates, rollouts asked/used/saved, early stops by reason, errors, cache hits, busy_seconds."""
+        """Counters: candidates, rollouts asked/used/saved, early stops, errors, cache hits, busy/solve/audit seconds."""
         out = dict(self._counters)
         if self._auditor is not None:
             out.update({k: float(v) for k, v in self._auditor.counts.items()})
@@ -348,9 +349,12 @@ class SolverCore(BaseCore):
             raise
         except Exception as exc:  # a backend that raises (out of memory, a bug) is retried with back-off
             raise RetriableError(f"backend {self.backend.name} failed: {type(exc).__name__}: {exc}") from exc
-        finally:  # busy_seconds: time inside the backend, failed calls included (busy fraction = its rate)
-            self._inc("busy_seconds", time.perf_counter() - started)
+        finally:  # busy_seconds: time inside the backend (solve and audit calls, failed ones included): busy fraction = its rate
+            spent = time.perf_counter() - started
+            self._inc("busy_seconds", spent)
+            self._inc("solve_seconds", spent)
         self._inc("generate_calls")
+        self._inc("generate_prompts", len(jobs))  # / generate_calls: how full the calls were
         self._inc("generate_seconds", time.perf_counter() - started)
         if len(results) != len(jobs):
             raise RetriableError(f"backend {self.backend.name} returned {len(results)} results for {len(jobs)} prompts")
@@ -504,6 +508,27 @@ class SolverCore(BaseCore):
 
     def _inc(self, name: str, by: float = 1.0) -> None:
         self._counters[name] = self._counters.get(name, 0.0) + by
+
+
+class _TimedBackend:
+    """The backend as the auditor sees it: time in its ``generate`` counts as ``audit_seconds`` and ``busy_seconds``."""
+
+    def __init__(self, backend: GenerationBackend, inc: Any) -> None:
+        self._backend = backend
+        self._inc = inc
+
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[GenerationResult]:
+        """Generate with the wrapped backend, counting the time."""
+        started = time.perf_counter()
+        try:
+            return self._backend.generate(prompts, n, params)
+        finally:
+            spent = time.perf_counter() - started
+            self._inc("audit_seconds", spent)
+            self._inc("busy_seconds", spent)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
 
 
 def _usable(result: GenerationResult) -> bool:

@@ -435,9 +435,8 @@ def test_build_solver_names_its_backend_and_owns_it(pool: CheckerPool) -> None:
         build_solver(SolverConfig(backend="nope"), checker=pool)
 
 
-def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
-    pool: CheckerPool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _timed_backend(monkeypatch: pytest.MonkeyPatch, scripted: ScriptedBackend) -> tuple[Spy, list[float]]:
+    """A spy backend busy for 0.25 s of a patched clock per prompt (``fail``: it raises), and the clock."""
     import sparq_stream.cores.solver as solver_mod
 
     clock = [100.0]
@@ -447,13 +446,19 @@ def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
         fail = False
 
         def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[GenerationResult]:
-            clock[0] += 0.25 * len(prompts)  # the backend is busy for 0.25 s a prompt
+            clock[0] += 0.25 * len(prompts)
             if self.fail:
                 raise RuntimeError("CUDA out of memory")
             return super().generate(prompts, n, params)
 
+    return Timed(scripted), clock
+
+
+def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
+    pool: CheckerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     scripted = ScriptedBackend(_script(10))
-    backend = Timed(scripted)
+    backend, clock = _timed_backend(monkeypatch, scripted)
     core = SolverCore(backend, pool, SolverConfig(early_stop="none", max_batch=4, audit="off"))  # rollouts only
     core.handle_batch([_inbound(_candidate(i, scripted), i) for i in range(10)])
     clock[0] += 7.0  # time outside the backend (checking, waiting for input) is not busy
@@ -462,3 +467,16 @@ def test_busy_seconds_counts_the_time_inside_the_backend_failed_calls_included(
     with pytest.raises(RetriableError):
         core.handle_batch([_inbound(_candidate(20, scripted), 20)])
     assert core.metrics()["busy_seconds"] == pytest.approx(2.75)
+
+
+def test_the_audit_verifiers_calls_count_as_busy_time_beside_the_solve_calls(
+    pool: CheckerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scripted = ScriptedBackend(_script(10))
+    backend, _ = _timed_backend(monkeypatch, scripted)
+    core = SolverCore(backend, pool, SolverConfig(early_stop="none", max_batch=4, audit="kept"))
+    core.handle_batch([_inbound(_candidate(i, scripted), i) for i in range(10)])
+    m = core.metrics()
+    assert m["audited"] > 0 and len(backend.calls) == 4  # 3 solve calls, then one verifier call for the kept ones
+    assert m["solve_seconds"] == pytest.approx(2.5) and m["audit_seconds"] == pytest.approx(0.25 * m["audited"])
+    assert m["busy_seconds"] == pytest.approx(m["solve_seconds"] + m["audit_seconds"])

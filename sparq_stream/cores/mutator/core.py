@@ -234,6 +234,11 @@ class MutatorCore(BaseCore):
         """True once the budget is spent and every emitted candidate is solved or dropped."""
         return self.exhausted and not self._in_flight
 
+    @property
+    def wakes_on_tables(self) -> bool:
+        """True when a table record can let this core emit (the archivist's watermark settles a step)."""
+        return self.config.synchronous and self.spec.dynamic
+
     # ------------------------------------------------------------------ tables
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
         """Keep W (seeds, elites by slot; a tombstone deletes) and note new model versions."""
