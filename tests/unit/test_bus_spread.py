@@ -51,6 +51,9 @@ class _Consumer:
     def commit(self, offsets: Any, timeout_ms: int | None = None) -> None:
         pass
 
+    def assignment(self) -> set[Any]:
+        return {TopicPartition("t.novel", 0)}
+
 
 def _process(partitions: int, instance: str = "novelty", core: Any = None) -> ServiceProcess:
     settings = ServiceSettings(bootstrap="localhost:1", prefix="t", instance=instance, poll_timeout_ms=200)
