@@ -173,7 +173,7 @@ def _add_training(args: dict[str, list[str]], config: UpConfig, out: Path) -> No
 
     args["trainer"] += trainer_flags(config.train_every, out / "models", config, _backend_options(config))
     for name in ("mutator", "solver"):
-        args[name] += follower_flags(out / "models")
+        args[name] += follower_flags(out / "models", name)
 
 
 def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sparq_stream.orchestrator.up import UpConfig, service_args
 from sparq_stream.services import parse_flags, service_spec
-from sparq_stream.training.loop import MODEL_NAME, default_eval_sets
+from sparq_stream.training.loop import MODEL_NAME, NEW_MODEL_STEPS, default_eval_sets
 
 
 def _parsed(config: UpConfig) -> dict[str, dict]:
@@ -29,6 +29,8 @@ def test_train_every_turns_on_training_evaluation_and_following(tmp_path: Path) 
     for name in ("mutator", "solver"):
         assert flags[name]["follow_models"] is True and flags[name]["models_root"] == models
         assert flags[name]["follow_model_name"] == MODEL_NAME
+    assert flags["mutator"]["new_model_steps"] == str(NEW_MODEL_STEPS) and "new_model_steps" not in flags["solver"]
+    service_spec("mutator").settings_cls(**flags["mutator"])  # a valid mutator setting
     service_spec("trainer").settings_cls(**{k: v for k, v in trainer.items()})  # every flag is a valid trainer setting
 
 

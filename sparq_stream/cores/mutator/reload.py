@@ -33,6 +33,12 @@ class ModelFollower:
         self._current: int | None = None
         self._failed: set[tuple[str, int]] = set()
 
+    @property
+    def newest(self) -> int:
+        """The newest version loaded or waiting to be loaded (0: none followed yet)."""
+        pending = self._pending.number if self._pending is not None else 0
+        return max(self._current or 0, pending)
+
     def note(self, message: ModelVersion) -> None:
         """Remember ``message`` if it is newer than the current and the pending version."""
         if not self.enabled or (self.name is not None and message.name != self.name):
