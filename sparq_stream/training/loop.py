@@ -22,11 +22,11 @@ __all__ = ["CPU_TRAINING_DEFAULTS", "MODEL_NAME", "NEW_MODEL_STEPS", "default_ev
 MODEL_NAME = "student"
 #: Small training and evaluation settings for a CPU run (flags of ``sparq run trainer``).
 CPU_TRAINING_DEFAULTS: tuple[str, ...] = (
-    "--train-max-steps", "8",
-    "--train-max-seq-len", "384",
+    "--train-max-steps", "4",
+    "--train-max-seq-len", "320",
     "--train-batch-size", "4",
-    "--eval-limit", "20",
-    "--eval-max-tokens", "256",
+    "--eval-limit", "8",
+    "--eval-max-tokens", "192",
 )  # fmt: skip
 #: Steps the mutator may run past ``--steps`` so that a version trained at the end is used (see MutatorConfig).
 NEW_MODEL_STEPS = 2

@@ -37,19 +37,20 @@ EASY = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 10 - 3?", "7
 
 
 def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: Path) -> None:
-    """``sparq up --train-every 1 --steps 2`` to its natural end: version 1 generated and solved children in the run."""
+    """``sparq up --train-every 1 --steps 3`` to its natural end: version 1 generated and solved children in the run."""
     seeds = tmp_path / "seeds.jsonl"
-    seeds.write_text("".join(json.dumps({"question": q, "answer": f"#### {a}"}) + "\n" for q, a in EASY))
+    seeds.write_text("".join(json.dumps({"question": q, "answer": f"{q.removeprefix('What is ').rstrip('?')} = {a}\n#### {a}"}) + "\n"
+                             for q, a in EASY))  # fmt: skip
     heldout = [shared_data / "gsm8k_test.jsonl", shared_data / "math500_test.jsonl"]
     out = tmp_path / "run"
     config = UpConfig(
-        seeds=seeds, out=out, steps=2, batch_size=4, k=4, max_tokens=128, backend="transformers", embedder="hash",
+        seeds=seeds, out=out, steps=3, batch_size=8, k=4, max_tokens=96, backend="transformers", embedder="hash",
         label_seeds=False, contamination=heldout, timeout_s=3000, train_every=1,
         extra={
-            "mutator": ["--temperature", "0.2"],
             "novelty": ["--no-classify"],  # the skill classifier is one more CPU-heavy model call per candidate
-            "solver": ["--audit-max-tokens", "32"],
-            "trainer": ["--train-max-steps", "2", "--train-max-seq-len", "160", "--train-batch-size", "2",
+            "solver": ["--audit-max-tokens", "32", "--temperature", "1.0"],
+            # the 135M model's problems are nearly all flagged by the audit: train on them anyway (plumbing)
+            "trainer": ["--include-flagged", "--train-max-steps", "2", "--train-max-seq-len", "160", "--train-batch-size", "2",
                         "--eval-limit", "2", "--eval-max-tokens", "32"],
         },
     )  # fmt: skip
