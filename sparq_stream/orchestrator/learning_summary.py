@@ -99,11 +99,15 @@ def _archive_counts(archive_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, 
 
 
 def models_in_use(stages: dict[str, float]) -> dict[str, int]:
-    """The model version each generating service (mutator, solvers) had loaded when the run ended."""
+    """The model version each generating service (mutator, solver) had loaded at the end, from its stage gauges.
+
+    A service's gauge is summed over its instances, so one with several instances is left out
+    here: ``sparq up`` records the version of each instance (``solver-0``, ``solver-1``) itself.
+    """
     out = {}
     for key, value in stages.items():
         service, _, name = key.partition(".")
-        if name == "model_version" and (service == "mutator" or service.startswith("solver")):
+        if name == "model_version" and service in ("mutator", "solver") and stages.get(f"{service}.instances", 1.0) <= 1:
             out[service] = int(value)
     return dict(sorted(out.items()))
 
@@ -129,7 +133,7 @@ def learning_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """
     stages = summary.get("stages") or {}
     audit, usage = _archive_counts(out / "archive")
-    in_use = models_in_use(stages)
+    in_use = summary.get("models_in_use") or models_in_use(stages)  # per instance when the run recorded it
     body = {
         "model_versions": _with_usage(model_versions(out / "models"), usage, in_use),
         "models_in_use": in_use,

@@ -452,7 +452,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             final_metrics = _stop_services(config, supervisor, monitor, broker_lost=end == RunEnd.BROKER_LOST)
             if journal is not None and end != RunEnd.BROKER_LOST:
                 journal.stop(final_snapshot=True)
-        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor)
+        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor, _models_in_use(monitor))
         finished = end in (RunEnd.BUDGET,)
         _write_run_json(out, {**run_info, "status": "finished" if finished else "running", "ended": reason, "exit_code": int(end)})
         if error is not None:
@@ -481,7 +481,18 @@ def _stop_services(config: UpConfig, supervisor: Any, monitor: Any, *, broker_lo
     return monitor.snapshot()
 
 
-def _write_summary(out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any) -> dict[str, Any]:
+def _models_in_use(monitor: Any) -> dict[str, int]:
+    """The model version each mutator and solver instance had loaded at the end (from its last metrics)."""
+    return {
+        instance: int(version)
+        for service in ("mutator", "solver")
+        for instance, version in sorted(monitor.per_instance(service, "model_version").items())
+    }
+
+
+def _write_summary(
+    out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any, in_use: dict[str, int]
+) -> dict[str, Any]:
     from sparq_stream.orchestrator.report import write_report
 
     services = supervisor.services if supervisor is not None else []
@@ -490,5 +501,6 @@ def _write_summary(out: Path, metrics: dict[str, Any], reason: str, end: RunEnd,
         "ended": end.name.lower(),
         "restarts": {s.name: s.restarts for s in services if s.restarts},
         "given_up": [s.name for s in services if s.gave_up],
+        "models_in_use": in_use,
     }
     return write_report(out, metrics, reason=reason, prefix=prefix, extra=extra)

@@ -72,7 +72,7 @@ def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: 
     assert set(in_use) == {"mutator", "solver-0"} and min(in_use.values()) >= 1  # both ended on a trained version
     assert sum(v["children_generated"] for v in summary["model_versions"]) >= 1
     assert sum(v["children_solved"] for v in summary["model_versions"]) >= 1
-    assert summary["stages"]["mutator.reloads"] >= 1 and summary["stages"]["solver-0.reloads"] >= 1
+    assert summary["stages"]["mutator.reloads"] >= 1 and summary["stages"]["solver.reloads"] >= 1
     assert summary["audit"]["kept"] >= 1 and summary["audit"]["not_audited_kept"] == 0  # every kept problem audited
     assert set(summary["contamination"]) >= {"contamination", "contamination_ngram", "prompt_example"}
     page = (out / "report.html").read_text()

@@ -75,14 +75,14 @@ def test_summary_and_a_self_contained_page(run_dir: Path) -> None:
     metrics = {"novelty": {"counters": {"dropped_contamination": 1, "dropped_contamination_ngram": 2, "dropped_prompt_example": 3,
                                         "dropped_near_duplicate": 4}, "gauges": {}, "instances": 1},
                "mutator": {"counters": {"reloads": 1}, "gauges": {"model_version": 1}, "instances": 1},
-               "solver-0": {"counters": {"reloads": 2}, "gauges": {"model_version": 2}, "instances": 1}}  # fmt: skip
+               "solver": {"counters": {"reloads": 2}, "gauges": {"model_version": 2}, "instances": 1}}  # fmt: skip
     summary = write_report(run_dir, metrics, reason="budget reached", prefix="sparq-test")
     saved = json.loads((run_dir / "summary.json").read_text())
     assert [v["version"] for v in saved["model_versions"]] == [1, 2]
     assert saved["model_versions"][1]["eval"]["gsm8k"]["accuracy"] == 0.2
-    assert saved["models_in_use"] == {"mutator": 1, "solver-0": 2}
+    assert saved["models_in_use"] == {"mutator": 1, "solver": 2}
     used = [(v["children_generated"], v["children_solved"], v["in_use_by"]) for v in saved["model_versions"]]
-    assert used == [(1, 2, ["mutator"]), (0, 0, ["solver-0"])]
+    assert used == [(1, 2, ["mutator"]), (0, 0, ["solver"])]
     assert saved["contamination"] == {"contamination": 1, "contamination_ngram": 2, "prompt_example": 3}
     assert saved["audit"] == {"kept": 3, "audited": 2, "flagged": 1, "not_audited_kept": 1,
                               "flags": {ANSWER_IN_PROBLEM: 1, VERIFIER_REJECTS: 1}}  # fmt: skip

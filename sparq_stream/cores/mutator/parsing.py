@@ -136,25 +136,28 @@ def _loose_tags(text: str, work: ParseWork) -> tuple[str, str] | None:
 def _headed(text: str, work: ParseWork) -> tuple[str, str] | None:
     """A "Problem:" heading line, then a later "Solution:" heading line: (problem, rest)."""
     work.scan(2 * len(text))
-    heading = _PROBLEM_HEADING.search(text)
-    if heading is None:
+    marks = _first_then(_PROBLEM_HEADING, _SOLUTION_HEADING, text)
+    if marks is None:
         return None
-    sol = _SOLUTION_HEADING.search(text, heading.end())
-    if sol is None:
-        return None
+    heading, sol = marks
     problem = text[heading.end() : sol.start()].strip()
     return (problem, text[sol.end() :].strip()) if problem else None
+
+
+def _first_then(first: re.Pattern[str], then: re.Pattern[str], text: str) -> tuple[re.Match[str], re.Match[str]] | None:
+    """The first match of ``first`` and the first match of ``then`` after it (None when either is missing)."""
+    one = first.search(text)
+    two = then.search(text, one.end()) if one is not None else None
+    return (one, two) if one is not None and two is not None else None
 
 
 def _answer_line_only(text: str, work: ParseWork) -> tuple[str, str, str] | None:
     """``<problem> P`` with no ``<solution>``, then a line stating the answer: (P, that line, the answer)."""
     work.scan(2 * len(text))
-    opened = _OPEN_PROBLEM.search(text)
-    if opened is None:
+    marks = _first_then(_OPEN_PROBLEM, _ANSWER_LINE, text)
+    if marks is None:
         return None
-    line = _ANSWER_LINE.search(text, opened.end())
-    if line is None:
-        return None
+    opened, line = marks
     problem = _CLOSING_TAGS.sub("", text[opened.end() : line.start()]).strip()
     answer = line.group("answer").strip().rstrip(".").strip()
     if not problem or not answer or "<" in problem or "<" in answer:
