@@ -42,3 +42,34 @@ def test_without_train_every_nothing_trains_or_follows(tmp_path: Path) -> None:
 def test_default_eval_sets_name_the_in_and_out_of_distribution_files(tmp_path: Path) -> None:
     files = [tmp_path / "gsm8k_test.jsonl", tmp_path / "math500_test.jsonl"]
     assert default_eval_sets(files) == {"gsm8k": str(files[0].resolve()), "math500": str(files[1].resolve())}
+
+
+class _Snapshot:
+    """A monitor stand-in: one fixed snapshot."""
+
+    def __init__(self, rows: dict) -> None:
+        self.rows = rows
+
+    def snapshot(self) -> dict:
+        return self.rows
+
+
+def test_with_training_a_stale_mutator_done_does_not_end_the_run() -> None:
+    """A new version can send the mutator into a step past its budget: its last `done` counts only while fresh."""
+    import time
+
+    from sparq_stream.orchestrator.up import _finished
+
+    idle = {"lag": 0.0, "lag_unknown": 0.0, "training": 0.0}
+
+    def rows(mutator_ts: float) -> dict:
+        out = {n: {"gauges": dict(idle), "ts": time.time()} for n in ("novelty", "solver", "archivist", "trainer")}
+        out["mutator"] = {"gauges": {**idle, "done": 1.0}, "ts": mutator_ts}
+        return out
+
+    stale, fresh = rows(time.time() - 60), rows(time.time())
+    since: dict[str, float] = {}
+    assert not _finished(_Snapshot(stale), since, [], fresh_s=5.0) and "mutator" not in since  # busy generating
+    assert not _finished(_Snapshot(fresh), since, [], fresh_s=5.0) and "mutator" in since  # idle: its 2 s start
+    since.clear()
+    assert not _finished(_Snapshot(stale), since, []) and "mutator" in since  # without training: as before
