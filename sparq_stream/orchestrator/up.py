@@ -194,20 +194,21 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
 
 
 
-def _finished(monitor: Any, idle_since: dict[str, float], given_up: list[str], fresh_s: float | None = None) -> bool:
+def _finished(monitor: Any, idle_since: dict[str, float], given_up: list[str], training: bool = False) -> bool:
     """The mutator is done (every candidate solved or dropped) and every service has read all of its input.
 
     Every stage must report a known zero lag for 2 s: a record that arrives after the last
     candidate's outcome (a late duplicate, a malformed record) is still handled, or dead-lettered,
-    before the services are stopped. With ``fresh_s`` (training in the loop) the mutator's last
-    metrics must also be that recent: a new model version can undo its ``done`` (a step past the
-    budget), and while that step generates, its last published ``done`` is out of date.
+    before the services are stopped. With ``training`` the mutator must also report having seen
+    the trainer's newest version: a new version can undo its ``done`` (a step past the budget),
+    and a ``done`` published before it saw the version is out of date.
     """
     snap = monitor.snapshot()
     mutator = snap.get("mutator")
     if not mutator or mutator["gauges"].get("done", 0.0) < 1.0:
         return False
-    if fresh_s is not None and time.time() - float(mutator.get("ts", 0.0)) > fresh_s:
+    trainer = snap.get("trainer")
+    if training and trainer and trainer["gauges"].get("latest_version", 0.0) > mutator["gauges"].get("model_seen", 0.0):
         idle_since.pop("mutator", None)
         return False
     now = time.monotonic()
@@ -422,7 +423,6 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             supervisor.add("mutator", "mutator", _common(config, prefix, bootstrap, "mutator") + args["mutator"])
             started = time.monotonic()
             idle: dict[str, float] = {}
-            fresh_s = 3 * config.metrics_interval_s + 2.0 if config.train_every > 0 else None
             live = view(monitor, supervisor) if view else None
             if live is not None:
                 stack.enter_context(live)
@@ -442,7 +442,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
                     end = RunEnd.SERVICE_FAILED
                     detail = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
                     break
-                if _finished(monitor, idle, supervisor.given_up(), fresh_s):
+                if _finished(monitor, idle, supervisor.given_up(), training=config.train_every > 0):
                     break
                 if config.timeout_s is not None and time.monotonic() - started > config.timeout_s:
                     reason, end = f"timeout after {config.timeout_s:.0f}s", RunEnd.TIMEOUT

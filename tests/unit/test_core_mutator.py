@@ -472,7 +472,7 @@ def test_a_version_that_arrives_after_the_budget_gets_steps_until_a_child_of_it_
     outcome(core, *[solved(c) for c in first])
     assert core.done and emit(core) == []
     core.on_table(Inbound("models", "student", model(1)))  # trained on step 0's results
-    assert not core.done
+    assert not core.done and core.metrics()["model_seen"] == 1.0 and core.metrics()["model_version"] == 0.0
     second = emit(core)
     assert {(c.step, c.model_version) for c in second} == {(1, 1)} and not core.done
     outcome(core, *[solved(c) for c in second])

@@ -54,22 +54,20 @@ class _Snapshot:
         return self.rows
 
 
-def test_with_training_a_stale_mutator_done_does_not_end_the_run() -> None:
-    """A new version can send the mutator into a step past its budget: its last `done` counts only while fresh."""
-    import time
-
+def test_with_training_the_run_ends_only_once_the_mutator_has_seen_the_newest_version() -> None:
+    """A new version can send the mutator into a step past its budget: a `done` from before it saw the version is stale."""
     from sparq_stream.orchestrator.up import _finished
 
     idle = {"lag": 0.0, "lag_unknown": 0.0, "training": 0.0}
 
-    def rows(mutator_ts: float) -> dict:
-        out = {n: {"gauges": dict(idle), "ts": time.time()} for n in ("novelty", "solver", "archivist", "trainer")}
-        out["mutator"] = {"gauges": {**idle, "done": 1.0}, "ts": mutator_ts}
+    def rows(seen: float) -> dict:
+        out = {n: {"gauges": dict(idle)} for n in ("novelty", "solver", "archivist")}
+        out["trainer"] = {"gauges": {**idle, "latest_version": 2.0}}
+        out["mutator"] = {"gauges": {**idle, "done": 1.0, "model_seen": seen}}
         return out
 
-    stale, fresh = rows(time.time() - 60), rows(time.time())
     since: dict[str, float] = {}
-    assert not _finished(_Snapshot(stale), since, [], fresh_s=5.0) and "mutator" not in since  # busy generating
-    assert not _finished(_Snapshot(fresh), since, [], fresh_s=5.0) and "mutator" in since  # idle: its 2 s start
+    assert not _finished(_Snapshot(rows(1.0)), since, [], training=True) and "mutator" not in since  # v2 not seen yet
+    assert not _finished(_Snapshot(rows(2.0)), since, [], training=True) and "mutator" in since  # idle: its 2 s start
     since.clear()
-    assert not _finished(_Snapshot(stale), since, []) and "mutator" in since  # without training: as before
+    assert not _finished(_Snapshot(rows(1.0)), since, []) and "mutator" in since  # without training: as before

@@ -535,6 +535,7 @@ class MutatorCore(BaseCore):
         out["w_size"] = float(len(self.W))
         out["w_elites"] = float(len(self.W.elites()))
         out["model_version"] = float(getattr(self.backend, "model_version", 0) or 0)
+        out["model_seen"] = float(self._models.seen)  # `sparq up` waits until the trainer's newest is seen here
         out["exhausted"] = float(self.exhausted)
         out["done"] = float(self.done)
         return out
