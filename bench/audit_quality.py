@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sparq_stream.models.registry import make_generation_backend  # noqa: E402
-from sparq_stream.qd.audit import Auditor, audit_flags  # noqa: E402
+from sparq_stream.qd.audit import VERIFIER_REJECTS, Auditor, audit_flags  # noqa: E402
 from tests.unit._audit_cases import CASES, precision_recall  # noqa: E402
 
 
@@ -47,6 +47,11 @@ def main() -> None:
                 per_flag[flag] = per_flag.get(flag, 0) + 1
         score["flags"] = per_flag  # type: ignore[assignment]
         figures[name] = score
+        if auditor.backend is not None:  # the verifier's own verdicts, from the same run: how well the model judges alone
+            alone = precision_recall(CASES, [VERIFIER_REJECTS in audit_flags(e) for e in entries])
+            figures[f"verifier alone ({args.backend})"] = alone
+            print(f"{'verifier alone (' + args.backend + ')':32s} precision {alone['precision']:.2f}  recall {alone['recall']:.2f}  "
+                  f"(tp {alone['true_positives']:.0f}, fp {alone['false_positives']:.0f}, fn {alone['false_negatives']:.0f})")  # fmt: skip
         print(f"{name:32s} precision {score['precision']:.2f}  recall {score['recall']:.2f}  "
               f"(tp {score['true_positives']:.0f}, fp {score['false_positives']:.0f}, fn {score['false_negatives']:.0f} "
               f"of {score['cases']:.0f} cases, {score['broken']:.0f} broken; missed: {', '.join(missed) or 'none'})")  # fmt: skip

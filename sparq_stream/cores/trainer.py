@@ -273,8 +273,8 @@ class TrainerCore(BaseCore):
 
     @property
     def training(self) -> bool:
-        """True while a fine-tuning run is in progress."""
-        return self._job is not None and not self._job.done()
+        """True from the start of a fine-tuning run until its version is published (or its failure counted)."""
+        return self._job is not None
 
     def _maybe_train(self) -> list[Outgoing]:
         """Start a fine-tuning run on the last export when ``train_every`` new examples have accumulated."""
@@ -462,6 +462,7 @@ class TrainerCore(BaseCore):
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._job = None  # cancelled: nothing of it is published
         if self._changes and not self._standby:  # the active replica owns the export
             self.export()
 

@@ -147,11 +147,13 @@ def render_html(
     rows = [
         [v.get("name"), v.get("version"), v.get("examples"), v.get("steps"), v.get("loss_first"), v.get("loss_last"), v.get("method")]
         + [((v.get("eval") or {}).get(n) or {}).get("accuracy", "") for n in eval_names]
+        + [v.get("children_generated", ""), v.get("children_solved", ""), ", ".join(v.get("in_use_by") or []) or "-"]
         for v in versions
     ]
     parts += [
         "<h2>Model versions</h2>",
-        _table(["name", "version", "examples", "steps", "first loss", "last loss", "method"] + [f"pass@1 {n}" for n in eval_names], rows,
+        _table(["name", "version", "examples", "steps", "first loss", "last loss", "method"] + [f"pass@1 {n}" for n in eval_names]
+               + ["children generated", "children solved", "in use at the end by"], rows,
                "no model version was trained in this run"),  # fmt: skip
         '<p class="note">On CPU with the 135M model these figures show the plumbing, not a gain.</p>',
     ]

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["audit_counts", "contamination_counts", "learning_summary", "model_versions"]
+__all__ = ["audit_counts", "contamination_counts", "learning_summary", "model_versions", "models_in_use"]
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,23 @@ def contamination_counts(stages: dict[str, float]) -> dict[str, int]:
 
 def audit_counts(archive_dir: Path) -> dict[str, Any]:
     """Validity audit counts over the archive: kept, audited, flagged, per flag, and how many were not audited."""
+    return _archive_counts(archive_dir)[0]
+
+
+def _archive_counts(archive_dir: Path) -> tuple[dict[str, Any], dict[tuple[str, int], dict[str, int]]]:
+    """One pass over the archive: the audit counts, and per (model, version) the children it generated and solved."""
     from sparq_stream.qd.archive_log import iter_archive
     from sparq_stream.qd.audit import audit_flags
 
     counts: dict[str, Any] = {"kept": 0, "audited": 0, "flagged": 0, "not_audited_kept": 0, "flags": {}}
+    usage: dict[tuple[str, int], dict[str, int]] = {}
     if not archive_dir.is_dir():
-        return counts
+        return counts, usage
     try:
-        rows = iter_archive(archive_dir)
-        for row in rows:
+        for row in iter_archive(archive_dir):
+            for role, key in (("generated", (row.model, row.model_version)), ("solved", (row.solver_model, row.solver_version))):
+                used = usage.setdefault(key, {"generated": 0, "solved": 0})
+                used[role] += 1
             kept = row.quality > 0
             counts["kept"] += int(kept)
             if row.audit is None:
@@ -87,15 +95,50 @@ def audit_counts(archive_dir: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - the summary must not fail on an unreadable archive
         log.warning("audit counts: cannot read %s: %s", archive_dir, exc)
     counts["flags"] = dict(sorted(counts["flags"].items()))
-    return counts
+    return counts, usage
+
+
+def models_in_use(stages: dict[str, float]) -> dict[str, int]:
+    """The model version each generating service (mutator, solver) had loaded at the end, from its stage gauges.
+
+    A service's gauge is summed over its instances, so one with several instances is left out
+    here: ``sparq up`` records the version of each instance (``solver-0``, ``solver-1``) itself.
+    """
+    out = {}
+    for key, value in stages.items():
+        service, _, name = key.partition(".")
+        if name == "model_version" and service in ("mutator", "solver") and stages.get(f"{service}.instances", 1.0) <= 1:
+            out[service] = int(value)
+    return dict(sorted(out.items()))
+
+
+def _with_usage(
+    versions: list[dict[str, Any]], usage: dict[tuple[str, int], dict[str, int]], in_use: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Add to each version the archived children it generated and solved, and the services using it at the end."""
+    for entry in versions:
+        used = usage.get((entry["name"], entry["version"]), {})
+        entry["children_generated"] = used.get("generated", 0)
+        entry["children_solved"] = used.get("solved", 0)
+        entry["in_use_by"] = [service for service, number in in_use.items() if number == entry["version"]]
+    return versions
 
 
 def learning_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """The ``model_versions``, ``audit`` and ``contamination`` entries of ``summary.json``."""
+    """The ``model_versions``, ``models_in_use``, ``audit`` and ``contamination`` entries of ``summary.json``.
+
+    Each version lists the archived children it generated (``children_generated``: the
+    mutator used it) and solved (``children_solved``: a solver used it), and ``in_use_by``, the
+    services that had it loaded at the end (``models_in_use``: service -> version).
+    """
+    stages = summary.get("stages") or {}
+    audit, usage = _archive_counts(out / "archive")
+    in_use = summary.get("models_in_use") or models_in_use(stages)  # per instance when the run recorded it
     body = {
-        "model_versions": model_versions(out / "models"),
-        "audit": audit_counts(out / "archive"),
-        "contamination": contamination_counts(summary.get("stages") or {}),
+        "model_versions": _with_usage(model_versions(out / "models"), usage, in_use),
+        "models_in_use": in_use,
+        "audit": audit,
+        "contamination": contamination_counts(stages),
     }
     if (out / "sweep" / "sweep.json").is_file():  # written by `sparq eval --sweep --archive DIR/archive`
         body["sweep"] = _read_json(out / "sweep" / "sweep.json")

@@ -42,8 +42,11 @@ def write_report(
     from sparq_stream.orchestrator.learning_summary import learning_summary
 
     archive = out / "archive"
-    summary = summarize_archive(archive, stages=stage_counts(metrics)) if archive.exists() else {"scored": 0}
-    summary = {"prefix": prefix, "stopped": reason, **summary, **(extra or {})}
+    # a rebuild from disk (``sparq report``, no live metrics) keeps the run's own stage counts and ending
+    carried = {} if metrics else _carried(out / "summary.json")
+    stages = stage_counts(metrics) if metrics else carried.pop("stages", {})
+    summary = summarize_archive(archive, stages=stages) if archive.exists() else {"scored": 0, "stages": stages}
+    summary = {"prefix": prefix, "stopped": reason, **carried, **summary, **(extra or {})}
     summary["export"] = _export_info(out / "export")
     summary.update(learning_summary(out, summary))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -61,6 +64,17 @@ def write_report(
     except Exception as exc:  # noqa: BLE001 - the page is a convenience too
         log.warning("report.html failed: %s", exc)
     return summary
+
+
+def _carried(path: Path) -> dict[str, Any]:
+    """What a rebuilt summary keeps of the run's own: its stage counts and how it ended."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(previous, dict):
+        return {}
+    return {k: previous[k] for k in ("stages", "stopped", "exit_code", "ended", "restarts", "given_up", "models_in_use") if k in previous}
 
 
 def _export_info(folder: Path) -> dict[str, Any]:

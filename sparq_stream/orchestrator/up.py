@@ -230,7 +230,7 @@ def _add_training(args: dict[str, list[str]], config: UpConfig, out: Path) -> No
 
     args["trainer"] += trainer_flags(config.train_every, out / "models", config, _backend_options(config))
     for name in ("mutator", "solver"):
-        args[name] += follower_flags(out / "models")
+        args[name] += follower_flags(out / "models", name)
 
 
 def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
@@ -252,18 +252,25 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
 
 
 
-def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any) -> bool:
+def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, training: bool = False) -> bool:
     """The mutator is done (every candidate solved or dropped) and every service has read all of its input.
 
     Every stage must report a known zero lag for 2 s: a record that arrives after the last
     candidate's outcome (a late duplicate, a malformed record) is still handled, or dead-lettered,
     before the services are stopped. Only a live process's own report counts: while a service
     waits to be restarted, or its new process has not reported yet, the last figures of the
-    dead one (often a lag of 0) say nothing about what is still unread.
+    dead one (often a lag of 0) say nothing about what is still unread. With ``training`` the
+    mutator must also report having seen the trainer's newest version: a new version can undo
+    its ``done`` (a step past the budget), and a ``done`` published before it saw the version is
+    out of date.
     """
     snap = monitor.snapshot()
     mutator = snap.get("mutator")
     if not mutator or mutator["gauges"].get("done", 0.0) < 1.0:
+        return False
+    trainer = snap.get("trainer")
+    if training and trainer and trainer["gauges"].get("latest_version", 0.0) > mutator["gauges"].get("model_seen", 0.0):
+        idle_since.pop("mutator", None)
         return False
     now = time.monotonic()
     for name in ("mutator", "novelty", "solver", "archivist", "trainer"):
@@ -506,7 +513,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
                     end = RunEnd.SERVICE_FAILED
                     detail = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
                     break
-                if _finished(monitor, idle, supervisor):
+                if _finished(monitor, idle, supervisor, training=config.train_every > 0):
                     break
                 if config.timeout_s is not None and time.monotonic() - started > config.timeout_s:
                     reason, end = f"timeout after {config.timeout_s:.0f}s", RunEnd.TIMEOUT
@@ -522,7 +529,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             final_metrics = _stop_services(config, supervisor, monitor, broker_lost=end == RunEnd.BROKER_LOST)
             if journal is not None and end != RunEnd.BROKER_LOST:
                 journal.stop(final_snapshot=True)
-        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor)
+        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor, _models_in_use(monitor))
         finished = end in (RunEnd.BUDGET,)
         _write_run_json(out, {**run_info, "status": "finished" if finished else "running", "ended": reason, "exit_code": int(end)})
         if error is not None:
@@ -551,7 +558,18 @@ def _stop_services(config: UpConfig, supervisor: Any, monitor: Any, *, broker_lo
     return monitor.snapshot()
 
 
-def _write_summary(out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any) -> dict[str, Any]:
+def _models_in_use(monitor: Any) -> dict[str, int]:
+    """The model version each mutator and solver instance had loaded at the end (from its last metrics)."""
+    return {
+        instance: int(version)
+        for service in ("mutator", "solver")
+        for instance, version in sorted(monitor.per_instance(service, "model_version").items())
+    }
+
+
+def _write_summary(
+    out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any, in_use: dict[str, int]
+) -> dict[str, Any]:
     from sparq_stream.orchestrator.report import write_report
 
     services = supervisor.services if supervisor is not None else []
@@ -560,5 +578,6 @@ def _write_summary(out: Path, metrics: dict[str, Any], reason: str, end: RunEnd,
         "ended": end.name.lower(),
         "restarts": {s.name: s.restarts for s in services if s.restarts},
         "given_up": [s.name for s in services if s.gave_up],
+        "models_in_use": in_use,
     }
     return write_report(out, metrics, reason=reason, prefix=prefix, extra=extra)

@@ -4,7 +4,8 @@
 every N new training examples, per-version evaluation on the held-out GSM8K (in
 distribution) and MATH500 (out of distribution) slices when they are found, and hot reload of
 each published version in the mutator and the solver, which load only from the run's
-``models/`` folder. The training defaults are sized for a CPU (a few optimiser steps, short
+``models/`` folder; a version published after the last step gets up to two more steps, so
+the run ends with it in use on both sides. The training defaults are sized for a CPU (a few optimiser steps, short
 sequences, a small evaluation slice): on CPU with the 135M model they show the plumbing, not a
 gain. Any of them can be overridden with ``--with "trainer --train-max-steps 200"``.
 """
@@ -15,18 +16,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CPU_TRAINING_DEFAULTS", "MODEL_NAME", "default_eval_sets", "follower_flags", "trainer_flags"]
+__all__ = ["CPU_TRAINING_DEFAULTS", "MODEL_NAME", "NEW_MODEL_STEPS", "default_eval_sets", "follower_flags", "trainer_flags"]
 
 #: The model name the trainer publishes and the followers follow.
 MODEL_NAME = "student"
 #: Small training and evaluation settings for a CPU run (flags of ``sparq run trainer``).
 CPU_TRAINING_DEFAULTS: tuple[str, ...] = (
-    "--train-max-steps", "8",
-    "--train-max-seq-len", "384",
+    "--train-max-steps", "4",
+    "--train-max-seq-len", "320",
     "--train-batch-size", "4",
-    "--eval-limit", "20",
-    "--eval-max-tokens", "256",
+    "--eval-limit", "8",
+    "--eval-max-tokens", "192",
 )  # fmt: skip
+#: Steps the mutator may run past ``--steps`` so that a version trained at the end is used (see MutatorConfig).
+NEW_MODEL_STEPS = 2
 #: Held-out sets evaluated per version: name -> file name in the shared data folder.
 EVAL_FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl"}
 
@@ -55,6 +58,11 @@ def trainer_flags(train_every: int, models_dir: Path, config: Any, backend_optio
     return flags
 
 
-def follower_flags(models_dir: Path) -> list[str]:
-    """Mutator / solver flags: hot-reload the trainer's versions, loading only from ``models_dir``."""
-    return ["--follow-models", "--follow-model-name", MODEL_NAME, "--models-root", str(models_dir.resolve())]
+def follower_flags(models_dir: Path, service: str) -> list[str]:
+    """Mutator / solver flags: hot-reload the trainer's versions, loading only from ``models_dir``.
+
+    The mutator also runs up to :data:`NEW_MODEL_STEPS` steps past its budget while the newest
+    version has no scored child, so a run ends with its newest version in use on both sides.
+    """
+    flags = ["--follow-models", "--follow-model-name", MODEL_NAME, "--models-root", str(models_dir.resolve())]
+    return flags + (["--new-model-steps", str(NEW_MODEL_STEPS)] if service == "mutator" else [])

@@ -81,6 +81,7 @@ def run_sweep(
     if len(usable) < len(set(sizes)):
         log.warning("sizes above %d examples (the smaller set) are skipped", largest)
     runs: list[dict[str, Any]] = []
+    threads = (train_kwargs or {}).get("num_threads")  # evaluation runs on as many threads as training
     for kind, rows in sets.items():
         for n in usable:
             folder = out / f"{kind}-{n:06d}"
@@ -88,7 +89,7 @@ def run_sweep(
             trained = train_fn(folder / "data", base_model, folder / "trained", overwrite=True, **(train_kwargs or {}))
             entry: dict[str, Any] = {"set": kind, "examples": n, "steps": trained.steps, "loss_last": trained.loss_last}
             for name, path in heldout.items():
-                scored = eval_fn(trained.path, path, eval_limit, max_tokens=eval_max_tokens)
+                scored = eval_fn(trained.path, path, eval_limit, max_tokens=eval_max_tokens, num_threads=threads)
                 entry[name] = {"accuracy": scored.accuracy, "n": scored.n}
             log.info("sweep %s n=%d: %s", kind, n, {k: v for k, v in entry.items() if isinstance(v, dict)})
             runs.append(entry)

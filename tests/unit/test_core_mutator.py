@@ -466,6 +466,42 @@ def test_reload_failures_and_unsupported_backends_keep_generating() -> None:
     assert ignoring.backend.reloads == []
 
 
+def test_a_version_that_arrives_after_the_budget_gets_steps_until_a_child_of_it_is_scored() -> None:
+    core = make(ReloadingBackend(), follow_models=True, batch_size=2, steps=1, new_model_steps=2)
+    first = emit(core)
+    outcome(core, *[solved(c) for c in first])
+    assert core.done and emit(core) == []
+    core.on_table(Inbound("models", "student", model(1)))  # trained on step 0's results
+    assert not core.done and core.metrics()["model_seen"] == 1.0 and core.metrics()["model_version"] == 0.0
+    second = emit(core)
+    assert {(c.step, c.model_version) for c in second} == {(1, 1)} and not core.done
+    outcome(core, *[solved(c) for c in second])
+    assert core.done and emit(core) == []  # version 1 has a scored child
+    core.on_table(Inbound("models", "student", model(2)))
+    third = emit(core)
+    outcome(core, *[dropped(c) for c in third])  # nothing of version 2 scored: it would go on, but the cap is reached
+    assert {(c.step, c.model_version) for c in third} == {(2, 2)} and core.done and emit(core) == []
+    assert core.step == 3 and core.metrics()["new_model_steps"] == 2
+
+
+def test_a_version_used_within_the_budget_or_not_followed_gets_no_extra_step() -> None:
+    core = make(ReloadingBackend(), follow_models=True, batch_size=2, steps=2, new_model_steps=2)
+    outcome(core, *[solved(c) for c in emit(core)])
+    core.on_table(Inbound("models", "student", model(1)))
+    last = emit(core)
+    assert {c.model_version for c in last} == {1} and not core.done
+    outcome(core, *[solved(c) for c in last])
+    assert core.done and core.step == 2
+    plain = make(ReloadingBackend(fail=True), follow_models=True, batch_size=2, steps=1, new_model_steps=2)
+    plain.on_table(Inbound("models", "student", model(1)))
+    outcome(plain, *[solved(c) for c in emit(plain)])  # the reload failed: nothing newer is in use
+    assert plain.done and plain.step == 1
+    off = make(ReloadingBackend(), follow_models=True, batch_size=2, steps=1)  # new_model_steps=0: the budget is the budget
+    outcome(off, *[solved(c) for c in emit(off)])
+    off.on_table(Inbound("models", "student", model(1)))
+    assert off.done and emit(off) == []
+
+
 def test_config_validation_and_factory() -> None:
     with pytest.raises(ValueError):
         MutatorConfig(variant="greedy")

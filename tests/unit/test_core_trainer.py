@@ -257,6 +257,8 @@ def test_background_training_keeps_following_and_publishes_when_done(tmp_path: P
     core.on_table(_rec("elites", _elite(2)))
     assert core.tick(T0 + 200) == [] and core.metrics()["exports"] == 2  # exports go on meanwhile
     gate.set()
+    assert core._job is not None and core._job.result(timeout=30).number == 1
+    assert core.metrics()["training"] == 1.0  # finished but not yet published: `sparq up` must not stop here
     for _ in range(500):
         out = core.tick(T0 + 300)
         if out:

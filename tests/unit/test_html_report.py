@@ -21,11 +21,12 @@ from sparq_stream.qd.archive_log import ArchiveLog
 from sparq_stream.qd.audit import ANSWER_IN_PROBLEM, VERIFIER_REJECTS
 
 
-def _result(i: int, quality: float, audit: list[str] | None, niche: str) -> SolveResult:
+def _result(i: int, quality: float, audit: list[str] | None, niche: str, versions: tuple[int, int] = (0, 0)) -> SolveResult:
     text = f"Ann has {i} pens and buys {i + 1} more. How many pens?"
     return SolveResult(id=problem_id(text), problem=text, solution="", answer=str(2 * i + 1), k=4, rollouts_used=4,
                        n_correct=2 if quality else 4, solve_rate=0.5 if quality else 1.0, quality=quality,
-                       correct_rollouts=["\\boxed{1}"], audit=audit, niche=niche, skills=[niche], step=i)  # fmt: skip
+                       correct_rollouts=["\\boxed{1}"], audit=audit, niche=niche, skills=[niche], step=i,
+                       model="student", model_version=versions[0], solver_model="student", solver_version=versions[1])  # fmt: skip
 
 
 @pytest.fixture()
@@ -36,7 +37,8 @@ def run_dir(tmp_path: Path) -> Path:
             _result(1, 0.5, [], "addition"),
             _result(2, 0.5, [f"{ANSWER_IN_PROBLEM}: says it", f"{VERIFIER_REJECTS}: no"], "<script>alert(1)</script>"),
             _result(3, 0.0, None, "ratios"),
-            _result(4, 0.25, None, "ratios"),
+            _result(4, 0.25, None, "ratios", versions=(0, 1)),
+            _result(5, 0.0, None, "ratios", versions=(1, 1)),
         ])  # fmt: skip
     for number, accuracy in ((1, 0.1), (2, 0.2)):
         folder = out / "models" / f"student-v{number:04d}"
@@ -71,14 +73,23 @@ class _Page(HTMLParser):
 
 def test_summary_and_a_self_contained_page(run_dir: Path) -> None:
     metrics = {"novelty": {"counters": {"dropped_contamination": 1, "dropped_contamination_ngram": 2, "dropped_prompt_example": 3,
-                                        "dropped_near_duplicate": 4}, "gauges": {}, "instances": 1}}  # fmt: skip
+                                        "dropped_near_duplicate": 4}, "gauges": {}, "instances": 1},
+               "mutator": {"counters": {"reloads": 1}, "gauges": {"model_version": 1}, "instances": 1},
+               "solver": {"counters": {"reloads": 2}, "gauges": {"model_version": 2}, "instances": 1}}  # fmt: skip
     summary = write_report(run_dir, metrics, reason="budget reached", prefix="sparq-test")
     saved = json.loads((run_dir / "summary.json").read_text())
     assert [v["version"] for v in saved["model_versions"]] == [1, 2]
     assert saved["model_versions"][1]["eval"]["gsm8k"]["accuracy"] == 0.2
+    assert saved["models_in_use"] == {"mutator": 1, "solver": 2}
+    used = [(v["children_generated"], v["children_solved"], v["in_use_by"]) for v in saved["model_versions"]]
+    assert used == [(1, 2, ["mutator"]), (0, 0, ["solver"])]
     assert saved["contamination"] == {"contamination": 1, "contamination_ngram": 2, "prompt_example": 3}
     assert saved["audit"] == {"kept": 3, "audited": 2, "flagged": 1, "not_audited_kept": 1,
                               "flags": {ANSWER_IN_PROBLEM: 1, VERIFIER_REJECTS: 1}}  # fmt: skip
+    assert "children generated" in (run_dir / HTML_NAME).read_text()
+    rebuilt = write_report(run_dir, {}, reason="report", prefix="sparq-test")  # `sparq report DIR`: no live metrics
+    assert rebuilt["contamination"] == saved["contamination"] and rebuilt["models_in_use"] == saved["models_in_use"]
+    assert rebuilt["stopped"] == "budget reached" and rebuilt["stages"] == saved["stages"]
     page_path = Path(summary["html"])
     assert page_path == run_dir / HTML_NAME
     raw = page_path.read_text()

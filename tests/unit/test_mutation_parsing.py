@@ -23,6 +23,13 @@ def test_strict_format_parses_either_way() -> None:
         ("<problem>\nBetty saves 100.\n</problem>\n<solution>\nSo the answer is 50.", "Betty saves 100.", "50"),
         ("Problem:\nHow many legs do 3 cats have?\n\nSolution:\n3 * 4 = 12\nFinal answer: 12", "How many legs do 3 cats have?", "12"),
         ("**New problem:** Find x if 2x = 8.\n**Solution:** x = 4, \\boxed{4}", "Find x if 2x = 8.", "4"),
+        # what SmolLM2-135M writes (seen in `sparq up` runs): an answer line and no <solution> ...
+        ("<problem>\nWhat is 1 + 8?\n\nYour answer: 9", "What is 1 + 8?", "9"),
+        ("<problem>\nTom has 2 boxes of 5 pens.\n\nFinal answer: 10\n</solution>", "Tom has 2 boxes of 5 pens.", "10"),
+        ("<problem>\nTen take away three.\n</problem>\nResult: 7\n</solution>", "Ten take away three.", "7"),
+        # ... or a solution without a box whose last line ends in "= <number>"
+        ("<problem>\nWhat is 4 + 5?\n</problem>\n<solution>\n4 + 5 = 9\n</solution>", "What is 4 + 5?", "9"),
+        ("<problem>\nSum of 5 and 5\n</problem>\n<solution>\n5 + 5 = 10.\n</solution>", "Sum of 5 and 5", "10"),
     ],
 )
 def test_lenient_forms(text: str, problem: str, answer: str) -> None:
@@ -36,7 +43,9 @@ def test_lenient_forms(text: str, problem: str, answer: str) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "just some words", "<problem>only a problem</problem>", "Problem: x\nSolution: no answer stated here", "<solution>\\boxed{1}</solution>"],
+    ["", "just some words", "<problem>only a problem</problem>", "Problem: x\nSolution: no answer stated here", "<solution>\\boxed{1}</solution>",
+     "<problem>\nThe answer to this question is 5.\n\nA nested question.", "<problem>\nx = y\n</problem>\n<solution>\nso x = y\n</solution>",
+     "<problem>\n\nAnswer: 5"],  # fmt: skip
 )
 def test_unparseable_outputs_give_a_reason_not_an_exception(text: str) -> None:
     parsed, reason = parse_child(text, lenient=True)
@@ -57,6 +66,9 @@ _HOSTILE = {
     "unclosed nested braces": "<problem>p</problem><solution>\\boxed{" + "{" * 30_000 + "</solution>",
     "answer: then spaces": "Problem: p\nSolution: " + "answer:" + " " * 20_000,
     "many stated answers": "Problem: p\nSolution: " + "Final answer: 1 " * 5_000,
+    "answer lines without a solution": "<problem>p\n" + "Result: 1\n" * 5_000,
+    "spaces after equals": "<problem>p</problem><solution>" + "= " * 10_000 + "1" + " " * 20_000 + "x</solution>",
+    "digits after equals": "<problem>p</problem><solution>" + "=" + "1" * 30_000 + "x" + " =1" * 3_000 + "</solution>",
     "huge": "<problem>" + "x" * 500_000 + "</problem><solution>\\boxed{1}</solution>",
 }
 

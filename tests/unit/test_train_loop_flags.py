@@ -8,7 +8,7 @@ from pathlib import Path
 from sparq_stream.orchestrator.up import UpConfig, service_args
 from sparq_stream.services import service_spec
 from sparq_stream.settings import cli_values
-from sparq_stream.training.loop import MODEL_NAME, default_eval_sets
+from sparq_stream.training.loop import MODEL_NAME, NEW_MODEL_STEPS, default_eval_sets
 
 
 def _parsed(config: UpConfig) -> dict[str, dict]:
@@ -30,6 +30,8 @@ def test_train_every_turns_on_training_evaluation_and_following(tmp_path: Path) 
     for name in ("mutator", "solver"):
         assert flags[name]["follow_models"] is True and flags[name]["models_root"] == models
         assert flags[name]["follow_model_name"] == MODEL_NAME
+    assert flags["mutator"]["new_model_steps"] == str(NEW_MODEL_STEPS) and "new_model_steps" not in flags["solver"]
+    service_spec("mutator").settings_cls(**flags["mutator"])  # a valid mutator setting
     service_spec("trainer").settings_cls(**{k: v for k, v in trainer.items()})  # every flag is a valid trainer setting
 
 
@@ -41,3 +43,32 @@ def test_without_train_every_nothing_trains_or_follows(tmp_path: Path) -> None:
 def test_default_eval_sets_name_the_in_and_out_of_distribution_files(tmp_path: Path) -> None:
     files = [tmp_path / "gsm8k_test.jsonl", tmp_path / "math500_test.jsonl"]
     assert default_eval_sets(files) == {"gsm8k": str(files[0].resolve()), "math500": str(files[1].resolve())}
+
+
+class _Snapshot:
+    """A monitor stand-in: one fixed snapshot."""
+
+    def __init__(self, rows: dict) -> None:
+        self.rows = rows
+
+    def snapshot(self) -> dict:
+        return self.rows
+
+
+def test_with_training_the_run_ends_only_once_the_mutator_has_seen_the_newest_version() -> None:
+    """A new version can send the mutator into a step past its budget: a `done` from before it saw the version is stale."""
+    from sparq_stream.orchestrator.up import _finished
+
+    idle = {"lag": 0.0, "lag_unknown": 0.0, "training": 0.0}
+
+    def rows(seen: float) -> dict:
+        out = {n: {"gauges": dict(idle)} for n in ("novelty", "solver", "archivist")}
+        out["trainer"] = {"gauges": {**idle, "latest_version": 2.0}}
+        out["mutator"] = {"gauges": {**idle, "done": 1.0, "model_seen": seen}}
+        return out
+
+    since: dict[str, float] = {}
+    assert not _finished(_Snapshot(rows(1.0)), since, [], training=True) and "mutator" not in since  # v2 not seen yet
+    assert not _finished(_Snapshot(rows(2.0)), since, [], training=True) and "mutator" in since  # idle: its 2 s start
+    since.clear()
+    assert not _finished(_Snapshot(rows(1.0)), since, []) and "mutator" in since  # without training: as before

@@ -58,7 +58,13 @@ model (``reload_failures``); a backend without ``reload`` is counted (``reload_u
 
 Budget: ``steps`` (steps started) and ``max_candidates`` (candidates emitted). ``exhausted``
 is true once nothing more will be emitted, ``done`` once in addition every emitted
-candidate is accounted for.
+candidate is accounted for. With ``follow_models`` and ``new_model_steps`` > 0, a model
+version newer than every scored child's generator (one that arrived after the last step,
+e.g. trained on that step's results) gets more steps past ``steps``, at most
+``new_model_steps``, until a child it generated is scored: training in the loop then always
+ends with the newest version in use (``sparq up --train-every``). Counted as
+``new_model_steps``; the scored version is not in the state, so a restarted mutator may
+spend one such step on a version already used.
 """
 
 from __future__ import annotations
@@ -124,6 +130,12 @@ class MutatorConfig(OpenAIKey):
     min_seeds: int = Field(default=1, ge=1, description="wait until W holds this many seeds before the first step")
     follow_models: bool = Field(default=False, description="hot-reload new model versions from the models topic")
     follow_model_name: str | None = Field(default=None, description="only follow this model name (unset: any)")
+    new_model_steps: int = Field(
+        default=0,
+        ge=0,
+        description="with follow_models and a step budget: up to this many steps past the budget while the newest "
+        "model version has no scored child yet (a version trained near the end is still used)",
+    )
     models_root: str | None = Field(
         default=None, description="model versions load only from inside this folder (others are dead-lettered)"
     )
@@ -186,6 +198,7 @@ class MutatorCore(BaseCore):
         self._open: StepState | None = None
         self._in_flight: dict[str, Credit] = {}
         self._waits: dict[int, dict[int, int]] = {}
+        self._scored_version = 0  # the newest generator version among this mutator's scored children
         self._barrier = WatermarkBarrier()
         self._waiting_since: tuple[int, float] | None = None
         self._live = False
@@ -227,7 +240,15 @@ class MutatorCore(BaseCore):
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
             return True
         open_work = self._open is not None and bool(self._open.queue)
-        return cfg.steps is not None and self._step >= cfg.steps and not open_work
+        return cfg.steps is not None and self._step >= cfg.steps and not open_work and not self._wants_model_step()
+
+    def _wants_model_step(self) -> bool:
+        """Past the step budget: one more step while the newest followed version has no scored child yet."""
+        cfg = self.config
+        if not cfg.follow_models or cfg.steps is None or self._step >= cfg.steps + cfg.new_model_steps:
+            return False
+        # outcomes still to come may show the version in use already
+        return not self._in_flight and self._models.newest > self._scored_version
 
     @property
     def done(self) -> bool:
@@ -285,6 +306,7 @@ class MutatorCore(BaseCore):
                 self.counters["outcomes.dropped"] += 1
             else:
                 self.counters["outcomes.solved"] += 1
+                self._scored_version = max(self._scored_version, message.model_version)
                 if self.config.synchronous and self.spec.dynamic and message.quality > 0:
                     # W must show this result before the next step: remember where it sits in solved.
                     need = self._waits.setdefault(step, {})
@@ -354,6 +376,9 @@ class MutatorCore(BaseCore):
         parents = self.W.sample(cfg.batch_size, rng)
         if not parents:
             return False
+        if cfg.steps is not None and self._step >= cfg.steps:
+            self.counters["new_model_steps"] += 1
+            log.info("step %d: one step past the budget so that model version %d is used", self._step, self._models.newest)
         self._open = StepState(self._step, _units(parents))
         log.info(
             "step %d opened: %d parents from W of %d (parents %s, emitted so far %d)",
@@ -522,6 +547,7 @@ class MutatorCore(BaseCore):
         out["w_size"] = float(len(self.W))
         out["w_elites"] = float(len(self.W.elites()))
         out["model_version"] = float(getattr(self.backend, "model_version", 0) or 0)
+        out["model_seen"] = float(self._models.seen)  # `sparq up` waits until the trainer's newest is seen here
         out["exhausted"] = float(self.exhausted)
         out["done"] = float(self.done)
         return out

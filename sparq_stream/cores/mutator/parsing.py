@@ -2,7 +2,9 @@
 
 The strict form is ``<problem>…</problem>`` then ``<solution>…</solution>`` whose last
 ``\\boxed{}`` is the answer. The lenient form (small models) also accepts unclosed tags,
-"Problem: … Solution: …" headings and a stated final answer ("Final answer: 12").
+"Problem: … Solution: …" headings, a stated final answer ("Final answer: 12"), a problem
+followed only by an answer line ("<problem> … Answer: 12") and a solution whose last line
+ends in "= 12".
 
 Every parser here scans its input a fixed number of times with literal searches or
 regular expressions without nested or adjacent unbounded quantifiers that could backtrack
@@ -40,6 +42,15 @@ _STATED_ANSWER = re.compile(
     r"(?:final[ \t]+answer[ \t]*(?:is\b|[:：])|the[ \t]+answer[ \t]+is\b|answer[ \t]*[:：])[ \t]*(?:\$[ \t]*)?(?P<answer>[^\n$]{1,60})",
     re.IGNORECASE,
 )
+
+# A line that states the answer on its own ("Final answer: 5", "Your answer: 9", "Result: 7").
+_ANSWER_LINE = re.compile(
+    r"^[ \t]*\**(?:final[ \t]+answer|your[ \t]+answer|answer|result|output)\**[ \t]*[:：=][ \t]*(?P<answer>[^\n]{1,60})$",
+    re.IGNORECASE | re.MULTILINE,
+)
+# A solution line ending in "= <number>" ("4 + 4 = 8"): its number is the answer.
+_TRAILING_EQUALS = re.compile(r"=[ \t]*(?P<answer>-?[0-9][0-9,]*(?:\.[0-9]+)?)\.?[ \t]*$", re.MULTILINE)
+_CLOSING_TAGS = re.compile(r"</(?:problem|solution)>", re.IGNORECASE)
 
 
 @dataclass
@@ -84,6 +95,10 @@ def parse_child(
         headed = _headed(text, work)
         if headed is not None:
             return _lenient_child(*headed, work)
+        stated = _answer_line_only(text, work)
+        if stated is not None:
+            problem_text, line, answer = stated
+            return (problem_text, f"{line}\n\\boxed{{{answer}}}", answer), None
     if not problem.ok:
         return None, f"problem: {problem.reason}"
     if not solution.ok:
@@ -121,26 +136,49 @@ def _loose_tags(text: str, work: ParseWork) -> tuple[str, str] | None:
 def _headed(text: str, work: ParseWork) -> tuple[str, str] | None:
     """A "Problem:" heading line, then a later "Solution:" heading line: (problem, rest)."""
     work.scan(2 * len(text))
-    heading = _PROBLEM_HEADING.search(text)
-    if heading is None:
+    marks = _first_then(_PROBLEM_HEADING, _SOLUTION_HEADING, text)
+    if marks is None:
         return None
-    sol = _SOLUTION_HEADING.search(text, heading.end())
-    if sol is None:
-        return None
+    heading, sol = marks
     problem = text[heading.end() : sol.start()].strip()
     return (problem, text[sol.end() :].strip()) if problem else None
 
 
+def _first_then(first: re.Pattern[str], then: re.Pattern[str], text: str) -> tuple[re.Match[str], re.Match[str]] | None:
+    """The first match of ``first`` and the first match of ``then`` after it (None when either is missing)."""
+    one = first.search(text)
+    two = then.search(text, one.end()) if one is not None else None
+    return (one, two) if one is not None and two is not None else None
+
+
+def _answer_line_only(text: str, work: ParseWork) -> tuple[str, str, str] | None:
+    """``<problem> P`` with no ``<solution>``, then a line stating the answer: (P, that line, the answer)."""
+    work.scan(2 * len(text))
+    marks = _first_then(_OPEN_PROBLEM, _ANSWER_LINE, text)
+    if marks is None:
+        return None
+    opened, line = marks
+    problem = _CLOSING_TAGS.sub("", text[opened.end() : line.start()]).strip()
+    answer = line.group("answer").strip().rstrip(".").strip()
+    if not problem or not answer or "<" in problem or "<" in answer:
+        return None
+    return problem, line.group(0).strip(), answer
+
+
 def _lenient_child(problem: str, solution: str, work: ParseWork) -> tuple[tuple[str, str, str] | None, str | None]:
+    """The answer of a lenient parse: the last box, a stated answer, an answer line, or a final "= <number>"."""
     if not problem or not solution:
         return None, "problem: empty tag"
-    work.scan(2 * len(solution))
+    work.scan(3 * len(solution))
     boxed = last_boxed(solution)
     if boxed.ok:
         return (problem, solution, boxed.value or ""), None
     last = None
     for last in _STATED_ANSWER.finditer(solution):
         pass
+    if last is None:
+        for last in _TRAILING_EQUALS.finditer(solution):
+            pass
     answer = last.group("answer").strip().rstrip(".") if last is not None else ""
     if not answer:
         return None, "answer: no box"

@@ -32,6 +32,13 @@ class ModelFollower:
         self._pending: ModelVersion | None = None
         self._current: int | None = None
         self._failed: set[tuple[str, int]] = set()
+        self.seen = 0  # the newest version number noted, loaded or not
+
+    @property
+    def newest(self) -> int:
+        """The newest version loaded or waiting to be loaded (0: none followed yet)."""
+        pending = self._pending.number if self._pending is not None else 0
+        return max(self._current or 0, pending)
 
     def note(self, message: ModelVersion) -> None:
         """Remember ``message`` if it is newer than the current and the pending version."""
@@ -42,6 +49,7 @@ class ModelFollower:
         except UntrustedModelPath:
             self.counters["models_refused"] += 1
             raise  # non-retriable: the wrapper dead-letters the record
+        self.seen = max(self.seen, message.number)
         current = self._current if self._current is not None else -1
         pending = self._pending.number if self._pending is not None else -1
         if message.number > max(current, pending):
