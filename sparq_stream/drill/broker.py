@@ -27,7 +27,7 @@ def run(ctx: DrillContext) -> DrillResult:
         result.skipped = "Tansu keeps topics in memory only: a broker restart loses every topic (see the resume drill)"
         return result
     out = ctx.folder("broker")
-    config = drill_config(ctx, out)
+    config = drill_config(ctx, out, steps=budget.long_steps or budget.steps)  # room to act before the end
     reference = reference_for(ctx, config)
     record: dict[str, Any] = {}
 

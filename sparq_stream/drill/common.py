@@ -55,7 +55,7 @@ class Budget:
     stall_s: float
     outage_s: float
     hostile_scale: int
-    long_steps: int = 0  # steps of the drills that act mid-run (kill, stall; 0: ``steps``): room to act before the end
+    long_steps: int = 0  # steps of the drills that act mid-run (kill, stall, broker; 0: ``steps``): room to act before the end
 
 
 BUDGETS: dict[str, Budget] = {

@@ -54,6 +54,19 @@ class _Snapshot:
     def snapshot(self) -> dict:
         return self.rows
 
+    def newest_start(self, service: str, instance: str) -> float:
+        return 1.0  # every live process has reported since its start
+
+
+class _Live:
+    """A supervisor stand-in: one live process per service, started before its reports."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        names = {"mutator": "mutator", "novelty": "novelty", "solver": "solver-0", "archivist": "archivist", "trainer": "trainer"}
+        self.services = [SimpleNamespace(service=svc, name=name, gave_up=False, alive=True, started_wall=0.0) for svc, name in names.items()]
+
 
 def test_with_training_the_run_ends_only_once_the_mutator_has_seen_the_newest_version() -> None:
     """A new version can send the mutator into a step past its budget: a `done` from before it saw the version is stale."""
@@ -68,7 +81,7 @@ def test_with_training_the_run_ends_only_once_the_mutator_has_seen_the_newest_ve
         return out
 
     since: dict[str, float] = {}
-    assert not _finished(_Snapshot(rows(1.0)), since, [], training=True) and "mutator" not in since  # v2 not seen yet
-    assert not _finished(_Snapshot(rows(2.0)), since, [], training=True) and "mutator" in since  # idle: its 2 s start
+    assert not _finished(_Snapshot(rows(1.0)), since, _Live(), training=True) and "mutator" not in since  # v2 not seen yet
+    assert not _finished(_Snapshot(rows(2.0)), since, _Live(), training=True) and "mutator" in since  # idle: its 2 s start
     since.clear()
-    assert not _finished(_Snapshot(rows(1.0)), since, []) and "mutator" in since  # without training: as before
+    assert not _finished(_Snapshot(rows(1.0)), since, _Live()) and "mutator" in since  # without training: as before
