@@ -8,16 +8,6 @@ consumer groups' committed offsets to ``offsets.json``: offsets FIRST, then the 
 up to the high watermarks seen after that moment and synced, so every output of a committed
 input is on disk before the offsets that skip that input are.
 
-The journal keeps polling between snapshots, so after a crash each partition's file may run past
-the last snapshot by a different amount: a cut that is consistent per partition only. That is
-harmless for outputs (their inputs are redone from the saved offsets) but not for a state record
-sent *after* the outputs it accounts for (the mutator's changelog): journalled beyond the
-snapshot, it could describe candidates whose own partitions were not journalled yet, and their
-credits would wait out the credit timeout. So each snapshot also saves how far those state
-topics were drained (``cut``), and a restore replays them only up to there: the service resumes
-from a state no newer than its outputs, and at worst redoes work (the same candidates again,
-recognised downstream as redeliveries).
-
 On a rerun, :func:`restore` re-produces each partition's records in order into a fresh broker
 (so they land at the same offsets), then commits the saved offsets for every group while the
 groups are empty; the services then restore from Kafka exactly as on a real cluster. The journal
@@ -49,8 +39,6 @@ log = logging.getLogger(__name__)
 _LEN = struct.Struct(">I")
 _OFFSETS = "offsets.json"
 _TOPICS = "topics.json"
-#: Logical topics whose records are sent after the outputs they account for (replayed up to the snapshot only).
-STATE_AFTER_TOPICS = ("mutator-state",)
 
 
 def _frame(offset: int, timestamp: int, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> bytes:
@@ -228,11 +216,7 @@ class TopicJournal:
             for tp, meta in offsets.items():
                 if meta is not None and meta.offset is not None and meta.offset >= 0:
                     rows.setdefault(tp.topic, {})[str(tp.partition)] = int(meta.offset)
-        cut: dict[str, dict[str, int]] = {}
-        for tp, hw in (target or {}).items():
-            if any(tp.topic == f"{self.prefix}{name}" for name in STATE_AFTER_TOPICS):
-                cut.setdefault(tp.topic, {})[str(tp.partition)] = int(hw)
-        _write_json(self.folder / _OFFSETS, {"ts": time.time(), "groups": groups_out, "cut": cut})
+        _write_json(self.folder / _OFFSETS, {"ts": time.time(), "groups": groups_out})
         self.snapshots += 1
         return True
 
@@ -272,11 +256,10 @@ def restore(settings: KafkaSettings, folder: Path, *, chunk: int = 5000) -> dict
                 path = folder / topic / f"{partition}.log"
                 if not path.is_file():
                     continue
-                limit = saved.get("cut", {}).get(topic, {}).get(str(partition))
-                pairs, good_end = _replay_file(producer, topic, partition, path, chunk, limit)
+                pairs, good_end = _replay_file(producer, topic, partition, path, chunk)
                 if path.stat().st_size > good_end:
                     with path.open("r+b") as fh:
-                        fh.truncate(good_end)  # a torn last frame, or state records past the snapshot
+                        fh.truncate(good_end)  # a torn last frame
                 total += len(pairs)
                 if pairs:
                     next_offsets[(topic, partition)] = pairs[-1][1] + 1
@@ -300,11 +283,8 @@ def restore(settings: KafkaSettings, folder: Path, *, chunk: int = 5000) -> dict
     return {"records": total, "groups": groups, "moved_partitions": len(moved), "next": next_offsets}
 
 
-def _replay_file(
-    producer: Any, topic: str, partition: int, path: Path, chunk: int, limit: int | None = None
-) -> tuple[list[tuple[int, int]], int]:
-    """Produce one partition's journal in order (records below ``limit`` only, when given); return
-    (old offset, new offset) pairs and the length to keep (a torn frame, or the records past the limit, are cut)."""
+def _replay_file(producer: Any, topic: str, partition: int, path: Path, chunk: int) -> tuple[list[tuple[int, int]], int]:
+    """Produce one partition's journal in order; return (old offset, new offset) pairs and the good length."""
     pairs: list[tuple[int, int]] = []
     pending: list[tuple[int, Any]] = []
     good_end = 0
@@ -316,8 +296,6 @@ def _replay_file(
         pending.clear()
 
     for end, (offset, timestamp, key, value, headers) in _read_frames(path):
-        if limit is not None and offset >= limit:
-            break
         good_end = end
         future = producer.send(
             topic, partition=partition, key=key, value=value,

@@ -61,30 +61,3 @@ def test_a_journal_replays_into_a_fresh_broker_with_offsets_and_commits(tansu_bo
         again.close()
     admin.close()
     producer.close()
-
-
-def test_state_records_past_the_last_snapshot_are_not_replayed(tansu_bootstrap: str, prefix: str, tmp_path: Path) -> None:
-    """A mutator-state record journalled after the snapshot may run ahead of its candidates: cut."""
-    state, outputs = f"{prefix}.mutator-state", f"{prefix}.candidates"
-    admin = KafkaAdminClient(bootstrap_servers=tansu_bootstrap)
-    admin.create_topics([NewTopic(state, num_partitions=1, replication_factor=1), NewTopic(outputs, num_partitions=1, replication_factor=1)])
-    producer = KafkaProducer(bootstrap_servers=tansu_bootstrap, linger_ms=5)
-    for i in range(5):
-        producer.send(outputs, key=f"c{i}".encode(), value=b"candidate", partition=0)
-        producer.send(state, key=b"mutator", value=f"state after c{i}".encode(), partition=0)
-    producer.flush()
-    folder = tmp_path / "journal"
-    journal = TopicJournal(ServiceSettings(bootstrap=tansu_bootstrap, prefix=prefix), folder).start()
-    journal.stop(final_snapshot=True)
-    assert journal.error is None and has_snapshot(folder)
-    # after the snapshot, the journal polled a newer state record but not yet the candidates it accounts for
-    from sparq_stream.orchestrator.journal import _frame
-
-    with (folder / state / "0.log").open("ab") as fh:
-        fh.write(_frame(5, 0, b"mutator", b"state after c5 and c6", []))
-    with EmbeddedBroker() as fresh:
-        info = restore(ServiceSettings(bootstrap=fresh.bootstrap, prefix=prefix), folder)
-        assert info["next"][(state, 0)] == 5 and info["next"][(outputs, 0)] == 5
-        values = [row[4] for row in _everything(fresh.bootstrap, {state: 1}) if row[0] == state]
-        assert values[-1] == b"state after c4" and len(values) == 5
-    assert sum(1 for _ in (folder / state / "0.log").open("rb").read().split(b"state after")) - 1 == 5  # the file is cut too
