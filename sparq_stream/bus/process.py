@@ -197,10 +197,12 @@ class ServiceProcess:
         self._outside_since: float | None = None  # since when the input consumer is outside its group
         self._failed_deliveries = 0  # deliveries failed in a row (not counting refused records)
         self._isolate = False  # after a refused record: one record per batch until a delivery succeeds
-        self._exclusive = bool(getattr(core, "exclusive", False))
-        self._lease: LeaseWatch | None = LeaseWatch() if self._exclusive else None
+        self._exclusive = False
+        self._lease: LeaseWatch | None = None
         self._lease_consumer: Any = None  # an exclusive core without inputs holds its lease here
-        self._active = not self._exclusive
+        self._active = True
+        if core is not None:
+            self._init_role(core)
         self._eager = False  # the last tick emitted: poll without waiting
         self._table_wakeup = False  # the core can act on a table record: input polls wait in slices
         self._turns: dict[str, int] = {}  # spread topics: the next partition's turn (starts at a hash of the instance)
@@ -307,6 +309,7 @@ class ServiceProcess:
                     self._build, what=f"the {self.name} core", log=self.log, on_wait=self.probes.beat, exit_on_signal=self._install_signals
                 )
                 self._build = None
+                self._init_role(self.core)
             self.probes.met("model")
             self._open()
             opened = True
@@ -601,6 +604,12 @@ class ServiceProcess:
             still = redo.paused & set(self._consumer.assignment())
             if still:
                 self._consumer.resume(*still)
+
+    def _init_role(self, core: Core) -> None:
+        """An ``exclusive`` core runs as the one active replica or a hot standby (known once the core is built)."""
+        self._exclusive = bool(getattr(core, "exclusive", False))
+        self._lease = LeaseWatch() if self._exclusive else None
+        self._active = not self._exclusive
 
     def _poll_lease(self) -> None:
         """Keep the lease consumer in its group; its partitions stay paused (nothing is fetched)."""

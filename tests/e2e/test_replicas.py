@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.e2e]
 
 
 def _config(shared_data: Path, out: Path, bootstrap: str | None, **over: Any) -> UpConfig:
-    """The drills' run (scripted backend, hash embedder, b=64 in chunks of 16, K=4, 40 seeds) at 3 steps."""
+    """The drills' run (scripted backend, hash embedder, b=64 in chunks of 16, K=4, 40 seeds) at 6 steps (room to act mid-run)."""
     values: dict[str, Any] = dict(
-        seeds=shared_data / "gsm8k_train.jsonl", out=out, steps=3, batch_size=64, k=4, backend="scripted",
+        seeds=shared_data / "gsm8k_train.jsonl", out=out, steps=6, batch_size=64, k=4, backend="scripted",
         embedder="hash", seed_limit=40, seed=7, label_seeds=False, timeout_s=240.0, bootstrap=bootstrap,
         prefix=f"rep{uuid.uuid4().hex[:8]}", extra={"mutator": ["--chunk-size", "16"]},
     )
