@@ -35,9 +35,16 @@ def test_a_step_of_novel_records_reaches_two_solver_members_half_each(broker: st
     got: list[list[object]] = [[], []]
     try:
         deadline = time.monotonic() + 180  # a loaded 2-core machine can take a minute to settle the group
-        while not all(len(m.assignment()) == 2 for m in members) and time.monotonic() < deadline:
+        settled_at: float | None = None
+        while time.monotonic() < deadline:  # settled: both members hold 2 partitions for 3 s running
             for m in members:  # both poll: the group settles only with both members joined
                 m.poll(timeout_ms=100)
+            if all(len(m.assignment()) == 2 for m in members):
+                settled_at = settled_at or time.monotonic()
+                if time.monotonic() - settled_at >= 3.0:
+                    break
+            else:
+                settled_at = None
         owned = [sorted(tp.partition for tp in m.assignment()) for m in members]
         assert sorted(owned) == [[0, 2], [1, 3]]  # the round-robin assignor: partition i to member i mod 2
         candidates = [_novel(i) for i in range(STEP)]
