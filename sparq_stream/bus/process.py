@@ -409,12 +409,11 @@ class ServiceProcess:
         n = 0
         pairs: list[tuple[Outgoing, Any]] = []
         dead: list[_Dead] = []
-        for tp in sorted(polled, key=lambda t: (t.topic, t.partition)):
-            for rec in polled[tp]:
-                n += 1
-                failure = self._apply_table_record(rec, pairs)
-                if failure is not None:
-                    dead.append(failure)
+        for rec in _flatten(polled):
+            n += 1
+            failure = self._apply_table_record(rec, pairs)
+            if failure is not None:
+                dead.append(failure)
         if n:
             self.metrics.inc("table_records", n)
         if dead:
@@ -566,8 +565,8 @@ class ServiceProcess:
         self._eager = bool(ticked)
         pairs.extend((out, None) for out in ticked)
         if records or pairs or dead:
-            if not self._deliver(pairs, dead, offsets, records):
-                self._hold(_Redo(pairs, dead, offsets, records))
+            if not self._deliver(pairs, dead, offsets):
+                self._hold(_Redo(pairs, dead, offsets))
         self.metrics.set("in_flight", 0)
         if records:
             self.metrics.inc("consumed", len(records))
@@ -597,7 +596,7 @@ class ServiceProcess:
         assert redo is not None
         if self._consumer is not None:
             self._consumer.poll(timeout_ms=0)  # paused: fetches nothing, keeps the membership alive
-        if not self._deliver(redo.pairs, redo.dead, redo.offsets, redo.records):
+        if not self._deliver(redo.pairs, redo.dead, redo.offsets):
             return
         self._redo = None
         if self._consumer is not None and redo.paused:
@@ -877,7 +876,6 @@ class ServiceProcess:
         pairs: Sequence[tuple[Outgoing, Any]],
         dead: Sequence[_Dead],
         offsets: dict[TopicPartition, OffsetAndMetadata],
-        records: Sequence[Any] = (),
     ) -> bool:
         """Send outputs and dead letters, wait for the broker's acknowledgement, then commit offsets.
 
@@ -1039,7 +1037,6 @@ class _Redo:
     pairs: list[tuple[Outgoing, Any]]
     dead: list[_Dead]
     offsets: dict[TopicPartition, OffsetAndMetadata]
-    records: list[Any]
     paused: set[TopicPartition] = field(default_factory=set)
 
 

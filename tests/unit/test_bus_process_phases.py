@@ -73,7 +73,7 @@ OUTPUTS = [
 
 def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_commit() -> None:
     process = _process()
-    assert process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
+    assert process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
     events = [e[:2] if e[0] == "send" else e for e in process._producer.events]
     assert events == [
         ("send", "t.seeds"), ("send", "t.seeds"), ("flush",),
@@ -91,7 +91,7 @@ def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_co
 
 def test_a_failed_first_phase_sends_no_state_and_commits_nothing() -> None:
     process = _process(fail_topic="t.seeds")
-    assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
+    assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
     sent = {e[1] for e in process._producer.events if e[0] == "send"}
     assert sent == {"t.seeds"} and ("commit",) not in process._producer.events
     assert not any(e[0] == "seek" for e in process._producer.events)  # no rewind: the caller holds the batch
@@ -126,10 +126,10 @@ def test_a_failed_batch_is_delivered_again_as_it_was_with_input_paused() -> None
     process = _process(fail_topic="t.seeds")
     process._consumer = _PausingConsumer(process._producer.events)
     pairs = [(o, _Record()) for o in OUTPUTS]
-    assert not process._deliver(pairs, [], {"tp": "offset"}, [_Record()])
+    assert not process._deliver(pairs, [], {"tp": "offset"})
     from sparq_stream.bus.process import _Redo
 
-    process._hold(_Redo(pairs, [], {"tp": "offset"}, [_Record()]))
+    process._hold(_Redo(pairs, [], {"tp": "offset"}))
     assert process._consumer.paused_parts == {"tp0", "tp1"}
     process._redeliver()  # still failing: held, still paused
     assert process._redo is not None and process._consumer.paused_parts == {"tp0", "tp1"}
@@ -151,11 +151,11 @@ def test_a_producer_whose_deliveries_keep_timing_out_is_replaced() -> None:
     fresh = _Producer()
     process._new_producer = lambda: fresh  # type: ignore[method-assign]
     pairs = [(o, _Record()) for o in OUTPUTS]
-    assert not process._deliver(pairs, [], {"tp": "offset"}, [_Record()])
+    assert not process._deliver(pairs, [], {"tp": "offset"})
     assert process._producer is wedged  # one failure: could be the broker, keep it
-    assert not process._deliver(pairs, [], {"tp": "offset"}, [_Record()])
+    assert not process._deliver(pairs, [], {"tp": "offset"})
     assert process._producer is fresh and process.metrics.snapshot({}).counters["producer_replacements"] == 1
-    assert process._deliver(pairs, [], {"tp": "offset"}, [_Record()])  # the fresh producer delivers
+    assert process._deliver(pairs, [], {"tp": "offset"})  # the fresh producer delivers
     assert ("commit",) in process._consumer.events or ("commit",) in fresh.events
 
 
@@ -170,5 +170,5 @@ def test_no_replacement_while_no_broker_answers_a_new_producer() -> None:
 
     process._new_producer = _unreachable  # type: ignore[method-assign]
     for _ in range(3):
-        assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"}, [_Record()])
+        assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
     assert process._producer is wedged
