@@ -82,7 +82,8 @@ def run_one(args: argparse.Namespace) -> dict:
     queries = _plant(n, args.queries, centres, args.spread, args.seed)
     folder = Path(tempfile.mkdtemp(prefix="index-scale-", dir=args.dir))
     index = ScalableIndex(DIM, "auto", threshold=args.threshold, nlist=args.nlist, pq_m=args.pq_m,
-                          nprobe=args.nprobe, train_size=args.train, opq=not args.no_opq, folder=folder)
+                          nprobe=args.nprobe, train_size=args.train, opq=not args.no_opq, folder=folder,
+                          refine_k=args.refine_k, refine_above=args.refine_above)
     truth = np.full(len(queries), -1.0, dtype=np.float32)
     add_s = truth_s = 0.0
     started = time.perf_counter()
@@ -115,7 +116,7 @@ def run_one(args: argparse.Namespace) -> dict:
     disk = sum(p.stat().st_size for p in folder.iterdir())
     row = {
         "items": n, "kind": index.kind, "opq": not args.no_opq, "phase": index.phase, "nlist": index.lists(), "pq_m": args.pq_m,
-        "nprobe": args.nprobe, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "nprobe": args.nprobe, "refine_k": args.refine_k, "refine_above": args.refine_above, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "index_bytes": index.memory_bytes(), "disk_bytes": disk, "adds_per_s": round(n / add_s, 1),
         "add_threads": args.add_threads, "queries_per_s": round(qps, 1), "query_threads": args.query_threads,
         "near_dup_recall": recall, "near_dup_queries": int(positives.sum()), "false_positives": false_pos,
@@ -162,6 +163,8 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--pq-m", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=16)
+    parser.add_argument("--refine-k", type=int, default=16, help="code candidates re-scored exactly per query")
+    parser.add_argument("--refine-above", type=float, default=-1.0, help="re-score only candidates whose approximate cosine is at least this")
     parser.add_argument("--no-opq", action="store_true", help="IVF-PQ without the OPQ rotation")
     parser.add_argument("--add-threads", type=int, default=2)
     parser.add_argument("--query-threads", type=int, default=2)

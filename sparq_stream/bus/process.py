@@ -74,6 +74,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     ProducerFencedError,
+    RebalanceInProgressError,
     RecordListTooLargeError,
 )
 from kafka.structs import MemberState, OffsetAndMetadata
@@ -595,7 +596,7 @@ class ServiceProcess:
         redo = self._redo
         assert redo is not None
         if self._consumer is not None:
-            self._consumer.poll(timeout_ms=0)  # paused: fetches nothing, keeps the membership alive
+            self._consumer.poll(timeout_ms=_HOLD_POLL_MS)  # paused: fetches nothing; keeps the membership, lets a rebalance finish
         if not self._deliver(redo.pairs, redo.dead, redo.offsets):
             return
         self._redo = None
@@ -605,10 +606,13 @@ class ServiceProcess:
                 self._consumer.resume(*still)
 
     def _init_role(self, core: Core) -> None:
-        """An ``exclusive`` core runs as the one active replica or a hot standby (known once the core is built)."""
+        """An ``exclusive`` core runs as the one active replica or a hot standby; a ``group_member`` core has a group of its own."""
         self._exclusive = bool(getattr(core, "exclusive", False))
         self._lease = LeaseWatch() if self._exclusive else None
         self._active = not self._exclusive
+        member = getattr(core, "group_member", None)
+        if member is not None and not self.settings.group_id:  # a replica that reads every partition of its inputs
+            self.group_id = f"{self.settings.prefix}.{self.name}.{member}"
 
     def _poll_lease(self) -> None:
         """Keep the lease consumer in its group; its partitions stay paused (nothing is fetched)."""
@@ -898,7 +902,13 @@ class ServiceProcess:
                     self._producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
                 self._producer.commit_transaction()
             elif offsets:
-                self._consumer.commit(offsets, timeout_ms=int(bound * 1000))
+                try:
+                    self._consumer.commit(offsets, timeout_ms=int(bound * 1000))
+                except RebalanceInProgressError as exc:
+                    # The outputs are acknowledged: resending them would only duplicate them, and a
+                    # held batch polls too briefly for the group's rebalance to finish (seen: minutes
+                    # of resends). As after a finished rebalance, the records come again to their owner.
+                    raise CommitFailedError(str(exc)) from exc
         except _FENCED_ERRORS as exc:
             raise FatalError(
                 f"another process took over transactional id {self._txn_id()} ({exc}); "
@@ -1042,6 +1052,8 @@ class _Redo:
 
 #: Failed deliveries in a row after which the producer is replaced (each waits up to client_timeout_s).
 _REPLACE_PRODUCER_AFTER = 2
+#: How long a held batch's input poll waits: long enough for a group's join and sync to complete.
+_HOLD_POLL_MS = 200
 
 
 def _flatten(polled: dict[Any, list[Any]]) -> list[Any]:

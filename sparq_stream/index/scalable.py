@@ -47,6 +47,11 @@ _FORMAT = "sparq.segmented-index"
 _VERSION = 1
 _TRAINED = "trained.faiss"
 _CHUNK = 100_000
+#: Search and build breadth of the HNSW coarse quantizer (FAISS's default 16 assigns ~10% of the
+#: near duplicates of 384-d MiniLM-like vectors to another list than their partner's).
+_COARSE_EF = 128
+#: Up to this many IVF lists the coarse quantizer is exact (flat).
+_FLAT_COARSE_MAX = 8192
 
 
 class ScalableIndex:
@@ -187,16 +192,21 @@ class ScalableIndex:
         import faiss
 
         nlist = max(1, min(self.nlist, len(train) // 39))
-        coarse = f"IVF{nlist}_HNSW32" if nlist >= 1024 else f"IVF{nlist}"  # cheap list assignment at scale
+        # Exact list assignment (one BLAS product) up to 8192 lists: 3.5x faster than an HNSW quantizer at
+        # the breadth that keeps near duplicates in one list; HNSW only beyond.
+        coarse = f"IVF{nlist}_HNSW32" if nlist > _FLAT_COARSE_MAX else f"IVF{nlist}"
         rotation = f"OPQ{self.pq_m}," if self.opq else ""
         index = faiss.index_factory(self.dim, f"{rotation}{coarse},PQ{self.pq_m}x4fsr", faiss.METRIC_L2)
         if self.opq:
             opq = faiss.downcast_VectorTransform(index.chain.at(0))
             opq.niter, opq.niter_pq, opq.niter_pq_0 = 6, 1, 2  # a few rotations; the IVF-PQ trains after it
             opq.max_train_points = min(opq.max_train_points, 30_000)
-        faiss.extract_index_ivf(index).cp.niter = 12
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.niter = 12
+        if nlist > _FLAT_COARSE_MAX:
+            faiss.downcast_index(ivf.quantizer).hnsw.efConstruction = _COARSE_EF
         index.train(np.ascontiguousarray(train))
-        faiss.extract_index_ivf(index).nprobe = self.nprobe
+        _tune(index, self.nprobe)
         return index
 
     def _migrate(self) -> None:
@@ -277,7 +287,7 @@ class ScalableIndex:
             index._store = SegmentStore(root, index.dim, index.segment_rows, meta["segments"])
             if meta["phase"] == "ivfpq":
                 index._index, index.phase = faiss.read_index(str(root / meta["trained"])), "ivfpq"
-                faiss.extract_index_ivf(index._index).nprobe = index.nprobe
+                _tune(index._index, index.nprobe)
             else:
                 index._index, index.phase = index._flat(), "flat"
             for ids, vectors in index._store.iter_chunks(_CHUNK):
@@ -297,3 +307,14 @@ class ScalableIndex:
     # ------------------------------------------------------------------ internals
     def __repr__(self) -> str:
         return f"ScalableIndex(kind={self.kind!r}, phase={self.phase!r}, dim={self.dim}, items={len(self)})"
+
+
+def _tune(index: Any, nprobe: int) -> None:
+    """Set the lists probed per query and, for an HNSW coarse quantizer, its search breadth."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    ivf.nprobe = nprobe
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(_COARSE_EF, 2 * nprobe)

@@ -10,7 +10,11 @@ predecessor. How the replicas of each service share the work:
   embedding bucket (``--route-partitions``), so near duplicates meet on one replica; each replica
   snapshots its own index (replica 0 in ``out/state/novelty``);
 - archivist, trainer: one active replica, the others hot standbys (``sparq_stream.bus.lease``);
-  each archivist replica writes its own copy of the archive on disk (replica 0 in ``out/archive``).
+  each archivist replica writes its own copy of the archive on disk (replica 0 in ``out/archive``);
+- mutator: replica 0 samples each step's parents from W and publishes the plan on
+  ``mutator-state``; replica i generates every N-th parent unit from i, reads every outcome (a
+  consumer group of its own) and keeps its own state record; replica 0 opens the next step once
+  every replica's share is accounted for and W shows all their results (synchronous rounds).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ REPLICATED = {
     "novelty": "replicas share the partitions of candidates, routed by embedding bucket",
     "archivist": "one active replica, the others hot standbys",
     "trainer": "one active replica, the others hot standbys",
+    "mutator": "replicas share each step's parents; replica 0 samples and plans each step",
 }
 """Services that run as more than one process, and how the replicas share the work."""
 
@@ -71,6 +76,10 @@ def replica_flags(service: str, index: int, name: str, out: Path, count: int = 1
     flags: list[str] = []
     if service == "archivist" and index > 0:
         flags += ["--archive-dir", str(out.resolve() / "replicas" / name / "archive")]
+    if service == "mutator" and count > 1:
+        flags += ["--replica-count", str(count), "--replica-index", str(index)]
+        if index > 0:
+            flags += ["--state-dir", str(out.resolve() / "state" / name)]
     if service == "novelty" and count > 1:
         flags += ["--route-partitions", str(partitions), "--route-planes", str(default_planes(count))]
         if index > 0:

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sparq_stream.credentials import OpenAIKey, openai_key_option, refuse_secret_options
 from sparq_stream.errors import ConfigError
@@ -84,6 +84,12 @@ class UpConfig(OpenAIKey):
         for service, count in value.items():
             check_replicas(service, count)
         return value
+
+    @model_validator(mode="after")
+    def _mutator_replicas(self) -> "UpConfig":
+        if self.replicas.get("mutator", 1) > 1 and self.max_candidates is not None:
+            raise ValueError("replicas mutator > 1: give steps, not max_candidates (a candidate budget cannot be split exactly)")
+        return self
 
     def replica_count(self, service: str) -> int:
         """How many processes of ``service`` the run starts."""
@@ -265,11 +271,13 @@ def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, train
     out of date.
     """
     snap = monitor.snapshot()
-    mutator = snap.get("mutator")
-    if not mutator or mutator["gauges"].get("done", 0.0) < 1.0:
-        return False
+    mutators = [p.name for p in supervisor.services if p.service == "mutator"]
+    done = monitor.per_instance("mutator", "done")
+    if not snap.get("mutator") or not mutators or any(done.get(name, 0.0) < 1.0 for name in mutators):
+        return False  # every mutator replica: each holds the credits of its own share
     trainer = snap.get("trainer")
-    if training and trainer and trainer["gauges"].get("latest_version", 0.0) > mutator["gauges"].get("model_seen", 0.0):
+    seen = monitor.per_instance("mutator", "model_seen")
+    if training and trainer and trainer["gauges"].get("latest_version", 0.0) > min(seen.get(name, 0.0) for name in mutators):
         idle_since.pop("mutator", None)
         return False
     now = time.monotonic()
@@ -529,7 +537,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
             final_metrics = _stop_services(config, supervisor, monitor, broker_lost=end == RunEnd.BROKER_LOST)
             if journal is not None and end != RunEnd.BROKER_LOST:
                 journal.stop(final_snapshot=True)
-        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor, _models_in_use(monitor))
+        summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor, _models_in_use(monitor),
+                                 {k: int(v) for k, v in sorted(monitor.per_instance("mutator", "emitted").items())})
         finished = end in (RunEnd.BUDGET,)
         _write_run_json(out, {**run_info, "status": "finished" if finished else "running", "ended": reason, "exit_code": int(end)})
         if error is not None:
@@ -568,7 +577,8 @@ def _models_in_use(monitor: Any) -> dict[str, int]:
 
 
 def _write_summary(
-    out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any, in_use: dict[str, int]
+    out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any, in_use: dict[str, int],
+    emitted: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     from sparq_stream.orchestrator.report import write_report
 
@@ -579,5 +589,6 @@ def _write_summary(
         "restarts": {s.name: s.restarts for s in services if s.restarts},
         "given_up": [s.name for s in services if s.gave_up],
         "models_in_use": in_use,
+        "emitted_by_mutator": emitted or {},  # each mutator replica's share of the candidates
     }
     return write_report(out, metrics, reason=reason, prefix=prefix, extra=extra)

@@ -99,6 +99,31 @@ def test_two_novelty_replicas_one_killed_route_by_bucket_and_end_equal_to_one(
     assert (config.out / "state" / "novelty-1").is_dir()  # each replica snapshots its own index
 
 
+@pytest.mark.parametrize("victim", ["mutator-0", "mutator-1"])
+def test_two_mutator_replicas_share_the_steps_and_a_kill_9_of_either_ends_equal_to_one(
+    kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path, victim: str
+) -> None:
+    config = _config(shared_data, tmp_path / "run", kafka_cluster.bootstrap, replicas={"mutator": 2})
+    killed: list[float] = []
+
+    def chaos(supervisor: Any, monitor: Any) -> None:
+        svc = next(s for s in supervisor.services if s.name == victim)
+        steps = monitor.per_instance("mutator", "step")
+        if killed or not svc.alive or min(steps.values(), default=0.0) < 2 or len(steps) < 2:
+            return  # both replicas in step 2 or later (victim 0 plans, victim 1 holds a share)
+        os.kill(svc.proc.pid, signal.SIGKILL)
+        killed.append(monitor.value("archivist", "scored"))
+
+    up = run_up(config, on_tick=chaos)
+    assert up.reason == "budget reached", up.detail
+    assert killed and up.restarts.get(victim) == 1
+    diff = compare_with_reference(reference, config.out / "archive", read_elites(config, up.bootstrap, up.prefix))
+    assert all(result_checks(diff).values()), diff
+    emitted = up.summary["emitted_by_mutator"]
+    assert set(emitted) == {"mutator-0", "mutator-1"} and all(v > 0 for v in emitted.values()), emitted
+    assert up.summary["stages"]["mutator.instances"] == 2
+
+
 def _elite(i: int) -> Any:
     from sparq_stream.ids import problem_id
     from sparq_stream.messages import Elite

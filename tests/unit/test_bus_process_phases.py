@@ -172,3 +172,19 @@ def test_no_replacement_while_no_broker_answers_a_new_producer() -> None:
     for _ in range(3):
         assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
     assert process._producer is wedged
+
+
+class _Rebalancing(_Consumer):
+    def commit(self, offsets: Any, timeout_ms: int | None = None) -> None:
+        from kafka.errors import RebalanceInProgressError
+
+        self.events.append(("commit",))
+        raise RebalanceInProgressError("the group is rebalancing")
+
+
+def test_a_commit_refused_during_a_rebalance_does_not_resend_the_acknowledged_outputs() -> None:
+    process = _process()
+    process._consumer = _Rebalancing(process._producer.events)
+    assert process._deliver([(o, _Record()) for o in OUTPUTS[1:2]], [], {"tp": "offset"})  # delivered: not held
+    assert [e[0] for e in process._producer.events] == ["send", "flush", "commit"]
+    assert process.metrics.counters["commit_failures"] == 1 and process._failed_deliveries == 0

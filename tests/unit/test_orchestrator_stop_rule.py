@@ -33,6 +33,9 @@ class _Monitor:
     def newest_start(self, service: str, instance: str) -> float | None:
         return self.book.newest_start(service, instance)
 
+    def per_instance(self, service: str, name: str) -> dict[str, float]:
+        return self.book.per_instance(service, name)
+
 
 class _Supervisor:
     def __init__(self, procs: list[ServiceProc]) -> None:
@@ -92,5 +95,23 @@ def test_a_given_up_optional_service_is_not_waited_for() -> None:
     trainer = next(p for p in procs if p.name == "trainer")
     trainer.proc = _Proc(alive=False)  # type: ignore[assignment]
     trainer.gave_up = True
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert _finished(_Monitor(book), idle, _Supervisor(procs))
+
+
+def test_every_mutator_replica_must_be_done() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    first = next(p for p in procs if p.name == "mutator")
+    first.name = "mutator-0"
+    second = ServiceProc("mutator-1", ["run", "mutator"], Path("/dev/null"), proc=_Proc(), started_wall=now - 100)  # type: ignore[arg-type]
+    procs.append(second)
+    book = MetricsBook()
+    for proc in procs:
+        done = 1.0 if proc.name == "mutator-0" else 0.0
+        _report(book, proc.service, proc.name, now - 99, lag=0.0, lag_unknown=0.0, done=done)
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs))  # replica 1 still holds credits
+    book.add(Metric(service="mutator", instance="mutator-1", ts=now - 97, counters={}, gauges={"started_at": now - 99, "lag": 0.0, "lag_unknown": 0.0, "done": 1.0}))
     idle = {name: time.monotonic() - 10 for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs))

@@ -57,7 +57,7 @@ def test_choose_active_breaks_ties_by_instance_name() -> None:
 
 def test_replicas_flag_parses_and_names_the_allowed_values() -> None:
     assert parse_replicas(["archivist=2", "trainer=3", "solver=4"]) == {"archivist": 2, "trainer": 3, "solver": 4}
-    with pytest.raises(ConfigError, match="unknown service 'archivst'; allowed: archivist, novelty, solver, trainer"):
+    with pytest.raises(ConfigError, match="unknown service 'archivst'; allowed: archivist, mutator, novelty, solver, trainer"):
         parse_replicas(["archivst=2"])
     with pytest.raises(ConfigError, match="expected SERVICE=N"):
         parse_replicas(["archivist"])
@@ -65,8 +65,9 @@ def test_replicas_flag_parses_and_names_the_allowed_values() -> None:
         parse_replicas(["archivist=two"])
     with pytest.raises(ConfigError, match="N must be >= 1"):
         parse_replicas(["trainer=0"])
-    with pytest.raises(ConfigError, match="mutator runs as one process; services with replicas: archivist, novelty, solver, trainer"):
-        parse_replicas(["mutator=2"])
+    assert parse_replicas(["mutator=2"]) == {"mutator": 2}
+    with pytest.raises(ValueError, match="give steps, not max_candidates"):
+        UpConfig(seeds=Path("s.jsonl"), out=Path("o"), replicas={"mutator": 2}, max_candidates=10)
     with pytest.raises(ConfigError, match="allowed"):
         UpConfig(seeds=Path("s.jsonl"), out=Path("o"), replicas={"relay": 2})
 
@@ -85,3 +86,8 @@ def test_replica_names_are_stable_and_distinct_and_each_archivist_has_its_own_fo
         "--route-partitions", "6", "--route-planes", "2", "--state-dir", str(tmp_path.resolve() / "state" / "novelty-1")
     ]
     assert replica_flags("novelty", 0, "novelty", tmp_path, count=1, partitions=6) == []
+    assert replica_flags("mutator", 0, "mutator-0", tmp_path, count=2) == ["--replica-count", "2", "--replica-index", "0"]
+    assert replica_flags("mutator", 1, "mutator-1", tmp_path, count=2) == [
+        "--replica-count", "2", "--replica-index", "1", "--state-dir", str(tmp_path.resolve() / "state" / "mutator-1")
+    ]
+    assert replica_flags("mutator", 0, "mutator", tmp_path, count=1) == []

@@ -81,7 +81,9 @@ def _flag_args(cls: Any, name: str, value: Any) -> list[str]:
     return [flag, _as_text(value)]
 
 
-def _required(cls: Any, tmp_path: Path) -> dict[str, Any]:
+def _required(cls: Any, tmp_path: Path, name: str = "") -> dict[str, Any]:
+    if name == "replica_index":
+        return {"replica_count": 16}  # an index needs a count above it
     return {"seeds": tmp_path / "seeds.jsonl"} if cls is UpSettings else {}
 
 
@@ -99,11 +101,11 @@ def test_every_field_is_a_flag_and_an_environment_variable(owner: str, name: str
     cls = CLASSES[owner]
     info = cls.model_fields[name]
     value = _other_value(name, info, tmp_path)
-    from_flag = load_settings(cls, args=_flag_args(cls, name, value), read_file=False, **_required(cls, tmp_path))
+    from_flag = load_settings(cls, args=_flag_args(cls, name, value), read_file=False, **_required(cls, tmp_path, name))
     expected = getattr(from_flag, name)
     assert expected != info.get_default(call_default_factory=True), f"--{name} did not change {owner}.{name}"
     monkeypatch.setenv(f"SPARQ_{name.upper()}", _as_text(value))
-    from_env = load_settings(cls, read_file=False, **_required(cls, tmp_path))
+    from_env = load_settings(cls, read_file=False, **_required(cls, tmp_path, name))
     assert getattr(from_env, name) == expected
 
 

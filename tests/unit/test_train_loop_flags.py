@@ -57,6 +57,9 @@ class _Snapshot:
     def newest_start(self, service: str, instance: str) -> float:
         return 1.0  # every live process has reported since its start
 
+    def per_instance(self, service: str, name: str) -> dict[str, float]:
+        return {service: self.rows[service]["gauges"].get(name, 0.0)}  # one process per service
+
 
 class _Live:
     """A supervisor stand-in: one live process per service, started before its reports."""

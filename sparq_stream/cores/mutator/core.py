@@ -77,7 +77,7 @@ from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.mutator.barrier import WatermarkBarrier
@@ -149,6 +149,10 @@ class MutatorConfig(OpenAIKey):
         default=DEFAULT_MAX_CHARS, ge=1_000, description="parse at most this many characters of one completion (the rest is cut and counted)"
     )
     tick_budget_s: float = Field(default=1.0, gt=0.0, description="start no new chunk after this long in one tick")
+    replica_count: int = Field(
+        default=1, ge=1, description="mutator replicas sharing each step's parents (synchronous rounds; replica 0 plans each step)"
+    )
+    replica_index: int = Field(default=0, ge=0, description="this replica's index, 0 .. replica_count - 1")
 
     @field_validator("variant")
     @classmethod
@@ -156,6 +160,16 @@ class MutatorConfig(OpenAIKey):
         if value not in VARIANTS:
             raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
         return value
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "MutatorConfig":
+        if self.replica_index >= self.replica_count:
+            raise ValueError(f"replica_index must be in 0..{self.replica_count - 1} (replica_count {self.replica_count}); got {self.replica_index}")
+        if self.replica_count > 1 and not self.synchronous:
+            raise ValueError("replica_count > 1 needs synchronous = true (replicas share the steps of the paper's rounds)")
+        if self.replica_count > 1 and self.max_candidates is not None:
+            raise ValueError("replica_count > 1: use steps, not max_candidates (a candidate budget cannot be split exactly)")
+        return self
 
 
 def _reason_key(reason: str) -> str:
@@ -212,6 +226,15 @@ class MutatorCore(BaseCore):
         self._parse_work = ParseWork()
         self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters, root=config.models_root)
         self._timers: Counter[str] = Counter()
+        self._replicated = config.replica_count > 1
+        self._leader = config.replica_index == 0
+        self._own_key = f"{config.state_key}.{config.replica_index}" if self._replicated else config.state_key
+        self._plan_key = f"{config.state_key}.plan"
+        self._peer_keys = {f"{config.state_key}.{i}" for i in range(config.replica_count)} - {self._own_key} if self._replicated else set()
+        self._peers: dict[str, MutatorSnapshot] = {}  # the other replicas' newest states (the leader settles steps on them)
+        self._plan: MutatorSnapshot | None = None  # the leader's newest plan: a step's parents, or the end of the run
+        self._plan_out: MutatorSnapshot | None = None  # a plan to send with this tick's state
+        self._replan_checked = False
         if config.state_dir:
             cached = read_cache(config.state_dir)
             if cached is not None:
@@ -234,9 +257,17 @@ class MutatorCore(BaseCore):
         return len(self._in_flight)
 
     @property
+    def group_member(self) -> str | None:
+        """With replicas, each reads every outcome: its own consumer group ``<group>.<index>`` (None: the service's group)."""
+        return str(self.config.replica_index) if self._replicated else None
+
+    @property
     def exhausted(self) -> bool:
         """True once the budget is spent: nothing more will be emitted."""
         cfg = self.config
+        if self._replicated and not self._leader:  # the leader's plan says when the run ends
+            plan, open_work = self._plan, self._open is not None and bool(self._open.queue)
+            return plan is not None and plan.open is None and plan.step <= self._step and not open_work
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
             return True
         open_work = self._open is not None and bool(self._open.queue)
@@ -258,7 +289,7 @@ class MutatorCore(BaseCore):
     @property
     def wakes_on_tables(self) -> bool:
         """True when a table record can let this core emit (the archivist's watermark settles a step)."""
-        return self.config.synchronous and self.spec.dynamic
+        return self.config.synchronous and (self.spec.dynamic or self._replicated)
 
     # ------------------------------------------------------------------ tables
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
@@ -278,12 +309,34 @@ class MutatorCore(BaseCore):
                 self.W.restore(slot, message)
         elif inbound.topic == "models" and isinstance(message, ModelVersion):
             self._models.note(message)
-        elif inbound.topic == STATE_TOPIC and isinstance(message, MutatorState) and message.key == self.config.state_key:
+        elif inbound.topic == STATE_TOPIC and isinstance(message, MutatorState):
+            self._on_state(message)
+        return []
+
+    def _on_state(self, message: MutatorState) -> None:
+        """Our own record (restored before going live), the leader's plan, or another replica's state."""
+        if message.key == self._own_key:
             if self._live:
                 self.counters["state_echoes"] += 1  # our own record coming back
             else:
                 self._restore(message, "the changelog")
-        return []
+        elif message.key == self._plan_key and self._replicated:
+            if self._leader and self._live:
+                self.counters["state_echoes"] += 1  # the leader's own plan coming back
+            else:
+                self._plan = self._read_shared(message)
+        elif message.key in self._peer_keys:
+            snap = self._read_shared(message)
+            if snap is not None:
+                self._peers[message.key] = snap
+
+    def _read_shared(self, message: MutatorState) -> MutatorSnapshot | None:
+        """A plan or another replica's state; one of another run stops this replica once it goes live."""
+        try:
+            return MutatorSnapshot.from_message(message, self._fingerprint())
+        except ConfigError as exc:
+            self._state_error = exc
+            return None
 
     # ------------------------------------------------------------------ accounting
     def handle_batch(self, batch: Sequence[Inbound]) -> list[list[Outgoing]]:
@@ -297,7 +350,7 @@ class MutatorCore(BaseCore):
                 continue
             flight = self._in_flight.pop(message.id, None)
             if flight is None:
-                self.counters["unknown_outcomes"] += 1
+                self.counters["peer_outcomes" if self._replicated else "unknown_outcomes"] += 1
                 continue
             self._dirty = True
             step = flight.step
@@ -321,10 +374,54 @@ class MutatorCore(BaseCore):
     def tick(self, now: float) -> list[Outgoing]:
         """Start steps and generate chunks while credits, budget and the tick budget allow; then the state record."""
         self._go_live()
+        if self._replicated and self._leader and not self._replan_checked:
+            self._replan_checked = True
+            if self._replan():  # the plan first: no child of the step before it is delivered
+                return [self._plan_output(), self._state_output()]
         out = self._emit_chunks()
+        if self._replicated and self._leader:
+            self._plan_end()
+        if self._plan_out is not None:
+            out.append(self._plan_output())
         if self._dirty:
             out.append(self._state_output())
         return out
+
+    def _plan_output(self) -> Outgoing:
+        """The pending plan as a changelog record, sent after this tick's candidates."""
+        assert self._plan_out is not None
+        plan, self._plan_out = self._plan_out, None
+        return Outgoing(STATE_TOPIC, plan.to_message(self._plan_key, self._fingerprint()), key=self._plan_key, after=True)
+
+    def _replan(self) -> bool:
+        """After a restart: the leader's open step whose plan never reached the topic is planned again.
+
+        The plan and the leader's state go out in one tick; a crash between the two sends can
+        leave the state alone. No child of that step exists then (the leader generates only
+        after that tick is delivered, the others need the plan), so W is unchanged and the same
+        draw gives the same parents: checked against the leader's own share before sending.
+        """
+        opened, plan = self._open, self._plan
+        if opened is None or not opened.queue or (plan is not None and plan.open is not None and plan.open.number >= opened.number):
+            return False
+        units = _units(self.W.sample(self.config.batch_size, np.random.default_rng([self.config.seed, opened.number])))
+        if [(u.parent.id, u.n, u.offset) for u in self._share(units)] != [(u.parent.id, u.n, u.offset) for u in opened.queue]:
+            raise ConfigError(f"step {opened.number}: its plan is missing and W no longer gives the same parents; start a new run (new prefix)")
+        self.counters["plans_resent"] += 1
+        self._plan = self._plan_out = MutatorSnapshot(step=opened.number + 1, open=StepState(opened.number, units))
+        return True
+
+    def _plan_end(self) -> None:
+        """The leader's budget is spent: tell the other replicas that no step follows (once).
+
+        Only once every replica has opened the last step: the plan is one record on a compacted
+        topic, and a replica that read the end before the last step's plan would skip that step.
+        """
+        plan = self._plan
+        if not self.exhausted or (plan is not None and plan.open is None and plan.step == self._step):
+            return
+        if all(key in self._peers and self._peers[key].step >= self._step for key in self._peer_keys):
+            self._plan = self._plan_out = MutatorSnapshot(step=self._step)
 
     def _emit_chunks(self) -> list[Outgoing]:
         self._expire_credits()
@@ -363,6 +460,8 @@ class MutatorCore(BaseCore):
             self.counters["steps_finished"] += 1
             self._open = None
             self._dirty = True
+        if self._replicated and not self._leader:
+            return self._adopt_plan()
         if self.exhausted:
             return False
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
@@ -372,6 +471,9 @@ class MutatorCore(BaseCore):
             return False
         if cfg.synchronous and self._in_flight:
             return False
+        plan = self._plan
+        if self._replicated and plan is not None and plan.open is not None and plan.open.number == self._step:
+            return self._adopt_plan()  # planned before a restart: the other replicas may hold its parents already
         rng = np.random.default_rng([cfg.seed, self._step])
         parents = self.W.sample(cfg.batch_size, rng)
         if not parents:
@@ -379,10 +481,33 @@ class MutatorCore(BaseCore):
         if cfg.steps is not None and self._step >= cfg.steps:
             self.counters["new_model_steps"] += 1
             log.info("step %d: one step past the budget so that model version %d is used", self._step, self._models.newest)
-        self._open = StepState(self._step, _units(parents))
+        units = _units(parents)
+        self._open = StepState(self._step, self._share(units))
+        if self._replicated:  # the plan goes out with this tick's state, before any child of the step
+            self._plan = self._plan_out = MutatorSnapshot(step=self._step + 1, open=StepState(self._step, units))
         log.info(
             "step %d opened: %d parents from W of %d (parents %s, emitted so far %d)",
             self._step, len(parents), len(self.W), _digest(p.id for p in parents), self._emitted,
+        )
+        self._step += 1
+        self._dirty = True
+        return True
+
+    def _share(self, units: list[Unit]) -> list[Unit]:
+        """This replica's units of a step: every ``replica_count``-th, from ``replica_index`` (all when alone)."""
+        return units[self.config.replica_index :: self.config.replica_count]
+
+    def _adopt_plan(self) -> bool:
+        """A replica other than the leader opens the step the leader planned next, with its share of the parents."""
+        plan = self._plan
+        if plan is None or plan.open is None or plan.open.number != self._step:
+            return False
+        share = self._share(plan.open.queue)
+        self._open = StepState(self._step, share)
+        self._waits = {s: w for s, w in self._waits.items() if s >= self._step}  # the leader has read the older ones
+        log.info(
+            "step %d opened from the plan: %d of its %d parent units (parents %s, emitted so far %d)",
+            self._step, len(share), len(plan.open.queue), _digest(u.parent.id for u in share), self._emitted,
         )
         self._step += 1
         self._dirty = True
@@ -493,7 +618,13 @@ class MutatorCore(BaseCore):
         """True once every candidate of step ``number`` is accounted for and W shows their results."""
         if any(credit.step == number for credit in self._in_flight.values()):
             return False
+        if self._replicated and not self._leader:
+            return True  # the leader settles the step; the waits stay in the state for it to read
         need = self._waits.get(number)
+        if self._replicated:
+            if not self._peers_done(number):
+                return False
+            need = _merged([need or {}, *(peer.waits.get(number, {}) for peer in self._peers.values())])
         if not self.spec.dynamic or not need:
             self._waits.pop(number, None)
             return True
@@ -516,6 +647,18 @@ class MutatorCore(BaseCore):
             )
             self._waiting_since = (number, now)
         return False
+
+    def _peers_done(self, number: int) -> bool:
+        """True once every other replica has opened step ``number``, generated its share and holds no credit of it."""
+        for key in self._peer_keys:
+            peer = self._peers.get(key)
+            if peer is None or peer.step <= number:
+                return False
+            if peer.open is not None and peer.open.number == number and peer.open.queue:
+                return False
+            if any(credit.step == number for credit in peer.in_flight.values()):
+                return False
+        return True
 
     # ------------------------------------------------------------------ credits, models
     def _expire_credits(self) -> None:
@@ -571,12 +714,12 @@ class MutatorCore(BaseCore):
     def _state_output(self) -> Outgoing:
         """The state record, sent after the outputs it accounts for (and cached locally when asked)."""
         self._dirty = False
-        state = self._snapshot().to_message(self.config.state_key, self._fingerprint())
+        state = self._snapshot().to_message(self._own_key, self._fingerprint())
         if self.config.state_dir and self._last_state is not None:
             # One record behind: the previous record's send returned before this tick began.
             write_cache(self.config.state_dir, self._last_state)
         self._last_state = state
-        return Outgoing(STATE_TOPIC, state, key=self.config.state_key, after=True)
+        return Outgoing(STATE_TOPIC, state, key=self._own_key, after=True)
 
     def _restore(self, message: MutatorState, where: str) -> None:
         try:
@@ -608,6 +751,15 @@ class MutatorCore(BaseCore):
 def _digest(ids: Any) -> str:
     """A short digest of a sequence of ids (equal steps log equal digests)."""
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
+
+
+def _merged(waits: list[dict[int, int]]) -> dict[int, int]:
+    """The furthest position per solved partition over several replicas' waits of one step."""
+    out: dict[int, int] = {}
+    for wait in waits:
+        for partition, offset in wait.items():
+            out[partition] = max(out.get(partition, 0), offset)
+    return out
 
 
 def _units(parents: list[Seed | Elite]) -> list[Unit]:
