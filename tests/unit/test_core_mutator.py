@@ -550,25 +550,29 @@ class Loop:
         data = novel.model_dump()
         return SolveResult(**data, k=16, rollouts_used=16, n_correct=round(16 * sr), solve_rate=sr, quality=quality(sr))
 
+    def downstream(self, outs: list[Outgoing]) -> tuple[list[Inbound], list[Inbound]]:
+        """Candidates through novelty, the solver and the archivist: the outcomes, then the elites records and a watermark."""
+        self.candidates += [o.message for o in outs]
+        decided = self.novelty.handle_batch([Inbound("candidates", o.message.id, o.message) for o in outs])
+        back, records = [], []
+        for (o,) in decided:
+            if o.topic == "novel":
+                result = self.solve(o.message)
+                self.archive.append(result)
+                update = self.archivist.offer(result)
+                records += [Inbound("elites", slot, e) for slot, e in update.written.items()]
+                records += [Inbound("elites", slot, None) for slot in update.deleted]
+                back.append(Inbound("solved", result.id, result, offset=len(self.archive) - 1))
+            else:
+                back.append(Inbound("drops", o.message.id, o.message))
+        if self.archive:
+            records.append(watermark({0: len(self.archive)}))  # after the round's elite records
+        return back, records
+
     def run(self, rounds: int = 200) -> None:
         delayed: list[list[Inbound]] = []
         for _ in range(rounds):
-            outs = [o for o in self.mutator.tick(0.0) if o.topic == "candidates"]
-            self.candidates += [o.message for o in outs]
-            decided = self.novelty.handle_batch([Inbound("candidates", o.message.id, o.message) for o in outs])
-            back, records = [], []
-            for (o,) in decided:
-                if o.topic == "novel":
-                    result = self.solve(o.message)
-                    self.archive.append(result)
-                    update = self.archivist.offer(result)
-                    records += [Inbound("elites", slot, e) for slot, e in update.written.items()]
-                    records += [Inbound("elites", slot, None) for slot in update.deleted]
-                    back.append(Inbound("solved", result.id, result, offset=len(self.archive) - 1))
-                else:
-                    back.append(Inbound("drops", o.message.id, o.message))
-            if self.archive:
-                records.append(watermark({0: len(self.archive)}))  # after the round's elite records
+            back, records = self.downstream([o for o in self.mutator.tick(0.0) if o.topic == "candidates"])
             if self.rng is not None:
                 self.rng.shuffle(back)
             self.mutator.handle_batch(back)

@@ -51,22 +51,7 @@ class ReplicaLoop(Loop):
             assert all(isinstance(o.message, MutatorState) and o.after for o in states)
             self.changelog += states
             pending.append(states)
-            candidates = [o for o in outs if o.topic == "candidates"]
-            self.candidates += [o.message for o in candidates]
-            decided = self.novelty.handle_batch([Inbound("candidates", o.message.id, o.message) for o in candidates])
-            back, records = [], []
-            for (o,) in decided:
-                if o.topic == "novel":
-                    result = self.solve(o.message)
-                    self.archive.append(result)
-                    update = self.archivist.offer(result)
-                    records += [Inbound("elites", slot, e) for slot, e in update.written.items()]
-                    records += [Inbound("elites", slot, None) for slot in update.deleted]
-                    back.append(Inbound("solved", result.id, result, offset=len(self.archive) - 1))
-                else:
-                    back.append(Inbound("drops", o.message.id, o.message))
-            if self.archive:
-                records.append(watermark({0: len(self.archive)}))
+            back, records = self.downstream([o for o in outs if o.topic == "candidates"])
             for core in self.mutators:
                 core.handle_batch(list(back))
                 for record in records:

@@ -33,8 +33,12 @@ COMPOSE = DEPLOY / "compose.yaml"
 
 SERVICE_NAMES = ("mutator", "novelty", "solver", "archivist", "trainer")
 RUNNABLE = frozenset(SERVICE_NAMES) | {"relay"}
-#: Services that hold one global state (W, the index, the export): exactly one replica.
-SINGLETONS = ("mutator", "novelty", "archivist", "trainer")
+#: Every service runs replicas (README.md, "Replicas"): solver and novelty share their input's
+#: partitions, archivist and trainer run one active and hot standbys, mutator replicas share
+#: each step (replica i of N). The deploy files run at least this many of each.
+MIN_REPLICAS = 2
+#: Set by Kubernetes (>= 1.28) on every StatefulSet pod: its ordinal, the mutator's replica index.
+POD_INDEX_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']"
 #: Settings each service's default file must define (the documented defaults).
 REQUIRED_KEYS = {
     "mutator": {"variant": "qd", "batch_size": 64, "max_in_flight": None, "backend": None},
@@ -70,6 +74,21 @@ def _k8s_objects() -> list[tuple[str, dict[str, Any]]]:
 
 def _objects(kind: str) -> dict[str, dict[str, Any]]:
     return {d["metadata"]["name"]: d for _, d in _k8s_objects() if d["kind"] == kind}
+
+
+def _workloads() -> dict[str, dict[str, Any]]:
+    """The Deployment or StatefulSet of each service (Kafka's StatefulSet is no service)."""
+    found = [d for kind in ("Deployment", "StatefulSet") for n, d in _objects(kind).items() if n in SERVICE_NAMES]
+    names = [d["metadata"]["name"] for d in found]
+    assert len(names) == len(set(names)), f"a service has a Deployment and a StatefulSet: {sorted(names)}"
+    return {d["metadata"]["name"]: d for d in found}
+
+
+def _workload(name: str) -> dict[str, Any]:
+    """The workload (Deployment or StatefulSet) running service ``name``."""
+    workloads = _workloads()
+    assert name in workloads, f"no Deployment or StatefulSet runs {name}"
+    return workloads[name]
 
 
 def _settings_toml(name: str) -> dict[str, Any]:
@@ -315,9 +334,32 @@ def _sparq_compose_services() -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in _compose()["services"].items() if name != "kafka"}
 
 
-def test_compose_has_kafka_bootstrap_and_one_service_each() -> None:
+def _compose_service_of(name: str) -> str:
+    """The sparq service a compose service runs: ``mutator-1`` is a replica of ``mutator``."""
+    base = re.sub(r"-[0-9]+$", "", name)
+    return base if base in SERVICE_NAMES else name
+
+
+def _compose_replicas(service: str) -> list[tuple[str, dict[str, Any], int]]:
+    """(compose service, its definition, its container count) of every compose service running ``service``."""
+    return [
+        (name, svc, int(svc.get("deploy", {}).get("replicas", 1)))
+        for name, svc in _sparq_compose_services().items()
+        if _compose_service_of(name) == service
+    ]
+
+
+def _compose_partitions() -> int:
+    _, _, ctx = _check_argv(_compose_argv(_compose()["services"]["topics"]), "compose topics")
+    return int(ctx.params["partitions"])
+
+
+def test_compose_has_kafka_bootstrap_and_services_with_their_replicas() -> None:
     services = _compose()["services"]
-    assert set(services) == {"kafka", "topics", "seed", *SERVICE_NAMES}
+    names = set(services) - {"kafka", "topics", "seed"}
+    assert {_compose_service_of(n) for n in names} == set(SERVICE_NAMES), sorted(names)
+    for name in names:  # replicas of one service: <service> and <service>-<i>
+        assert name in SERVICE_NAMES or re.fullmatch(r"[a-z]+-[1-9][0-9]*", name), name
     kafka = services["kafka"]
     image, _, tag = kafka["image"].partition(":")
     assert image == "apache/kafka" and int(tag.split(".")[0]) >= 4, kafka["image"]
@@ -330,11 +372,12 @@ def test_compose_has_kafka_bootstrap_and_one_service_each() -> None:
     assert "test" in kafka["healthcheck"]
 
 
-@pytest.mark.parametrize("name", ["topics", "seed", *SERVICE_NAMES])
+@pytest.mark.parametrize("name", [n for n in _compose()["services"] if n != "kafka"])
 def test_compose_service_runs_a_real_sparq_command(name: str) -> None:
     svc = _compose()["services"][name]
     cmd, service, _ = _check_argv(_compose_argv(svc), f"compose {name}")
-    if name in SERVICE_NAMES:
+    if _compose_service_of(name) in SERVICE_NAMES:
+        name = _compose_service_of(name)
         assert (cmd.name, service) == ("run", name)
         assert PurePosixPath(svc["build"]["dockerfile"]) == PurePosixPath("services", "Containerfile")
         assert svc["build"]["args"]["SERVICE"] == name
@@ -361,7 +404,7 @@ def test_compose_start_order() -> None:
             assert cond["condition"] == wanted.get(dep, "service_completed_successfully"), (name, dep)
         if name != "topics":
             assert "topics" in deps, f"{name} may start before the topics exist"
-        if name in SERVICE_NAMES:
+        if _compose_service_of(name) in SERVICE_NAMES:
             assert svc["restart"] == "unless-stopped" and svc.get("init") is True
             assert int(svc["stop_grace_period"].rstrip("s")) >= 30
         else:
@@ -370,16 +413,52 @@ def test_compose_start_order() -> None:
 
 def test_compose_replicas_and_partitions() -> None:
     services = _compose()["services"]
-    _, _, ctx = _check_argv(_compose_argv(services["topics"]), "compose topics")
-    partitions = ctx.params["partitions"]
+    partitions = _compose_partitions()
     solver = services["solver"]["deploy"]["replicas"]
     assert 2 <= solver <= partitions, f"solver replicas {solver} vs {partitions} partitions"
     assert partitions > solver, "more partitions than solver replicas: a step's ids hash unevenly over few"
     solver_settings = _settings_toml("solver")
     assert solver_settings["max_poll_records"] <= 16, "a poll of K=16 rollouts each must finish well in time"
     assert solver_settings["max_poll_interval_ms"] >= 600_000
-    for name in SINGLETONS:
-        assert services[name].get("deploy", {}).get("replicas", 1) == 1, f"{name} must run alone"
+    for name in SERVICE_NAMES:
+        replicas = _compose_replicas(name)
+        total = sum(count for _, _, count in replicas)
+        assert total >= MIN_REPLICAS, f"{name}: {total} replica(s) in compose, want >= {MIN_REPLICAS}"
+        instances = [_compose_env(svc).get("SPARQ_INSTANCE") for _, svc, count in replicas]
+        for (where, _, count), instance in zip(replicas, instances, strict=True):
+            # identical containers take their host name as instance; one fixed name would be shared
+            assert count == 1 or instance is None, f"compose {where}: {count} containers share SPARQ_INSTANCE {instance}"
+        named = [i for i in instances if i is not None]
+        assert len(named) == len(set(named)), f"{name}: replicas share an instance name: {named}"
+
+
+def test_compose_mutator_replicas_are_numbered_0_to_n() -> None:
+    from sparq_stream.services import service_spec
+
+    replicas = _compose_replicas("mutator")
+    assert len(replicas) >= MIN_REPLICAS, "one compose service per mutator replica (each its own index)"
+    indices, instances = [], []
+    for where, svc, count in replicas:
+        assert count == 1, f"compose {where}: {count} identical containers would share one replica index"
+        env = _compose_env(svc)
+        assert int(env.get("SPARQ_REPLICA_COUNT", 1)) == len(replicas), f"compose {where}: replica count vs {len(replicas)} replicas"
+        indices.append(int(env.get("SPARQ_REPLICA_INDEX", 0)))
+        instances.append(env.get("SPARQ_INSTANCE"))
+        # the settings each replica runs with are valid (synchronous rounds, no candidate budget)
+        load_settings(
+            service_spec("mutator").settings_cls, config=SERVICES_DIR / "mutator" / "settings.toml",
+            replica_count=len(replicas), replica_index=indices[-1],
+        )
+    assert sorted(indices) == list(range(len(replicas))), f"mutator replica indices {indices}"
+    assert None not in instances and len(set(instances)) == len(instances), f"mutator instances {instances}"
+
+
+def test_compose_novelty_replicas_route_by_embedding_bucket() -> None:
+    (replicas,) = _compose_replicas("novelty")
+    where, svc, count = replicas
+    assert count >= MIN_REPLICAS, f"compose {where}: {count} replica(s)"
+    route = _compose_env(svc).get("SPARQ_ROUTE_PARTITIONS", "0")
+    assert int(route) == _compose_partitions(), f"novelty routes over {route} partitions, candidates has {_compose_partitions()}"
 
 
 def test_compose_volumes_hold_outputs_and_inputs() -> None:
@@ -390,17 +469,31 @@ def test_compose_volumes_hold_outputs_and_inputs() -> None:
         pairs = [_interpolate(m).split(":")[:2] for m in services[name].get("volumes", [])]
         return {dst: src for src, dst in pairs}
 
-    for name, key in (("archivist", "archive_dir"), ("trainer", "export_dir")):
-        target = _compose_env(services[name]).get(f"SPARQ_{key.upper()}") or _settings_toml(name)[key]
-        holders = [(dst, src) for dst, src in mounts(name).items() if PurePosixPath(target).is_relative_to(dst)]
+    def output(name: str, key: str) -> tuple[str, PurePosixPath]:
+        """(named volume, folder inside it) of a service's output folder."""
+        target = PurePosixPath(_compose_env(services[name]).get(f"SPARQ_{key.upper()}") or _settings_toml(name)[key])
+        holders = [(PurePosixPath(dst), src) for dst, src in mounts(name).items() if target.is_relative_to(dst)]
         assert holders, f"{name}: {key} {target} is on no volume"
-        assert holders[0][1] in compose["volumes"], f"{name}: {key} is not on a named volume"
+        dst, src = max(holders, key=lambda h: len(h[0].parts))  # the innermost mount holds it
+        assert src in compose["volumes"], f"{name}: {key} is not on a named volume"
+        return src, target.relative_to(dst)
+
+    for name, key in (("archivist", "archive_dir"), ("trainer", "export_dir")):
+        output(name, key)
     assert mounts("archivist")["/var/lib/sparq"] == mounts("trainer")["/var/lib/sparq"], "one shared output volume"
+    # every archivist replica writes its own copy of the archive: no two share (or nest) a folder
+    archives = [output(where, "archive_dir") for where, _, count in _compose_replicas("archivist") for _ in range(count)]
+    assert len(archives) >= MIN_REPLICAS, f"{len(archives)} archivist replica(s)"
+    for i, (vol_a, dir_a) in enumerate(archives):
+        for vol_b, dir_b in archives[i + 1:]:
+            assert vol_a != vol_b or not (dir_a.is_relative_to(dir_b) or dir_b.is_relative_to(dir_a)), (
+                f"two archivist replicas write one archive: {vol_a}:{dir_a} and {vol_b}:{dir_b}"
+            )
     for path in _settings_toml("novelty")["contamination"]:
         assert any(PurePosixPath(path).is_relative_to(dst) for dst in mounts("novelty")), f"novelty: {path} not mounted"
     seed_file = _interpolate(services["seed"]["command"][1])
     assert any(PurePosixPath(seed_file).is_relative_to(dst) for dst in mounts("seed"))
-    variants = {_compose_env(services[n]).get("SPARQ_VARIANT") for n in ("mutator", "archivist")}
+    variants = {_compose_env(services[n]).get("SPARQ_VARIANT") for n in services if _compose_service_of(n) in ("mutator", "archivist")}
     assert len(variants) == 1, f"mutator and archivist run different variants: {variants}"
 
 
@@ -460,22 +553,98 @@ def test_k8s_containers_have_images_and_resources() -> None:
         assert pod.get("enableServiceLinks") is False, f"{where}: service links inject KAFKA_* / SPARQ_* variables"
 
 
-def test_k8s_one_deployment_per_service() -> None:
-    deployments = _objects("Deployment")
-    assert set(deployments) == set(SERVICE_NAMES)
+def _main_env(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The service container's env entries by name."""
+    (main,) = workload["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e for e in main.get("env", [])}
+
+
+def _field_ref(entry: dict[str, Any] | None) -> str | None:
+    return ((entry or {}).get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath")
+
+
+def _resolved_env(workload: dict[str, Any], name: str) -> str | None:
+    """A plain env value of the service container, ``$(VAR)`` expanded from env and envFrom ConfigMaps."""
+    (main,) = workload["spec"]["template"]["spec"]["containers"]
+    known: dict[str, str] = {}
+    for src in main.get("envFrom", []):
+        known.update(_objects("ConfigMap")[src["configMapRef"]["name"]]["data"])
+    for e in main.get("env", []):
+        if "value" in e:
+            known[e["name"]] = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: known.get(m.group(1), m.group(0)), e["value"])
+        else:
+            known.pop(e["name"], None)
+    return known.get(name)
+
+
+def test_k8s_one_workload_per_service_with_replicas() -> None:
+    workloads = _workloads()
+    assert set(workloads) == set(SERVICE_NAMES)
     env_cm = _objects("ConfigMap")["sparq-env"]["data"]
     partitions = int(env_cm["SPARQ_PARTITIONS"])
-    for name, dep in deployments.items():
-        pod = dep["spec"]["template"]["spec"]
+    services = _objects("Service")
+    for name, obj in workloads.items():
+        pod = obj["spec"]["template"]["spec"]
         (main,) = pod["containers"]
         assert main["image"].startswith(f"{IMAGE_PREFIX}{name}:")
         grace = pod["terminationGracePeriodSeconds"]
         assert grace >= 30, f"{name}: {grace}s is too short to finish a batch after SIGTERM"
+        replicas = obj["spec"]["replicas"]
+        assert replicas >= MIN_REPLICAS, f"{obj['kind']}/{name}: {replicas} replica(s), want >= {MIN_REPLICAS}"
         if name == "solver":
-            replicas = dep["spec"]["replicas"]
-            assert 2 <= replicas <= partitions and partitions % replicas == 0, "solver replicas divide the partitions"
-        else:
-            assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate", name
+            assert replicas <= partitions and partitions % replicas == 0, "solver replicas divide the partitions"
+        # every replica has its own instance name (its metrics key and transactional id)
+        assert _field_ref(_main_env(obj).get("SPARQ_INSTANCE")) == "metadata.name", f"{name}: SPARQ_INSTANCE is not the pod name"
+        if obj["kind"] == "StatefulSet":
+            headless = services[obj["spec"]["serviceName"]]
+            assert headless["spec"]["clusterIP"] == "None", f"{name}: serviceName names no headless Service"
+            assert headless["spec"]["selector"].items() <= obj["spec"]["template"]["metadata"]["labels"].items()
+    # stable per-replica identity: the mutator's index and each archivist's own archive
+    assert workloads["mutator"]["kind"] == "StatefulSet" and workloads["archivist"]["kind"] == "StatefulSet"
+
+
+def test_k8s_mutator_replicas_are_numbered_0_to_n() -> None:
+    from sparq_stream.services import service_spec
+
+    sts = _workload("mutator")
+    # the pod-index label exists only on StatefulSet pods (Kubernetes >= 1.28): pods mutator-0..N-1
+    assert sts["kind"] == "StatefulSet", "mutator replicas need stable indices: a StatefulSet"
+    assert sts["spec"].get("podManagementPolicy") == "Parallel", "a step waits for every replica: start them together"
+    replicas = sts["spec"]["replicas"]
+    env = _main_env(sts)
+    assert int(env["SPARQ_REPLICA_COUNT"]["value"]) == replicas, "SPARQ_REPLICA_COUNT must equal spec.replicas"
+    assert _field_ref(env.get("SPARQ_REPLICA_INDEX")) == POD_INDEX_FIELD, "SPARQ_REPLICA_INDEX must be the pod's ordinal"
+    for index in range(replicas):  # the settings each pod runs with are valid
+        load_settings(
+            service_spec("mutator").settings_cls, config=SERVICES_DIR / "mutator" / "settings.toml",
+            replica_count=replicas, replica_index=index,
+        )
+
+
+def test_k8s_novelty_replicas_route_by_embedding_bucket() -> None:
+    dep = _workload("novelty")
+    partitions = _objects("ConfigMap")["sparq-env"]["data"]["SPARQ_PARTITIONS"]
+    assert dep["spec"]["replicas"] >= MIN_REPLICAS
+    route = _resolved_env(dep, "SPARQ_ROUTE_PARTITIONS")
+    assert route is not None and int(route) == int(partitions), f"novelty routes over {route} partitions, candidates has {partitions}"
+
+
+def test_k8s_archivist_replicas_write_their_own_archive() -> None:
+    sts = _workload("archivist")
+    assert sts["kind"] == "StatefulSet" and sts["spec"]["replicas"] >= MIN_REPLICAS, "archivist: a StatefulSet of replicas"
+    (main,) = sts["spec"]["template"]["spec"]["containers"]
+    archive = PurePosixPath(_resolved_env(sts, "SPARQ_ARCHIVE_DIR") or _settings_toml("archivist")["archive_dir"])
+    holders = [m for m in main["volumeMounts"] if archive.is_relative_to(m["mountPath"])]
+    assert holders, f"archivist: {archive} is on no volume"
+    mount = max(holders, key=lambda m: len(PurePosixPath(m["mountPath"]).parts))  # the innermost mount holds it
+    templates = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
+    if mount["name"] in templates:
+        return  # a claim per pod
+    # a shared claim: the mount's subPathExpr names a folder per pod (a variable holding the pod name)
+    env = _main_env(sts)
+    per_pod = [v for v in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", mount.get("subPathExpr", "")) if _field_ref(env.get(v)) == "metadata.name"]
+    assert per_pod, f"archivist replicas share one archive_dir ({archive} on {mount['name']}, no per-pod subPathExpr)"
+    assert "subPath" not in mount
 
 
 def test_k8s_containers_run_real_sparq_commands_with_real_settings() -> None:
@@ -504,7 +673,7 @@ def test_k8s_settings_configmap_matches_service_defaults() -> None:
     for name in SERVICE_NAMES:
         mounted = tomllib.loads(settings[f"{name}.toml"])
         assert mounted == _settings_toml(name), f"{name}: the ConfigMap's settings drift from services/{name}/settings.toml"
-        pod = _objects("Deployment")[name]["spec"]["template"]["spec"]
+        pod = _workload(name)["spec"]["template"]["spec"]
         (main,) = pod["containers"]
         config = {e["name"]: e.get("value") for e in main["env"]}["SPARQ_CONFIG"]
         mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
@@ -530,21 +699,22 @@ def test_k8s_volumes_and_claims_exist() -> None:
                 assert m["name"] in volumes or m["name"] in templates, f"{where}/{c['name']}: mounts unknown {m['name']}"
     outputs = {}
     for name, key in (("archivist", "archive_dir"), ("trainer", "export_dir")):
-        pod = _objects("Deployment")[name]["spec"]["template"]["spec"]
+        workload = _workload(name)
+        pod = workload["spec"]["template"]["spec"]
         mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
-        target = PurePosixPath(_settings_toml(name)[key])
+        target = PurePosixPath(_resolved_env(workload, f"SPARQ_{key.upper()}") or _settings_toml(name)[key])
         (dst,) = [d for d in mounts if target.is_relative_to(d)]
         (vol,) = [v for v in pod["volumes"] if v["name"] == mounts[dst]]
         outputs[name] = vol["persistentVolumeClaim"]["claimName"]
     assert outputs["archivist"] == outputs["trainer"], "archive and export share one claim"
-    novelty = _objects("Deployment")["novelty"]["spec"]["template"]["spec"]
+    novelty = _workload("novelty")["spec"]["template"]["spec"]
     paths = {m["mountPath"] for m in novelty["containers"][0]["volumeMounts"]}
     for held_out in _settings_toml("novelty")["contamination"]:
         assert any(PurePosixPath(held_out).is_relative_to(p) for p in paths), f"novelty: {held_out} not mounted"
 
 
 def test_k8s_kafka_statefulset() -> None:
-    (sts,) = _objects("StatefulSet").values()
+    sts = _objects("StatefulSet")["kafka"]
     services = _objects("Service")
     headless = services[sts["spec"]["serviceName"]]
     assert headless["spec"]["clusterIP"] == "None"
@@ -572,9 +742,8 @@ def test_every_service_pod_has_probes_and_scrape_annotations_on_its_http_port() 
     (image_env,) = [args for kw, args in _containerfile() if kw == "ENV" and args.startswith("SPARQ_HTTP_PORT=")]
     port = int(image_env.partition("=")[2])
     assert ("EXPOSE", str(port)) in _containerfile()
-    deployments = _objects("Deployment")
     for name in SERVICE_NAMES:
-        template = deployments[name]["spec"]["template"]
+        template = _workload(name)["spec"]["template"]
         annotations = template["metadata"]["annotations"]
         assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}, name
         (container,) = template["spec"]["containers"]
