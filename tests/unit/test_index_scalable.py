@@ -113,3 +113,21 @@ def test_bad_input_is_rejected() -> None:
         index.add(["a\nb"], _unit(1))
     with pytest.raises(FatalError):
         index.add(["a"], np.zeros((1, 5), dtype=np.float32))
+
+
+def test_list_assignment_is_exact_up_to_8192_lists_and_hnsw_beyond_searches_wide(tmp_path) -> None:
+    import faiss
+
+    from sparq_stream.index.scalable import _tune
+
+    index = ScalableIndex(DIM, "ivfpq", nlist=1024, pq_m=8, nprobe=8, opq=False)  # trains on 39 x 1024 items
+    index.add([f"p{i}" for i in range(40_000)], _unit(40_000))
+    ivf = faiss.extract_index_ivf(index._index)
+    assert index.lists() == 1024 and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat) and ivf.nprobe == 8
+    # a snapshot written with an HNSW quantizer (more than 8192 lists, or an older version) is
+    # restored searching wide: FAISS's default breadth of 16 loses near duplicates to other lists
+    hnsw = faiss.index_factory(DIM, "IVF16_HNSW32,PQ8x4fsr", faiss.METRIC_L2)
+    hnsw.train(_unit(1000))
+    _tune(hnsw, 8)
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(hnsw).quantizer)
+    assert quantizer.hnsw.efSearch == 128 and faiss.extract_index_ivf(hnsw).nprobe == 8
