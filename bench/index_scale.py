@@ -103,24 +103,18 @@ def run_one(args: argparse.Namespace) -> dict:
     index.snapshot(folder, {"covered": n})
     snapshot_s = time.perf_counter() - snap0
     faiss.omp_set_num_threads(args.query_threads)
-    found = np.array([hits[0][1] if hits else -1.0 for hits in index.search(queries, 10)], dtype=np.float32)
-    positives = truth >= THRESHOLD
-    recall = float((found[positives] >= THRESHOLD).mean()) if positives.any() else float("nan")
-    false_pos = int(((found >= THRESHOLD) & ~positives).sum())
-    batches, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < args.query_seconds or batches < 3:
-        lo = (batches * 64) % max(1, len(queries) - 64)
-        index.search(queries[lo:lo + 64], 10)
-        batches += 1
-    qps = batches * 64 / (time.perf_counter() - t0)
+    sweep = [_measure(index, queries, truth, args.query_seconds, nprobe) for nprobe in args.sweep_nprobe or []]
+    measured = _measure(index, queries, truth, args.query_seconds, args.nprobe)
+    recall, false_pos, qps = measured["near_dup_recall"], measured["false_positives"], measured["queries_per_s"]
     disk = sum(p.stat().st_size for p in folder.iterdir())
     row = {
         "items": n, "kind": index.kind, "opq": not args.no_opq, "phase": index.phase, "nlist": index.lists(), "pq_m": args.pq_m,
         "nprobe": args.nprobe, "refine_k": args.refine_k, "refine_above": args.refine_above, "rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "index_bytes": index.memory_bytes(), "disk_bytes": disk, "adds_per_s": round(n / add_s, 1),
         "add_threads": args.add_threads, "queries_per_s": round(qps, 1), "query_threads": args.query_threads,
-        "near_dup_recall": recall, "near_dup_queries": int(positives.sum()), "false_positives": false_pos,
+        "near_dup_recall": recall, "near_dup_queries": int((truth >= THRESHOLD).sum()), "false_positives": false_pos,
         "snapshot_s": round(snapshot_s, 2), "truth_s": round(truth_s, 1), "elapsed_s": round(time.perf_counter() - started, 1),
+        "nprobe_sweep": sweep,
     }
     if not args.keep:
         index.close()
@@ -128,6 +122,25 @@ def run_one(args: argparse.Namespace) -> dict:
             p.unlink()
         folder.rmdir()
     return row
+
+
+def _measure(index, queries: np.ndarray, truth: np.ndarray, seconds: float, nprobe: int) -> dict:
+    """Near-duplicate recall, false positives and queries/s (batch 64) with ``nprobe`` lists probed."""
+    import faiss
+
+    if index.phase != "flat":
+        faiss.extract_index_ivf(index._index).nprobe = nprobe
+    found = np.array([hits[0][1] if hits else -1.0 for hits in index.search(queries, 10)], dtype=np.float32)
+    positives = truth >= THRESHOLD
+    recall = float((found[positives] >= THRESHOLD).mean()) if positives.any() else float("nan")
+    batches, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or batches < 3:
+        lo = (batches * 64) % max(1, len(queries) - 64)
+        index.search(queries[lo:lo + 64], 10)
+        batches += 1
+    qps = batches * 64 / (time.perf_counter() - t0)
+    return {"nprobe": nprobe, "near_dup_recall": recall, "false_positives": int(((found >= THRESHOLD) & ~positives).sum()),
+            "queries_per_s": round(qps, 1)}
 
 
 def calibrate(count: int) -> dict:
@@ -163,6 +176,7 @@ def main() -> None:
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--pq-m", type=int, default=64)
     parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--sweep-nprobe", type=int, nargs="*", help="also measure recall and queries/s at these nprobe values")
     parser.add_argument("--refine-k", type=int, default=16, help="code candidates re-scored exactly per query")
     parser.add_argument("--refine-above", type=float, default=-1.0, help="re-score only candidates whose approximate cosine is at least this")
     parser.add_argument("--no-opq", action="store_true", help="IVF-PQ without the OPQ rotation")

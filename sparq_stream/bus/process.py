@@ -915,10 +915,10 @@ class ServiceProcess:
                 "give each replica its own --instance"
             ) from None
         except CommitFailedError as exc:
-            # The group rebalanced: another member now owns (and will redeliver) these records.
+            # The group rebalanced: another member now owns (and will redeliver) these records. The
+            # outputs and dead letters are acknowledged all the same: account for them below.
             self.metrics.inc("commit_failures")
             self.log.warning("commit failed after a rebalance; records will be redelivered: %s", exc)
-            return True
         except KafkaError as exc:
             self.metrics.inc("produce_failures")
             self.log.warning("send/commit failed (%s: %s): delivering the same batch again", type(exc).__name__, exc)

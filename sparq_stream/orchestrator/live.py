@@ -40,9 +40,10 @@ def render(snapshot: dict[str, dict[str, Any]], rate: float, elapsed: float, ser
         for k, v in ({**(nov or {}).get("gauges", {}), **(nov or {}).get("counters", {})}).items()
         if k.startswith("dropped_") and v
     }
+    replicas = max(1, int((mut or {}).get("instances", 1)))  # mutator replicas share each step: gauges sum over them
     details = {
-        "mutator": f"step {_v(mut, 'step'):.0f}  emitted {_v(mut, 'emitted'):.0f}  in flight {_v(mut, 'in_flight'):.0f}  "
-        f"{rate:.2f} cand/s" + ("  DONE" if _v(mut, "done") >= 1 else ""),
+        "mutator": f"step {_v(mut, 'step') / replicas:.0f}  emitted {_v(mut, 'emitted'):.0f}  in flight {_v(mut, 'in_flight'):.0f}  "
+        f"{rate:.2f} cand/s" + ("  DONE" if _v(mut, "done") >= replicas else ""),
         "novelty": "drops " + (", ".join(f"{k} {v:.0f}" for k, v in sorted(drops.items())) or "none"),
         "solver": f"rollouts {_v(sol, 'rollouts_used'):.0f}",
         "archivist": f"scored {_v(arc, 'scored'):.0f}  kept {_v(arc, 'kept'):.0f}  skill-sets {_v(arc, 'coverage'):.0f}  "

@@ -188,3 +188,4 @@ def test_a_commit_refused_during_a_rebalance_does_not_resend_the_acknowledged_ou
     assert process._deliver([(o, _Record()) for o in OUTPUTS[1:2]], [], {"tp": "offset"})  # delivered: not held
     assert [e[0] for e in process._producer.events] == ["send", "flush", "commit"]
     assert process.metrics.counters["commit_failures"] == 1 and process._failed_deliveries == 0
+    assert process.metrics.counters["produced"] == 1  # acknowledged: counted as any delivered output
