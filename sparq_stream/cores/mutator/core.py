@@ -56,6 +56,12 @@ name=)`` before the next generation chunk, also after a restart (the table is re
 candidates carry the backend's model name and version. A failed reload keeps the current
 model (``reload_failures``); a backend without ``reload`` is counted (``reload_unsupported``).
 
+Replicas (``replica_count`` > 1, synchronous only): replica 0 samples each step and publishes
+the plan, replica i generates every N-th parent unit, and replica 0 opens the next step once
+every replica's share is accounted for and W shows all their results (:mod:`.replicas`). Each
+replica reads every outcome (``group_member``: a consumer group of its own); an outcome of
+another replica's candidate is counted as ``peer_outcomes``.
+
 Budget: ``steps`` (steps started) and ``max_candidates`` (candidates emitted). ``exhausted``
 is true once nothing more will be emitted, ``done`` once in addition every emitted
 candidate is accounted for. With ``follow_models`` and ``new_model_steps`` > 0, a model
@@ -83,6 +89,7 @@ from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.mutator.barrier import WatermarkBarrier
 from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
 from sparq_stream.cores.mutator.reload import ModelFollower
+from sparq_stream.cores.mutator.replicas import ReplicaSet
 from sparq_stream.cores.mutator.state import Credit, MutatorSnapshot, StepState, Unit, read_cache, write_cache
 from sparq_stream.credentials import OpenAIKey, openai_key_option
 from sparq_stream.errors import ConfigError, SparqError
@@ -226,14 +233,8 @@ class MutatorCore(BaseCore):
         self._parse_work = ParseWork()
         self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters, root=config.models_root)
         self._timers: Counter[str] = Counter()
-        self._replicated = config.replica_count > 1
-        self._leader = config.replica_index == 0
-        self._own_key = f"{config.state_key}.{config.replica_index}" if self._replicated else config.state_key
-        self._plan_key = f"{config.state_key}.plan"
-        self._peer_keys = {f"{config.state_key}.{i}" for i in range(config.replica_count)} - {self._own_key} if self._replicated else set()
-        self._peers: dict[str, MutatorSnapshot] = {}  # the other replicas' newest states (the leader settles steps on them)
-        self._plan: MutatorSnapshot | None = None  # the leader's newest plan: a step's parents, or the end of the run
-        self._plan_out: MutatorSnapshot | None = None  # a plan to send with this tick's state
+        self._replicas = ReplicaSet(config.state_key, config.replica_count, config.replica_index)
+        self._replicated, self._leader = self._replicas.replicated, self._replicas.leader
         self._replan_checked = False
         if config.state_dir:
             cached = read_cache(config.state_dir)
@@ -266,8 +267,7 @@ class MutatorCore(BaseCore):
         """True once the budget is spent: nothing more will be emitted."""
         cfg = self.config
         if self._replicated and not self._leader:  # the leader's plan says when the run ends
-            plan, open_work = self._plan, self._open is not None and bool(self._open.queue)
-            return plan is not None and plan.open is None and plan.step <= self._step and not open_work
+            return self._replicas.ended(self._step) and not (self._open is not None and self._open.queue)
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
             return True
         open_work = self._open is not None and bool(self._open.queue)
@@ -315,20 +315,21 @@ class MutatorCore(BaseCore):
 
     def _on_state(self, message: MutatorState) -> None:
         """Our own record (restored before going live), the leader's plan, or another replica's state."""
-        if message.key == self._own_key:
+        replicas = self._replicas
+        if message.key == replicas.own_key:
             if self._live:
                 self.counters["state_echoes"] += 1  # our own record coming back
             else:
                 self._restore(message, "the changelog")
-        elif message.key == self._plan_key and self._replicated:
+        elif message.key == replicas.plan_key and self._replicated:
             if self._leader and self._live:
                 self.counters["state_echoes"] += 1  # the leader's own plan coming back
             else:
-                self._plan = self._read_shared(message)
-        elif message.key in self._peer_keys:
+                replicas.plan = self._read_shared(message)
+        elif message.key in replicas.peer_keys:
             snap = self._read_shared(message)
             if snap is not None:
-                self._peers[message.key] = snap
+                replicas.peers[message.key] = snap
 
     def _read_shared(self, message: MutatorState) -> MutatorSnapshot | None:
         """A plan or another replica's state; one of another run stops this replica once it goes live."""
@@ -381,7 +382,7 @@ class MutatorCore(BaseCore):
         out = self._emit_chunks()
         if self._replicated and self._leader:
             self._plan_end()
-        if self._plan_out is not None:
+        if self._replicas.pending is not None:
             out.append(self._plan_output())
         if self._dirty:
             out.append(self._state_output())
@@ -389,9 +390,10 @@ class MutatorCore(BaseCore):
 
     def _plan_output(self) -> Outgoing:
         """The pending plan as a changelog record, sent after this tick's candidates."""
-        assert self._plan_out is not None
-        plan, self._plan_out = self._plan_out, None
-        return Outgoing(STATE_TOPIC, plan.to_message(self._plan_key, self._fingerprint()), key=self._plan_key, after=True)
+        replicas = self._replicas
+        assert replicas.pending is not None
+        plan, replicas.pending = replicas.pending, None
+        return Outgoing(STATE_TOPIC, plan.to_message(replicas.plan_key, self._fingerprint()), key=replicas.plan_key, after=True)
 
     def _replan(self) -> bool:
         """After a restart: the leader's open step whose plan never reached the topic is planned again.
@@ -401,14 +403,14 @@ class MutatorCore(BaseCore):
         after that tick is delivered, the others need the plan), so W is unchanged and the same
         draw gives the same parents: checked against the leader's own share before sending.
         """
-        opened, plan = self._open, self._plan
+        opened, plan = self._open, self._replicas.plan
         if opened is None or not opened.queue or (plan is not None and plan.open is not None and plan.open.number >= opened.number):
             return False
         units = _units(self.W.sample(self.config.batch_size, np.random.default_rng([self.config.seed, opened.number])))
-        if [(u.parent.id, u.n, u.offset) for u in self._share(units)] != [(u.parent.id, u.n, u.offset) for u in opened.queue]:
+        if [(u.parent.id, u.n, u.offset) for u in self._replicas.share(units)] != [(u.parent.id, u.n, u.offset) for u in opened.queue]:
             raise ConfigError(f"step {opened.number}: its plan is missing and W no longer gives the same parents; start a new run (new prefix)")
         self.counters["plans_resent"] += 1
-        self._plan = self._plan_out = MutatorSnapshot(step=opened.number + 1, open=StepState(opened.number, units))
+        self._replicas.publish(opened.number + 1, StepState(opened.number, units))
         return True
 
     def _plan_end(self) -> None:
@@ -417,11 +419,11 @@ class MutatorCore(BaseCore):
         Only once every replica has opened the last step: the plan is one record on a compacted
         topic, and a replica that read the end before the last step's plan would skip that step.
         """
-        plan = self._plan
+        plan = self._replicas.plan
         if not self.exhausted or (plan is not None and plan.open is None and plan.step == self._step):
             return
-        if all(key in self._peers and self._peers[key].step >= self._step for key in self._peer_keys):
-            self._plan = self._plan_out = MutatorSnapshot(step=self._step)
+        if self._replicas.all_opened(self._step):
+            self._replicas.publish(self._step)
 
     def _emit_chunks(self) -> list[Outgoing]:
         self._expire_credits()
@@ -471,8 +473,7 @@ class MutatorCore(BaseCore):
             return False
         if cfg.synchronous and self._in_flight:
             return False
-        plan = self._plan
-        if self._replicated and plan is not None and plan.open is not None and plan.open.number == self._step:
+        if self._replicated and self._replicas.planned(self._step):
             return self._adopt_plan()  # planned before a restart: the other replicas may hold its parents already
         rng = np.random.default_rng([cfg.seed, self._step])
         parents = self.W.sample(cfg.batch_size, rng)
@@ -482,9 +483,9 @@ class MutatorCore(BaseCore):
             self.counters["new_model_steps"] += 1
             log.info("step %d: one step past the budget so that model version %d is used", self._step, self._models.newest)
         units = _units(parents)
-        self._open = StepState(self._step, self._share(units))
+        self._open = StepState(self._step, self._replicas.share(units))
         if self._replicated:  # the plan goes out with this tick's state, before any child of the step
-            self._plan = self._plan_out = MutatorSnapshot(step=self._step + 1, open=StepState(self._step, units))
+            self._replicas.publish(self._step + 1, StepState(self._step, units))
         log.info(
             "step %d opened: %d parents from W of %d (parents %s, emitted so far %d)",
             self._step, len(parents), len(self.W), _digest(p.id for p in parents), self._emitted,
@@ -493,16 +494,12 @@ class MutatorCore(BaseCore):
         self._dirty = True
         return True
 
-    def _share(self, units: list[Unit]) -> list[Unit]:
-        """This replica's units of a step: every ``replica_count``-th, from ``replica_index`` (all when alone)."""
-        return units[self.config.replica_index :: self.config.replica_count]
-
     def _adopt_plan(self) -> bool:
         """A replica other than the leader opens the step the leader planned next, with its share of the parents."""
-        plan = self._plan
+        plan = self._replicas.plan
         if plan is None or plan.open is None or plan.open.number != self._step:
             return False
-        share = self._share(plan.open.queue)
+        share = self._replicas.share(plan.open.queue)
         self._open = StepState(self._step, share)
         self._waits = {s: w for s, w in self._waits.items() if s >= self._step}  # the leader has read the older ones
         log.info(
@@ -622,9 +619,9 @@ class MutatorCore(BaseCore):
             return True  # the leader settles the step; the waits stay in the state for it to read
         need = self._waits.get(number)
         if self._replicated:
-            if not self._peers_done(number):
+            if not self._replicas.peers_done(number):
                 return False
-            need = _merged([need or {}, *(peer.waits.get(number, {}) for peer in self._peers.values())])
+            need = self._replicas.waits_of(number, need)
         if not self.spec.dynamic or not need:
             self._waits.pop(number, None)
             return True
@@ -647,18 +644,6 @@ class MutatorCore(BaseCore):
             )
             self._waiting_since = (number, now)
         return False
-
-    def _peers_done(self, number: int) -> bool:
-        """True once every other replica has opened step ``number``, generated its share and holds no credit of it."""
-        for key in self._peer_keys:
-            peer = self._peers.get(key)
-            if peer is None or peer.step <= number:
-                return False
-            if peer.open is not None and peer.open.number == number and peer.open.queue:
-                return False
-            if any(credit.step == number for credit in peer.in_flight.values()):
-                return False
-        return True
 
     # ------------------------------------------------------------------ credits, models
     def _expire_credits(self) -> None:
@@ -714,12 +699,12 @@ class MutatorCore(BaseCore):
     def _state_output(self) -> Outgoing:
         """The state record, sent after the outputs it accounts for (and cached locally when asked)."""
         self._dirty = False
-        state = self._snapshot().to_message(self._own_key, self._fingerprint())
+        state = self._snapshot().to_message(self._replicas.own_key, self._fingerprint())
         if self.config.state_dir and self._last_state is not None:
             # One record behind: the previous record's send returned before this tick began.
             write_cache(self.config.state_dir, self._last_state)
         self._last_state = state
-        return Outgoing(STATE_TOPIC, state, key=self._own_key, after=True)
+        return Outgoing(STATE_TOPIC, state, key=self._replicas.own_key, after=True)
 
     def _restore(self, message: MutatorState, where: str) -> None:
         try:
@@ -751,15 +736,6 @@ class MutatorCore(BaseCore):
 def _digest(ids: Any) -> str:
     """A short digest of a sequence of ids (equal steps log equal digests)."""
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
-
-
-def _merged(waits: list[dict[int, int]]) -> dict[int, int]:
-    """The furthest position per solved partition over several replicas' waits of one step."""
-    out: dict[int, int] = {}
-    for wait in waits:
-        for partition, offset in wait.items():
-            out[partition] = max(out.get(partition, 0), offset)
-    return out
 
 
 def _units(parents: list[Seed | Elite]) -> list[Unit]:
