@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=200_000)
     parser.add_argument("--nlist", type=int, default=4096)
     parser.add_argument("--pq-m", type=int, default=64)
-    parser.add_argument("--nprobe", type=int, default=32)
+    parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--sweep-nprobe", type=int, nargs="*", help="also measure recall and queries/s at these nprobe values")
     parser.add_argument("--refine-k", type=int, default=16, help="code candidates re-scored exactly per query")
     parser.add_argument("--refine-above", type=float, default=-1.0, help="re-score only candidates whose approximate cosine is at least this")

@@ -148,7 +148,7 @@ class NoveltyConfig(OpenAIKey):
     )
     index_threshold: int = Field(default=200_000, ge=1, description="auto index: items at which flat becomes IVF-PQ")
     index_nlist: int = Field(default=4096, ge=1, description="IVF-PQ index: coarse lists")
-    index_nprobe: int = Field(default=32, ge=1, description="IVF-PQ index: lists searched per query")
+    index_nprobe: int = Field(default=16, ge=1, description="IVF-PQ index: lists searched per query")
     hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree")
     ef_search: int = Field(default=128, ge=1, description="HNSW search breadth")
     state_dir: str | None = Field(default=None, description="folder of the index snapshot; unset: no snapshot (restart = empty index)")

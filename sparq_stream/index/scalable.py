@@ -65,7 +65,7 @@ class ScalableIndex:
         threshold: int = 200_000,
         nlist: int = 4096,
         pq_m: int = 64,
-        nprobe: int = 32,
+        nprobe: int = 16,
         train_size: int = 200_000,
         refine_k: int = 16,
         refine_above: float = -1.0,
