@@ -388,6 +388,10 @@ class MutatorCore(BaseCore):
             out.append(self._state_output())
         return out
 
+    def _draw(self, step: int) -> list[Seed | Elite]:
+        """Step ``step``'s parents from W, by the generator seeded with ``(seed, step)``."""
+        return self.W.sample(self.config.batch_size, np.random.default_rng([self.config.seed, step]))
+
     def _plan_output(self) -> Outgoing:
         """The pending plan as a changelog record, sent after this tick's candidates."""
         replicas = self._replicas
@@ -406,7 +410,7 @@ class MutatorCore(BaseCore):
         opened, plan = self._open, self._replicas.plan
         if opened is None or not opened.queue or (plan is not None and plan.open is not None and plan.open.number >= opened.number):
             return False
-        units = _units(self.W.sample(self.config.batch_size, np.random.default_rng([self.config.seed, opened.number])))
+        units = _units(self._draw(opened.number))
         if [(u.parent.id, u.n, u.offset) for u in self._replicas.share(units)] != [(u.parent.id, u.n, u.offset) for u in opened.queue]:
             raise ConfigError(f"step {opened.number}: its plan is missing and W no longer gives the same parents; start a new run (new prefix)")
         self.counters["plans_resent"] += 1
@@ -475,8 +479,7 @@ class MutatorCore(BaseCore):
             return False
         if self._replicated and self._replicas.planned(self._step):
             return self._adopt_plan()  # planned before a restart: the other replicas may hold its parents already
-        rng = np.random.default_rng([cfg.seed, self._step])
-        parents = self.W.sample(cfg.batch_size, rng)
+        parents = self._draw(self._step)
         if not parents:
             return False
         if cfg.steps is not None and self._step >= cfg.steps:
