@@ -29,7 +29,7 @@ CPU_TRAINING_DEFAULTS: tuple[str, ...] = (
     "--eval-max-tokens", "192",
 )  # fmt: skip
 #: Steps the mutator may run past ``--steps`` so that a version trained at the end is used (see MutatorConfig).
-NEW_MODEL_STEPS = 2
+NEW_MODEL_STEPS = 4
 #: Held-out sets evaluated per version: name -> file name in the shared data folder.
 EVAL_FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl"}
 

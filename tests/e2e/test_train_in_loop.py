@@ -48,6 +48,9 @@ def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: 
         label_seeds=False, contamination=heldout, timeout_s=3000, train_every=1,
         extra={
             "novelty": ["--no-classify"],  # the skill classifier is one more CPU-heavy model call per candidate
+            # a step of the 135M model yields ~1 scored child (most outputs do not parse or are not novel): up to 8
+            # steps past the budget until version 1 has one, so that chance does not fail the test
+            "mutator": ["--new-model-steps", "8"],
             "solver": ["--audit-max-tokens", "32", "--temperature", "1.0"],
             # the 135M model's problems are nearly all flagged by the audit: train on them anyway (plumbing)
             "trainer": ["--include-flagged", "--train-max-steps", "2", "--train-max-seq-len", "160", "--train-batch-size", "2",
@@ -57,14 +60,15 @@ def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: 
     result = run_up(config)
     assert (result.reason, result.exit_code) == ("budget reached", 0), result.detail
     rows = read_archive(out / "archive")
+    summary = json.loads((out / "summary.json").read_text())
     both = [r for r in rows if r.model_version >= 1 and r.solver_version >= 1]
-    assert both, f"no solved record used a new version on both sides: {[(r.model_version, r.solver_version) for r in rows]}"
+    assert both, (f"no solved record used a new version on both sides: {[(r.model_version, r.solver_version) for r in rows]}; "
+                  f"versions {summary.get('model_versions')}; stages {summary.get('stages')}")  # fmt: skip
     assert all(r.model == r.solver_model == "student" for r in both)
     version_dir = out / "models" / "student-v0001"
     trained = json.loads((version_dir / "train_result.json").read_text())
     assert trained["steps"] == 2 and trained["settings"]["trainer"].startswith("trl.SFTTrainer")
     assert (version_dir / "adapter" / "adapter_config.json").is_file()  # LoRA by default
-    summary = json.loads((out / "summary.json").read_text())
     first = summary["model_versions"][0]
     assert first["version"] == 1 and {first["eval"]["gsm8k"]["n"], first["eval"]["math500"]["n"]} == {2}
     assert 0.0 <= first["eval"]["gsm8k"]["accuracy"] <= 1.0 and 0.0 <= first["eval"]["math500"]["accuracy"] <= 1.0
