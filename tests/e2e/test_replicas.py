@@ -99,6 +99,25 @@ def test_two_novelty_replicas_one_killed_route_by_bucket_and_end_equal_to_one(
     assert (config.out / "state" / "novelty-1").is_dir()  # each replica snapshots its own index
 
 
+def test_two_solver_replicas_one_killed_end_equal_to_one(kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path) -> None:
+    config = _config(shared_data, tmp_path / "run", kafka_cluster.bootstrap, replicas={"solver": 2})
+    killed: list[float] = []
+
+    def chaos(supervisor: Any, monitor: Any) -> None:
+        svc = next(s for s in supervisor.services if s.name == "solver-1")
+        if killed or not svc.alive or monitor.value("archivist", "scored") < 1 or monitor.value("mutator", "done") >= 1.0:
+            return
+        os.kill(svc.proc.pid, signal.SIGKILL)  # its uncommitted records go to solver-0 (rebalance) or come back with it
+        killed.append(monitor.value("archivist", "scored"))
+
+    up = run_up(config, on_tick=chaos)
+    assert up.reason == "budget reached", up.detail
+    assert killed and killed[0] < len(reference.results) and up.restarts.get("solver-1") == 1
+    diff = compare_with_reference(reference, config.out / "archive", read_elites(config, up.bootstrap, up.prefix))
+    assert all(result_checks(diff).values()), diff
+    assert up.summary["stages"]["solver.instances"] == 2
+
+
 @pytest.mark.parametrize("victim", ["mutator-0", "mutator-1"])
 def test_two_mutator_replicas_share_the_steps_and_a_kill_9_of_either_ends_equal_to_one(
     kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path, victim: str
