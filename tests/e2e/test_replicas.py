@@ -1,5 +1,6 @@
-"""Replicas against the 3-node Apache Kafka cluster: two processes of a service, the active one
-``kill -9``-ed mid-run; the run ends equal to the in-memory reference of the same seed (scripted backend)."""
+"""Replicas against the 3-node Apache Kafka cluster, one test per service: two processes of it, one (for a standby
+service, the active one) ``kill -9``-ed mid-run; the run ends equal to the in-memory reference of the same seed
+(scripted backend), or, for the trainer, publishes every version once."""
 
 from __future__ import annotations
 
