@@ -100,7 +100,8 @@ def _plan(total: int, large: int, seed: int) -> list[tuple[str, str, int]]:
     return plan
 
 
-def _inject(bootstrap: str, prefix: str, plan: list[tuple[str, str, int]], sent: dict[Any, tuple[str, str]], record: dict[str, Any]) -> None:
+def _inject(bootstrap: str, prefix: str, plan: list[tuple[str, str, int]], sent: dict[Any, tuple[str, str, bytes | None]],
+            record: dict[str, Any]) -> None:
     """Produce every poison record; remember where each landed."""
     from kafka import KafkaProducer
 
@@ -113,15 +114,15 @@ def _inject(bootstrap: str, prefix: str, plan: list[tuple[str, str, int]], sent:
         futures = []
         for n, (topic, kind, size) in enumerate(plan):
             key, value = make_poison(topic, kind, n, rng, size)
-            futures.append((topic, kind, producer.send(f"{prefix}.{topic}", key=key, value=value)))
+            futures.append((topic, kind, key, producer.send(f"{prefix}.{topic}", key=key, value=value)))
         producer.flush(120)
-        for topic, kind, future in futures:
+        for topic, kind, key, future in futures:
             try:
                 meta = future.get(timeout=60)
             except Exception as exc:  # the broker refused it (too large for this broker): not injected
                 rejected[f"{kind}: {type(exc).__name__}"] += 1
                 continue
-            sent[(meta.topic, meta.partition, meta.offset)] = (topic, kind)
+            sent[(meta.topic, meta.partition, meta.offset)] = (topic, kind, key)
     finally:
         producer.close(10)
         record["t_end"] = time.time()
@@ -155,6 +156,31 @@ def _dead_letters(bootstrap: str, prefix: str) -> list[Any]:
         consumer.close()
 
 
+def _keys_at(bootstrap: str, coords: list[tuple[str, int, int]]) -> dict[tuple[str, int, int], bytes | None]:
+    """The key of the record the broker holds at each (topic, partition, offset); absent when there is none."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    found: dict[tuple[str, int, int], bytes | None] = {}
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_bytes=64 * 1024 * 1024,
+                             max_partition_fetch_bytes=4 * 1024 * 1024)
+    try:
+        for topic, partition, offset in coords:
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and (topic, partition, offset) not in found:
+                for rec in consumer.poll(timeout_ms=500, max_records=1).get(tp, []):
+                    if rec.offset == offset:
+                        found[(topic, partition, offset)] = rec.key
+                    break  # past it (a compacted or missing offset) or found: one record is enough
+                if consumer.position(tp) > offset:
+                    break
+    finally:
+        consumer.close()
+    return found
+
+
 def run(ctx: DrillContext) -> DrillResult:
     """Inject the poison once scoring has begun, let the run finish, match dead letters to what was sent."""
     budget = ctx.budget
@@ -163,7 +189,7 @@ def run(ctx: DrillContext) -> DrillResult:
     config = drill_config(ctx, out)
     reference = reference_for(ctx, config)
     plan = _plan(budget.poison, budget.poison_large, seed=3)
-    sent: dict[Any, tuple[str, str]] = {}
+    sent: dict[Any, tuple[str, str, bytes | None]] = {}
     record: dict[str, Any] = {}
     threads: list[threading.Thread] = []
 
@@ -174,7 +200,8 @@ def run(ctx: DrillContext) -> DrillResult:
         threads.append(thread)
         thread.start()
 
-    up = run_up(config, on_tick=poison)
+    # the run may not end before every poison record is in (a slow injection on a loaded machine)
+    up = run_up(config, on_tick=poison, hold=lambda: not threads or threads[0].is_alive())
     for thread in threads:
         thread.join(180)
     dead = _dead_letters(up.bootstrap, up.prefix)
@@ -184,7 +211,11 @@ def run(ctx: DrillContext) -> DrillResult:
         if where in sent:
             covered.setdefault(where, letter)
     with_reason = [w for w, letter in covered.items() if letter.error_type and letter.error]
-    missed = Counter(f"{t}/{k}" for w, (t, k) in sent.items() if w not in covered)
+    missing = [w for w in sent if w not in covered]
+    missed = Counter(f"{sent[w][0]}/{sent[w][1]}" for w in missing)
+    # a missed record is the services' miss only if the broker holds it where it acknowledged it
+    held = _keys_at(up.bootstrap, missing) if missing else {}
+    not_held = [w for w in missing if w not in held or held[w] != sent[w][2]]
     by_reason = Counter(f"{sent[w][0]}: {letter.error_type}" for w, letter in covered.items())
     last = max((letter.ts for letter in covered.values()), default=None)
     # the poison written to the elites topic stays there whatever the services did with it: W is the rest
@@ -194,6 +225,9 @@ def run(ctx: DrillContext) -> DrillResult:
         diff, planned=len(plan), injected=len(sent), dead_lettered=len(covered), dlq_records=len(dead),
         dead_lettered_pct=round(100.0 * len(covered) / len(sent), 2) if sent else 0.0,
         missed_by_topic_kind=dict(sorted(missed.items())), dead_by_topic_reason=dict(sorted(by_reason.items())),
+        missed_at=[f"{t}[{p}]@{o}: {'held there, never dead-lettered' if (t, p, o) not in not_held else 'not held there by the broker'}"
+                   for t, p, o in missing],
+        not_held_by_broker=len(not_held),
         inject_s=round(record.get("t_end", 0) - record.get("t_start", 0), 1),
         drain_s=round(last - record["t_end"], 1) if last and "t_end" in record else None,
         rejected_by_broker=record.get("rejected_by_broker", {}), reason=up.reason, restarts=up.restarts,

@@ -112,6 +112,12 @@ class MetricsBook:
             incs = self._runs.get((service, instance))
             return max(incs) if incs else None
 
+    def last_report(self, service: str, instance: str) -> float | None:
+        """When the newest report of one instance was taken (its ``ts``, Unix seconds), or None."""
+        with self._lock:
+            incs = self._runs.get((service, instance))
+            return max(inc.last.ts for inc in incs.values()) if incs else None
+
     def per_instance(self, service: str, name: str) -> dict[str, float]:
         """A metric of each instance of a service: counters summed over its incarnations, instant gauges the newest."""
         with self._lock:
@@ -211,6 +217,10 @@ class MetricsMonitor:
     def newest_start(self, service: str, instance: str) -> float | None:
         """``started_at`` of the newest incarnation of one instance that has reported, or None."""
         return self.book.newest_start(service, instance)
+
+    def last_report(self, service: str, instance: str) -> float | None:
+        """When the newest report of one instance was taken (Unix seconds), or None."""
+        return self.book.last_report(service, instance)
 
     def per_instance(self, service: str, name: str) -> dict[str, float]:
         """A counter of each instance of a service, summed over its incarnations."""

@@ -258,7 +258,7 @@ def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
 
 
 
-def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, training: bool = False) -> bool:
+def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, training: bool = False, fresh_s: float = 1.5) -> bool:
     """The mutator is done (every candidate solved or dropped) and every service has read all of its input.
 
     Every stage must report a known zero lag for 2 s: a record that arrives after the last
@@ -268,7 +268,9 @@ def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, train
     dead one (often a lag of 0) say nothing about what is still unread. With ``training`` the
     mutator must also report having seen the trainer's newest version: a new version can undo
     its ``done`` (a step past the budget), and a ``done`` published before it saw the version is
-    out of date.
+    out of date. Every live process's newest report must also be at most ``fresh_s`` old: a
+    process too busy to report (a large batch on a loaded machine) may be reading records that
+    arrived after its last "lag 0", so that report no longer stands.
     """
     snap = monitor.snapshot()
     mutators = [p.name for p in supervisor.services if p.service == "mutator"]
@@ -289,11 +291,17 @@ def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, train
         gauges = row["gauges"] if row else {}
         busy = row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0 or gauges.get("training", 0.0) > 0
         stale = any(not p.alive or (monitor.newest_start(name, p.name) or 0.0) < p.started_wall for p in procs)
-        if busy or stale:
+        old = any((monitor.last_report(name, p.name) or 0.0) < time.time() - fresh_s for p in procs)
+        if busy or stale or old:
             idle_since.pop(name, None)
             return False
         idle_since.setdefault(name, now)
-    return all(now - since >= 2.0 for since in idle_since.values())
+    if not all(now - since >= 2.0 for since in idle_since.values()):
+        return False
+    # and a report taken since each idle window began confirms it (not only reports from before)
+    wall = time.time()
+    return all((monitor.last_report(p.service, p.name) or 0.0) >= wall - (now - idle_since[p.service])
+               for p in supervisor.services if p.service in idle_since and not p.gave_up)
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -402,12 +410,15 @@ def run_up(
     *,
     view: Callable[[Any, Any], Any] | None = None,
     on_tick: Callable[[Any, Any], None] | None = None,
+    hold: Callable[[], bool] | None = None,
 ) -> UpResult:
     """Run the loop to its budget (or Ctrl-C / SIGTERM / timeout / a failure), stop every service, write the outputs.
 
     A rerun on the same ``--out`` after a crash resumes the run (same prefix; with the embedded
     broker, its topics and committed offsets are restored from ``out/journal`` first).
     ``on_tick(supervisor, monitor)`` is called twice a second (tests use it to kill services mid-run).
+    While ``hold()`` is true the run does not end at its budget (a drill still producing records
+    of its own); the 2 s of idleness are counted from its release.
     """
     from sparq_stream.orchestrator.lifetime import RunLock, check_out_dir
 
@@ -419,12 +430,12 @@ def run_up(
     signals = _Signals().install()
     try:
         with RunLock(config.out):
-            return _run_locked(config, signals, view=view, on_tick=on_tick)
+            return _run_locked(config, signals, view=view, on_tick=on_tick, hold=hold)
     finally:
         signals.restore()
 
 
-def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any) -> UpResult:
+def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any, hold: Any = None) -> UpResult:
     from sparq_stream.bus.client import publish_all
     from sparq_stream.bus.topics import TopicNames, create_topics
     from sparq_stream.orchestrator import journal as journal_mod
@@ -521,7 +532,9 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any)
                     end = RunEnd.SERVICE_FAILED
                     detail = "\n".join(f"--- {n}:\n{supervisor.tail(n)}" for n in failed)
                     break
-                if _finished(monitor, idle, supervisor, training=config.train_every > 0):
+                if hold is not None and hold():
+                    idle.clear()
+                elif _finished(monitor, idle, supervisor, training=config.train_every > 0, fresh_s=2.0 * config.metrics_interval_s):
                     break
                 if config.timeout_s is not None and time.monotonic() - started > config.timeout_s:
                     reason, end = f"timeout after {config.timeout_s:.0f}s", RunEnd.TIMEOUT

@@ -33,6 +33,9 @@ class _Monitor:
     def newest_start(self, service: str, instance: str) -> float | None:
         return self.book.newest_start(service, instance)
 
+    def last_report(self, service: str, instance: str) -> float | None:
+        return self.book.last_report(service, instance)
+
     def per_instance(self, service: str, name: str) -> dict[str, float]:
         return self.book.per_instance(service, name)
 
@@ -43,7 +46,7 @@ class _Supervisor:
 
 
 def _report(book: MetricsBook, service: str, instance: str, started: float, **gauges: float) -> None:
-    book.add(Metric(service=service, instance=instance, ts=started + 1.0, counters={}, gauges={"started_at": started, **gauges}))
+    book.add(Metric(service=service, instance=instance, ts=time.time(), counters={}, gauges={"started_at": started, **gauges}))
 
 
 def _world(now: float) -> tuple[MetricsBook, list[ServiceProc]]:
@@ -112,6 +115,21 @@ def test_every_mutator_replica_must_be_done() -> None:
         _report(book, proc.service, proc.name, now - 99, lag=0.0, lag_unknown=0.0, done=done)
     idle = {name: time.monotonic() - 10 for name in _SERVICES}
     assert not _finished(_Monitor(book), idle, _Supervisor(procs))  # replica 1 still holds credits
-    book.add(Metric(service="mutator", instance="mutator-1", ts=now - 97, counters={}, gauges={"started_at": now - 99, "lag": 0.0, "lag_unknown": 0.0, "done": 1.0}))
+    book.add(Metric(service="mutator", instance="mutator-1", ts=time.time(), counters={}, gauges={"started_at": now - 99, "lag": 0.0, "lag_unknown": 0.0, "done": 1.0}))
     idle = {name: time.monotonic() - 10 for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs))
+
+
+def test_a_zero_lag_report_older_than_fresh_s_holds_the_stop() -> None:
+    """A process too busy to report may be reading records that came after its last lag 0."""
+    now = time.time()
+    book, procs = _world(now)
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert _finished(_Monitor(book), idle, _Supervisor(procs), fresh_s=5.0)
+    time.sleep(0.3)
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs), fresh_s=0.2)  # every report is 0.3 s old now
+    assert "mutator" not in idle  # its idle window starts again
+    for proc in procs:
+        _report(book, proc.service, proc.name, now - 99, lag=0.0, lag_unknown=0.0, done=1.0 if proc.service == "mutator" else 0.0)
+    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    assert _finished(_Monitor(book), idle, _Supervisor(procs), fresh_s=0.2)  # fresh reports: the stop stands

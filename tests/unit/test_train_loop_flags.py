@@ -57,6 +57,11 @@ class _Snapshot:
     def newest_start(self, service: str, instance: str) -> float:
         return 1.0  # every live process has reported since its start
 
+    def last_report(self, service: str, instance: str) -> float:
+        import time
+
+        return time.time()  # every report is fresh
+
     def per_instance(self, service: str, name: str) -> dict[str, float]:
         return {service: self.rows[service]["gauges"].get(name, 0.0)}  # one process per service
 
