@@ -57,6 +57,21 @@ class _KillActive:
         self.killed, self.step_at_kill = active, monitor.value("mutator", "step")
 
 
+class _KillOnce:
+    """on_tick: ``kill -9`` the process ``name`` once the first result is scored, while the mutator still works."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.scored_at_kill: list[float] = []
+
+    def __call__(self, supervisor: Any, monitor: Any) -> None:
+        svc = next(s for s in supervisor.services if s.name == self.name)
+        if self.scored_at_kill or not svc.alive or monitor.value("archivist", "scored") < 1 or monitor.value("mutator", "done") >= 1.0:
+            return
+        os.kill(svc.proc.pid, signal.SIGKILL)
+        self.scored_at_kill.append(monitor.value("archivist", "scored"))
+
+
 def test_archivist_hot_standby_takes_over_a_kill_9_with_nothing_lost(
     kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path
 ) -> None:
@@ -81,18 +96,10 @@ def test_two_novelty_replicas_one_killed_route_by_bucket_and_end_equal_to_one(
     kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path
 ) -> None:
     config = _config(shared_data, tmp_path / "run", kafka_cluster.bootstrap, replicas={"novelty": 2})
-    killed: list[str] = []
-
-    def chaos(supervisor: Any, monitor: Any) -> None:
-        svc = next(s for s in supervisor.services if s.name == "novelty-1")
-        if killed or not svc.alive or monitor.value("archivist", "scored") < 1 or monitor.value("mutator", "done") >= 1.0:
-            return
-        os.kill(svc.proc.pid, signal.SIGKILL)
-        killed.append(svc.name)
-
+    chaos = _KillOnce("novelty-1")
     up = run_up(config, on_tick=chaos)
     assert up.reason == "budget reached", up.detail
-    assert killed and up.restarts.get("novelty-1") == 1
+    assert chaos.scored_at_kill and up.restarts.get("novelty-1") == 1
     diff = compare_with_reference(reference, config.out / "archive", read_elites(config, up.bootstrap, up.prefix))
     assert all(result_checks(diff).values()), diff
     stages = up.summary["stages"]
@@ -102,18 +109,10 @@ def test_two_novelty_replicas_one_killed_route_by_bucket_and_end_equal_to_one(
 
 def test_two_solver_replicas_one_killed_end_equal_to_one(kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path) -> None:
     config = _config(shared_data, tmp_path / "run", kafka_cluster.bootstrap, replicas={"solver": 2})
-    killed: list[float] = []
-
-    def chaos(supervisor: Any, monitor: Any) -> None:
-        svc = next(s for s in supervisor.services if s.name == "solver-1")
-        if killed or not svc.alive or monitor.value("archivist", "scored") < 1 or monitor.value("mutator", "done") >= 1.0:
-            return
-        os.kill(svc.proc.pid, signal.SIGKILL)  # its uncommitted records go to solver-0 (rebalance) or come back with it
-        killed.append(monitor.value("archivist", "scored"))
-
+    chaos = _KillOnce("solver-1")  # its uncommitted records go to solver-0 (rebalance) or come back with it
     up = run_up(config, on_tick=chaos)
     assert up.reason == "budget reached", up.detail
-    assert killed and killed[0] < len(reference.results) and up.restarts.get("solver-1") == 1
+    assert chaos.scored_at_kill and chaos.scored_at_kill[0] < len(reference.results) and up.restarts.get("solver-1") == 1
     diff = compare_with_reference(reference, config.out / "archive", read_elites(config, up.bootstrap, up.prefix))
     assert all(result_checks(diff).values()), diff
     assert up.summary["stages"]["solver.instances"] == 2
