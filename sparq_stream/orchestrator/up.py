@@ -282,7 +282,8 @@ def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, train
     if training and trainer and trainer["gauges"].get("latest_version", 0.0) > min(seen.get(name, 0.0) for name in mutators):
         idle_since.pop("mutator", None)
         return False
-    now = time.monotonic()
+    now, wall = time.monotonic(), time.time()
+    confirmed = True
     for name in ("mutator", "novelty", "solver", "archivist", "trainer"):
         procs = [p for p in supervisor.services if p.service == name and not p.gave_up]
         if not procs:
@@ -291,17 +292,14 @@ def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, train
         gauges = row["gauges"] if row else {}
         busy = row is None or gauges.get("lag", 1.0) > 0 or gauges.get("lag_unknown", 1.0) > 0 or gauges.get("training", 0.0) > 0
         stale = any(not p.alive or (monitor.newest_start(name, p.name) or 0.0) < p.started_wall for p in procs)
-        old = any((monitor.last_report(name, p.name) or 0.0) < time.time() - fresh_s for p in procs)
-        if busy or stale or old:
+        oldest_report = min(monitor.last_report(name, p.name) or 0.0 for p in procs)
+        if busy or stale or oldest_report < wall - fresh_s:
             idle_since.pop(name, None)
             return False
-        idle_since.setdefault(name, now)
-    if not all(now - since >= 2.0 for since in idle_since.values()):
-        return False
-    # and a report taken since each idle window began confirms it (not only reports from before)
-    wall = time.time()
-    return all((monitor.last_report(p.service, p.name) or 0.0) >= wall - (now - idle_since[p.service])
-               for p in supervisor.services if p.service in idle_since and not p.gave_up)
+        since = idle_since.setdefault(name, now)
+        # a report taken since the idle window began confirms it (not only reports from before)
+        confirmed = confirmed and oldest_report >= wall - (now - since)
+    return confirmed and all(now - since >= 2.0 for since in idle_since.values())
 
 
 class _Interrupted(KeyboardInterrupt):
