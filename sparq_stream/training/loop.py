@@ -28,7 +28,7 @@ CPU_TRAINING_DEFAULTS: tuple[str, ...] = (
     "--eval-limit", "8",
     "--eval-max-tokens", "192",
 )  # fmt: skip
-#: Steps the mutator may run past ``--steps`` so that a version trained at the end is used (see MutatorConfig).
+#: Steps the mutator may run past ``--steps`` until a trained version is used (see MutatorConfig).
 NEW_MODEL_STEPS = 4
 #: Held-out sets evaluated per version: name -> file name in the shared data folder.
 EVAL_FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl"}
@@ -61,8 +61,9 @@ def trainer_flags(train_every: int, models_dir: Path, config: Any, backend_optio
 def follower_flags(models_dir: Path, service: str) -> list[str]:
     """Mutator / solver flags: hot-reload the trainer's versions, loading only from ``models_dir``.
 
-    The mutator also runs up to :data:`NEW_MODEL_STEPS` steps past its budget while the newest
-    version has no scored child, so a run ends with its newest version in use on both sides.
+    The mutator also runs up to :data:`NEW_MODEL_STEPS` steps past its budget while no version is
+    published yet or the newest has no scored child, so a run ends with its newest version in use on
+    both sides whenever one is trained in time.
     """
     flags = ["--follow-models", "--follow-model-name", MODEL_NAME, "--models-root", str(models_dir.resolve())]
     return flags + (["--new-model-steps", str(NEW_MODEL_STEPS)] if service == "mutator" else [])

@@ -468,20 +468,40 @@ def test_reload_failures_and_unsupported_backends_keep_generating() -> None:
 
 def test_a_version_that_arrives_after_the_budget_gets_steps_until_a_child_of_it_is_scored() -> None:
     core = make(ReloadingBackend(), follow_models=True, batch_size=2, steps=1, new_model_steps=2)
+    core.on_table(Inbound("models", "student", model(1)))
     first = emit(core)
     outcome(core, *[solved(c) for c in first])
-    assert core.done and emit(core) == []
-    core.on_table(Inbound("models", "student", model(1)))  # trained on step 0's results
-    assert not core.done and core.metrics()["model_seen"] == 1.0 and core.metrics()["model_version"] == 0.0
+    assert {c.model_version for c in first} == {1} and core.done and emit(core) == []
+    core.on_table(Inbound("models", "student", model(2)))  # trained on step 0's results
+    assert not core.done and core.metrics()["model_seen"] == 2.0 and core.metrics()["model_version"] == 1.0
     second = emit(core)
-    assert {(c.step, c.model_version) for c in second} == {(1, 1)} and not core.done
+    assert {(c.step, c.model_version) for c in second} == {(1, 2)} and not core.done
     outcome(core, *[solved(c) for c in second])
-    assert core.done and emit(core) == []  # version 1 has a scored child
-    core.on_table(Inbound("models", "student", model(2)))
+    assert core.done and emit(core) == []  # version 2 has a scored child
+    core.on_table(Inbound("models", "student", model(3)))
     third = emit(core)
-    outcome(core, *[dropped(c) for c in third])  # nothing of version 2 scored: it would go on, but the cap is reached
-    assert {(c.step, c.model_version) for c in third} == {(2, 2)} and core.done and emit(core) == []
+    outcome(core, *[dropped(c) for c in third])  # nothing of version 3 scored: it would go on, but the cap is reached
+    assert {(c.step, c.model_version) for c in third} == {(2, 3)} and core.done and emit(core) == []
     assert core.step == 3 and core.metrics()["new_model_steps"] == 2
+
+
+def test_no_version_published_yet_gets_steps_past_the_budget_until_the_first_is_used_or_the_cap() -> None:
+    core = make(ReloadingBackend(), follow_models=True, batch_size=2, steps=1, new_model_steps=3)
+    outcome(core, *[solved(c) for c in emit(core)])
+    assert not core.done  # a trainer may still be waiting for examples, or training
+    waiting = emit(core)
+    assert {(c.step, c.model_version) for c in waiting} == {(1, 0)} and core.metrics()["new_model_steps"] == 1
+    core.on_table(Inbound("models", "student", model(1)))  # published while step 1 is in flight
+    outcome(core, *[solved(c) for c in waiting])
+    assert not core.done
+    used = emit(core)
+    assert {(c.step, c.model_version) for c in used} == {(2, 1)}
+    outcome(core, *[solved(c) for c in used])
+    assert core.done and emit(core) == [] and core.step == 3 and core.metrics()["new_model_steps"] == 2
+    never = make(ReloadingBackend(), follow_models=True, batch_size=2, steps=1, new_model_steps=2)
+    for _ in range(3):
+        outcome(never, *[solved(c) for c in emit(never)])
+    assert never.done and emit(never) == [] and never.step == 3  # no version came: the cap ends the run
 
 
 def test_a_version_used_within_the_budget_or_not_followed_gets_no_extra_step() -> None:

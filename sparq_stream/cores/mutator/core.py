@@ -64,11 +64,13 @@ another replica's candidate is counted as ``peer_outcomes``.
 
 Budget: ``steps`` (steps started) and ``max_candidates`` (candidates emitted). ``exhausted``
 is true once nothing more will be emitted, ``done`` once in addition every emitted
-candidate is accounted for. With ``follow_models`` and ``new_model_steps`` > 0, a model
-version newer than every scored child's generator (one that arrived after the last step,
-e.g. trained on that step's results) gets more steps past ``steps``, at most
-``new_model_steps``, until a child it generated is scored: training in the loop then always
-ends with the newest version in use (``sparq up --train-every``). Counted as
+candidate is accounted for. With ``follow_models`` and ``new_model_steps`` > 0, the budget
+grows by at most ``new_model_steps`` steps while no version has been published yet (a trainer
+may still be waiting for its first examples, or training) or the newest version is newer than
+every scored child's generator (one that arrived after the last step, e.g. trained on that
+step's results), until a child of a followed version is scored: training in the loop then
+ends with the newest version in use whenever one is trained in time (``sparq up
+--train-every``). Counted as
 ``new_model_steps``; the scored version is not in the state, so a restarted mutator may
 spend one such step on a version already used.
 """
@@ -140,8 +142,8 @@ class MutatorConfig(OpenAIKey):
     new_model_steps: int = Field(
         default=0,
         ge=0,
-        description="with follow_models and a step budget: up to this many steps past the budget while the newest "
-        "model version has no scored child yet (a version trained near the end is still used)",
+        description="with follow_models and a step budget: up to this many steps past the budget while no model "
+        "version has been published yet or the newest has no scored child (a version trained near the end is still used)",
     )
     models_root: str | None = Field(
         default=None, description="model versions load only from inside this folder (others are dead-lettered)"
@@ -274,12 +276,12 @@ class MutatorCore(BaseCore):
         return cfg.steps is not None and self._step >= cfg.steps and not open_work and not self._wants_model_step()
 
     def _wants_model_step(self) -> bool:
-        """Past the step budget: one more step while the newest followed version has no scored child yet."""
+        """Past the step budget: one more step while no version is published yet or the newest has no scored child."""
         cfg = self.config
         if not cfg.follow_models or cfg.steps is None or self._step >= cfg.steps + cfg.new_model_steps:
             return False
         # outcomes still to come may show the version in use already
-        return not self._in_flight and self._models.newest > self._scored_version
+        return not self._in_flight and (self._models.seen == 0 or self._models.newest > self._scored_version)
 
     @property
     def done(self) -> bool:
@@ -484,7 +486,8 @@ class MutatorCore(BaseCore):
             return False
         if cfg.steps is not None and self._step >= cfg.steps:
             self.counters["new_model_steps"] += 1
-            log.info("step %d: one step past the budget so that model version %d is used", self._step, self._models.newest)
+            log.info("step %d: one step past the budget %s", self._step,
+                     f"so that model version {self._models.newest} is used" if self._models.seen else "while no model version is published yet")  # fmt: skip
         units = _units(parents)
         self._open = StepState(self._step, self._replicas.share(units))
         if self._replicated:  # the plan goes out with this tick's state, before any child of the step
