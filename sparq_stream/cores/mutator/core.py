@@ -486,8 +486,8 @@ class MutatorCore(BaseCore):
             return False
         if cfg.steps is not None and self._step >= cfg.steps:
             self.counters["new_model_steps"] += 1
-            log.info("step %d: one step past the budget %s", self._step,
-                     f"so that model version {self._models.newest} is used" if self._models.seen else "while no model version is published yet")  # fmt: skip
+            reason = f"so that model version {self._models.newest} is used" if self._models.seen else "while no model version is published yet"
+            log.info("step %d: one step past the budget %s", self._step, reason)
         units = _units(parents)
         self._open = StepState(self._step, self._replicas.share(units))
         if self._replicated:  # the plan goes out with this tick's state, before any child of the step
