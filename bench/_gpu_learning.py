@@ -45,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-run"))
     parser.add_argument("--json", type=Path, default=Path("gpu-learning.json"))
-    parser.add_argument("--seeds", type=Path, default=Path("../shared/data/gsm8k_train.jsonl"))
+    parser.add_argument("--seeds", type=Path, default=Path(__file__).resolve().parents[1] / "examples" / "seeds" / "gsm8k_train_512.jsonl")
     parser.add_argument("--budget-s", type=float, default=480.0, help="stop the loop after this long (the script must end in 10 min)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dry-run", action="store_true", help="print the run's settings and exit")

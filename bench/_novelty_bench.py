@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(os.environ.get("SPARQ_DATA_DIR", "/work/shared/data"))
+#: Seeds: the repository's 512 GSM8K training problems (``--data DIR`` reads DIR/gsm8k_train.jsonl, e.g. the full split).
+SEEDS = Path(__file__).resolve().parents[1] / "examples" / "seeds" / "gsm8k_train_512.jsonl"
 
 
 def _rss_mb() -> float:
@@ -34,17 +35,19 @@ def _rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def _questions(name: str) -> list[str]:
+def _questions(path: Path) -> list[str]:
     out = []
-    for line in (DATA / name).read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines():
         obj = json.loads(line)
         out.append(obj.get("question") or obj.get("problem"))
     return out
 
 
-def bench_core(n: int, batch: int, threads: int) -> None:
+def bench_core(n: int, batch: int, threads: int, seeds_file: Path = SEEDS) -> None:
     """Candidates/s through NoveltyCore.handle_batch with the real embedder."""
     import torch
+
+    from sparq_stream.heldout import packaged_paths
 
     from sparq_stream.core import Inbound
     from sparq_stream.cores.novelty import NoveltyConfig, NoveltyCore, load_heldout
@@ -56,10 +59,10 @@ def bench_core(n: int, batch: int, threads: int) -> None:
     torch.set_num_threads(threads)
     embedder = SentenceTransformerEmbedder(num_threads=threads)
     t0 = time.perf_counter()
-    heldout = load_heldout([DATA / "gsm8k_test.jsonl", DATA / "math500_test.jsonl"], embedder)
+    heldout = load_heldout(None, embedder)  # the packaged GSM8K test and MATH500
     t_held = time.perf_counter() - t0
     core = NoveltyCore(NoveltyConfig(), embedder=embedder, backend=ScriptedBackend(), heldout=heldout)
-    seeds = _questions("gsm8k_train.jsonl")
+    seeds = _questions(seeds_file)
     t0 = time.perf_counter()
     for i, text in enumerate(seeds):
         core.on_table(Inbound("seeds", None, Seed(id=problem_id(text), problem=text, answer="0"), offset=i))
@@ -69,7 +72,7 @@ def bench_core(n: int, batch: int, threads: int) -> None:
     nearest = np.array([sim for sim, _ in heldout.nearest(seed_vectors)])
     cut = core.config.contamination_threshold
     rng = np.random.default_rng(0)
-    test = _questions("gsm8k_test.jsonl")
+    test = _questions(packaged_paths()[0])
     pool = [q for pair in zip(test, seeds[-len(test) :]) for q in pair]  # test- and train-derived, alternating
     texts = [re.sub(r"\d+", lambda m: str(int(m.group()) + int(rng.integers(1, 50))), pool[i % len(pool)]) + f" (v{i})" for i in range(n)]
     cands = [Candidate(id=problem_id(t), problem=t, solution="\\boxed{1}", answer="1", step=i) for i, t in enumerate(texts)]
@@ -183,6 +186,7 @@ def main() -> None:
     core.add_argument("--n", type=int, default=1024)
     core.add_argument("--batch", type=int, default=64)
     core.add_argument("--threads", type=int, default=2)
+    core.add_argument("--data", type=Path, default=None, help="folder with gsm8k_train.jsonl (default: the repository's 512 seeds)")
     index = sub.add_parser("index")
     index.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     index.add_argument("--kinds", nargs="+", default=["flat", "flat-fp16", "hnsw", "hnsw-fp16"])
@@ -194,7 +198,7 @@ def main() -> None:
     hold.add_argument("--size", type=int, required=True)
     args = parser.parse_args()
     if args.what == "core":
-        bench_core(args.n, args.batch, args.threads)
+        bench_core(args.n, args.batch, args.threads, args.data / "gsm8k_train.jsonl" if args.data else SEEDS)
     elif args.what == "memory":
         bench_memory(args.sizes, args.kinds)
     elif args.what == "hold":

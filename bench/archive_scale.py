@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sparq_stream.messages import SolveResult
-from sparq_stream.qd.archive_log import ARCHIVE_SCHEMA, JSONL_NAME, PARTS_DIR, ArchiveLog
+from sparq_stream.qd.archive_log import ARCHIVE_SCHEMA, JSONL_NAME, LINEAGE_COLUMNS, PARTS_DIR, ArchiveLog
 
 SKILLS = ("addition", "subtraction", "multiplication", "division", "fraction", "percentage",
           "ratio", "area", "probability", "counting", "average", "linear equation")
@@ -91,7 +91,8 @@ def _part(start: int, n: int, kept: float) -> pa.Table:
     }
     for field in ARCHIVE_SCHEMA:
         if field.name not in columns:
-            columns[field.name] = _const(SolveResult.model_fields[field.name].default, n, field.type)
+            default = -1 if field.name in LINEAGE_COLUMNS else SolveResult.model_fields[field.name].default
+            columns[field.name] = _const(default, n, field.type)
     return pa.Table.from_pydict({f.name: columns[f.name] for f in ARCHIVE_SCHEMA}, schema=ARCHIVE_SCHEMA)
 
 
@@ -126,7 +127,7 @@ def build_archive(folder: Path, shared: Path, rows: int, part_rows: int, tail: i
         row["n_correct"], row["solve_rate"] = (0, 0.0) if row["quality"] == 0 else (4, 0.5)
         row["correct_rollouts"] = ["r: \\boxed{1}"] if row["quality"] > 0 else []
     with ArchiveLog(archive, formats=["jsonl"], rows_per_part=1 << 30) as log:
-        log.extend(SolveResult.model_validate(r) for r in new_rows + old)
+        log.extend(SolveResult.model_validate({k: v for k, v in r.items() if k not in LINEAGE_COLUMNS}) for r in new_rows + old)
     kept_parts = sum(int(_kept_mask(s, min(part_rows, in_parts - s), kept).sum()) for s in range(0, in_parts, part_rows))
     kept_old = int(_kept_mask(0, rewrites, kept).sum()) if rewrites <= part_rows else None
     assert kept_old is not None, "--tail must be at most twice --part-rows"

@@ -23,7 +23,6 @@ import importlib.util
 import inspect
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -32,12 +31,13 @@ from typing import Any
 
 TARGET = 0.9
 HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("SPARQ_DATA_DIR", HERE.parent.parent / "shared" / "data"))
 
 
 def _questions(count: int) -> list[str]:
-    """GSM8K test questions when the shared data is present, else seeded synthetic ones."""
-    path = DATA / "gsm8k_test.jsonl"
+    """GSM8K test questions (packaged with sparq_stream), else seeded synthetic ones when more are asked for."""
+    from sparq_stream.heldout import packaged_paths
+
+    path = packaged_paths()[0]
     if path.is_file():
         with path.open(encoding="utf-8") as fh:
             rows = [json.loads(line)["question"] for _, line in zip(range(count), fh, strict=False)]

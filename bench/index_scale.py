@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import resource
 import subprocess
@@ -143,11 +142,11 @@ def _measure(index, queries: np.ndarray, truth: np.ndarray, seconds: float, npro
             "queries_per_s": round(qps, 1)}
 
 
-def calibrate(count: int) -> dict:
+def calibrate(count: int, data: Path | None = None) -> dict:
     """Cosines of number-edited GSM8K pairs and of nearest distinct problems, with real MiniLM."""
     from sparq_stream.models.embeddings import SentenceTransformerEmbedder
 
-    data = Path(os.environ.get("SPARQ_DATA_DIR", REPO.parent / "shared" / "data")) / "gsm8k_train.jsonl"
+    data = data or REPO / "examples" / "seeds" / "gsm8k_train_512.jsonl"  # --calibrate-data FILE: e.g. the full split
     texts = [json.loads(line)["question"] for line in data.read_text(encoding="utf-8").splitlines()[:count]]
     edited = [re.sub(r"\d+", lambda m: str(int(m.group()) + 3), t) for t in texts]
     emb = SentenceTransformerEmbedder(num_threads=2)
@@ -188,6 +187,7 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the segment files")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--calibrate", type=int, default=0, help="also embed this many GSM8K problems with MiniLM")
+    parser.add_argument("--calibrate-data", type=Path, default=None, help="GSM8K-style JSONL for --calibrate (default: the repository's 512 seeds)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -196,7 +196,7 @@ def main() -> None:
     rows: list[dict] = []
     for n in args.items:
         cmd = [sys.executable, __file__, "--one", str(n)] + sys.argv[1:]
-        cmd = _strip(cmd, ("--items", "--json", "--calibrate"))
+        cmd = _strip(cmd, ("--items", "--json", "--calibrate", "--calibrate-data"))
         t0 = time.perf_counter()
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -205,7 +205,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out: dict = {"rows": rows, "command": " ".join(["python", "bench/index_scale.py", *sys.argv[1:]])}
     if args.calibrate:
-        out["calibration"] = calibrate(args.calibrate)
+        out["calibration"] = calibrate(args.calibrate, args.calibrate_data)
         print(json.dumps(out["calibration"]))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

@@ -44,7 +44,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: The seeds: the repository's 512 GSM8K training problems (``--data DIR`` reads DIR/gsm8k_train.jsonl instead).
+DEFAULT_SEEDS = Path(__file__).resolve().parents[1] / "examples" / "seeds" / "gsm8k_train_512.jsonl"
 SEEDS_FILE = "gsm8k_train.jsonl"
 #: The small skill vocabulary of (c): 12 skills, so 12 + 66 + 220 = 298 possible skill-sets.
 VOCAB_C = (
@@ -60,11 +61,12 @@ log = logging.getLogger("bench.loop")
 # ---------------------------------------------------------------------- helpers
 
 
-def _data_dir(arg: str | None) -> Path:
-    for folder in [arg, DATA, Path("/work/shared/data"), Path("../shared/data")]:
-        if folder and (Path(folder) / SEEDS_FILE).is_file():
-            return Path(folder)
-    raise SystemExit(f"cannot find {SEEDS_FILE}: pass --data DIR")
+def _seeds_file(arg: str | None) -> Path:
+    """The GSM8K seed file: DIR/gsm8k_train.jsonl with ``--data DIR``, else the repository's 512 seeds."""
+    path = Path(arg) / SEEDS_FILE if arg else DEFAULT_SEEDS
+    if not path.is_file():
+        raise SystemExit(f"cannot find {path}: pass --data DIR (a folder holding {SEEDS_FILE})")
+    return path
 
 
 def _write_vocab(path: Path, skills: Sequence[str]) -> Path:
@@ -110,7 +112,7 @@ def _scaling_run(
         mutator += ["--no-synchronous", "--max-in-flight", str(args.max_in_flight)]
         steps = None
     config = UpConfig(
-        seeds=data / SEEDS_FILE,
+        seeds=data,
         out=work,
         steps=steps,
         max_candidates=None if synchronous else budget,
@@ -126,7 +128,7 @@ def _scaling_run(
         seed=11,
         seed_limit=200,
         label_seeds=False,
-        contamination=[],
+        contamination_check=False,
         timeout_s=args.run_timeout,
         metrics_interval_s=0.5,
         extra={
@@ -412,7 +414,7 @@ def _filter_decisions(seeds: list[str], stream: list[dict[str, Any]], embedder: 
     if not on:
         return ["accept"] * len(stream)
     heldout = HeldOut((), (), np.zeros((0, embedder.dim), np.float32))
-    core = NoveltyCore(NoveltyConfig(classify=False, follow_novel=False, contamination=[]), embedder=embedder, heldout=heldout)
+    core = NoveltyCore(NoveltyConfig(classify=False, follow_novel=False, contamination_check=False), embedder=embedder, heldout=heldout)
     for i, text in enumerate(seeds):
         core.on_table(Inbound("seeds", None, Seed(id=problem_id(text), problem=text, answer="0"), offset=i))
     core.tick(0.0)
@@ -464,7 +466,7 @@ def bench_duplicates(data: Path, root: Path, args: argparse.Namespace) -> dict[s
     from sparq_stream.models.hashing_embedder import HashingEmbedder
     from sparq_stream.seeds import read_seeds
 
-    problems = [s.problem for s in read_seeds(data / SEEDS_FILE)]
+    problems = [s.problem for s in read_seeds(data)]
     n = dict(n_seeds=args.dup_seeds, n_origins=args.dup_origins, n_fresh=args.dup_fresh)
     seeds, stream = labelled_stream(problems, seed=7, **n)
     embedders: dict[str, Any] = {"hash": HashingEmbedder(seed=5)}
@@ -547,7 +549,7 @@ def _coverage_run(seeds: Path, work: Path, vocab: Path, *, variant: str, rep: in
         seed_limit=args.cov_seeds,
         label_seeds=label,
         vocabulary=vocab,
-        contamination=[],
+        contamination_check=False,
     )
     result = run_local(config)
     kept = [r for r in result.results if r.quality > 0]
@@ -579,7 +581,7 @@ def _spread(values: list[float]) -> dict[str, Any]:
 def bench_coverage(data: Path, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     """(c) skill-sets covered by each variant at an equal budget, >= 5 seeds each, on a GSM8K and a MATH-style seed set."""
     vocab = _write_vocab(root / "c-vocabulary.json", VOCAB_C)
-    seed_sets = {"gsm8k": data / SEEDS_FILE, "math-style (procedural)": math_style_seeds(root / "c-math-style.jsonl")}
+    seed_sets = {"gsm8k": data, "math-style (procedural)": math_style_seeds(root / "c-math-style.jsonl")}
     seed_sets = {k: v for k, v in seed_sets.items() if k.split()[0] in args.cov_sets}
     rows = [(v, True) for v in args.cov_variants]
     out: dict[str, Any] = {
@@ -681,7 +683,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smaller budgets")
     p.add_argument("--only", default="abc", help="which parts to run: any of a, b, c")
     p.add_argument("--json", type=Path, default=None, help="also write the figures as JSON to this file")
-    p.add_argument("--data", default=None, help="folder with gsm8k_train.jsonl (default: ../shared/data)")
+    p.add_argument("--data", default=None, help="folder with gsm8k_train.jsonl (default: examples/seeds/gsm8k_train_512.jsonl)")
     p.add_argument("--keep", type=Path, default=None, help="keep every run's output folder under this one")
     p.add_argument("-v", "--verbose", action="store_true")
     g = p.add_argument_group("(a) solver replicas")
@@ -735,7 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.cov_steps = 20 if args.quick else 40
     if args.cov_reps is None:
         args.cov_reps = 5
-    data = _data_dir(args.data)
+    data = _seeds_file(args.data)
     figures: dict[str, Any] = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="sparq-bench-") as tmp:
         root = args.keep or Path(tmp)

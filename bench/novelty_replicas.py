@@ -66,7 +66,7 @@ def run(seeds: list[str], stream: list[dict[str, Any]], embedder: Any, *, replic
         arrivals: int, basis: str = "seeds") -> list[str]:
     """The decision (accept or a drop reason) for every item of the stream."""
     heldout = HeldOut((), (), np.zeros((0, embedder.dim), np.float32))
-    config = NoveltyConfig(classify=False, follow_novel=True, contamination=[], route_partitions=partitions if routed else 0,
+    config = NoveltyConfig(classify=False, follow_novel=True, contamination_check=False, route_partitions=partitions if routed else 0,
                            route_planes=default_planes(replicas), route_basis=basis)
     cores = [NoveltyCore(config, embedder=embedder, heldout=heldout) for _ in range(replicas)]
     for core in cores:

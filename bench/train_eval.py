@@ -18,13 +18,14 @@ import os
 import tempfile
 from pathlib import Path
 
-DATA = Path(os.environ.get("SPARQ_DATA_DIR", "/work/shared/data"))
+#: GSM8K training problems shipped with the repository (``--seeds`` takes another file, e.g. the full split).
+SEEDS = Path(__file__).resolve().parents[1] / "examples" / "seeds" / "gsm8k_train_512.jsonl"
 
 
-def _examples(path: Path, n: int = 8) -> None:
+def _examples(path: Path, n: int = 8, seeds: Path = SEEDS) -> None:
     """Write n chat examples built from GSM8K train problems and their worked answers."""
     rows = []
-    with open(DATA / "gsm8k_train.jsonl", encoding="utf-8") as fh:
+    with open(seeds, encoding="utf-8") as fh:
         for line in fh:
             obj = json.loads(line)
             question, answer = obj.get("question") or obj.get("problem"), str(obj.get("answer", ""))
@@ -41,6 +42,7 @@ def _examples(path: Path, n: int = 8) -> None:
 
 def main() -> None:
     """Print steps/s per training mode with ratios to LoRA fp32, and seconds per evaluated problem."""
+    from sparq_stream.heldout import packaged_paths
     from sparq_stream.training import evaluate, train_sft
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,10 +50,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--eval-problems", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--seeds", type=Path, default=SEEDS, help="GSM8K-style training problems (default: the repository's 512)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="sparq-train-bench-") as tmp:
         data = Path(tmp) / "train.jsonl"
-        _examples(data)
+        _examples(data, seeds=args.seeds)
         rates = {}
         for name, method, bf16 in (("LoRA fp32", "lora", False), ("LoRA bf16 autocast", "lora", True), ("full fp32", "full", False)):
             result = train_sft(data, None, Path(tmp) / name.replace(" ", "-"), method=method, batch_size=4,
@@ -59,7 +62,7 @@ def main() -> None:
             rates[name] = result.steps_per_s
             print(f"{name:<20} {result.steps} steps, {result.steps_per_s:.3f} steps/s, loss {result.loss_first:.3f} -> "
                   f"{result.loss_last:.3f}, x{result.steps_per_s / rates['LoRA fp32']:.2f} LoRA fp32", flush=True)
-        ev = evaluate(None, DATA / "gsm8k_test.jsonl", limit=args.eval_problems, max_tokens=args.max_tokens,
+        ev = evaluate(None, packaged_paths()[0], limit=args.eval_problems, max_tokens=args.max_tokens,
                       num_threads=args.threads, batch_size=1)
         print(f"evaluation: {ev.n} GSM8K test problems, {args.max_tokens} new tokens, greedy: "
               f"{ev.seconds_per_problem:.1f} s per problem, accuracy {ev.accuracy:.3f}")

@@ -31,6 +31,10 @@ _BOOTSTRAP = typer.Option(
 )
 _PREFIX = typer.Option(None, "--prefix", envvar="SPARQ_PREFIX", help="Topic name prefix [default: sparq].")
 _CONFIG = typer.Option(None, "--config", envvar="SPARQ_CONFIG", help="Settings file (TOML, YAML or JSON).")
+_CLIENT_CONFIG = typer.Option(
+    None, "--kafka-client-config", envvar="SPARQ_KAFKA_CLIENT_CONFIG",
+    help="Java client properties file with the Kafka login (docs/security.md); never the password itself.",
+)  # fmt: skip
 
 
 def _err(message: str) -> None:
@@ -63,6 +67,17 @@ def _generation_options(backend: str, options_json: Optional[str]) -> dict[str, 
         raise ConfigError(f"setting 'backend_options': {exc}") from None
     keys = load_settings(type("KeySettings", (BaseSparqSettings, OpenAIKey), {}), ignore_unknown_file_keys=True)
     return {**options, **openai_key_option(keys, backend)}
+
+
+def _json_object(flag: str, raw: Optional[str]) -> dict[str, Any]:
+    """A JSON object given on the command line (ConfigError naming ``flag`` otherwise)."""
+    try:
+        value = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag}: not a JSON object ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: not a JSON object")
+    return value
 
 
 def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
@@ -108,13 +123,18 @@ def topics_create(
     prefix: Optional[str] = _PREFIX,
     partitions: int = typer.Option(3, "--partitions", envvar="SPARQ_PARTITIONS", min=1, help="Partitions per topic."),
     replication_factor: int = typer.Option(1, "--replication-factor", envvar="SPARQ_REPLICATION_FACTOR", min=1),
+    kafka_client_config: Optional[Path] = _CLIENT_CONFIG,
+    acls: bool = typer.Option(False, "--acls", help="Also grant each service's principal its topics, groups and "
+                              "transactional ids, and 'reader' read-only access (secured cluster; admin login)."),
 ) -> None:
     """Create every topic of the loop under the prefix with its role's configs; mend configs of existing ones."""
-    from sparq_stream.bus.topics import ensure_topics, format_report
+    from sparq_stream.bus.topics import acl_grants, apply_acls, ensure_topics, format_grants, format_report
 
-    settings = _service_settings(bootstrap, prefix)
+    settings = _service_settings(bootstrap, prefix, kafka_client_config=kafka_client_config)
     report = ensure_topics(settings, partitions=partitions, replication_factor=replication_factor)
     typer.echo(format_report(report))
+    if acls:
+        typer.echo(format_grants(apply_acls(settings, acl_grants(settings.prefix))))
     if report.differ:
         raise ConfigError("some topics keep configs that differ from their role (see above); alter them by hand")
 
@@ -124,11 +144,12 @@ def topics_describe(
     bootstrap: Optional[str] = _BOOTSTRAP,
     prefix: Optional[str] = _PREFIX,
     topic: Optional[list[str]] = typer.Argument(None, help="Topics (logical or full names); default all of the loop."),
+    kafka_client_config: Optional[Path] = _CLIENT_CONFIG,
 ) -> None:
     """Describe topics: partitions, replication and configs, one JSON object per line."""
     from sparq_stream.bus.topics import describe_topics
 
-    settings = _service_settings(bootstrap, prefix)
+    settings = _service_settings(bootstrap, prefix, kafka_client_config=kafka_client_config)
     rows = describe_topics(settings, topic or None)
     if not rows:
         raise ConfigError(f"no topics under prefix {settings.prefix!r}; run 'sparq topics create' first")
@@ -148,26 +169,41 @@ def seed(
     backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object."),
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
     max_line_bytes: int = typer.Option(1 << 20, "--max-line-bytes", envvar="SPARQ_MAX_LINE_BYTES", min=64, help="Longer lines are bad lines."),
+    heldout: Optional[list[Path]] = typer.Option(None, "--heldout", help="Your own held-out JSONL, checked besides the packaged GSM8K test and MATH500; repeatable."),
+    contamination_check: bool = typer.Option(True, "--contamination-check/--no-contamination-check", envvar="SPARQ_CONTAMINATION_CHECK", help="Refuse seeds that are held-out test problems (13-gram or embedding)."),
+    embedder: str = typer.Option("sentence-transformers", "--embedder", envvar="SPARQ_EMBEDDER", help="Embedder of the held-out check: novelty's (sentence-transformers | hash)."),
+    embedder_options: Optional[str] = typer.Option(None, "--embedder-options", envvar="SPARQ_EMBEDDER_OPTIONS", help="JSON object."),
+    kafka_client_config: Optional[Path] = _CLIENT_CONFIG,
 ) -> None:
-    """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines are reported (first 20) and skipped."""
+    """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines and held-out test problems are reported and skipped."""
     from sparq_stream.bus.client import publish_all
     from sparq_stream.bus.topics import TopicNames
-    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds
+    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds, refuse_heldout, refused_report
 
     if not file.is_file():
         raise ConfigError(f"seed file {file} does not exist")
-    settings = _service_settings(bootstrap, prefix)
+    settings = _service_settings(bootstrap, prefix, kafka_client_config=kafka_client_config)
     topic = TopicNames(settings.prefix).topic("seeds")
     seeds, bad_lines = collect_seeds(file, limit, max_line_bytes)
     for line in bad_line_report(file, bad_lines):
         _err(line)
     if not seeds:
         raise ConfigError(f"{file}: no valid seed line ({len(bad_lines):,} bad line(s)); nothing published")
+    seeds, refused = refuse_heldout(
+        seeds, heldout=heldout or [], check=contamination_check, embedder=embedder,
+        embedder_options=_json_object("--embedder-options", embedder_options),
+    )
+    for line in refused_report(file, refused):
+        _err(line)
+    if not contamination_check:
+        _err("contamination check OFF (--no-contamination-check): seeds were not checked against the held-out sets")
+    if not seeds:
+        raise ConfigError(f"{file}: every seed is a held-out test problem ({len(refused):,} refused); nothing published")
     if label:
         seeds = label_seeds(seeds, backend, backend_options=_generation_options(backend, backend_options), vocabulary=vocabulary)
     sent = publish_all(settings, topic, seeds)
     bad = len(bad_lines)
-    typer.echo(f"published {sent} seed(s) to {topic}; skipped {bad} bad line(s)", err=True)
+    typer.echo(f"published {sent} seed(s) to {topic}; skipped {bad} bad line(s); refused {len(refused)} held-out seed(s)", err=True)
 
 
 # ---------------------------------------------------------------------- tail
@@ -179,6 +215,7 @@ def tail(
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record, not the newest."),
     max_messages: Optional[int] = typer.Option(None, "--max", min=1, help="Stop after N messages."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after S seconds without a message."),
+    kafka_client_config: Optional[Path] = _CLIENT_CONFIG,
 ) -> None:
     """Print each decoded message as one JSON object per line (dead letters with their headers)."""
     from sparq_stream.bus.client import make_consumer
@@ -187,7 +224,8 @@ def tail(
     from sparq_stream.bus.topics import TopicNames
     from sparq_stream.messages import decode, to_jsonable
 
-    settings = _service_settings(bootstrap, prefix, auto_offset_reset="earliest" if from_beginning else "latest")
+    settings = _service_settings(bootstrap, prefix, auto_offset_reset="earliest" if from_beginning else "latest",
+                                 kafka_client_config=kafka_client_config)  # fmt: skip
     names = TopicNames(settings.prefix)
     full = names.resolve(topic)
     consumer = make_consumer(settings, None)
@@ -459,19 +497,58 @@ def skills_build(
 
 @app.command()
 def export(
-    archive: Path = typer.Option(..., "--archive", help="Archive folder written by the archivist (or sparq up's out/archive)."),
+    path: Optional[Path] = typer.Argument(None, help="With --verify: the export folder or train.jsonl / train.parquet to check (default: --out)."),
+    archive: Optional[Path] = typer.Option(None, "--archive", help="Archive folder written by the archivist (or sparq up's out/archive); needed to export."),
     out: Path = typer.Option(Path("export"), "--out", help="Folder for train.jsonl, train.parquet, export.json."),
     unfiltered: bool = typer.Option(False, "--unfiltered", help="Every scored child with its own solution (baseline)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Keep the first N examples (equal-size comparisons)."),
     include_flagged: bool = typer.Option(False, "--include-flagged", help="Keep problems the validity audit flagged."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Check every row's chain (parent, candidate, novel, solved) on the run's topics; exit 1 if one is broken."
+    ),
+    bootstrap: Optional[str] = _BOOTSTRAP,
+    prefix: Optional[str] = typer.Option(
+        None, "--prefix", envvar="SPARQ_PREFIX",
+        help="The run's topic prefix: named in every row (default: the prefix in run.json beside --archive); --verify reads its topics (default: each row's run).",
+    ),  # fmt: skip
 ) -> None:
-    """Export the training set: kept problems x correct rollouts (or the unfiltered baseline), with provenance."""
+    """Export the training set (kept problems x correct rollouts, or the unfiltered baseline) with lineage; --verify checks it."""
     from sparq_stream.training import export_from_archive
 
-    if not archive.is_dir():
-        raise ConfigError(f"archive folder {archive} does not exist")
-    info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit, include_flagged=include_flagged)
-    typer.echo(json.dumps(info.to_dict(), sort_keys=True, default=str))
+    if archive is None and not verify:
+        raise ConfigError("give --archive DIR to export (or --verify [PATH] to check an export)")
+    if archive is not None:
+        if not archive.is_dir():
+            raise ConfigError(f"archive folder {archive} does not exist")
+        run = prefix or _run_prefix(archive.parent / "run.json")
+        info = export_from_archive(archive, out, filtered=not unfiltered, limit=limit, include_flagged=include_flagged, run=run)
+        typer.echo(json.dumps(info.to_dict(), sort_keys=True, default=str))
+    if verify:
+        _verify_export(path or out, bootstrap, prefix)
+
+
+def _run_prefix(run_json: Path) -> str:
+    """The topic prefix a ``sparq up`` run folder's run.json names ("" when there is none)."""
+    try:
+        return str(json.loads(run_json.read_text(encoding="utf-8")).get("prefix") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def _verify_export(path: Path, bootstrap: Optional[str], prefix: Optional[str]) -> None:
+    """``sparq export --verify``: one JSON line per broken row, then the count summary; exit 1 if any row is broken."""
+    from sparq_stream.training.lineage import verify_export
+
+    if not path.exists():
+        raise ConfigError(f"export {path} does not exist (give the export folder or its train.jsonl)")
+    settings = _service_settings(bootstrap, prefix)
+    report, runs = verify_export(path, settings, run=prefix)
+    for row in report.broken:
+        typer.echo(_json_line(row.to_dict()))
+    typer.echo(_json_line({"verified": str(path), "runs": runs, **report.summary()}))
+    if not report.ok:
+        _err(f"{len(report.broken)} of {report.rows} row(s) have a broken chain: {report.by_link()}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -504,7 +581,7 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    heldout: Optional[list[Path]] = typer.Option(None, "--heldout", help="Held-out JSONL (gsm8k_test.jsonl, math500_test.jsonl, ...); repeatable."),
+    heldout: Optional[list[Path]] = typer.Option(None, "--heldout", help="Your own held-out JSONL; repeatable (default: the packaged GSM8K test and MATH500; with --sweep: added to them)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model folder or GGUF (default: packaged SmolLM2)."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1),
     k: int = typer.Option(1, "--k", min=1, help="Samples per problem (k=1: greedy)."),
@@ -541,7 +618,9 @@ def eval_cmd(
         typer.echo(json.dumps({"sizes": report["sizes"], "power_law": report["power_law"]}, sort_keys=True))
         return
     if not files:
-        raise ConfigError("give --heldout FILE (or --sweep --archive DIR)")
+        from sparq_stream.heldout import packaged_paths
+
+        files = packaged_paths()  # GSM8K test and MATH500, shipped with the package
     for path in files:
         result = evaluate(model, path, limit=limit, k=k, max_tokens=max_tokens, num_threads=threads, out_path=out)
         typer.echo(f"{path.name}: accuracy {result.accuracy:.3f} on {result.n} problems (pass@{result.k} {result.pass_at_k:.3f}, {result.seconds:.0f}s)")

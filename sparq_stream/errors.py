@@ -7,6 +7,7 @@ __all__ = [
     "RetriableError",
     "FatalError",
     "DecodeError",
+    "InvalidValue",
     "ConfigError",
     "BrokerUnavailable",
 ]
@@ -37,6 +38,10 @@ class FatalError(SparqError):
 
 class DecodeError(FatalError):
     """Bytes that are not a valid message: bad msgpack, unknown schema, wrong version or fields."""
+
+
+class InvalidValue(DecodeError):
+    """A well-formed message whose value breaks a rule of its type (range, finiteness, enum, cross-field)."""
 
 
 class ConfigError(FatalError):

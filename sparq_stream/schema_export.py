@@ -1,13 +1,15 @@
 """JSON Schemas of the wire messages: the contract for consumers written in other languages.
 
 ``schemas/`` holds one schema per message type (``<name>.v<version>.json``), the schema of
-the dead-letter record's headers (``sparq.dead_letter.headers.v1.json``: what is really on
-the dlq topic), and ``schemas/released/``: a frozen copy of every released version, which
-:func:`incompatible_changes` compares the current schemas with (docs/wire.md, "Versioning").
+the dead-letter record's headers (``sparq.dead_letter.headers.v2.json``: what is really on
+the dlq topic), and ``schemas/released/``: a frozen copy of every released version, locked
+by its sha256 in ``schemas/released/SHA256SUMS``. A released file never changes; the current
+schema of a released version may differ from it only in annotations (docs/wire.md, "Versioning").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ __all__ = [
     "release_schemas",
     "incompatible_changes",
     "released_problems",
+    "LOCK_FILE",
+    "lock_problems",
 ]
 
 #: Header names of a dead-letter record and what each holds (UTF-8 text), in wire order.
@@ -38,11 +42,14 @@ DLQ_HEADERS: dict[str, str] = {
     "sparq.dlq.service": "the service that dead-lettered it",
     "sparq.dlq.ts": "when: seconds since the Unix epoch (UTC), decimal with 3 fractional digits",
 }
-#: Headers present only when the original value was too large to forward whole.
+#: Headers present only sometimes: the instance where the service has one; the rest only when the
+#: original value was too large to forward whole.
 DLQ_OPTIONAL_HEADERS: dict[str, str] = {
-    "sparq.dlq.truncated": "present when the record's value is a truncated prefix of the original value",
+    "sparq.dlq.instance": "the service instance that dead-lettered it (present when the service names its instances)",
+    "sparq.dlq.truncated": "present (value 'true') when the record's value is a truncated prefix of the original value",
     "sparq.dlq.original_size": "size of the original value in bytes, a decimal integer",
     "sparq.dlq.original_sha256": "sha256 of the original value, 64 lower-case hex digits",
+    "sparq.dlq.headers_dropped": "present (value 'true') when the original record's own headers were dropped to fit",
 }
 _DLQ_PATTERNS = {
     "sparq.dlq.partition": r"^-?[0-9]+$",
@@ -50,8 +57,12 @@ _DLQ_PATTERNS = {
     "sparq.dlq.ts": r"^[0-9]+(\.[0-9]+)?$",
     "sparq.dlq.original_size": r"^[0-9]+$",
     "sparq.dlq.original_sha256": r"^[0-9a-f]{64}$",
+    "sparq.dlq.truncated": r"^true$",
+    "sparq.dlq.headers_dropped": r"^true$",
 }
-DLQ_HEADERS_FILE = "sparq.dead_letter.headers.v1.json"
+DLQ_HEADERS_FILE = f"sparq.dead_letter.headers.v{DeadLetter.VERSION}.json"
+#: The lock of the released files: ``<sha256>  <file name>`` per line, sorted by name.
+LOCK_FILE = "SHA256SUMS"
 #: Keywords that only annotate: changing them never breaks a reader.
 _ANNOTATIONS = frozenset({"title", "description", "examples", "$comment"})
 
@@ -162,7 +173,10 @@ def stale_schemas(directory: str | Path) -> list[str]:
 
 
 def release_schemas(directory: str | Path) -> list[Path]:
-    """Freeze every schema version that has no copy in ``<directory>/released/`` yet; return the copies made."""
+    """Freeze every schema version that has no copy in ``<directory>/released/`` yet, lock its hash; return the copies made.
+
+    A released copy is never overwritten: a change to a released version needs a new version.
+    """
     directory = Path(directory)
     released = directory / "released"
     released.mkdir(parents=True, exist_ok=True)
@@ -172,7 +186,47 @@ def release_schemas(directory: str | Path) -> list[Path]:
         if not path.exists():
             path.write_text(text, encoding="utf-8")
             made.append(path)
+    lock = _read_lock(released)
+    for path in made:
+        lock[path.name] = _sha256(path)
+    (released / LOCK_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(lock.items())), encoding="utf-8")
     return made
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_lock(released: Path) -> dict[str, str]:
+    """File name -> sha256 from the lock file (empty when there is none)."""
+    lock_path = released / LOCK_FILE
+    if not lock_path.is_file():
+        return {}
+    lock = {}
+    for line in lock_path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            lock[name.strip()] = digest
+    return lock
+
+
+def lock_problems(directory: str | Path) -> list[str]:
+    """Check every released file against its locked sha256: a released schema never changes in place."""
+    released = Path(directory) / "released"
+    lock = _read_lock(released)
+    if not lock:
+        return [f"released/{LOCK_FILE}: missing or empty"]
+    problems = []
+    for name, digest in sorted(lock.items()):
+        path = released / name
+        if not path.is_file():
+            problems.append(f"released/{name}: locked but missing")
+        elif _sha256(path) != digest:
+            problems.append(f"released/{name}: changed in place (a change needs a new version; see docs/wire.md, 'Versioning')")
+    for path in sorted(released.glob("*.json")):
+        if path.name not in lock:
+            problems.append(f"released/{path.name}: not in {LOCK_FILE} (freeze it with 'sparq schemas --release')")
+    return problems
 
 
 def _strip(node: Any) -> Any:
@@ -216,9 +270,9 @@ def incompatible_changes(released: dict[str, Any], current: dict[str, Any]) -> l
 
 
 def released_problems(directory: str | Path) -> list[str]:
-    """Compare every current schema with its frozen copy in ``released/``; list what breaks the versioning policy."""
+    """Check the lock and compare every current schema with its frozen copy in ``released/``; list what breaks the policy."""
     directory = Path(directory)
-    problems = []
+    problems = lock_problems(directory)
     for name, text in _expected().items():
         frozen = directory / "released" / name
         if not frozen.is_file():

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import Any, BinaryIO, Iterator, Sequence, Union
 
 from sparq_stream.errors import ConfigError
 from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed
 
-__all__ = ["BadLine", "MAX_LINE_BYTES", "parse_seed_line", "read_seeds", "collect_seeds", "bad_line_report", "label_seeds"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BadLine", "MAX_LINE_BYTES", "parse_seed_line", "read_seeds", "collect_seeds", "bad_line_report", "label_seeds",
+    "refuse_heldout", "refused_report",
+]
 
 
 @dataclass(frozen=True)
@@ -153,3 +159,60 @@ def label_seeds(
         return annotate_seeds(seeds, generator, load_vocabulary(vocabulary), batch_size=batch_size)
     finally:
         generator.close()
+
+
+def refuse_heldout(
+    seeds: list[Seed],
+    *,
+    heldout: Sequence[str | Path] = (),
+    check: bool = True,
+    embedder: str = "sentence-transformers",
+    embedder_options: dict[str, Any] | None = None,
+    threshold: float | None = None,
+    ngram_n: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> tuple[list[Seed], list[tuple[Seed, Any]]]:
+    """Drop seeds that are held-out test problems (packaged GSM8K test and MATH500, plus ``heldout``).
+
+    The novelty service's rules, with its code (:class:`sparq_stream.heldout.HeldOutCheck`): the
+    same problem id, a shared word 13-gram, or cosine >= 0.90 with ``embedder`` (novelty's).
+    Returns the kept seeds and each refused one with its :class:`~sparq_stream.heldout.HeldOutMatch`;
+    ``check`` False (``--no-contamination-check``) keeps every seed and says so in the log.
+    """
+    from sparq_stream.heldout import CONTAMINATION_THRESHOLD, NGRAM_N, NO_CHECK_FLAG, filter_seeds, heldout_files
+
+    if not check:
+        log.warning("the contamination check is OFF (%s): seeds are not checked against the held-out sets", NO_CHECK_FLAG)
+        return list(seeds), []
+    files = heldout_files(heldout)
+    if not seeds:
+        return [], []
+    from sparq_stream.models.registry import make_embedding_backend
+
+    if cache_dir is None:  # the held-out vectors, by content: embedded once per embedder on this machine
+        from sparq_stream.models.gguf_cache import cache_root
+
+        cache_dir = cache_root() / "heldout"
+    model = make_embedding_backend(embedder, **(embedder_options or {}))
+    try:
+        return filter_seeds(
+            seeds, files, model,
+            threshold=CONTAMINATION_THRESHOLD if threshold is None else threshold,
+            ngram_n=NGRAM_N if ngram_n is None else ngram_n,
+            cache_dir=cache_dir,
+        )
+    finally:
+        closer = getattr(model, "close", None)
+        if callable(closer):
+            closer()
+
+
+def refused_report(path: str | Path, refused: Sequence[tuple[Seed, Any]], shown: int = 20) -> list[str]:
+    """One line per refused held-out seed (the first ``shown``), then one line counting the rest."""
+    lines = [
+        f"{path}:{seed.line}: a held-out test problem ({found.reason}: {found.source}, similarity {found.similarity:.2f}); refused"
+        for seed, found in refused[:shown]
+    ]
+    if len(refused) > shown:
+        lines.append(f"{path}: ... and {len(refused) - shown:,} more held-out seed(s) refused")
+    return lines

@@ -111,6 +111,11 @@ class KafkaSettings(BaseSparqSettings):
     ssl_keyfile: str | None = None
     ssl_password: SecretStr | None = None
     ssl_check_hostname: bool = True
+    kafka_client_config: Path | None = Field(
+        default=None,
+        description="Java client properties file with this client's login (security.protocol, sasl.mechanism, "
+        "sasl.jaas.config, ssl.truststore.*); its values win over the security settings above (docs/security.md)",
+    )
     kafka_options: dict[str, Any] = Field(
         default_factory=dict, description="extra kafka-python client options, passed through untouched"
     )
@@ -134,8 +139,23 @@ class KafkaSettings(BaseSparqSettings):
                 opts[name] = secret.get_secret_value()
         if self.security_protocol in ("SSL", "SASL_SSL"):
             opts["ssl_check_hostname"] = self.ssl_check_hostname
+        if self.kafka_client_config is not None:
+            from sparq_stream.bus.security import client_security_options
+
+            opts.update(client_security_options(self.kafka_client_config))
         opts.update(self.kafka_options)
         return opts
+
+    @field_validator("kafka_client_config", mode="after")
+    @classmethod
+    def _readable_client_config(cls, value: Path | None) -> Path | None:
+        """Read the client properties file once when the settings are made: a bad file fails at start, naming the key."""
+        if value is not None:
+            from sparq_stream.bus.security import client_security_options
+
+            client_security_options(value)
+            return value.resolve()
+        return value
 
 
 def _default_instance() -> str:

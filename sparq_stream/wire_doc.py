@@ -13,7 +13,24 @@ from typing import Any
 
 from sparq_stream import ids
 from sparq_stream.bus.topics import LOGICAL_TOPICS, SINGLE_PARTITION, spec_of, topic_configs
-from sparq_stream.messages import MAX_MESSAGE_BYTES, MESSAGE_TYPES, Message
+from sparq_stream.messages import (
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    READ_VERSIONS,
+    Candidate,
+    Dropped,
+    Elite,
+    Message,
+    Metric,
+    ModelVersion,
+    MutatorState,
+    NovelCandidate,
+    Seed,
+    SolveResult,
+    Watermark,
+    value_rules,
+)
+from sparq_stream.messages import DeadLetter
 from sparq_stream.schema_export import (
     DLQ_HEADERS,
     DLQ_HEADERS_FILE,
@@ -37,32 +54,45 @@ class TopicDoc:
     readers: str
 
 
+def _v(cls: type[Message]) -> str:
+    """"`<schema>` v<version>" of a message type, as the topic table names it."""
+    return f"`{cls.SCHEMA}` v{cls.VERSION}"
+
+
 #: Every logical topic: its key, its value type, its writers and its readers.
 TOPICS: dict[str, TopicDoc] = {
-    "seeds": TopicDoc("problem id", "`sparq.seed` v1", "`sparq seed`, `sparq up`", "mutator, novelty, archivist (tables)"),
+    "seeds": TopicDoc("problem id", _v(Seed), "`sparq seed`, `sparq up`", "mutator, novelty, archivist (tables)"),
     "candidates": TopicDoc(
-        "problem id", "`sparq.candidate` v1",
+        "problem id", _v(Candidate),
         "mutator; novelty replicas with `route_partitions` (a candidate moved to the partition of its embedding bucket, "
         "header `sparq.routed`)",
         "novelty",
     ),
-    "novel": TopicDoc("problem id", "`sparq.novel` v1", "novelty", "solver; novelty replicas (table, `follow_novel`)"),
-    "drops": TopicDoc("problem id", "`sparq.dropped` v1", "novelty", "mutator (returns its credit)"),
-    "solved": TopicDoc("problem id", "`sparq.solved` v1", "solver", "archivist, mutator"),
+    "novel": TopicDoc(
+        "problem id", _v(NovelCandidate), "novelty (spread round-robin over the partitions, not by key: see *Keys and partitioning*)",
+        "solver; novelty replicas (table, `follow_novel`)",
+    ),
+    "drops": TopicDoc("problem id", _v(Dropped), "novelty", "mutator (returns its credit)"),
+    "solved": TopicDoc("problem id", _v(SolveResult), "solver", "archivist, mutator"),
     "elites": TopicDoc(
         "slot (`sparq.elite.slot`); the reserved key `~watermark` for watermark records",
-        "`sparq.elite` v1, or a tombstone (null value) when a slot loses its elite; under the key `~watermark`, "
-        "`sparq.watermark` v1: one copy on every partition (header `sparq.fanout` = `<partition>/<count>`) after "
+        f"{_v(Elite)}, or a tombstone (null value) when a slot loses its elite; under the key `~watermark`, "
+        f"{_v(Watermark)}: one copy on every partition (header `sparq.fanout` = `<partition>/<count>`) after "
         "each archivist batch, saying how far into `solved` W is applied; readers of elites skip it",
         "archivist", "mutator (dynamic variants; the step barrier), archivist (restore), trainer (tables)",
     ),
-    "archive": TopicDoc("problem id", "`sparq.solved` v1 (every scored child: A)", "archivist", "trainer (`include_archive`)"),
-    "models": TopicDoc("model name (`sparq.model.name`)", "`sparq.model` v1", "trainer", "mutator, solver (`follow_models`), trainer (table)"),
+    "archive": TopicDoc(
+        "problem id",
+        f"{_v(SolveResult)} (every scored child: A), with the header `sparq.solved.at` = `<partition>/<offset>` of the "
+        "`solved` record it was read from (lineage; absent when unknown)",
+        "archivist", "trainer (`include_archive`, `sparq export --verify`)",
+    ),
+    "models": TopicDoc("model name (`sparq.model.name`)", _v(ModelVersion), "trainer", "mutator, solver (`follow_models`), trainer (table)"),
     "mutator-state": TopicDoc(
-        "the mutator group's `state_key` (default `mutator`)", "`sparq.mutator_state` v1 (the mutator's changelog)",
+        "the mutator group's `state_key` (default `mutator`)", f"{_v(MutatorState)} (the mutator's changelog)",
         "mutator (after the candidates it accounts for are acknowledged)", "mutator (table, on start)",
     ),
-    "metrics": TopicDoc("`<service>/<instance>`", "`sparq.metric` v1", "every service", "`sparq up` (live view, stop rule), `sparq tail`"),
+    "metrics": TopicDoc("`<service>/<instance>`", _v(Metric), "every service", "`sparq up` (live view, stop rule), `sparq tail`"),
     "dlq": TopicDoc(
         "the original record's key bytes, unchanged (absent if it had none)",
         "the original record's value bytes, unchanged (any bytes; null for a tombstone), with the headers of "
@@ -116,6 +146,10 @@ def _message_section(cls: type[Message]) -> list[str]:
         else:
             need = "optional (see meaning)"
         lines.append(f"| `{name}` | {_cell(_type_of(prop))} | {_cell(need)} | {_cell(prop.get('description', ''))} |")
+    rules = value_rules(cls)
+    if rules:
+        lines += ["", "Rules across fields (checked on decode; a JSON Schema cannot say them):", ""]
+        lines += [f"- {rule}" for rule in rules]
     return lines + [""]
 
 
@@ -165,9 +199,16 @@ def render_wire_doc() -> str:
         "",
         "- A key is the raw UTF-8 bytes of the string in the table above, **not** msgpack. Problem",
         "  ids are 32 lower-case hex digits (see *Problem ids*); slots and model names are UTF-8 text.",
-        "- Partition = Kafka's default partitioner on those bytes: `(murmur2(key) & 0x7fffffff) %",
-        "  partitions`, as the Java client and kafka-python compute it. Equal keys land on the same",
-        "  partition of every topic, so a consumer can rely on per-key order and co-partitioning.",
+        "- Partition, on every topic but three = Kafka's default partitioner on those bytes:",
+        "  `(murmur2(key) & 0x7fffffff) % partitions`, as the Java client and kafka-python compute it.",
+        "  Equal keys land on the same partition of those topics, so a consumer can rely on per-key",
+        "  order and co-partitioning there.",
+        "- The exceptions: `novel` is **spread**: the novelty service writes each record to the next",
+        "  partition round-robin (the key stays the problem id), so every solver replica gets an equal",
+        "  share of a step; a consumer of `novel` must not assume a problem id's partition.",
+        "  `candidates` written by novelty replicas with `route_partitions` go to the partition of",
+        "  their embedding bucket (header `sparq.routed`). Watermarks on `elites` are written once to",
+        "  every partition (header `sparq.fanout` = `<partition>/<count>`).",
         "- Every record sparq writes has a key, except a dead letter whose original had none.",
         "",
         "## The envelope",
@@ -182,7 +223,11 @@ def render_wire_doc() -> str:
         "floats msgpack float 64, `null` msgpack nil, lists msgpack arrays, maps msgpack maps with",
         "string keys. The Python services write every field, defaults included; a reader must still",
         "apply the documented default for a field that is absent (another producer may omit it).",
-        f"Values over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB are rejected. To validate a value against its JSON Schema,",
+        f"Size: the decoder refuses values over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB, but the real limit is lower: topics",
+        "are created with the broker's default `max.message.bytes` (1,048,588 bytes on Apache Kafka) and",
+        "the services' producers keep `max_request_size` at 1 MiB (`--max-request-size`), so a record",
+        "(key, value and headers) must fit 1 MiB; an output that would not is dead-lettered with its input.",
+        "To validate a value against its JSON Schema,",
         "turn the map into JSON with bytes as padded base64 text (`contentEncoding: base64`).",
         "",
         "Python decodes and validates with `sparq_stream.messages.decode`; `sparq tail TOPIC` prints",
@@ -236,6 +281,18 @@ def render_wire_doc() -> str:
         "",
         "## Message types",
         "",
+        "Every value is checked where it is decoded, on group inputs and table topics alike: numbers",
+        "must be finite (no NaN or Infinity) and inside the bounds the tables give, ids match",
+        "`^[0-9a-f]{32}$`, enums hold one of their values, and the rules across fields listed under",
+        "each type hold. A value of the wrong shape (not msgpack, unknown schema or version, a missing",
+        "field, a wrong type) is dead-lettered with `error_type` `DecodeError`; a well-formed value",
+        "that breaks a rule with `error_type` `InvalidValue` and an error naming the field",
+        "(`sparq.solved v2: field quality: 0.9 contradicts solve_rate 0.5 ...`). The Python structs",
+        "apply the same rules when they are built, so no sparq service writes what a reader refuses.",
+        "Beyond the message: readers of `models` refuse a `path` outside their model root",
+        "(`--model-root`), and the archivist refuses a `quality` that is not the quality of its",
+        "`solve_rate` in the run's band (`--t-low`/`--t-high`).",
+        "",
     ]
     for cls in MESSAGE_TYPES.values():
         out += _message_section(cls)
@@ -256,13 +313,18 @@ def render_wire_doc() -> str:
         "| --- | --- | --- |",
     ]
     out += [f"| `{k}` | yes | {_cell(v)} |" for k, v in DLQ_HEADERS.items()]
-    out += [f"| `{k}` | only for an oversized value | {_cell(v)} |" for k, v in DLQ_OPTIONAL_HEADERS.items()]
+    out += [f"| `{k}` | no | {_cell(v)} |" for k, v in DLQ_OPTIONAL_HEADERS.items()]
     out += [
         "",
         "followed by the original record's own headers (those not starting with `sparq.dlq.`).",
+        "`error_type` values sparq writes: `DecodeError` (wrong shape), `InvalidValue` (a value rule",
+        "broken), `IdMismatch` (an id that is not its text's hash), `KeyMismatch` (a key that is not",
+        "the message's own), `UnexpectedTombstone` (a null value on a topic without deletes),",
+        "`MessageSizeTooLargeError` (an output over the size limit), and the class name of any other",
+        "error a handler raised that a retry cannot fix.",
         f"[`schemas/{DLQ_HEADERS_FILE}`](../schemas/{DLQ_HEADERS_FILE}) is the JSON Schema of that header",
         "map (header name to UTF-8 text); validate a dead letter by decoding its headers into a JSON",
-        "object and checking it against that schema. `schemas/sparq.dead_letter.v1.json` describes the",
+        "object and checking it against that schema. `schemas/sparq.dead_letter.v{DeadLetter.VERSION}.json` describes the",
         "*typed view* built from such a record (`sparq tail dlq`, `sparq_stream.bus.dlq.dead_letter_from_record`):",
         "`original_key` and `original` hold the key and value bytes (base64 in JSON), the other fields",
         "the headers. No `sparq.dead_letter` msgpack value is ever written to a topic.",
@@ -271,8 +333,11 @@ def render_wire_doc() -> str:
         "",
         "`version` is a major version: it changes only when a reader of the old version could",
         "misread a new message. For each (schema, version) a frozen copy lives in",
-        "[`schemas/released/`](../schemas/released/); a test compares every current schema with its",
-        "frozen copy and fails on an incompatible change made without a version bump.",
+        "[`schemas/released/`](../schemas/released/), locked by its sha256 in",
+        "[`schemas/released/SHA256SUMS`](../schemas/released/SHA256SUMS): a released file never",
+        "changes (a test fails when one differs from its hash, or is not in the lock), and a test",
+        "compares every current schema with its frozen copy and fails on an incompatible change",
+        "made without a version bump.",
         "",
         "Compatible, same `version`:",
         "",
@@ -296,6 +361,37 @@ def render_wire_doc() -> str:
         "(type, required, enum, bounds). Readers must reject a `version` they do not know (the",
         "Python services dead-letter such a message): a new version is a new contract. Within a",
         "version, a field never changes meaning or unit.",
+        "",
+        "### Version 2 (compatibility note)",
+        "",
+        "Every type went from version 1 to version 2 together. The fields, their names, types and",
+        "msgpack encoding are those of version 1, except as listed; what changed is that values are",
+        "checked:",
+        "",
+        "- bounds on counts, steps, versions, offsets, rates, similarities and times; finite numbers;",
+        "  the id pattern on ids, parent ids, nearest ids and credit ids; an enum on",
+        "  `sparq.mutator_state.variant`; the rules across fields listed under each type;",
+        "- `sparq.dropped.reason` has the values `contamination_ngram` and `prompt_example`: they were",
+        "  added to the released v1 file in place (a breach of this policy, kept as published: a v1",
+        "  reader built before that change dead-letters such records);",
+        "- `sparq.dead_letter` (the typed view) renders bytes as standard padded base64 in JSON; an",
+        "  earlier v1 build rendered base64url, which its schema did not say;",
+        "- `sparq.dead_letter` gained `instance`, the headers gained the documented optional",
+        "  `sparq.dlq.instance`, `sparq.dlq.truncated` (value `true`) and `sparq.dlq.headers_dropped`",
+        "  (all three were written by v1 builds without being documented);",
+        "- `sparq.elite` gained `solved_partition` and `solved_offset` (lineage, default -1).",
+        "",
+        f"This build writes version 2 and reads versions {', '.join(str(v) for v in READ_VERSIONS)}: a version-1 record (from an",
+        "older producer) is read under the version-2 rules, so one that breaks them is dead-lettered",
+        "as `InvalidValue`.",
+        "",
+        "## Who may write",
+        "",
+        "On a secured Apache Kafka cluster (SASL/SCRAM-SHA-512 with ACLs; see",
+        "[`docs/security.md`](security.md)) each service is its own principal and may write only its",
+        "own output topics (the *writers* column above), the dead-letter and metrics topics; the",
+        "principal `reader` may read every topic and write none: it is the one for extra consumers.",
+        "The embedded Tansu broker has no authentication: it is for one machine, on loopback.",
         "",
         "## Delivery, offsets and lag",
         "",

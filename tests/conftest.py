@@ -10,7 +10,8 @@ from typing import Iterator
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("SPARQ_DATA_DIR", REPO.parent / "shared" / "data"))
+#: The tests' GSM8K seeds: the first 512 training problems, shipped in the repository.
+SEEDS_FILE = REPO / "examples" / "seeds" / "gsm8k_train_512.jsonl"
 IN_CI = bool(os.environ.get("CI"))
 
 
@@ -76,11 +77,16 @@ def group() -> str:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The shared seed and held-out data folder."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"shared data folder {SHARED_DATA} is missing (set SPARQ_DATA_DIR)")
-    return SHARED_DATA
+def shared_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of the tests' data, all from the repository: ``gsm8k_train.jsonl`` (the 512 shipped seeds)
+    and the packaged held-out ``gsm8k_test.jsonl`` and ``math500_test.jsonl`` (links; nothing outside the checkout)."""
+    from sparq_stream.heldout import packaged_paths
+
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "gsm8k_train.jsonl").symlink_to(SEEDS_FILE)
+    for path in packaged_paths():
+        (folder / path.name).symlink_to(path)
+    return folder
 
 
 # ---- a 3-node Apache Kafka cluster (replication 3, min.insync.replicas 2) ----------------------

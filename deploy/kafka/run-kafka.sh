@@ -17,6 +17,15 @@
 #   run-kafka.sh cluster start-node N --dir D              start node N again on the same storage
 #   run-kafka.sh cluster status|stop  --dir D              list the nodes / stop them all
 #
+#   --auth scram (start, foreground, cluster start): clients must log in with SASL/SCRAM-SHA-512 and
+#   every request is checked against ACLs (KRaft's StandardAuthorizer, allow.everyone.if.no.acl.found
+#   =false). Credentials are generated once (D/secrets.env, mode 0600) for the principals admin (the
+#   super user; also the brokers' own login), mutator, novelty, solver, archivist, trainer and reader,
+#   created as SCRAM users when the storage is formatted, and written as Java client properties files
+#   D/clients/<principal>.properties (mode 0600). The controller listener stays on 127.0.0.1 and takes
+#   SASL/PLAIN logins of the internal principal `controller` only. A dir formatted with --auth scram
+#   stays secured on every later start. ACLs: `sparq topics create --acls` (docs/security.md).
+#
 # Options:
 #   --port P              client (PLAINTEXT) port, default 19092
 #   --controller-port C   KRaft controller port, default P+1
@@ -26,6 +35,10 @@
 #   --set KEY=VALUE       extra broker setting, repeatable (wins over the built-in defaults)
 #   --nodes N             cluster start: number of nodes (default 3); topics default to replication
 #                         min(3, N) with min.insync.replicas min(2, N)
+#   --auth none|scram     none (default): PLAINTEXT, no authorisation; scram: see above
+#   --tls                 with --auth scram: the client listener (and the brokers' own traffic) is
+#                         SASL_SSL; a CA and a broker key pair (CN localhost, SAN 127.0.0.1) are made
+#                         with keytool in D/tls, the clients trust D/tls/ca.pem (ssl.truststore.type=PEM)
 #
 # Environment: JAVA_HOME or JAVA (java binary), MVN (maven binary), SPARQ_KAFKA_LIB (a folder of
 # Kafka jars to use instead of resolving, e.g. the libs/ of a Kafka distribution),
@@ -110,13 +123,16 @@ if [[ "$CMD" == cluster ]]; then
     fi
 fi
 CPORT_SET=""; PORT=19092; CPORT=""; DIR=""; TIMEOUT=""; EXTRA=(); NODES=3; PORT_SET=""
-NODE_ID=1; VOTERS=""; REPL=1; MIN_ISR=1
+NODE_ID=1; VOTERS=""; REPL=1; MIN_ISR=1; AUTH=""; AUTH_DIR=""; TLS=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --nodes) NODES="${2:?--nodes needs a value}"; shift 2 ;;
         --port) PORT="${2:?--port needs a value}"; PORT_SET=1; shift 2 ;;
         --controller-port) CPORT="${2:?--controller-port needs a value}"; CPORT_SET="$CPORT"; shift 2 ;;
         --dir) DIR="${2:?--dir needs a value}"; shift 2 ;;
+        --tls) TLS=1; shift ;;
+        --auth) AUTH="${2:?--auth needs a value}"; shift 2
+                [[ "$AUTH" == none || "$AUTH" == scram ]] || { echo "run-kafka: --auth must be none or scram" >&2; exit 2; } ;;
         --timeout) TIMEOUT="${2:?--timeout needs a value}"; shift 2 ;;
         --set) [[ "${2:-}" == *=* ]] || { echo "run-kafka: --set needs KEY=VALUE" >&2; exit 2; }
                EXTRA+=("$2"); shift 2 ;;
@@ -125,6 +141,10 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ "$PORT" =~ ^[0-9]+$ ]] || { echo "run-kafka: --port must be a number" >&2; exit 2; }
+if [[ -n "$TLS" ]]; then
+    [[ "$AUTH" == scram ]] || { echo "run-kafka: --tls needs --auth scram" >&2; exit 2; }
+    AUTH=scram-tls
+fi
 CPORT="${CPORT:-$((PORT + 1))}"
 [[ "$CPORT" =~ ^[0-9]+$ ]] || { echo "run-kafka: --controller-port must be a number" >&2; exit 2; }
 DIR="${DIR:-${TMPDIR:-/tmp}/sparq-kafka-$PORT}"
@@ -139,16 +159,21 @@ write_config() {
     mkdir -p "$DIR/data"
     DIR="$(cd "$DIR" && pwd)"; PIDFILE="$DIR/kafka.pid"; LOG="$DIR/kafka.log"
     PROPS="$DIR/server.properties"; LOG4J="$DIR/log4j2.properties"
+    local client=PLAINTEXT ctrl=PLAINTEXT
+    [[ "$AUTH" == scram* ]] && client=SASL_PLAINTEXT ctrl=SASL_PLAINTEXT
+    [[ "$AUTH" == scram-tls ]] && client=SASL_SSL
+    # server.properties holds the brokers' own passwords when secured: readable by the owner only.
+    if [[ "$AUTH" == scram* ]]; then : >"$PROPS"; chmod 600 "$PROPS"; fi
     cat >"$PROPS" <<EOF
 # Written by run-kafka.sh: a combined KRaft broker+controller (one node, or one of a cluster).
 process.roles=broker,controller
 node.id=$NODE_ID
 controller.quorum.voters=${VOTERS:-1@127.0.0.1:$CPORT}
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-inter.broker.listener.name=PLAINTEXT
+listeners=$client://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CPORT
+advertised.listeners=$client://127.0.0.1:$PORT
+inter.broker.listener.name=$client
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:$ctrl,$client:$client
 log.dirs=$DIR/data
 auto.create.topics.enable=true
 delete.topic.enable=true
@@ -181,6 +206,7 @@ background.threads=4
 num.recovery.threads.per.data.dir=1
 num.replica.fetchers=1
 EOF
+    if [[ "$AUTH" == scram* ]]; then auth_config "$client" >>"$PROPS"; fi
     local kv
     for kv in "${EXTRA[@]+"${EXTRA[@]}"}"; do echo "$kv" >>"$PROPS"; done
     cat >"$LOG4J" <<EOF
@@ -206,6 +232,123 @@ logger.config.level = WARN
 EOF
 }
 
+# ---- authentication and authorisation (--auth scram) ------------------------------------------------
+PRINCIPALS=(admin mutator novelty solver archivist trainer reader)
+
+auth_resolve() {
+    # The auth mode of $AUTH_DIR: what it was set up with wins; asking for another is an error.
+    local saved=""
+    [[ -f "$AUTH_DIR/auth.mode" ]] && saved="$(cat "$AUTH_DIR/auth.mode")"
+    # storage formatted before --auth existed: open
+    [[ -z "$saved" && -f "$DIR/data/meta.properties" ]] && saved=none
+    if [[ -n "$saved" && -n "$AUTH" && "$AUTH" != "$saved" ]]; then
+        die "$AUTH_DIR was set up with --auth ${saved/-tls/ --tls}; it cannot start with --auth ${AUTH/-tls/ --tls} (use a new --dir)"
+    fi
+    AUTH="${saved:-${AUTH:-none}}"
+    echo "$AUTH" >"$AUTH_DIR/auth.mode"
+}
+
+random_secret() { head -c 32 /dev/urandom | base64 | tr -d '/+=\n' | head -c 24; }
+
+tls_setup() {
+    # Once per $AUTH_DIR: a CA and a broker key pair signed by it (keytool; store passwords via the
+    # environment, never argv). Brokers use tls/broker.p12; everyone trusts tls/ca.pem.
+    local tls="$AUTH_DIR/tls" kt
+    [[ -s "$tls/broker.p12" && -s "$tls/ca.pem" ]] && return 0
+    kt="$(dirname "$JAVA_BIN")/keytool"; [[ -x "$kt" ]] || kt="$(command -v keytool || true)"
+    [[ -n "$kt" ]] || missing keytool "a JDK's keytool makes the TLS certificates"
+    rm -rf "$tls.new"; ( umask 077; mkdir -p "$tls.new" )
+    export SPARQ_TLS_STOREPASS="$TLS_PW"
+    {
+        "$kt" -genkeypair -alias ca -dname "CN=sparq-kafka-ca" -keyalg RSA -keysize 2048 -validity 3650 \
+            -ext bc:c -keystore "$tls.new/ca.p12" -storetype PKCS12 -storepass:env SPARQ_TLS_STOREPASS &&
+        "$kt" -exportcert -rfc -alias ca -keystore "$tls.new/ca.p12" -storepass:env SPARQ_TLS_STOREPASS \
+            -file "$tls.new/ca.pem" &&
+        "$kt" -genkeypair -alias broker -dname "CN=localhost" -keyalg RSA -keysize 2048 -validity 3650 \
+            -keystore "$tls.new/broker.p12" -storetype PKCS12 -storepass:env SPARQ_TLS_STOREPASS &&
+        "$kt" -certreq -alias broker -keystore "$tls.new/broker.p12" -storepass:env SPARQ_TLS_STOREPASS \
+            -file "$tls.new/broker.csr" &&
+        "$kt" -gencert -alias ca -keystore "$tls.new/ca.p12" -storepass:env SPARQ_TLS_STOREPASS -rfc \
+            -infile "$tls.new/broker.csr" -outfile "$tls.new/broker.crt" -validity 3650 \
+            -ext SAN=ip:127.0.0.1,dns:localhost &&
+        "$kt" -importcert -noprompt -alias ca -keystore "$tls.new/broker.p12" -storepass:env SPARQ_TLS_STOREPASS \
+            -file "$tls.new/ca.pem" &&
+        "$kt" -importcert -noprompt -alias broker -keystore "$tls.new/broker.p12" -storepass:env SPARQ_TLS_STOREPASS \
+            -file "$tls.new/broker.crt"
+    } >>"$LOG" 2>&1 || { unset SPARQ_TLS_STOREPASS; tail -n 20 "$LOG" >&2; die "keytool could not make the TLS certificates"; }
+    unset SPARQ_TLS_STOREPASS
+    chmod 600 "$tls.new"/*; chmod 644 "$tls.new/ca.pem"
+    rm -rf "$tls"; mv "$tls.new" "$tls"
+}
+
+auth_secrets() {
+    # Generate the credentials once (secrets.env, 0600) and the client properties files; load them.
+    # The dirs become owner-only: the broker's log and storage show the SCRAM users' salted keys.
+    mkdir -p "$AUTH_DIR"
+    chmod 700 "$AUTH_DIR" "$DIR"
+    local secrets="$AUTH_DIR/secrets.env" name file pw
+    if [[ ! -s "$secrets" ]]; then
+        ( umask 077
+          { echo "CONTROLLER_PW=$(random_secret)"; echo "TLS_PW=$(random_secret)"
+            for name in "${PRINCIPALS[@]}"; do echo "PW_$name=$(random_secret)"; done
+          } >"$secrets.tmp" )
+        mv "$secrets.tmp" "$secrets"
+    fi
+    # shellcheck disable=SC1090
+    source "$secrets"
+    local protocol=SASL_PLAINTEXT trust=""
+    if [[ "$AUTH" == scram-tls ]]; then
+        grep -q '^TLS_PW=' "$secrets" || { echo "TLS_PW=$(random_secret)" >>"$secrets"; source "$secrets"; }
+        tls_setup
+        protocol=SASL_SSL
+        trust=$'ssl.truststore.type=PEM\nssl.truststore.location='"$AUTH_DIR/tls/ca.pem"
+    fi
+    ( umask 077; mkdir -p "$AUTH_DIR/clients" )
+    chmod 700 "$AUTH_DIR/clients"
+    for name in "${PRINCIPALS[@]}"; do
+        file="$AUTH_DIR/clients/$name.properties"; pw="PW_$name"
+        ( umask 077
+          cat >"$file.tmp" <<EOF
+# Kafka client login of principal '$name' (written by run-kafka.sh; keep it private).
+security.protocol=$protocol
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$name" password="${!pw}";
+${trust}
+EOF
+        )
+        mv "$file.tmp" "$file"
+    done
+}
+
+auth_config() {
+    # The broker settings of --auth scram (appended to server.properties); $1 is the client listener.
+    local name="${1,,}"
+    cat <<EOF
+# --auth scram: SCRAM-SHA-512 logins on the client listener (the brokers log in to each other as admin),
+# SASL/PLAIN of the internal principal 'controller' on the controller listener, ACLs for everything else.
+listener.name.$name.sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.$name.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$PW_admin";
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="controller" password="$CONTROLLER_PW" user_controller="$CONTROLLER_PW";
+sasl.mechanism.controller.protocol=PLAIN
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:admin;User:controller
+allow.everyone.if.no.acl.found=false
+EOF
+    if [[ "$AUTH" == scram-tls ]]; then
+        cat <<EOF
+# --tls: the client listener and the brokers' own traffic are TLS; the certificate is for 127.0.0.1 / localhost.
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$AUTH_DIR/tls/broker.p12
+ssl.keystore.password=$TLS_PW
+ssl.key.password=$TLS_PW
+ssl.truststore.type=PEM
+ssl.truststore.location=$AUTH_DIR/tls/ca.pem
+EOF
+    fi
+}
+
 random_cluster_id() {
     # A Kafka Uuid: 16 random bytes, base64url without padding, not starting with '-'.
     local id
@@ -218,10 +361,21 @@ random_cluster_id() {
 format_storage() {
     [[ -f "$DIR/data/meta.properties" ]] && return 0
     [[ -f "$DIR/cluster.id" ]] || random_cluster_id >"$DIR/cluster.id"
-    "$JAVA_BIN" -Xmx256m -XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile="$LOG4J" \
-        -cp "$LIB/*" kafka.tools.StorageTool format \
-        -t "$(cat "$DIR/cluster.id")" -c "$PROPS" --ignore-formatted >>"$LOG" 2>&1 \
-        || { tail -n 30 "$LOG" >&2; die "formatting storage in $DIR/data failed"; }
+    # The tool's arguments go in a java @argfile (0600, removed afterwards): the SCRAM users'
+    # passwords never appear on a command line.
+    local args="$DIR/format.args" name pw rc=0
+    ( umask 077
+      { printf '%s\n' kafka.tools.StorageTool format -t "$(cat "$DIR/cluster.id")" -c "\"$PROPS\"" --ignore-formatted
+        if [[ "$AUTH" == scram* ]]; then
+            for name in "${PRINCIPALS[@]}"; do
+                pw="PW_$name"; printf -- '--add-scram\nSCRAM-SHA-512=[name=%s,password=%s]\n' "$name" "${!pw}"
+            done
+        fi
+      } >"$args" )
+    "$JAVA_BIN" -Xmx256m -XX:TieredStopAtLevel=1 -Dlog4j2.configurationFile="$LOG4J" -cp "$LIB/*" "@$args" \
+        >>"$LOG" 2>&1 || rc=$?
+    rm -f "$args"
+    ((rc == 0)) || { tail -n 30 "$LOG" >&2; die "formatting storage in $DIR/data failed"; }
 }
 
 java_cmd() {
@@ -281,6 +435,10 @@ stop_node() {
 prepare() {
     JAVA_BIN="$(java_bin)"
     resolve
+    mkdir -p "$DIR"
+    AUTH_DIR="${AUTH_DIR:-$(cd "$DIR" && pwd)}"
+    auth_resolve
+    if [[ "$AUTH" == scram* ]]; then auth_secrets; fi
     write_config
     [[ -z "$(node_pid)" ]] || die "a broker already runs for $DIR (pid $(node_pid)); stop it first"
     if port_open "$PORT"; then die "port $PORT is already in use"; fi
@@ -322,7 +480,7 @@ cluster_node() {
     for ((i = 1; i <= C_NODES; i++)); do voters+="${voters:+,}$i@127.0.0.1:$((C_CPORT + i - 1))"; done
     NODE_ID="$n"; VOTERS="$voters"; PORT=$((C_PORT + n - 1)); CPORT=$((C_CPORT + n - 1))
     REPL=$((C_NODES < 3 ? C_NODES : 3)); MIN_ISR=$((C_NODES < 2 ? 1 : 2))
-    DIR="$CLUSTER_DIR/node-$n"; mkdir -p "$DIR"
+    DIR="$CLUSTER_DIR/node-$n"; mkdir -p "$DIR"; AUTH_DIR="$CLUSTER_DIR"
     cp "$CLUSTER_DIR/cluster.id" "$DIR/cluster.id"
     PIDFILE="$DIR/kafka.pid"; LOG="$DIR/kafka.log"; PROPS="$DIR/server.properties"; LOG4J="$DIR/log4j2.properties"
     export KAFKA_HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms64m -Xmx384m}"

@@ -26,6 +26,29 @@ _SCRIPT = "run-kafka.sh"
 _READY_MARK = b"Kafka Server started"
 _PORT_CLASH = "already in use"  # Java's BindException and the script's own port check
 _MISSING_TOOL_RC = 3
+_AUTH_MODES = ("none", "scram")
+
+
+def _check_auth(auth: str, tls: bool = False) -> str:
+    if auth not in _AUTH_MODES:
+        raise ConfigError(f"auth must be one of {', '.join(_AUTH_MODES)}, got {auth!r}")
+    if tls and auth != "scram":
+        raise ConfigError("tls=True needs auth='scram'")
+    return auth
+
+
+def _auth_args(auth: str, tls: bool) -> list[str]:
+    """run-kafka.sh's flags for an auth mode."""
+    return (["--auth", auth] if auth != "none" else []) + (["--tls"] if tls else [])
+
+
+def _client_file(clients: Path, principal: str) -> Path:
+    """The client properties file of ``principal`` under ``clients`` (ConfigError when the broker is not secured)."""
+    path = clients / f"{principal}.properties"
+    if not path.is_file():
+        raise ConfigError(f"no client config {path}: start the broker with auth='scram' (principals: "
+                          "admin, mutator, novelty, solver, archivist, trainer, reader)")  # fmt: skip
+    return path
 
 
 class KafkaLaunchError(BrokerUnavailable):
@@ -142,6 +165,8 @@ class ApacheKafka:
     The broker runs as a child process that also gets SIGTERM if the thread that started it
     dies (Linux), so a crashed test run leaves no broker behind. A ``workdir`` you pass is
     kept (a later start on it keeps its topics); one made here is removed when the object goes.
+    ``auth="scram"``: SASL/SCRAM-SHA-512 logins and ACLs (``run-kafka.sh --auth scram``); each
+    principal's login is in :meth:`client_config`; ``tls=True`` adds TLS (SASL_SSL).
     """
 
     def __init__(
@@ -156,7 +181,11 @@ class ApacheKafka:
         home: str | Path | None = None,
         resolve_timeout: float = 900.0,
         die_with_parent: bool = True,
+        auth: str = "none",
+        tls: bool = False,
     ) -> None:
+        self.auth = _check_auth(auth, tls)
+        self.tls = tls
         self._auto_ports = port is None
         self.port = port or 0
         self.controller_port = controller_port or 0
@@ -183,6 +212,15 @@ class ApacheKafka:
     def log_path(self) -> Path:
         """The broker's log file (stdout and stderr of the JVM)."""
         return self.workdir / "kafka.log"
+
+    @property
+    def clients_dir(self) -> Path:
+        """The folder of client properties files, one per principal (``auth="scram"``; ``sparq up --kafka-auth-dir``)."""
+        return self.workdir / "clients"
+
+    def client_config(self, principal: str = "admin") -> Path:
+        """The Java client properties file with ``principal``'s login (``auth="scram"``, once started)."""
+        return _client_file(self.clients_dir, principal)
 
     @property
     def pid(self) -> int | None:
@@ -243,6 +281,7 @@ class ApacheKafka:
         args = [shutil.which("bash") or "bash", str(home / _SCRIPT), "foreground",
                 "--port", str(self.port), "--controller-port", str(self.controller_port),
                 "--dir", str(self.workdir)]
+        args += _auth_args(self.auth, self.tls)
         for key, value in self.overrides.items():
             args += ["--set", f"{key}={value}"]
         env = dict(os.environ)
@@ -287,9 +326,17 @@ class ApacheKafka:
         from kafka import KafkaAdminClient
         from kafka.errors import KafkaError
 
+        login: dict[str, object] = {}
+        if self.auth != "none":
+            from sparq_stream.bus.security import client_security_options
+
+            try:
+                login = {**client_security_options(self.client_config("admin")), "bootstrap_timeout_ms": 5000}
+            except ConfigError:
+                return False  # not written yet
         try:
             admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000,
-                                     client_id="sparq-kafka-ready")
+                                     client_id="sparq-kafka-ready", **login)
         except (KafkaError, OSError):
             return False
         try:
@@ -353,13 +400,17 @@ class KafkaCluster:
     ``port + nodes + N - 1``; every node votes in the controller quorum. Topics default to
     replication min(3, nodes) with min.insync.replicas min(2, nodes). Each JVM gets a small
     heap (``-Xmx384m``) so three fit beside the tests. The nodes run as daemons; ``close()``
-    (or the object going away) stops them.
+    (or the object going away) stops them. ``auth="scram"``: SASL/SCRAM-SHA-512 logins and
+    ACLs; each principal's login is in :meth:`client_config`; ``tls=True`` adds TLS (SASL_SSL).
     """
 
     def __init__(self, nodes: int = 3, workdir: str | Path | None = None, *, port: int | None = None,
-                 heap: str = "384m", home: str | Path | None = None, timeout: float = 240.0) -> None:
+                 heap: str = "384m", home: str | Path | None = None, timeout: float = 240.0, auth: str = "none",
+                 tls: bool = False) -> None:
         if nodes < 1:
             raise ConfigError(f"nodes must be >= 1, got {nodes}")
+        self.auth = _check_auth(auth, tls)
+        self.tls = tls
         self.nodes, self.heap, self.timeout = nodes, heap, timeout
         self._home = Path(home) if home else None
         self._port = port
@@ -385,6 +436,15 @@ class KafkaCluster:
         """Every node's address, comma separated."""
         return ",".join(f"127.0.0.1:{self.node_port(n)}" for n in range(1, self.nodes + 1))
 
+    @property
+    def clients_dir(self) -> Path:
+        """The folder of client properties files, one per principal (``auth="scram"``; ``sparq up --kafka-auth-dir``)."""
+        return self.workdir / "clients"
+
+    def client_config(self, principal: str = "admin") -> Path:
+        """The Java client properties file with ``principal``'s login (``auth="scram"``, once started)."""
+        return _client_file(self.clients_dir, principal)
+
     def _script(self, *args: str) -> str:
         env_heap = os.environ.get("KAFKA_HEAP_OPTS")
         os.environ["KAFKA_HEAP_OPTS"] = f"-Xms64m -Xmx{self.heap}"
@@ -403,7 +463,8 @@ class KafkaCluster:
         resolve_jars(self._home or kafka_home())
         if not self._port:
             self._port = _free_port_block(2 * self.nodes)
-        out = self._script("cluster", "start", "--nodes", str(self.nodes), "--port", str(self._port))
+        auth = _auth_args(self.auth, self.tls)
+        out = self._script("cluster", "start", "--nodes", str(self.nodes), "--port", str(self._port), *auth)
         log.info("Apache Kafka cluster of %d nodes ready at %s (dir %s)", self.nodes, out, self.workdir)
         return self.bootstrap
 

@@ -1,4 +1,7 @@
-"""kafka-python clients configured for the loop: fast group joins, manual commits, acks=all."""
+"""kafka-python clients configured for the loop: fast group joins, manual commits, acks=all.
+
+Every client takes its login from the settings (``KafkaSettings.client_options``: the security settings
+and ``kafka_client_config``, a Java client properties file; see :mod:`sparq_stream.bus.security`)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaTimeoutError
 
+from sparq_stream.bus.security import login_hint
 from sparq_stream.errors import BrokerUnavailable
 from sparq_stream.messages import Message, encode
 from sparq_stream.settings import KafkaSettings, ServiceSettings
@@ -84,7 +88,7 @@ def make_consumer(
     try:
         consumer = KafkaConsumer(**options)
     except KafkaTimeoutError:
-        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
+        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}{login_hint(options)}") from None
     if topics:
         consumer.subscribe(list(topics), listener=listener)
     return consumer
@@ -92,10 +96,11 @@ def make_consumer(
 
 def make_producer(settings: KafkaSettings, transactional_id: str | None = None) -> KafkaProducer:
     """Create a producer; no broker raises BrokerUnavailable."""
+    options = producer_options(settings, transactional_id)
     try:
-        return KafkaProducer(**producer_options(settings, transactional_id))
+        return KafkaProducer(**options)
     except KafkaTimeoutError:
-        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
+        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}{login_hint(options)}") from None
 
 
 def publish_all(settings: KafkaSettings, topic: str, messages: Sequence[Message]) -> int:

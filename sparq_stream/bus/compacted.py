@@ -7,7 +7,7 @@ version of every key, so readers always fold the log themselves.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -16,7 +16,7 @@ from sparq_stream.errors import BrokerUnavailable, ConfigError
 from sparq_stream.messages import Message, decode
 from sparq_stream.settings import ServiceSettings
 
-__all__ = ["partitions_of", "caught_up", "read_latest"]
+__all__ = ["partitions_of", "caught_up", "iter_records", "read_latest"]
 
 
 def partitions_of(consumer: KafkaConsumer, topic: str, timeout_s: float = 10.0) -> list[TopicPartition]:
@@ -44,6 +44,26 @@ def caught_up(consumer: KafkaConsumer, parts: list[TopicPartition]) -> bool:
     return True
 
 
+def iter_records(settings: ServiceSettings, topic: str, *, timeout_s: float = 60.0) -> Iterator[Any]:
+    """Yield every record of ``topic`` (kafka ConsumerRecords, undecoded) from the beginning to its end."""
+    consumer = make_consumer(settings, None)
+    try:
+        parts = partitions_of(consumer, topic)
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            polled = consumer.poll(timeout_ms=200, max_records=5000)
+            for tp in sorted(polled, key=lambda t: t.partition):
+                yield from polled[tp]
+            if caught_up(consumer, parts):
+                return
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"reading {topic} did not reach its end within {timeout_s}s")
+    finally:
+        consumer.close(autocommit=False)
+
+
 def read_latest(
     settings: ServiceSettings,
     topic: str,
@@ -52,25 +72,11 @@ def read_latest(
     timeout_s: float = 60.0,
 ) -> dict[str, Message | Any]:
     """Rebuild key -> latest value from a (compacted) topic read from the beginning."""
-    consumer = make_consumer(settings, None)
-    try:
-        parts = partitions_of(consumer, topic)
-        consumer.assign(parts)
-        consumer.seek_to_beginning(*parts)
-        table: dict[str, Any] = {}
-        deadline = time.monotonic() + timeout_s
-        while True:
-            polled = consumer.poll(timeout_ms=200, max_records=5000)
-            for tp in sorted(polled, key=lambda t: t.partition):
-                for rec in polled[tp]:
-                    key = rec.key.decode("utf-8", "replace") if rec.key is not None else ""
-                    if rec.value is None:
-                        table.pop(key, None)
-                    else:
-                        table[key] = decoder(rec.value)
-            if caught_up(consumer, parts):
-                return table
-            if time.monotonic() > deadline:
-                raise BrokerUnavailable(f"reading {topic} did not reach its end within {timeout_s}s")
-    finally:
-        consumer.close(autocommit=False)
+    table: dict[str, Any] = {}
+    for rec in iter_records(settings, topic, timeout_s=timeout_s):
+        key = rec.key.decode("utf-8", "replace") if rec.key is not None else ""
+        if rec.value is None:
+            table.pop(key, None)
+        else:
+            table[key] = decoder(rec.value)
+    return table

@@ -83,13 +83,15 @@ def dead_letter_from_record(key: bytes | None, value: bytes | None, headers: Ite
 
     def _int(name: str) -> int:
         try:
-            return int(meta.get(name, "-1"))
+            return max(-1, int(meta.get(name, "-1")))
         except ValueError:
             return -1
 
     try:
         ts = float(meta.get("ts", "0"))
     except ValueError:
+        ts = 0.0
+    if not 0.0 <= ts < float("inf"):  # a foreign writer's header: the typed view keeps only a valid time
         ts = 0.0
     return DeadLetter(
         source_topic=meta.get("source_topic", ""),
@@ -99,6 +101,7 @@ def dead_letter_from_record(key: bytes | None, value: bytes | None, headers: Ite
         error_type=meta.get("error_type", ""),
         error=meta.get("error", ""),
         service=meta.get("service", ""),
+        instance=meta.get("instance", ""),
         original=value or b"",
         ts=ts,
     )

@@ -1,4 +1,9 @@
-"""Topic names (with a configurable prefix) and topic bootstrap: create and describe."""
+"""Topic names (with a configurable prefix), topic bootstrap (create, describe) and the ACLs of a secured cluster.
+
+:data:`TOPIC_SPECS` is the one table of topic roles: each row's configs, and which services
+write and read the topic. ``sparq topics create`` creates the topics from it and, with
+``--acls``, grants each service's principal exactly what its row says (:func:`acl_grants`).
+"""
 
 from __future__ import annotations
 
@@ -9,27 +14,41 @@ from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+)
 
 from sparq_stream.errors import BrokerUnavailable, ConfigError
 from sparq_stream.settings import KafkaSettings
 
 __all__ = [
+    "ALL_SERVICES",
     "COMPACTED",
+    "Grant",
     "LOGICAL_TOPICS",
+    "READER_GROUP_INFIX",
     "SINGLE_PARTITION",
     "TOPIC_SPECS",
     "TopicNames",
     "TopicReport",
     "TopicSpec",
+    "acl_grants",
     "admin_client",
+    "apply_acls",
     "changelog",
     "create_topics",
     "describe_topics",
     "ensure_topics",
+    "format_grants",
     "format_report",
+    "readers_of",
     "spec_of",
     "topic_configs",
+    "writers_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +68,9 @@ class TopicSpec:
     the wrapper places records round-robin over the partitions instead of by key hash (the
     key stays the problem id), so every consumer of a group gets an equal share of any run
     of records, e.g. of one synchronous step (:meth:`ServiceProcess._placed`).
+    ``writers`` and ``readers``: the services (:data:`ALL_SERVICES`, or ``"*"`` for every one)
+    that write and read the topic; on a secured cluster each gets exactly that (:func:`acl_grants`).
+    The operator's tools (``sparq seed``, ``sparq up``'s monitor) use the admin principal.
     """
 
     name: str
@@ -58,6 +80,8 @@ class TopicSpec:
     short_segments: bool = False
     deletes: bool = False
     spread: bool = False
+    writers: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()
 
     @property
     def compacted(self) -> bool:
@@ -65,26 +89,38 @@ class TopicSpec:
         return "compact" in self.cleanup
 
 
-def changelog(name: str, *, single_partition: bool = False) -> TopicSpec:
+def changelog(
+    name: str, *, single_partition: bool = False, writers: tuple[str, ...] = (), readers: tuple[str, ...] = ()
+) -> TopicSpec:
     """A service's state changelog: compacted by key, kept forever, short segments, tombstones delete."""
-    return TopicSpec(name, "compact", -1, single_partition=single_partition, short_segments=True, deletes=True)
+    return TopicSpec(name, "compact", -1, single_partition=single_partition, short_segments=True, deletes=True,
+                     writers=writers, readers=readers)  # fmt: skip
 
 
-#: Every logical topic of the loop, in pipeline order, with its role's configs. Add a row to add a topic
-#: (e.g. ``changelog("mutator-changelog")``); names must not contain dots.
+#: The loop's services; each logs in as its own principal of the same name on a secured cluster.
+ALL_SERVICES: tuple[str, ...] = ("mutator", "novelty", "solver", "archivist", "trainer")
+
+#: Every logical topic of the loop, in pipeline order, with its role's configs and its writers and readers
+#: (inputs and tables of each service's core). Add a row to add a topic (e.g. ``changelog("mutator-changelog")``);
+#: names must not contain dots.
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
-    TopicSpec("seeds", "compact", -1),  # read whole on every start: never expires; keys are problem ids
-    TopicSpec("candidates"),
+    # read whole on every start: never expires; keys are problem ids; written by `sparq seed` / `sparq up` (admin)
+    TopicSpec("seeds", "compact", -1, readers=("mutator", "novelty", "archivist")),
+    # novelty replicas with route_partitions move a candidate to its embedding bucket's partition
+    TopicSpec("candidates", writers=("mutator", "novelty"), readers=("novelty",)),
     # read whole on start by novelty followers; spread evenly over the solver replicas (not by key hash)
-    TopicSpec("novel", "compact", -1, spread=True),
-    TopicSpec("drops"),
-    TopicSpec("solved"),
-    changelog("elites"),  # W: last value per slot; tombstones evict
-    TopicSpec("archive", "compact", -1),  # the run's record; readers dedupe by key
-    changelog("models", single_partition=True),
-    TopicSpec("metrics", retention_ms=_DAY_MS),
-    TopicSpec("dlq", retention_ms=30 * _DAY_MS),
-    changelog("mutator-state", single_partition=True),  # the mutator's step, credits and open step
+    TopicSpec("novel", "compact", -1, spread=True, writers=("novelty",), readers=("solver", "novelty")),
+    TopicSpec("drops", writers=("novelty",), readers=("mutator",)),
+    TopicSpec("solved", writers=("solver",), readers=("archivist", "mutator")),
+    # W: last value per slot; tombstones evict
+    changelog("elites", writers=("archivist",), readers=("mutator", "archivist", "trainer")),
+    # the run's record; readers dedupe by key
+    TopicSpec("archive", "compact", -1, writers=("archivist",), readers=("trainer", "archivist")),
+    changelog("models", single_partition=True, writers=("trainer",), readers=("mutator", "solver", "trainer")),
+    TopicSpec("metrics", retention_ms=_DAY_MS, writers=("*",)),  # read by `sparq up` (admin) and the reader
+    TopicSpec("dlq", retention_ms=30 * _DAY_MS, writers=("*",)),
+    # the mutator's step, credits and open step
+    changelog("mutator-state", single_partition=True, writers=("mutator",), readers=("mutator",)),
 )
 _SPECS: dict[str, TopicSpec] = {spec.name: spec for spec in TOPIC_SPECS}
 
@@ -94,6 +130,20 @@ LOGICAL_TOPICS: tuple[str, ...] = tuple(spec.name for spec in TOPIC_SPECS)
 COMPACTED: frozenset[str] = frozenset(spec.name for spec in TOPIC_SPECS if spec.compacted)
 #: Topics where a total order matters more than parallelism.
 SINGLE_PARTITION: frozenset[str] = frozenset(spec.name for spec in TOPIC_SPECS if spec.single_partition)
+
+
+def _services(names: tuple[str, ...]) -> tuple[str, ...]:
+    return ALL_SERVICES if "*" in names else names
+
+
+def writers_of(logical: str) -> tuple[str, ...]:
+    """The services that write a logical topic (``"*"`` expanded)."""
+    return _services(spec_of(logical).writers)
+
+
+def readers_of(logical: str) -> tuple[str, ...]:
+    """The services that read a logical topic (inputs and tables)."""
+    return _services(spec_of(logical).readers)
 
 
 def spec_of(logical: str) -> TopicSpec:
@@ -147,11 +197,14 @@ class TopicNames:
 
 
 def admin_client(settings: KafkaSettings, timeout_s: float = 10.0) -> KafkaAdminClient:
-    """Connect an admin client, turning 'no broker' into a clear BrokerUnavailable."""
+    """Connect an admin client with the settings' login, turning 'no broker' into a clear BrokerUnavailable."""
+    from sparq_stream.bus.security import login_hint
+
+    options = settings.client_options()
     try:
-        return KafkaAdminClient(**settings.client_options(), request_timeout_ms=int(timeout_s * 1000))
+        return KafkaAdminClient(**options, request_timeout_ms=int(timeout_s * 1000))
     except KafkaTimeoutError:
-        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}") from None
+        raise BrokerUnavailable(f"no Kafka broker answered at {settings.bootstrap}{login_hint(options)}") from None
 
 
 @dataclass
@@ -203,6 +256,9 @@ def ensure_topics(
                 report.created.append(topic)
             except TopicAlreadyExistsError:
                 existing.add(topic)
+            except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError):
+                raise ConfigError(f"not allowed to create topic {topic} at {settings.bootstrap}: the topics are created "
+                                  "with the admin login (--kafka-client-config DIR/clients/admin.properties)") from None
         _wait_for_topics(admin, [names.topic(n) for n in logical], timeout_s)
         old = [t for t in wanted_configs if t in existing]
         if old:
@@ -320,3 +376,91 @@ def describe_topics(settings: KafkaSettings, topics: list[str] | None = None) ->
 def _config_value(value: Any) -> Any:
     """Config entries come back as plain values or as dicts holding a 'value'."""
     return value.get("value") if isinstance(value, dict) else value
+
+
+# ---------------------------------------------------------------------- ACLs (secured clusters)
+#: Consumer groups ``<prefix>.<READER_GROUP_INFIX><name>`` are the reader principal's (extra consumers).
+READER_GROUP_INFIX = "reader."
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """One ALLOW ACL: ``principal`` may ``operation`` the ``resource`` (topic, group, transactional_id) ``name``.
+
+    ``pattern`` is ``literal`` (exactly that name) or ``prefixed`` (every name starting with it).
+    """
+
+    principal: str
+    resource: str
+    name: str
+    pattern: str
+    operation: str
+
+    def __str__(self) -> str:
+        star = "*" if self.pattern == "prefixed" else ""
+        return f"User:{self.principal} {self.operation} {self.resource} {self.name}{star}"
+
+
+def acl_grants(prefix: str, *, logical: tuple[str, ...] = LOGICAL_TOPICS, reader: str = "reader") -> list[Grant]:
+    """Every ACL of a run under ``prefix``, from :data:`TOPIC_SPECS`'s writers and readers.
+
+    Each service's principal (named as the service) gets WRITE on the topics it writes, READ on
+    those it reads (both imply DESCRIBE), READ on its consumer groups (``<prefix>.<service>``
+    and ``<prefix>.<service>.*``, which a mutator replica uses) and WRITE on its transactional ids
+    (``<prefix>.<service>.*``: ``<group>.<instance>``, ``<group>.active``). ``reader`` gets READ
+    on every topic under ``<prefix>.`` and on the groups ``<prefix>.reader.*``, and nothing else.
+    """
+    names = TopicNames(prefix)
+    grants: set[Grant] = set()
+    for topic in logical:
+        for service in writers_of(topic):
+            grants.add(Grant(service, "topic", names.topic(topic), "literal", "WRITE"))
+        for service in readers_of(topic):
+            grants.add(Grant(service, "topic", names.topic(topic), "literal", "READ"))
+    for service in ALL_SERVICES:
+        grants.add(Grant(service, "group", f"{prefix}.{service}", "literal", "READ"))
+        grants.add(Grant(service, "group", f"{prefix}.{service}.", "prefixed", "READ"))
+        grants.add(Grant(service, "transactional_id", f"{prefix}.{service}.", "prefixed", "WRITE"))
+    grants.add(Grant(reader, "topic", f"{prefix}.", "prefixed", "READ"))
+    grants.add(Grant(reader, "group", f"{prefix}.{READER_GROUP_INFIX}", "prefixed", "READ"))
+    return sorted(grants)
+
+
+def format_grants(grants: list[Grant]) -> str:
+    """One line per ACL, for ``sparq topics create --acls``."""
+    return "\n".join(f"acl {g}" for g in grants)
+
+
+def apply_acls(settings: KafkaSettings, grants: list[Grant]) -> list[Grant]:
+    """Create the ACLs (an existing one is kept as is); return them. Needs an admin login (super user or ALTER on the cluster).
+
+    A broker without an authorizer raises ConfigError; a refused or failed creation raises
+    ConfigError naming the first ACL that failed and why.
+    """
+    from kafka.admin import ACL, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
+    from kafka.admin import ACLOperation
+    from kafka.errors import SecurityDisabledError
+
+    resources = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP, "transactional_id": ResourceType.TRANSACTIONAL_ID}
+    patterns = {"literal": ACLResourcePatternType.LITERAL, "prefixed": ACLResourcePatternType.PREFIXED}
+    acls = [
+        ACL(f"User:{g.principal}", "*", ACLOperation[g.operation], ACLPermissionType.ALLOW,
+            ResourcePattern(resources[g.resource], g.name, patterns[g.pattern]))
+        for g in grants
+    ]  # fmt: skip
+    admin = admin_client(settings)
+    try:
+        try:
+            answer = admin.create_acls(acls)
+        except SecurityDisabledError:
+            raise ConfigError(f"the broker at {settings.bootstrap} has no authorizer: ACLs need a secured cluster "
+                              "(deploy/kafka/run-kafka.sh start --auth scram)") from None  # fmt: skip
+    finally:
+        admin.close()
+    failed = answer.get("failed") or []
+    if failed:
+        first = failed[0]
+        raise ConfigError(f"{len(failed)} of {len(acls)} ACL(s) not created: {type(first).__name__}: {first} "
+                          "(log in as the admin principal: --kafka-client-config DIR/clients/admin.properties)")  # fmt: skip
+    log.info("%d ACL(s) in place for %s", len(grants), settings.bootstrap)
+    return grants

@@ -54,6 +54,11 @@ the batch; the id window and the readers' de-duplication make that harmless); Pa
 files of ``parquet_rows`` rows, with a small ``parquet.offset`` file saying how much of the
 JSONL the parts cover, so the rows of a part lost in a crash are recovered from the JSONL
 on restart. :func:`load_archive` reads the directory back the same way.
+
+Lineage: every result is archived with the partition and offset of the ``solved`` record it
+came from (the archive's ``solved_partition`` / ``solved_offset`` columns, and the
+``sparq.solved.at`` header, ``b"<partition>/<offset>"``, on its ``archive`` record), and every
+:class:`Elite` names the same coordinates, so an exported example can name its solved record.
 """
 
 from __future__ import annotations
@@ -76,11 +81,16 @@ from sparq_stream.qd.archive_log import (
     JSONL_NAME,
     OFFSET_NAME,
     ArchiveLog,
+    SolvedAt,
     dedupe_by_id,
     iter_archive,
+    iter_archive_lineage,
     iter_batches,
     iter_jsonl,
+    lineage_of,
     part_files,
+    solved_at_header,
+    solved_at_of,
 )
 from sparq_stream.qd.archive_summary import INVALID_NICHE, SUMMARY_COLUMNS, SummaryAccumulator, batch_of
 from sparq_stream.qd.descriptors import DescriptorError, niche_of
@@ -228,7 +238,7 @@ class ArchivistCore(BaseCore):
                     self.ws.add_seed(message)
                 return []
             if inbound.topic == "archive":
-                self._restore_archived(message)
+                self._restore_archived(message, solved_at_of(inbound.headers))
                 return []
             if inbound.topic != "elites":
                 return []
@@ -252,7 +262,7 @@ class ArchivistCore(BaseCore):
             log.warning("cannot apply %s record %r: %s", inbound.topic, inbound.key, exc)
         return []
 
-    def _restore_archived(self, message: Any) -> None:
+    def _restore_archived(self, message: Any, solved_at: SolvedAt | None = None) -> None:
         """Before going live: count an archived result the disk does not hold, and write it to disk again."""
         if self._live:
             return  # our own records coming back
@@ -263,7 +273,7 @@ class ArchivistCore(BaseCore):
             self._seen[message.id] = True  # on the topic: a redelivery need not publish it again
             return
         self._remember_id(message.id, True)
-        self._append(message)
+        self._append(message, solved_at)
         self._inc("restored_from_topic")
         if self._jsonl is not None and self._jsonl.pending >= _RESTORE_FLUSH_ROWS:
             self.flush()  # a standby mirrors the whole topic: bounded memory
@@ -338,35 +348,36 @@ class ArchivistCore(BaseCore):
         if not isinstance(result, SolveResult):
             raise FatalError(f"the archivist takes SolveResult messages, got {type(result).__name__}")
         where = (item.topic, item.partition, item.offset)
+        solved_at = (item.partition, item.offset) if item.topic == "solved" and item.partition >= 0 and item.offset >= 0 else None
         outputs: list[Outgoing] = []
         known = self._seen.get(result.id)
         if known is None:
             self._remember_id(result.id, True)
-            self._append(result)
+            self._append(result, solved_at)
             if self.config.publish_archive:
-                outputs.append(Outgoing("archive", result))
+                outputs.append(_archive_record(result, solved_at))
         else:
             self._inc("duplicates")
             earlier = self._replay.get(result.id)
             if earlier is not None and earlier.where == where:
                 self._inc("replays")
                 if self.config.publish_archive:
-                    outputs.append(Outgoing("archive", result))
+                    outputs.append(_archive_record(result, solved_at))
                 outputs.extend(self._records(self._still_current(earlier.update)))
             elif not known:
                 # Known only from disk: the crash may have come before the broker acknowledged it.
                 self._seen[result.id] = True
                 if self.config.publish_archive:
-                    outputs.append(Outgoing("archive", result))
-        update = self._offer(result)
+                    outputs.append(_archive_record(result, solved_at))
+        update = self._offer(result, solved_at)
         outputs.extend(self._records(update))
         if known is None or update:
             self._remember_update(result.id, _Handled(where, update))
         return outputs
 
-    def _offer(self, result: SolveResult) -> Update:
+    def _offer(self, result: SolveResult, solved_at: SolvedAt | None = None) -> Update:
         try:
-            return self.ws.offer(result)
+            return self.ws.offer(result, solved_at=solved_at)
         except DescriptorError as exc:
             self._inc("bad_niche")
             log.warning("result %s has no valid niche (%s): archived, not offered to W", result.id, exc)
@@ -385,11 +396,11 @@ class ArchivistCore(BaseCore):
         deleted = tuple(slot for slot in update.deleted if slot not in current)
         return Update(written, deleted)
 
-    def _append(self, result: SolveResult) -> None:
+    def _append(self, result: SolveResult, solved_at: SolvedAt | None = None) -> None:
         if self._jsonl is not None:
-            self._jsonl.append(result)
+            self._jsonl.append(result, solved_at)
         if self._parquet is not None:
-            self._parquet.append(result)
+            self._parquet.append(result, solved_at)
         self._observe(result.quality, result.solve_rate, _niche(result), result.step, result.early_stopped)
 
     # ------------------------------------------------------------------ restart
@@ -403,9 +414,9 @@ class ArchivistCore(BaseCore):
         update = Update()
         if self._table_elites == 0 and self.config.restore_from_archive and self.ws.update_policy.dynamic and self._scored:
             count = 0
-            for result in self._archived():
+            for result, solved_at in self._archived():
                 count += 1
-                self._offer(result)
+                self._offer(result, solved_at)
             update = Update(self.ws.elites(), ())
             log.info("elites topic empty: rebuilt W from %d archived result(s): %d elite(s)", count, len(self.ws.elites()))
             self._inc("rebuilt_from_archive", count)
@@ -428,22 +439,22 @@ class ArchivistCore(BaseCore):
         if self._jsonl is not None:
             start = self._read_offset() if self._parquet is not None and part_files(self.directory) else 0
             tail = 0
-            for result in _read_jsonl(self.directory / JSONL_NAME, start):
+            for result, solved_at in _read_jsonl(self.directory / JSONL_NAME, start):
                 if result.id in parquet_ids or result.id in self._seen:
                     continue
                 self._remember_id(result.id, False)
                 self._observe(result.quality, result.solve_rate, _niche(result), result.step, result.early_stopped)
                 if self._parquet is not None:
-                    self._parquet.append(result)
+                    self._parquet.append(result, solved_at)
                 tail += 1
             if tail and self._parquet is not None:
                 log.info("%d archived row(s) were not in a Parquet part yet: buffered again", tail)
         if self._scored:
             log.info("resumed the archive in %s: %d result(s), %d kept", self.directory, self._scored, self._kept)
 
-    def _archived(self) -> Iterator[SolveResult]:
-        """Yield every archived result once (Parquet parts, then the recovered or JSONL-only rows)."""
-        yield from iter_results(self.directory)
+    def _archived(self) -> Iterator[tuple[SolveResult, SolvedAt | None]]:
+        """Yield every archived result once with its solved coordinates (Parquet parts, then the JSONL-only rows)."""
+        yield from iter_archive_lineage(self.directory)
 
     def _read_offset(self) -> int:
         path = self.directory / OFFSET_NAME
@@ -513,10 +524,16 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _read_jsonl(path: Path, start: int = 0) -> Iterator[SolveResult]:
-    """Yield the results of a JSONL archive from byte offset ``start`` (unreadable lines skipped)."""
+def _read_jsonl(path: Path, start: int = 0) -> Iterator[tuple[SolveResult, SolvedAt | None]]:
+    """Yield the results of a JSONL archive from byte offset ``start`` with their solved coordinates (unreadable lines skipped)."""
     for row in iter_jsonl(path, start):
-        yield SolveResult.model_validate(row)
+        solved_at = lineage_of(row)
+        yield SolveResult.model_validate(row), solved_at
+
+
+def _archive_record(result: SolveResult, solved_at: SolvedAt | None) -> Outgoing:
+    """The archive record of a result, naming its solved record in the ``sparq.solved.at`` header when known."""
+    return Outgoing("archive", result, headers=(solved_at_header(solved_at),) if solved_at is not None else ())
 
 
 def iter_results(directory: str | Path) -> Iterator[SolveResult]:

@@ -23,6 +23,11 @@ it costs K generations. For every batch of candidates it
    dropped candidate becomes a :class:`Dropped` notice on ``drops`` (it returns the
    mutator's flow-control credit: a duplicate never reaches ``solved``).
 
+Held-out sets (:mod:`sparq_stream.heldout`): GSM8K test and MATH500 ship with the package and are
+always checked; ``heldout`` adds a user's own files. Only ``contamination_check=false``
+(``--no-contamination-check``) runs without them, and the core then says so in its log and in its
+``contamination_check`` gauge (0), which the live view, summary.json and report.html show.
+
 Nothing changes in the index until the whole batch is decided and classified, so a
 retried batch (a retriable classifier failure) is decided the same way again.
 
@@ -51,10 +56,7 @@ are decided by one replica even when they arrive together; one replica is exact.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -68,6 +70,16 @@ from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.routing import ROUTED_HEADER, EmbeddingRouter
 from sparq_stream.credentials import OpenAIKey, openai_key_option
 from sparq_stream.errors import ConfigError, FatalError, RetriableError
+from sparq_stream.heldout import (
+    CONTAMINATION_THRESHOLD,
+    NO_CHECK_FLAG,
+    PACKAGED,
+    HeldOut,
+    HeldOutCheck,
+    heldout_files,
+    load_heldout,
+    packaged_paths,
+)
 from sparq_stream.ids import problem_id
 from sparq_stream.index import VectorIndex
 from sparq_stream.index.scalable import SCALABLE_KINDS, ScalableIndex
@@ -100,10 +112,8 @@ CONTAMINATION_NGRAM = "contamination_ngram"
 PROMPT_EXAMPLE = "prompt_example"
 #: Every reason a candidate can be dropped for.
 DROP_REASONS: tuple[str, ...] = (EXACT, NEAR, CONTAMINATION, CONTAMINATION_NGRAM, PROMPT_EXAMPLE)
-#: Held-out files checked for contamination when ``contamination`` is not set.
-DEFAULT_HELDOUT_FILES: tuple[str, ...] = ("gsm8k_test.jsonl", "math500_test.jsonl")
-#: Folders searched for the default held-out files, in order ($SPARQ_DATA_DIR first).
-_DEFAULT_DATA_DIRS: tuple[str, ...] = ("../shared/data", "/work/shared/data", "/data")
+#: The packaged held-out files, always checked unless ``contamination_check`` is off.
+DEFAULT_HELDOUT_FILES: tuple[str, ...] = tuple(PACKAGED.values())
 _CANDIDATE_FIELDS = tuple(f for f in Candidate.model_fields if f != "created_at")
 _TABLE_FLUSH = 256
 _SNAPSHOT_DIR = "novelty-index"
@@ -126,13 +136,23 @@ class NoveltyConfig(OpenAIKey):
     skill_max_tokens: int = Field(default=96, ge=8, description="token limit of a skill-classification answer")
     dup_threshold: float = Field(default=0.95, gt=0.0, le=1.0, description="cosine at or above which a candidate is a near duplicate")
     exact_threshold: float = Field(default=0.999, gt=0.0, le=1.0, description="cosine at or above which it counts as an exact duplicate")
+    heldout: list[str] = Field(
+        default_factory=list,
+        description="your own held-out JSONL files (question or problem field), checked besides the packaged "
+        "GSM8K test and MATH500 (always on)",
+    )
+    contamination_check: bool = Field(
+        default=True,
+        description="drop candidates that are held-out problems (packaged GSM8K test + MATH500 + heldout); "
+        "off only with --no-contamination-check",
+    )
     contamination: list[str] | None = Field(
         default=None,
-        description="held-out JSONL files (question or problem field); unset: gsm8k_test.jsonl and math500_test.jsonl "
-        "from $SPARQ_DATA_DIR, ../shared/data, /work/shared/data or /data; [] turns the check off",
+        description="deprecated: the same as heldout (extra files; the packaged sets are always checked); "
+        "[] is refused: turn the check off with --no-contamination-check",
     )
     contamination_threshold: float = Field(
-        default=0.90, gt=0.0, le=1.0, description="cosine to a held-out problem at or above which a candidate is contamination"
+        default=CONTAMINATION_THRESHOLD, gt=0.0, le=1.0, description="cosine to a held-out problem at or above which a candidate is contamination"
     )
     ngram_n: int = Field(
         default=13, ge=0, description="drop a candidate sharing a word n-gram with a held-out problem (13: the usual rule; 0: off)"
@@ -170,108 +190,21 @@ class NoveltyConfig(OpenAIKey):
     def _thresholds(self) -> NoveltyConfig:
         if self.exact_threshold < self.dup_threshold:
             raise ValueError("exact_threshold must be >= dup_threshold")
+        if self.contamination is not None and not self.contamination:
+            raise ValueError(
+                f"contamination=[] no longer turns the contamination check off: give {NO_CHECK_FLAG} "
+                "(contamination_check=false); held-out files of your own go in heldout"
+            )
         return self
 
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Held-out problems for the contamination check: ids, source file names and unit vectors."""
-
-    ids: tuple[str, ...]
-    sources: tuple[str, ...]
-    vectors: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def nearest(self, vectors: np.ndarray) -> list[tuple[float, int]]:
-        """Return (best cosine, row) of the held-out problem nearest to each query row; row -1 when empty."""
-        if not len(self.ids) or vectors.shape[0] == 0:
-            return [(-1.0, -1)] * vectors.shape[0]
-        sims = vectors @ self.vectors.T
-        rows = sims.argmax(axis=1)
-        return [(float(sims[i, r]), int(r)) for i, r in enumerate(rows)]
-
-
-def _read_problems(path: Path) -> list[str]:
-    problems: list[str] = []
-    try:
-        with path.open("r", encoding="utf-8", errors="replace") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    log.warning("%s:%d is not JSON; skipped", path, number)
-                    continue
-                text = obj.get("problem", obj.get("question")) if isinstance(obj, dict) else None
-                if isinstance(text, str) and text.strip():
-                    problems.append(text.strip())
-    except OSError as exc:
-        raise ConfigError(f"cannot read held-out file {path}: {exc}") from None
-    return problems
-
-
-def _default_heldout_paths() -> list[Path]:
-    dirs = [os.environ["SPARQ_DATA_DIR"]] if os.environ.get("SPARQ_DATA_DIR") else []
-    for folder in [*dirs, *_DEFAULT_DATA_DIRS]:
-        found = [Path(folder) / name for name in DEFAULT_HELDOUT_FILES]
-        if all(p.is_file() for p in found):
-            return found
-    return []
+    def heldout_files(self) -> list[Path]:
+        """The held-out files checked: the packaged sets plus ``heldout`` (and deprecated ``contamination``); [] when off."""
+        return heldout_files([*self.heldout, *(self.contamination or [])], check=self.contamination_check)
 
 
 def default_heldout_paths() -> list[Path]:
-    """The default held-out files (GSM8K test, MATH500) when all are found; [] otherwise."""
-    return _default_heldout_paths()
-
-
-def load_heldout(
-    paths: Sequence[str | Path] | None, embedder: EmbeddingBackend, cache_dir: str | Path | None = None
-) -> HeldOut:
-    """Read and embed the held-out problems (None: the default files, if found); cache vectors in ``cache_dir``."""
-    if paths is None:
-        resolved = _default_heldout_paths()
-        if not resolved:
-            log.warning(
-                "no held-out files found (%s in $SPARQ_DATA_DIR or %s): the contamination check is OFF",
-                ", ".join(DEFAULT_HELDOUT_FILES),
-                ", ".join(_DEFAULT_DATA_DIRS),
-            )
-    else:
-        resolved = [Path(p) for p in paths]
-        missing = [str(p) for p in resolved if not p.is_file()]
-        if missing:
-            raise ConfigError(f"contamination: held-out file(s) not found: {', '.join(missing)}")
-    ids: list[str] = []
-    sources: list[str] = []
-    blocks: list[np.ndarray] = []
-    name = str(getattr(embedder, "model_name", type(embedder).__name__))
-    for path in resolved:
-        problems = _read_problems(path)
-        if not problems:
-            continue
-        digest = hashlib.sha256("\x1f".join([name, str(embedder.dim), *problems]).encode("utf-8")).hexdigest()[:16]
-        cached = Path(cache_dir) / f"heldout-{path.stem}-{digest}.npy" if cache_dir else None
-        vectors = None
-        if cached is not None and cached.is_file():
-            vectors = np.load(cached, allow_pickle=False)
-            if vectors.shape != (len(problems), embedder.dim):
-                vectors = None
-        if vectors is None:
-            vectors = np.asarray(embedder.embed(problems), dtype=np.float32)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cached.with_name(cached.name + ".tmp.npy")
-                np.save(tmp, vectors, allow_pickle=False)
-                os.replace(tmp, cached)
-        ids.extend(problem_id(p) for p in problems)
-        sources.extend([path.name] * len(problems))
-        blocks.append(vectors)
-        log.info("contamination check: %d held-out problems from %s", len(problems), path)
-    matrix = np.concatenate(blocks) if blocks else np.zeros((0, embedder.dim), dtype=np.float32)
-    return HeldOut(tuple(ids), tuple(sources), np.ascontiguousarray(matrix, dtype=np.float32))
+    """The packaged held-out files (GSM8K test, MATH500), read through importlib.resources."""
+    return packaged_paths()
 
 
 @dataclass
@@ -290,15 +223,18 @@ class _Decision:
 
 # ---------------------------------------------------------------- text contamination (n-grams, the prompt's example)
 def text_contamination_checks(
-    contamination: Sequence[str] | None, ngram_n: int, prompt_example_n: int
+    files: Sequence[str | Path] | None, ngram_n: int, prompt_example_n: int
 ) -> list[tuple[str, NgramIndex]]:
-    """The (drop reason, n-gram index) checks run before the embedding check: held-out 13-grams, the prompt's example."""
+    """The (drop reason, n-gram index) checks run before the embedding check: the prompt's example, held-out 13-grams.
+
+    ``files`` are the held-out files (None: the packaged sets; []: no n-gram check).
+    """
     checks: list[tuple[str, NgramIndex]] = []
     if prompt_example_n > 0:
         examples = prompt_examples(load_prompt(MUTATION))
         checks.append((PROMPT_EXAMPLE, NgramIndex.from_texts(((t, "mutation_prompt", problem_id(t)) for t in examples), prompt_example_n)))
-    if ngram_n > 0:
-        paths = default_heldout_paths() if contamination is None else [Path(p) for p in contamination]
+    paths = packaged_paths() if files is None else [Path(p) for p in files]
+    if ngram_n > 0 and paths:
         checks.append((CONTAMINATION_NGRAM, NgramIndex.from_files(paths, ngram_n)))
     return checks
 
@@ -355,14 +291,17 @@ class NoveltyCore(BaseCore):
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         self.index = self._load_or_create()
+        files = config.heldout_files()
+        if not config.contamination_check:
+            log.warning("the contamination check is OFF (%s): held-out problems are not dropped", NO_CHECK_FLAG)
         if heldout is None:
             cache = Path(config.state_dir) if config.state_dir else None
-            heldout = load_heldout(config.contamination, embedder, cache)
+            heldout = load_heldout(files, embedder, cache) if files else HeldOut.empty(embedder.dim)
         if heldout.vectors.shape[1] != embedder.dim:
             raise ConfigError(f"held-out vectors have dimension {heldout.vectors.shape[1]}, the embedder {embedder.dim}")
         self.heldout = heldout
-        self._heldout_ids = {pid: i for i, pid in enumerate(heldout.ids)}
-        self._text_checks = text_contamination_checks(config.contamination, config.ngram_n, config.prompt_example_n)
+        self._heldout_check = HeldOutCheck(heldout, None, config.contamination_threshold)
+        self._text_checks = text_contamination_checks(files, config.ngram_n, config.prompt_example_n)
         self._router: EmbeddingRouter | None = None
         self._seed_texts: dict[str, str] = {}  # routing by the seeds' principal directions: fitted on the first batch
 
@@ -468,6 +407,7 @@ class NoveltyCore(BaseCore):
         out["index_size"] = float(len(self.index))
         out["index_bytes"] = float(self.index.memory_bytes())
         out["heldout_size"] = float(len(self.heldout))
+        out["contamination_check"] = float(self.config.contamination_check)
         out["pending"] = float(len(self._pending))
         return out
 
@@ -587,15 +527,15 @@ class NoveltyCore(BaseCore):
             if previous is not None and _same_candidate(cand, previous):
                 return _Decision("redeliver", output=previous)
             return _Decision("drop", EXACT, 1.0, cand.id, "seen")
-        row = self._heldout_ids.get(cand.id)
-        if row is not None:
-            return _Decision("drop", CONTAMINATION, 1.0, cand.id, self.heldout.sources[row])
+        same = self._heldout_check.by_id(cand.id)
+        if same is not None:
+            return _Decision("drop", CONTAMINATION, 1.0, same.match_id, same.source)
         text_drop = _text_contamination(self._text_checks, cand.problem)
         if text_drop is not None:
             return text_drop
-        held_sim, held_row = held
-        if held_row >= 0 and held_sim >= cfg.contamination_threshold:
-            return _Decision("drop", CONTAMINATION, held_sim, self.heldout.ids[held_row], self.heldout.sources[held_row])
+        close = self._heldout_check.by_vector(held)
+        if close is not None:
+            return _Decision("drop", CONTAMINATION, close.similarity, close.match_id, close.source)
         neighbours = list(found)
         neighbours.extend((candidates[j].id, float(gram[i, j])) for j in accepted)
         neighbours.sort(key=lambda pair: (-pair[1], pair[0]))

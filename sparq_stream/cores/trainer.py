@@ -19,6 +19,12 @@ Message flow (no input topic; everything arrives as tables, read whole on every 
   training set it saw) and ``train_result.json``. A version folder that was finished but not
   published before a crash is published on the next start.
 
+- Evaluation (``eval_sets``, ``eval_path``): every version is scored (pass@1) on each held-out set,
+  and so is the base model, once, at start (``eval_base``): version 0, recorded in
+  ``models_dir/<name>-v0000/eval.json`` (never published on ``models``: nothing reloads it). Each
+  trained version's metrics carry ``eval_<set>_delta_vs_base``, its change against version 0.
+  ``eval_backend`` scores with another generation backend (scripted: tests, in seconds).
+
 Idempotent: state is keyed (slot, problem id, version), so a redelivered record changes nothing.
 
 Replicas: the trainer is ``exclusive``: one active replica exports and trains, the others are hot
@@ -47,17 +53,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError
 from sparq_stream.messages import WATERMARK_KEY, Elite, ModelVersion, SolveResult
+from sparq_stream.qd.archive_log import solved_at_of
 from sparq_stream.training.evaluate import EvalResult, evaluate
 from sparq_stream.training.export import ExportInfo, build_examples, read_examples, write_examples
 from sparq_stream.training.sft import MODEL_SUBDIR, RESULT_NAME, TrainingCancelled, TrainResult, train_sft
 
-__all__ = ["EVAL_NAME", "TrainerConfig", "TrainerCore", "build_trainer", "version_dir_name"]
+__all__ = ["BASE_VERSION", "EVAL_NAME", "TrainerConfig", "TrainerCore", "build_trainer", "version_dir_name"]
 
 log = logging.getLogger(__name__)
 
 _DATA_SUBDIR = "data"
 #: Per-version evaluation results (one entry per held-out set) in the version folder.
 EVAL_NAME = "eval.json"
+#: The version number of the base model: its evaluation is recorded like a trained version's.
+BASE_VERSION = 0
 
 
 class TrainerConfig(BaseModel):
@@ -110,6 +119,16 @@ class TrainerConfig(BaseModel):
     )
     eval_limit: int = Field(50, ge=1, description="held-out problems per evaluation")
     eval_max_tokens: int = Field(512, ge=1, description="max new tokens per evaluation answer")
+    eval_base: bool = Field(
+        True,
+        description="score the base model (version 0) on the eval sets once, at start (recorded in "
+        "models_dir/<name>-v0000/eval.json), so every version shows its change against it",
+    )
+    eval_backend: str | None = Field(
+        None, description="generation backend of the evaluation; unset: transformers on each version's model folder "
+        "(scripted: the deterministic test backend)",
+    )
+    eval_backend_options: dict[str, Any] = Field(default_factory=dict, description="eval_backend constructor options (JSON)")
 
 
 def version_dir_name(model_name: str, version: int) -> str:
@@ -138,6 +157,7 @@ class TrainerCore(BaseCore):
         self._eval_fn = eval_fn
         self._elites: dict[str, Elite] = {}
         self._archive: dict[str, SolveResult] = {}
+        self._archive_at: dict[str, tuple[int, int]] = {}  # archived id -> its solved (partition, offset), for lineage
         self._latest: ModelVersion | None = None
         self._changes = 0
         self._first_change: float | None = None
@@ -153,6 +173,9 @@ class TrainerCore(BaseCore):
         self._job: Future[ModelVersion] | None = None
         self._job_version = 0
         self._counts: Counter[str] = Counter()
+        self._base_eval: dict[str, Any] | None = None  # version 0's eval.json, once scored or read back
+        self._base_job: Future[None] | None = None
+        self._eval_backend: Any = None
 
     # ------------------------------------------------------------------ tables
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
@@ -197,6 +220,9 @@ class TrainerCore(BaseCore):
         self._counts["archive_seen"] += 1
         if message.quality > 0 and message.correct_rollouts and message.id not in self._archive:
             self._archive[message.id] = message
+            solved_at = solved_at_of(inbound.headers)
+            if solved_at is not None:
+                self._archive_at[message.id] = solved_at
             self._changed()
 
     def _on_model(self, inbound: Inbound) -> None:
@@ -221,6 +247,7 @@ class TrainerCore(BaseCore):
         if not self._started:
             self._started = True
             outputs.extend(self._recover_unpublished())
+            self._start_base_eval()
         finished = self._collect_job()
         outputs.extend(finished)
         if self._changes and self._first_change is None:
@@ -244,7 +271,8 @@ class TrainerCore(BaseCore):
         skipped: Counter[str] = Counter()
         rows = self._rows(skipped)
         source = "elites+archive" if self.config.include_archive else "elites"
-        info = write_examples(rows, self.config.export_dir, skipped=skipped, extra={"filtered": True, "source": source})
+        extra = {"filtered": True, "source": source, "run": self._run}
+        info = write_examples(rows, self.config.export_dir, skipped=skipped, extra=extra)
         self._rows_cache = rows if self.config.train_every > 0 else []
         self._export_ids = [row["id"] for row in rows]
         self._last_export = info
@@ -254,14 +282,19 @@ class TrainerCore(BaseCore):
         log.info("exported %d examples of %d problems to %s", info.examples, info.problems, info.out_dir)
         return info
 
+    @property
+    def _run(self) -> str:
+        """The run the exported examples name: the topic prefix of the service's settings ("" for a bare config)."""
+        return str(getattr(self.config, "prefix", "") or "")
+
     def _rows(self, skipped: Counter[str]) -> list[dict[str, Any]]:
         """The current example rows: elites first (by slot), then archived problems (by id)."""
-        flagged = self.config.include_flagged
-        rows = build_examples((self._elites[s] for s in sorted(self._elites)), source="elites", skipped=skipped, include_flagged=flagged)
+        flagged, run = self.config.include_flagged, self._run
+        rows = build_examples((self._elites[s] for s in sorted(self._elites)), source="elites", skipped=skipped, include_flagged=flagged, run=run)
         if self.config.include_archive:
             in_elites = {e.id for e in self._elites.values()}
             archived = (self._archive[i] for i in sorted(self._archive) if i not in in_elites)
-            rows += build_examples(archived, source="archive", skipped=skipped, include_flagged=flagged)
+            rows += build_examples(archived, source="archive", skipped=skipped, include_flagged=flagged, run=run, solved_at=self._archive_at)
             rows.sort(key=lambda r: (r["problem_id"], r["rollout_index"]))
         return rows
 
@@ -273,8 +306,8 @@ class TrainerCore(BaseCore):
 
     @property
     def training(self) -> bool:
-        """True from the start of a fine-tuning run until its version is published (or its failure counted)."""
-        return self._job is not None
+        """True from the start of a fine-tuning run until its version is published, and while the base is scored."""
+        return self._job is not None or (self._base_job is not None and not self._base_job.done())
 
     def _maybe_train(self) -> list[Outgoing]:
         """Start a fine-tuning run on the last export when ``train_every`` new examples have accumulated."""
@@ -346,25 +379,88 @@ class TrainerCore(BaseCore):
             metrics=metrics,
         )
 
-    def _evaluate(self, model_path: Path, out: Path) -> dict[str, float]:
-        """Score a version on ``eval_path`` and every ``eval_sets`` file; save ``eval.json`` in its folder."""
+    def _eval_sets(self) -> dict[str, Path]:
         cfg = self.config
-        sets = ({"heldout": cfg.eval_path} if cfg.eval_path is not None else {}) | dict(cfg.eval_sets)
+        return ({"heldout": cfg.eval_path} if cfg.eval_path is not None else {}) | dict(cfg.eval_sets)
+
+    def _eval_model(self, model_path: str | Path | None) -> Any:
+        """What the evaluation scores: the model folder (transformers), or the configured ``eval_backend``."""
+        if self.config.eval_backend is None:
+            return model_path
+        if self._eval_backend is None:
+            from sparq_stream.models.registry import make_generation_backend
+
+            self._eval_backend = make_generation_backend(self.config.eval_backend, **self.config.eval_backend_options)
+        return self._eval_backend
+
+    def _evaluate(self, model_path: Path | str | None, out: Path) -> dict[str, float]:
+        """Score a version on ``eval_path`` and every ``eval_sets`` file; save ``eval.json`` (with the change against v0)."""
+        cfg = self.config
         metrics: dict[str, float] = {}
         saved: dict[str, Any] = {}
-        for name, path in sets.items():
+        base = self._base_eval or {}
+        for name, path in self._eval_sets().items():
             if self._stop.is_set():
                 raise TrainingCancelled("stopped before the evaluation")
             scored = self._eval_fn(
-                model_path, path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens, num_threads=cfg.train_threads, device=cfg.train_device
+                self._eval_model(model_path), path, cfg.eval_limit, max_tokens=cfg.eval_max_tokens,
+                num_threads=cfg.train_threads, device=cfg.train_device,
             )
             prefix = "eval" if name == "heldout" else f"eval_{name}"
             metrics.update({f"{prefix}_accuracy": scored.accuracy, f"{prefix}_n": float(scored.n), f"{prefix}_seconds": scored.seconds})
             saved[name] = {"path": str(path), "accuracy": scored.accuracy, "n": scored.n, "seconds": scored.seconds}
+            if out.name != version_dir_name(cfg.model_name, BASE_VERSION) and isinstance(base.get(name), dict):
+                delta = scored.accuracy - float(base[name].get("accuracy", 0.0))
+                metrics[f"{prefix}_delta_vs_base"] = delta
+                saved[name]["delta_vs_base"] = delta
             log.info("version %s: pass@1 %.3f on %d problems of %s", out.name, scored.accuracy, scored.n, name)
         if saved:
-            (out / EVAL_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / f"{EVAL_NAME}.{os.getpid()}.tmp"  # replicas sharing models_dir never share a temp file
+            tmp.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            os.replace(tmp, out / EVAL_NAME)
         return metrics
+
+    # ------------------------------------------------------------------ version 0 (the base model)
+    def _start_base_eval(self) -> None:
+        """Score the base model once (``eval_base``), in the training thread, unless version 0 is recorded already."""
+        cfg = self.config
+        if not cfg.eval_base or self._standby or not self._eval_sets():
+            return
+        folder = cfg.models_dir / version_dir_name(cfg.model_name, BASE_VERSION)
+        recorded = folder / EVAL_NAME
+        if recorded.is_file():
+            try:
+                self._base_eval = json.loads(recorded.read_text(encoding="utf-8"))
+                log.info("the base model's evaluation (version 0) is recorded in %s", recorded)
+                return
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s (%s): scoring the base model again", recorded, exc)
+        if not cfg.train_in_background:
+            self._base_eval_job(folder)
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainer")
+        self._base_job = self._executor.submit(self._base_eval_job, folder)
+
+    def _base_eval_job(self, folder: Path) -> None:
+        """Evaluate the base model into ``folder/eval.json`` (and ``base.json``: which model it was)."""
+        cfg = self.config
+        try:
+            self._evaluate(cfg.base_model, folder)
+        except TrainingCancelled:
+            log.info("the base model's evaluation was cancelled")
+            return
+        except Exception:  # noqa: BLE001 - the loop goes on without a base line
+            self._counts["eval_failures"] += 1
+            log.exception("evaluating the base model (version 0) failed")
+            return
+        info = {"name": cfg.model_name, "version": BASE_VERSION, "base_model": cfg.base_model or "SmolLM2-135M-Instruct",
+                "eval_backend": cfg.eval_backend or "transformers"}
+        (folder / "base.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        self._base_eval = json.loads((folder / EVAL_NAME).read_text(encoding="utf-8"))
+        log.info("version 0 (the base model) evaluated: %s",
+                 ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in sorted(self._base_eval.items())))
 
     def _collect_job(self) -> list[Outgoing]:
         """Publish the finished run's version (or log its failure)."""
@@ -453,7 +549,9 @@ class TrainerCore(BaseCore):
             "training": float(self.training),
             "train_failures": float(self._counts["train_failures"]),
             "pending_changes": float(self._changes),
+            "eval_failures": float(self._counts["eval_failures"]),
             **{k: v for k, v in (self._latest.metrics if self._latest else {}).items() if k.startswith("eval_")},
+            **{f"base_eval_{k}_accuracy": float(v.get("accuracy", 0.0)) for k, v in (self._base_eval or {}).items() if isinstance(v, dict)},
         }
 
     def close(self) -> None:
@@ -463,6 +561,10 @@ class TrainerCore(BaseCore):
             self._executor.shutdown(wait=True)
             self._executor = None
         self._job = None  # cancelled: nothing of it is published
+        closer = getattr(self._eval_backend, "close", None)
+        if callable(closer):
+            closer()
+        self._eval_backend = None
         if self._changes and not self._standby:  # the active replica owns the export
             self.export()
 

@@ -51,7 +51,7 @@ def _command(name: str) -> None:
         out: Path = typer.Option(..., "--out", help="Folder for the drills' runs and drills.json."),
         broker: str = typer.Option("both", "--broker", help="tansu | kafka | both."),
         budget: str = typer.Option("full", "--budget", help="small (CI) | full."),
-        seeds: Optional[Path] = typer.Option(None, "--seeds", help="Seed JSONL (default: the shared GSM8K file)."),
+        seeds: Optional[Path] = typer.Option(None, "--seeds", help="Seed JSONL (default: examples/seeds/gsm8k_train_512.jsonl of the checkout)."),
         doc: Optional[Path] = typer.Option(None, "--doc", help="Also refresh the table in this Markdown file (docs/reliability.md)."),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every service start and stop."),
     ) -> None:

@@ -48,7 +48,7 @@ def _valid(kind: type, n: int) -> Any:
     """A valid message of ``kind`` that no run would ever produce (its own id)."""
     text = f"Poison problem {n}: what is {n} + {n}?"
     pid = hashlib.sha256(text.encode()).hexdigest()[:32]
-    solved = dict(k=4, rollouts_used=4, n_correct=2, solve_rate=0.5, quality=0.5, niche="poison")
+    solved = dict(k=4, rollouts_used=4, n_correct=2, solve_rate=0.5, quality=0.5, skills=["poison"])
     body: dict[str, Any] = {
         Seed: dict(id=pid, problem=text, answer=str(2 * n)),
         Candidate: dict(id=pid, problem=text, solution="\\boxed{0}", answer=str(2 * n)),

@@ -27,9 +27,13 @@ BROKER_INDEPENDENT = frozenset({"hostile"})  # runs once, on the first broker as
 
 
 def default_seeds() -> Path:
-    """The shared GSM8K seed file (``SPARQ_DATA_DIR`` overrides the folder)."""
-    folder = Path(os.environ.get("SPARQ_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
-    return folder / "gsm8k_train.jsonl"
+    """The repository's GSM8K seed file (``examples/seeds/gsm8k_train_512.jsonl``); outside a checkout, give --seeds."""
+    path = Path(__file__).resolve().parents[2] / "examples" / "seeds" / "gsm8k_train_512.jsonl"
+    if not path.is_file():
+        from sparq_stream.errors import ConfigError
+
+        raise ConfigError(f"the default drill seeds {path} are not here (not a repository checkout): give --seeds FILE")
+    return path
 
 
 @contextmanager

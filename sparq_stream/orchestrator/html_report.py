@@ -29,6 +29,7 @@ h2 { color: #3b6ea5; margin-top: 1.6em; }
 .cards { display: flex; flex-wrap: wrap; gap: .8em; }
 .card { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .6em 1em; min-width: 8em; }
 .card b { display: block; font-size: 1.5em; color: #3b6ea5; }
+.warn { background: #fdecea; border: 2px solid #c0392b; color: #8e1b10; padding: .5em 1em; border-radius: 6px; }
 table { border-collapse: collapse; background: #fff; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .3em .7em; text-align: left; font-size: .92em; }
 th { background: #eef3f9; }
@@ -136,6 +137,7 @@ def render_html(
         f"<title>sparq run {_esc(summary.get('prefix', ''))}</title><style>{_STYLE}</style></head><body>",
         f"<h1>sparq run report <span class=\"note\">{_esc(summary.get('prefix', ''))}</span></h1>",
         f"<p>Stopped: {_esc(summary.get('stopped', ''))}.</p>",
+        _contamination_banner(summary.get("contamination_check")),
         '<div class="cards">' + "".join(f"<div class=\"card\"><b>{_fmt(v)}</b>{_esc(k)}</div>" for k, v in cards) + "</div>",
     ]
     images = [_img(p.read_bytes(), p.stem) for p in plots or [] if p.is_file()]
@@ -145,15 +147,17 @@ def render_html(
     versions = summary.get("model_versions") or []
     eval_names = sorted({n for v in versions for n in (v.get("eval") or {})})
     rows = [
-        [v.get("name"), v.get("version"), v.get("examples"), v.get("steps"), v.get("loss_first"), v.get("loss_last"), v.get("method")]
+        [v.get("name"), f"{v.get('version')} (base)" if v.get("base") else v.get("version"), v.get("examples"), v.get("steps"),
+         v.get("loss_first"), v.get("loss_last"), v.get("method")]
         + [((v.get("eval") or {}).get(n) or {}).get("accuracy", "") for n in eval_names]
+        + [_signed((v.get("delta_vs_base") or {}).get(n)) for n in eval_names]
         + [v.get("children_generated", ""), v.get("children_solved", ""), ", ".join(v.get("in_use_by") or []) or "-"]
         for v in versions
-    ]
+    ]  # fmt: skip
     parts += [
         "<h2>Model versions</h2>",
         _table(["name", "version", "examples", "steps", "first loss", "last loss", "method"] + [f"pass@1 {n}" for n in eval_names]
-               + ["children generated", "children solved", "in use at the end by"], rows,
+               + [f"{n} vs base (v0)" for n in eval_names] + ["children generated", "children solved", "in use at the end by"], rows,
                "no model version was trained in this run"),  # fmt: skip
         '<p class="note">On CPU with the 135M model these figures show the plumbing, not a gain.</p>',
     ]
@@ -164,6 +168,7 @@ def render_html(
                [[audit.get("kept", 0), audit.get("audited", 0), audit.get("flagged", 0), audit.get("not_audited_kept", 0)]]),  # fmt: skip
         _table(["flag", "problems"], [[k, v] for k, v in (audit.get("flags") or {}).items()], "no flag raised"),
         "<h2>Contamination</h2>",
+        _contamination_banner(summary.get("contamination_check"), always=True),
         _table(["reason", "candidates dropped"], [[k, v] for k, v in (summary.get("contamination") or {}).items()], "no contamination check ran"),
     ]
     sweep = summary.get("sweep")
@@ -187,6 +192,25 @@ def render_html(
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _signed(delta: Any) -> str:
+    """A change against the base as ``+0.125`` / ``-0.250`` ("" when there is none)."""
+    return f"{float(delta):+.3f}" if isinstance(delta, (int, float)) else ""
+
+
+def _contamination_banner(check: Any, always: bool = False) -> str:
+    """A line saying in words whether the contamination check ran (OFF stands out); "" when the run did not record it."""
+    if not isinstance(check, dict):
+        return ""
+    if not check.get("on", True):
+        return ('<p class="warn"><b>contamination check OFF</b> (--no-contamination-check): candidates and seeds were not '
+                "checked against any held-out set.</p>")  # fmt: skip
+    if not always:
+        return ""
+    files = ", ".join(check.get("heldout") or []) or "none"
+    return (f'<p class="note">contamination check on: held-out sets {_esc(files)}; '
+            f"{int(check.get('seeds_refused', 0))} seed(s) refused as held-out problems.</p>")
 
 
 def write_html_report(out: Path, summary: dict[str, Any]) -> Path:

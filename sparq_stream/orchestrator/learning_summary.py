@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["audit_counts", "contamination_counts", "learning_summary", "model_versions", "models_in_use"]
+__all__ = ["audit_counts", "contamination_counts", "contamination_status", "learning_summary", "model_versions", "models_in_use"]
 
 log = logging.getLogger(__name__)
 
@@ -25,20 +25,39 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def model_versions(models_dir: Path) -> list[dict[str, Any]]:
-    """One entry per finished version folder in ``models_dir``: name, number, training figures, evaluation."""
+    """One entry per version folder in ``models_dir``: version 0 (the base model, evaluated) and each trained one.
+
+    Each entry carries its evaluation (``eval``: pass@1 per held-out set) and ``delta_vs_base``:
+    per set, its pass@1 minus version 0's (empty for version 0 itself, or without a base evaluation).
+    """
     entries: list[dict[str, Any]] = []
     if not models_dir.is_dir():
         return entries
     for folder in sorted(models_dir.iterdir()):
         found = _VERSION_DIR.match(folder.name)
-        if not found or not (folder / "train_result.json").is_file():
+        if not found:
+            continue
+        number = int(found.group("number"))
+        evaluation = _read_json(folder / "eval.json") if (folder / "eval.json").is_file() else {}
+        if number == 0:  # the base model: evaluated by the trainer at start, never trained
+            if not evaluation:
+                continue
+            base = _read_json(folder / "base.json") if (folder / "base.json").is_file() else {}
+            entries.append({
+                "name": found.group("name"), "version": 0, "base": True, "path": str(folder),
+                "base_model": base.get("base_model", ""), "examples": 0, "steps": 0, "loss_first": None, "loss_last": None,
+                "method": "", "trainer": "", "eval": evaluation,
+            })  # fmt: skip
+            continue
+        if not (folder / "train_result.json").is_file():
             continue
         trained = _read_json(folder / "train_result.json")
         settings = trained.get("settings") or {}
         entries.append(
             {
                 "name": found.group("name"),
-                "version": int(found.group("number")),
+                "version": number,
+                "base": False,
                 "path": str(folder),
                 "examples": trained.get("examples", 0),
                 "steps": trained.get("steps", 0),
@@ -46,11 +65,24 @@ def model_versions(models_dir: Path) -> list[dict[str, Any]]:
                 "loss_last": trained.get("loss_last"),
                 "method": trained.get("method", ""),
                 "trainer": settings.get("trainer", ""),
-                "eval": _read_json(folder / "eval.json") if (folder / "eval.json").is_file() else {},
+                "eval": evaluation,
             }
         )
     entries.sort(key=lambda e: (e["name"], e["version"]))
+    bases = {e["name"]: e["eval"] for e in entries if e["base"]}
+    for entry in entries:
+        entry["delta_vs_base"] = _delta_vs_base(entry["eval"], bases.get(entry["name"], {})) if not entry["base"] else {}
     return entries
+
+
+def _delta_vs_base(evaluation: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    """Per held-out set scored by both: pass@1 minus the base model's."""
+    out = {}
+    for name, scored in evaluation.items():
+        ref = base.get(name)
+        if isinstance(scored, dict) and isinstance(ref, dict) and "accuracy" in scored and "accuracy" in ref:
+            out[name] = float(scored["accuracy"]) - float(ref["accuracy"])
+    return dict(sorted(out.items()))
 
 
 def contamination_counts(stages: dict[str, float]) -> dict[str, int]:
@@ -62,6 +94,17 @@ def contamination_counts(stages: dict[str, float]) -> dict[str, int]:
             reason = name.removeprefix("dropped_")
             out[reason] = out.get(reason, 0) + int(value)
     return dict(sorted(out.items()))
+
+
+def contamination_status(stages: dict[str, float]) -> dict[str, Any] | None:
+    """Whether novelty ran its contamination check, in words, from its ``contamination_check`` gauge (None: unknown)."""
+    values = [v for k, v in stages.items() if k.partition(".")[0].startswith("novelty") and k.endswith(".contamination_check")]
+    if not values:
+        return None
+    on = all(v > 0 for v in values)
+    held = sum(v for k, v in stages.items() if k.partition(".")[0].startswith("novelty") and k.endswith(".heldout_size"))
+    held /= max(1.0, stages.get("novelty.instances", 1.0))  # every replica holds the same sets
+    return {"on": on, "status": "contamination check on" if on else "contamination check OFF", "heldout_problems": int(held)}
 
 
 def audit_counts(archive_dir: Path) -> dict[str, Any]:
@@ -140,6 +183,11 @@ def learning_summary(out: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "audit": audit,
         "contamination": contamination_counts(stages),
     }
+    status = contamination_status(stages)
+    if status is not None:  # sparq up's own record (held-out files, seeds refused) is kept, and completed
+        body["contamination_check"] = {**status, **(summary.get("contamination_check") or {})}
+        body["contamination_check"]["on"] = status["on"] and body["contamination_check"].get("on", True)
+        body["contamination_check"]["status"] = "contamination check " + ("on" if body["contamination_check"]["on"] else "OFF")
     if (out / "sweep" / "sweep.json").is_file():  # written by `sparq eval --sweep --archive DIR/archive`
         body["sweep"] = _read_json(out / "sweep" / "sweep.json")
     return body

@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ["LiveView", "render"]
+__all__ = ["LiveView", "contamination_line", "render"]
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,16 @@ def _v(row: dict[str, Any] | None, name: str) -> float:
 def _sparkline(counts: list[float]) -> str:
     top = max(counts) if counts and max(counts) > 0 else 1.0
     return "".join(_BARS[min(len(_BARS) - 1, int(round(c / top * (len(_BARS) - 1))))] for c in counts)
+
+
+def contamination_line(novelty: dict[str, Any] | None) -> str:
+    """The contamination check in words, from novelty's gauges ("" until novelty reports)."""
+    if not novelty or "contamination_check" not in novelty.get("gauges", {}):
+        return ""
+    if _v(novelty, "contamination_check") <= 0:
+        return "contamination check OFF (--no-contamination-check): held-out problems are not dropped"
+    replicas = max(1, int(novelty.get("instances", 1)))  # each replica holds the same sets: gauges sum over them
+    return f"contamination check on: {_v(novelty, 'heldout_size') / replicas:,.0f} held-out problems"
 
 
 def render(snapshot: dict[str, dict[str, Any]], rate: float, elapsed: float, services: list[Any]) -> Group:
@@ -61,6 +71,9 @@ def render(snapshot: dict[str, dict[str, Any]], rate: float, elapsed: float, ser
         )
     bins = [_v(arc, f"sr_bin_{i}") for i in range(10)]
     lines = [Text(f"SR histogram 0→1: |{_sparkline(bins)}|  {' '.join(f'{b:.0f}' for b in bins)}")]
+    check = contamination_line(nov)
+    if check:
+        lines.append(Text(check, style="bold red" if "OFF" in check else "dim"))
     dead = sum(_v(r, "dead_lettered") for r in snapshot.values())
     if dead:
         lines.append(Text(f"dead-lettered: {dead:.0f} (see the dlq topic)", style="yellow"))
@@ -109,6 +122,7 @@ class LiveView:
             self._last_log = now
             arc = snap.get("archivist")
             log.info(
-                "progress: emitted %.0f, scored %.0f, kept %.0f, skill-sets %.0f, %.2f cand/s",
+                "progress: emitted %.0f, scored %.0f, kept %.0f, skill-sets %.0f, %.2f cand/s%s",
                 emitted, _v(arc, "scored"), _v(arc, "kept"), _v(arc, "coverage"), self._rate,
+                "; contamination check OFF" if "OFF" in contamination_line(snap.get("novelty")) else "",
             )

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 INSTANT_GAUGES = frozenset(
     {
         "lag", "lag_unknown", "in_flight", "max_in_flight", "step", "w_size", "w_elites", "model_version",
-        "exhausted", "done", "index_size", "index_bytes", "heldout_size", "pending", "coverage", "qd_score",
+        "exhausted", "done", "index_size", "index_bytes", "heldout_size", "contamination_check", "pending", "coverage", "qd_score",
         "yield_rate", "archive_size", "pending_rows", "elites", "problems", "examples", "latest_version",
         "training", "pending_changes", "batch_seconds", "model_seen",
     }

@@ -74,7 +74,8 @@ def _carried(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(previous, dict):
         return {}
-    return {k: previous[k] for k in ("stages", "stopped", "exit_code", "ended", "restarts", "given_up", "models_in_use") if k in previous}
+    keys = ("stages", "stopped", "exit_code", "ended", "restarts", "given_up", "models_in_use", "contamination_check")
+    return {k: previous[k] for k in keys if k in previous}
 
 
 def _export_info(folder: Path) -> dict[str, Any]:

@@ -43,6 +43,12 @@ class UpConfig(OpenAIKey):
     backend_options: dict[str, Any] = Field(default_factory=dict, description="generation backend options (JSON; no secrets)")
     embedder: Literal["sentence-transformers", "hash"] = Field(default="sentence-transformers", description="novelty's embedder")
     bootstrap: str | None = Field(default=None, description="Kafka to use; default: start the embedded Tansu broker")
+    kafka_auth_dir: Path | None = Field(
+        default=None,
+        description="secured Kafka (with --bootstrap): folder of client properties files, one per principal "
+        "(run-kafka.sh --auth scram writes DIR/clients); each service logs in as its own, sparq up as admin and "
+        "creates the run's ACLs (docs/security.md)",
+    )
     prefix: str | None = Field(default=None, description="topic prefix; default: a new one per run")
     partitions: int = Field(default=3, ge=1, description="partitions per topic")
     solvers: int = Field(default=1, ge=1, description="solver replicas (processes)")
@@ -57,7 +63,21 @@ class UpConfig(OpenAIKey):
     seed_limit: int | None = Field(default=None, ge=1, description="publish only the first N seeds")
     label_seeds: bool = Field(default=True, description="classify the seeds' skills before publishing (diverse selection needs them)")
     vocabulary: Path | None = Field(default=None, description="skill vocabulary JSON (default: packaged fallback)")
-    contamination: list[Path] | None = Field(default=None, description="held-out files (default: the shared test sets)")
+    heldout: list[Path] = Field(
+        default_factory=list,
+        description="your own held-out JSONL files (--heldout FILE, repeatable): checked for contamination and evaluated "
+        "besides the packaged GSM8K test and MATH500",
+    )
+    contamination_check: bool = Field(
+        default=True,
+        description="refuse held-out seeds and drop held-out candidates (off: --no-contamination-check; summary.json, "
+        "report.html and the live view then say 'contamination check OFF')",
+    )
+    eval_base: bool = Field(
+        default=False,
+        description="score the base model (version 0) on the held-out sets at the start also without --train-every "
+        "(with it, always; --with 'trainer --no-eval-base' skips it)",
+    )
     threads: int | None = Field(default=1, ge=1, description="torch threads per model service (5 processes share the cores)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop the run after this long, whatever is left")
     train_every: int = Field(default=0, ge=0, description="fine-tune a new student version every N new examples (0 = never)")
@@ -200,8 +220,10 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
     ]
     if config.vocabulary:
         novelty += ["--vocabulary", str(config.vocabulary.resolve())]
-    if config.contamination is not None:
-        novelty += ["--contamination", json.dumps([str(p.resolve()) for p in config.contamination])]
+    if config.heldout:
+        novelty += ["--heldout", json.dumps([str(p.resolve()) for p in config.heldout])]
+    if not config.contamination_check:
+        novelty += ["--no-contamination-check"]
     args = {
         "archivist": ["--variant", config.variant, *cap, "--archive-dir", str(out / "archive")],
         "trainer": ["--export-dir", str(out / "export"), "--models-dir", str(out / "models"), "--export-every", "1"],
@@ -223,6 +245,15 @@ def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, lis
     }
     if config.train_every > 0:
         _add_training(args, config, out)
+    elif config.eval_base:  # no training: only version 0 (the base model) is scored
+        from sparq_stream.training.loop import MODEL_NAME, eval_flags
+
+        args["trainer"] += ["--model-name", MODEL_NAME, *eval_flags(config, _backend_options(config))]
+    if config.kafka_auth_dir is not None:  # each service logs in as its own principal: a file path, never a password
+        from sparq_stream.bus.security import principal_file
+
+        for name in args:
+            args[name] += ["--kafka-client-config", str(principal_file(config.kafka_auth_dir, name).resolve())]
     for name, extra in config.extra.items():
         if name not in args:
             raise ConfigError(f"extra flags for unknown service {name!r}; allowed: {', '.join(sorted(args))}")
@@ -239,15 +270,31 @@ def _add_training(args: dict[str, list[str]], config: UpConfig, out: Path) -> No
         args[name] += follower_flags(out / "models", name)
 
 
-def load_seed_set(config: UpConfig) -> tuple[list[Any], int]:
-    """The run's seeds (first ``seed_limit``), labelled with their skill-sets unless disabled; and the bad lines."""
-    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds
+def load_seed_set(config: UpConfig, refused: list[Any] | None = None) -> tuple[list[Any], int]:
+    """The run's seeds (first ``seed_limit``, less held-out problems), labelled unless disabled; and the bad lines.
+
+    Seeds that are held-out test problems (``sparq seed``'s rule: 13-gram or embedding, novelty's
+    embedder) are refused and appended to ``refused`` as (seed, match) pairs.
+    """
+    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds, refuse_heldout, refused_report
 
     seeds, bad_lines = collect_seeds(config.seeds, config.seed_limit)
     for line in bad_line_report(config.seeds, bad_lines):
         log.warning("%s", line)
     if not seeds:
         raise ConfigError(f"{config.seeds}: no valid seed line ({len(bad_lines):,} bad line(s))")
+    seeds, held = refuse_heldout(
+        seeds, heldout=config.heldout, check=config.contamination_check, embedder=config.embedder,
+        embedder_options={"seed": config.seed} if config.embedder == "hash" else {}, cache_dir=config.out / "state" / "novelty",
+    )
+    for line in refused_report(config.seeds, held):
+        log.warning("%s", line)
+    if held:
+        log.warning("refused %d held-out seed(s) of %s; %d left", len(held), config.seeds, len(seeds))
+    if refused is not None:
+        refused.extend(held)
+    if not seeds:
+        raise ConfigError(f"{config.seeds}: every seed is a held-out test problem ({len(held):,} refused)")
     if config.label_seeds and seeds:
         log.info("labelling %d seeds with their skill-sets (%s backend)", len(seeds), config.backend)
         vocabulary = str(config.vocabulary) if config.vocabulary else None
@@ -424,6 +471,9 @@ def run_up(
         raise ConfigError(f"seed file {config.seeds} does not exist")
     if config.steps is None and config.max_candidates is None and config.timeout_s is None:
         raise ConfigError("give a budget: --steps, --max-candidates or --timeout")
+    from sparq_stream.heldout import heldout_files
+
+    heldout_files(config.heldout, check=config.contamination_check)  # no held-out set: refuse to start (exit 2)
     check_out_dir(config.out)
     signals = _Signals().install()
     try:
@@ -455,7 +505,16 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
         from sparq_stream.brokers.tansu import require_reachable
 
         require_reachable(config.bootstrap)
-    seeds, bad = load_seed_set(config) if not resumed else ([], 0)  # bad seeds fail before any broker starts
+    if config.kafka_auth_dir is not None:  # every principal's login is there before anything starts
+        from sparq_stream.bus.security import PRINCIPALS, principal_file
+
+        if config.bootstrap is None:
+            raise ConfigError("--kafka-auth-dir needs --bootstrap: the embedded Tansu broker has no logins (it is open on loopback)")
+        for principal in PRINCIPALS:
+            principal_file(config.kafka_auth_dir, principal)
+    refused: list[Any] = []
+    seeds, bad = load_seed_set(config, refused) if not resumed else ([], 0)  # bad seeds fail before any broker starts
+    contamination = _contamination_info(config, len(refused) if not resumed else int(previous.get("seeds_refused_heldout", 0)))
     with ExitStack() as stack:
         bootstrap = config.bootstrap
         if bootstrap is None:
@@ -464,7 +523,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
             broker = EmbeddedBroker(log_path=out / "logs" / "broker.log")
             bootstrap = broker.start()
             stack.callback(broker.stop)
-        settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix)
+        admin_login = (config.kafka_auth_dir / "admin.properties") if config.kafka_auth_dir is not None else None
+        settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix, kafka_client_config=admin_login)
         use_journal = broker is not None and config.journal
         start_offsets: dict[tuple[str, int], int] = {}
         if resumed and use_journal:  # first, so the topics get the journal's partition counts
@@ -476,10 +536,15 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
         elif journal_dir.exists():
             journal_mod.discard(journal_dir)
         create_topics(settings, partitions=config.partitions)
+        if admin_login is not None:  # each service's principal may use exactly its topics, groups and transactional ids
+            from sparq_stream.bus.topics import acl_grants, apply_acls
+
+            apply_acls(settings, acl_grants(prefix))
         # the broker answered and the topics exist: only now does the folder name a run
         run_info = {
             "prefix": prefix, "bootstrap": bootstrap, "started_at": started_at, "status": "running",
             "pid": os.getpid(), "journal": use_journal, "config": config.model_dump(mode="json"),
+            "seeds_refused_heldout": contamination["seeds_refused"],
         }
         _write_run_json(out, run_info)
         if not resumed:
@@ -549,7 +614,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
             if journal is not None and end != RunEnd.BROKER_LOST:
                 journal.stop(final_snapshot=True)
         summary = _write_summary(out, final_metrics, reason, end, prefix, supervisor, _models_in_use(monitor),
-                                 {k: int(v) for k, v in sorted(monitor.per_instance("mutator", "emitted").items())})
+                                 {k: int(v) for k, v in sorted(monitor.per_instance("mutator", "emitted").items())},
+                                 contamination=contamination)
         finished = end in (RunEnd.BUDGET,)
         _write_run_json(out, {**run_info, "status": "finished" if finished else "running", "ended": reason, "exit_code": int(end)})
         if error is not None:
@@ -587,14 +653,28 @@ def _models_in_use(monitor: Any) -> dict[str, int]:
     }
 
 
+def _contamination_info(config: UpConfig, seeds_refused: int) -> dict[str, Any]:
+    """summary.json's ``contamination_check``: on or OFF (in words), the held-out files, the seeds refused."""
+    from sparq_stream.heldout import heldout_files
+
+    files = heldout_files(config.heldout, check=config.contamination_check)
+    return {
+        "on": config.contamination_check,
+        "status": "contamination check on" if config.contamination_check else "contamination check OFF",
+        "heldout": [p.name for p in files],
+        "seeds_refused": seeds_refused,
+    }
+
+
 def _write_summary(
     out: Path, metrics: dict[str, Any], reason: str, end: RunEnd, prefix: str, supervisor: Any, in_use: dict[str, int],
-    emitted: dict[str, int] | None = None,
+    emitted: dict[str, int] | None = None, contamination: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from sparq_stream.orchestrator.report import write_report
 
     services = supervisor.services if supervisor is not None else []
     extra = {
+        **({"contamination_check": contamination} if contamination is not None else {}),
         "exit_code": int(end),
         "ended": end.name.lower(),
         "restarts": {s.name: s.restarts for s in services if s.restarts},

@@ -14,6 +14,12 @@ memory): the Parquet parts, then the JSONL rows past that offset, each problem i
 the newest row of an id winning, so a redelivered result never counts twice and rows
 written after the last part are never missed. :func:`iter_archive` / :func:`read_archive`
 give :class:`SolveResult` objects and :func:`read_table` one Arrow table, all from it.
+
+Lineage: besides the :class:`SolveResult` fields every row has :data:`LINEAGE_COLUMNS`, the
+partition and offset of the ``<prefix>.solved`` record it was archived from (-1: unknown, e.g.
+rows of an archive written before these columns existed, which read back as -1). The archive
+topic carries the same coordinates in the :data:`SOLVED_AT_HEADER` record header, so a
+directory rebuilt from the topic keeps them.
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ __all__ = [
     "read_offset",
     "iter_jsonl",
     "iter_batches",
+    "LINEAGE_COLUMNS",
+    "SOLVED_AT_HEADER",
+    "SolvedAt",
+    "solved_at_header",
+    "solved_at_of",
+    "lineage_of",
+    "iter_archive_lineage",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +80,38 @@ OFFSET_NAME = "parquet.offset"
 _PART = re.compile(r"^part-(\d{8})\.parquet$")
 _FIELDS = tuple(SolveResult.model_fields)
 
+#: The archive's columns beyond the SolveResult fields: where its ``solved`` record is (-1: unknown).
+LINEAGE_COLUMNS = ("solved_partition", "solved_offset")
+#: Record header of an ``archive`` record: ``b"<partition>/<offset>"`` of the ``solved`` record it copies.
+SOLVED_AT_HEADER = "sparq.solved.at"
+
+#: (partition, offset) of a record of the ``solved`` topic.
+SolvedAt = tuple[int, int]
+
+
+def solved_at_header(solved_at: SolvedAt) -> tuple[str, bytes]:
+    """Return the :data:`SOLVED_AT_HEADER` header naming ``solved_at``."""
+    partition, offset = solved_at
+    return (SOLVED_AT_HEADER, f"{int(partition)}/{int(offset)}".encode("ascii"))
+
+
+def solved_at_of(headers: Iterable[tuple[str, bytes]]) -> SolvedAt | None:
+    """Return the (partition, offset) a :data:`SOLVED_AT_HEADER` header names, or None (absent or malformed)."""
+    for name, value in headers:
+        if name == SOLVED_AT_HEADER:
+            head, _, tail = bytes(value or b"").decode("ascii", "replace").partition("/")
+            if head.isdigit() and tail.isdigit():
+                return int(head), int(tail)
+    return None
+
+
+def lineage_of(row: dict[str, Any]) -> SolvedAt | None:
+    """Pop the lineage columns from an archive row dict; return its (partition, offset), None when unknown."""
+    partition, offset = (row.pop(name, None) for name in LINEAGE_COLUMNS)
+    if isinstance(partition, int) and isinstance(offset, int) and partition >= 0 and offset >= 0:
+        return partition, offset
+    return None
+
 
 def _arrow_type(annotation: Any) -> pa.DataType:
     """Map a SolveResult field annotation to an Arrow type."""
@@ -74,6 +119,8 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     if annotation in simple:
         return simple[annotation]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:  # a constrained type (pattern, bounds): its base type
+        return _arrow_type(args[0])
     if origin is list and len(args) == 1:
         return pa.list_(_arrow_type(args[0]))
     if origin in (typing.Union, types.UnionType) and type(None) in args:
@@ -83,15 +130,25 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     raise TypeError(f"no Arrow type for annotation {annotation!r}")
 
 
-#: The Arrow schema of archive rows: one column per SolveResult field.
+#: The Arrow schema of archive rows: one column per SolveResult field, then the lineage columns.
 ARCHIVE_SCHEMA = pa.schema(
-    [pa.field(name, _arrow_type(info.annotation)) for name, info in SolveResult.model_fields.items()],
+    [pa.field(name, _arrow_type(info.annotation)) for name, info in SolveResult.model_fields.items()]
+    + [pa.field(name, pa.int64()) for name in LINEAGE_COLUMNS],
     metadata={b"sparq.schema": SolveResult.SCHEMA.encode(), b"sparq.version": str(SolveResult.VERSION).encode()},
 )
 
 
-def _row(result: SolveResult) -> dict[str, Any]:
-    return {name: getattr(result, name) for name in _FIELDS}
+def _at(result: SolveResult, solved_at: SolvedAt | None) -> tuple[int, int]:
+    """The lineage of a row: ``solved_at``, else what an Elite names, else (-1, -1)."""
+    if solved_at is not None:
+        return int(solved_at[0]), int(solved_at[1])
+    return int(getattr(result, "solved_partition", -1)), int(getattr(result, "solved_offset", -1))
+
+
+def _row(result: SolveResult, solved_at: SolvedAt | None = None) -> dict[str, Any]:
+    row = {name: getattr(result, name) for name in _FIELDS}
+    row.update(zip(LINEAGE_COLUMNS, _at(result, solved_at)))
+    return row
 
 
 def part_files(directory: str | Path) -> list[Path]:
@@ -122,7 +179,7 @@ class ArchiveLog:
         self.formats = tuple(dict.fromkeys(formats))
         self.rows_per_part = rows_per_part
         self.fsync = fsync
-        self._buffer: list[SolveResult] = []
+        self._buffer: list[tuple[SolveResult, SolvedAt | None]] = []
         self.directory.mkdir(parents=True, exist_ok=True)
         self._next_part = 1
         if "parquet" in self.formats:
@@ -141,11 +198,11 @@ class ArchiveLog:
         """Rows appended but not yet flushed."""
         return len(self._buffer)
 
-    def append(self, result: SolveResult) -> None:
-        """Buffer one scored child; flush when the buffer reaches ``rows_per_part``."""
+    def append(self, result: SolveResult, solved_at: SolvedAt | None = None) -> None:
+        """Buffer one scored child (``solved_at``: its solved record's partition and offset); flush at ``rows_per_part``."""
         if not isinstance(result, SolveResult):
             raise TypeError(f"the archive holds SolveResult messages, got {type(result).__name__}")
-        self._buffer.append(result)
+        self._buffer.append((result, solved_at))
         if len(self._buffer) >= self.rows_per_part:
             self.flush()
 
@@ -177,18 +234,18 @@ class ArchiveLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write_jsonl(self, rows: list[SolveResult]) -> None:
-        text = "".join(json.dumps(_jsonable(r), ensure_ascii=False) + "\n" for r in rows)
+    def _write_jsonl(self, rows: list[tuple[SolveResult, SolvedAt | None]]) -> None:
+        text = "".join(json.dumps(_jsonable(r, at), ensure_ascii=False) + "\n" for r, at in rows)
         with open(self.directory / JSONL_NAME, "a", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             if self.fsync:
                 os.fsync(fh.fileno())
 
-    def _write_part(self, rows: list[SolveResult]) -> None:
+    def _write_part(self, rows: list[tuple[SolveResult, SolvedAt | None]]) -> None:
         final = self.directory / PARTS_DIR / f"part-{self._next_part:08d}.parquet"
         tmp = final.with_name(final.name + ".tmp")
-        table = pa.Table.from_pylist([_row(r) for r in rows], schema=ARCHIVE_SCHEMA)
+        table = pa.Table.from_pylist([_row(r, at) for r, at in rows], schema=ARCHIVE_SCHEMA)
         pq.write_table(table, tmp)
         if self.fsync:
             with open(tmp, "rb") as fh:
@@ -220,10 +277,11 @@ class ArchiveLog:
                 fh.truncate(keep)
 
 
-def _jsonable(result: SolveResult) -> dict[str, Any]:
+def _jsonable(result: SolveResult, solved_at: SolvedAt | None = None) -> dict[str, Any]:
     body = to_jsonable(result)
     if type(result) is not SolveResult:  # an Elite or other subclass: keep the SolveResult fields only
         body = {"schema": SolveResult.SCHEMA, "version": SolveResult.VERSION, **{k: body[k] for k in _FIELDS}}
+    body.update(zip(LINEAGE_COLUMNS, _at(result, solved_at)))
     return body
 
 
@@ -272,7 +330,8 @@ def iter_jsonl(path: str | Path, start: int = 0) -> Iterator[dict[str, Any]]:
                 if not isinstance(body, dict) or body.pop("schema", SolveResult.SCHEMA) != SolveResult.SCHEMA:
                     raise ValueError("not a sparq.solved row")
                 body.pop("version", None)
-                yield _row(SolveResult.model_validate(body))
+                at = lineage_of(body)
+                yield _row(SolveResult.model_validate(body), at)
             except (ValueError, ValidationError) as exc:
                 log.warning("%s: skipping an unreadable row: %s", path, str(exc).splitlines()[0])
 
@@ -285,7 +344,8 @@ def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     for field in schema:
         index = batch.schema.get_field_index(field.name)
         if index < 0:
-            columns.append(pa.nulls(batch.num_rows, field.type))
+            fill = -1 if field.name in LINEAGE_COLUMNS else None  # rows written before the lineage columns
+            columns.append(pa.nulls(batch.num_rows, field.type) if fill is None else pa.array([fill] * batch.num_rows, field.type))
         else:
             column = batch.column(index)
             columns.append(column if column.type == field.type else column.cast(field.type))
@@ -388,9 +448,16 @@ def read_table(directory: str | Path, columns: Sequence[str] | None = None) -> p
 
 def iter_archive(directory: str | Path, fmt: str = "auto") -> Iterator[SolveResult]:
     """Yield the archived results once per id (newest wins) as :class:`SolveResult`; ``fmt``: auto, jsonl, parquet."""
+    for result, _ in iter_archive_lineage(directory, fmt):
+        yield result
+
+
+def iter_archive_lineage(directory: str | Path, fmt: str = "auto") -> Iterator[tuple[SolveResult, SolvedAt | None]]:
+    """Like :func:`iter_archive`, with each result's solved (partition, offset) (None: unknown)."""
     for batch in iter_batches(directory, fmt=fmt, batch_size=8192):
         for row in batch.to_pylist():
-            yield SolveResult.model_validate(row)
+            at = lineage_of(row)
+            yield SolveResult.model_validate(row), at
 
 
 def read_archive(directory: str | Path, fmt: str = "auto") -> list[SolveResult]:

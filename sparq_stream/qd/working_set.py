@@ -108,11 +108,13 @@ class WorkingSet:
         return sum(self.add_seed(seed) for seed in seeds)
 
     # ----------------------------------------------------------------- offers
-    def offer(self, result: SolveResult, step: int | None = None) -> Update:
+    def offer(self, result: SolveResult, step: int | None = None, *, solved_at: tuple[int, int] | None = None) -> Update:
         """Apply the update policy to one scored child; return the slots written and deleted.
 
         ``step`` becomes the elite's ``inserted_step`` (default: the result's ``step``, or the
-        ``inserted_step`` it already has when an Elite is offered).
+        ``inserted_step`` it already has when an Elite is offered). ``solved_at``: the
+        (partition, offset) of the ``solved`` record it came from, kept on the elite for lineage
+        (default: what an offered Elite already names, else unknown).
         """
         policy = self.update_policy
         if not policy.dynamic or not result.quality > 0.0:
@@ -133,6 +135,10 @@ class WorkingSet:
             step = result.inserted_step if isinstance(result, Elite) else result.step
         data = {name: getattr(result, name) for name in _RESULT_FIELDS}
         data["niche"] = niche
+        if solved_at is not None:
+            data["solved_partition"], data["solved_offset"] = solved_at
+        elif isinstance(result, Elite):
+            data["solved_partition"], data["solved_offset"] = result.solved_partition, result.solved_offset
         elite = Elite(**data, slot=slot, inserted_step=step)
         for old in evicted:
             self._remove(old)

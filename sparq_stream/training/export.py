@@ -10,6 +10,13 @@ Exports are deterministic and atomic: rows are sorted by (problem id, rollout in
 timestamp is written, and each file is written under a temporary name then renamed into
 place, so two exports of the same state are byte-identical and a reader never sees a
 half-written file. Both files load with ``datasets.load_dataset("json"|"parquet", ...)``.
+
+Lineage: every example names its run (``run``: the topic prefix), the solved record it came
+from (``solved_topic``, ``solved_partition``, ``solved_offset``; "" / -1 when unknown), the
+problem (``problem_id``), its parents (``parent_ids``) and the model versions that wrote and
+solved it (``model_version``, ``solver_version``); ``export.json`` sums them up under
+``lineage``. ``sparq export --verify`` checks those chains against the run's topics
+(:mod:`sparq_stream.training.lineage`).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from sparq_stream.errors import ConfigError
 from sparq_stream.messages import Elite, SolveResult
 from sparq_stream.prompts import SOLVE, PromptTemplate, load_prompt
 
+SolvedAt = tuple[int, int]  # (partition, offset) of a record of the solved topic
+
 __all__ = [
     "EXPORT_SCHEMA",
     "JSONL_NAME",
@@ -47,6 +56,8 @@ __all__ = [
     "export_training_set",
     "read_examples",
     "write_examples",
+    "LINEAGE_FIELDS",
+    "solved_topic_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -91,11 +102,22 @@ EXPORT_SCHEMA = pa.schema(
         pa.field("operator", pa.string()),
         pa.field("step", pa.int64()),
         pa.field("variant", pa.string()),
+        pa.field("run", pa.string()),
+        pa.field("solved_topic", pa.string()),
+        pa.field("solved_partition", pa.int64()),
+        pa.field("solved_offset", pa.int64()),
     ],
     metadata={b"sparq.schema": _MANIFEST_SCHEMA.encode(), b"sparq.version": str(_MANIFEST_VERSION).encode()},
 )
 _COLUMNS = tuple(EXPORT_SCHEMA.names)
 _ROW_GROUP = 32_768  # rows per Parquet row group of an export (bounded memory while streaming)
+#: The columns that name where an example came from (``sparq export --verify`` follows them).
+LINEAGE_FIELDS = ("run", "problem_id", "parent_ids", "model_version", "solver_version", "solved_topic", "solved_partition", "solved_offset")
+
+
+def solved_topic_of(run: str) -> str:
+    """Return the Kafka topic of a run's solved records (``<prefix>.solved``), "" when the run is unknown."""
+    return f"{run}.solved" if run else ""
 
 
 @dataclass(frozen=True)
@@ -139,13 +161,17 @@ def build_examples(
     limit: int | None = None,
     skipped: Counter[str] | None = None,
     include_flagged: bool = False,
+    run: str = "",
+    solved_at: Mapping[str, SolvedAt] | None = None,
 ) -> list[dict[str, Any]]:
     """Turn results into sorted example rows (filtered: quality > 0 x correct rollouts; else own solution).
 
     A problem id met twice keeps its first occurrence. ``limit`` keeps the first ``limit``
     examples in (problem id, rollout index) order: an id-hash order, so a deterministic
     pseudo-random subset (use it to compare filtered and unfiltered sets at equal size).
-    Problems the validity audit flagged are left out unless ``include_flagged``.
+    Problems the validity audit flagged are left out unless ``include_flagged``. ``run`` (the
+    topic prefix) and ``solved_at`` (problem id -> solved partition and offset; an Elite
+    names its own) fill the lineage columns.
     """
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0, got {limit}")
@@ -163,7 +189,8 @@ def build_examples(
         if result.audit and not include_flagged:
             counts["audit_flagged"] += 1
             continue
-        rows.extend(_examples_of(result, filtered, source, template, counts))
+        at = solved_at.get(result.id) if solved_at is not None else None
+        rows.extend(_examples_of(result, filtered, source, template, counts, run=run, solved_at=at))
     rows.sort(key=lambda r: (r["problem_id"], r["rollout_index"]))
     if limit is not None and len(rows) > limit:
         counts["over_limit"] += len(rows) - limit
@@ -172,14 +199,21 @@ def build_examples(
 
 
 def _examples_of(
-    result: SolveResult, filtered: bool, source: str, template: PromptTemplate, counts: Counter[str]
+    result: SolveResult,
+    filtered: bool,
+    source: str,
+    template: PromptTemplate,
+    counts: Counter[str],
+    *,
+    run: str = "",
+    solved_at: SolvedAt | None = None,
 ) -> list[dict[str, Any]]:
     """The example rows of one result (none when it gives no target)."""
     targets = _targets(result, filtered, counts)
     if not targets:
         return []
     prompt = template.render(problem=result.problem)
-    base = _provenance(result, source, template)
+    base = _provenance(result, source, template, run, solved_at)
     rows = []
     for index, text in targets:
         messages = [dict(turn) for turn in prompt] + [{"role": "assistant", "content": text}]
@@ -215,8 +249,11 @@ def _targets(result: SolveResult, filtered: bool, counts: Counter[str]) -> list[
     return [(-1, result.solution)]
 
 
-def _provenance(result: SolveResult, source: str, template: PromptTemplate) -> dict[str, Any]:
-    """The provenance columns shared by every example of one problem."""
+def _provenance(result: SolveResult, source: str, template: PromptTemplate, run: str = "", solved_at: SolvedAt | None = None) -> dict[str, Any]:
+    """The provenance and lineage columns shared by every example of one problem."""
+    if solved_at is None and isinstance(result, Elite) and result.solved_partition >= 0 and result.solved_offset >= 0:
+        solved_at = (result.solved_partition, result.solved_offset)
+    partition, offset = solved_at if solved_at is not None else (-1, -1)
     return {
         "source": source,
         "slot": result.slot if isinstance(result, Elite) else "",
@@ -238,6 +275,10 @@ def _provenance(result: SolveResult, source: str, template: PromptTemplate) -> d
         "operator": result.operator,
         "step": int(result.step),
         "variant": result.variant,
+        "run": run,
+        "solved_topic": solved_topic_of(run) if solved_at is not None else "",
+        "solved_partition": int(partition),
+        "solved_offset": int(offset),
     }
 
 
@@ -275,6 +316,7 @@ def _write_sorted(
     tmp_jsonl, tmp_parquet = out / f".{JSONL_NAME}.tmp-{tag}", out / f".{PARQUET_NAME}.tmp-{tag}"
     written = [(tmp_jsonl, out / JSONL_NAME), (tmp_parquet, out / PARQUET_NAME)]
     group: list[dict[str, Any]] = []  # rows of the Parquet row group being filled
+    lineage = _LineageTally()
     try:
         with open(tmp_jsonl, "wb") as jf, pq.ParquetWriter(tmp_parquet, EXPORT_SCHEMA, compression="zstd") as writer:
             for chunk in chunks:
@@ -293,6 +335,7 @@ def _write_sorted(
                     writer.write_table(pa.Table.from_pylist(group, schema=EXPORT_SCHEMA))
                     group = []
                 for row in rows:
+                    lineage.add(row)
                     if row["problem_id"] != last_problem:
                         problems += 1
                         last_problem = row["problem_id"]
@@ -310,6 +353,7 @@ def _write_sorted(
             "files": {"jsonl": JSONL_NAME, "parquet": PARQUET_NAME},
             "jsonl_sha256": digest.hexdigest(),
             "skipped": dict(sorted(skipped.items())),
+            "lineage": lineage.summary(),
             **dict(extra or {}),
         }
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
@@ -345,14 +389,17 @@ def export_training_set(
     source: str = "elites",
     solve_prompt: PromptTemplate | None = None,
     include_flagged: bool = False,
+    run: str = "",
+    solved_at: Mapping[str, SolvedAt] | None = None,
 ) -> ExportInfo:
     """Export the training set of ``elites`` (or any scored results) to ``out_dir`` as JSONL + Parquet."""
     skipped: Counter[str] = Counter()
     template = solve_prompt or load_prompt(SOLVE)
     rows = build_examples(
-        elites, filtered=filtered, source=source, solve_prompt=template, limit=limit, skipped=skipped, include_flagged=include_flagged
-    )
-    extra = {"filtered": filtered, "source": source, "limit": limit, "include_flagged": include_flagged}
+        elites, filtered=filtered, source=source, solve_prompt=template, limit=limit, skipped=skipped, include_flagged=include_flagged,
+        run=run, solved_at=solved_at,
+    )  # fmt: skip
+    extra = {"filtered": filtered, "source": source, "limit": limit, "include_flagged": include_flagged, "run": run}
     info = write_examples(rows, out_dir, skipped=skipped, extra=extra)
     log.info("exported %d examples of %d problems to %s (skipped: %s)", info.examples, info.problems, out_dir, dict(skipped))
     return info
@@ -368,8 +415,11 @@ def export_from_archive(
     solve_prompt: PromptTemplate | None = None,
     include_flagged: bool = False,
     buckets_dir: str | Path | None = None,
+    run: str = "",
 ) -> ExportInfo:
     """Export from an archive A on disk: filtered (quality > 0, correct rollouts) or every child with its own solution.
+
+    ``run`` (the run's topic prefix) and the archive's solved coordinates fill the lineage columns.
 
     Bounded memory at any archive size: the one archive reader streams record batches
     (each id once, newest row winning); each example line goes to a bucket file by the
@@ -378,7 +428,7 @@ def export_from_archive(
     :func:`export_training_set` gives for the same results.
     """
     from sparq_stream.qd.archive_log import JSONL_NAME as ARCHIVE_JSONL
-    from sparq_stream.qd.archive_log import iter_batches, part_files
+    from sparq_stream.qd.archive_log import iter_batches, lineage_of, part_files
 
     archive = Path(archive_dir)
     if not archive.is_dir() or not (part_files(archive) or (archive / ARCHIVE_JSONL).is_file()):
@@ -400,11 +450,12 @@ def export_from_archive(
                     counts["quality_zero"] += batch.num_rows - (pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
                     batch = batch.filter(keep)
                 for row in batch.to_pylist():
+                    at = lineage_of(row)
                     result = SolveResult.model_validate(row)
                     if result.audit and not include_flagged:
                         counts["audit_flagged"] += 1
                         continue
-                    for example in _examples_of(result, filtered, "archive", template, counts):
+                    for example in _examples_of(result, filtered, "archive", template, counts, run=run, solved_at=at):
                         bucket = example["problem_id"][:2]
                         fh = files.get(bucket)
                         if fh is None:
@@ -418,7 +469,7 @@ def export_from_archive(
                 fh.close()
         if limit is not None and total > limit:
             counts["over_limit"] += total - limit
-        extra = {"filtered": filtered, "source": "archive", "limit": limit, "include_flagged": include_flagged}
+        extra = {"filtered": filtered, "source": "archive", "limit": limit, "include_flagged": include_flagged, "run": run}
         info = _write_sorted(
             out, _sorted_buckets([paths[b] for b in sorted(paths)], limit), skipped=dict(counts), extra=extra, fsync=False, lines=True
         )
@@ -426,6 +477,41 @@ def export_from_archive(
         shutil.rmtree(spill, ignore_errors=True)
     log.info("exported %d examples of %d problems to %s (skipped: %s)", info.examples, info.problems, out, dict(counts))
     return info
+
+
+class _LineageTally:
+    """Counts for the manifest's ``lineage`` summary, one example row at a time."""
+
+    def __init__(self) -> None:
+        self.runs: Counter[str] = Counter()
+        self.topics: Counter[str] = Counter()
+        self.model_versions: Counter[str] = Counter()
+        self.solver_versions: Counter[str] = Counter()
+        self.located = 0
+        self.unlocated = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        """Count one example row."""
+        self.runs[str(row.get("run") or "")] += 1
+        self.model_versions[str(row.get("model_version"))] += 1
+        self.solver_versions[str(row.get("solver_version"))] += 1
+        partition, offset = row.get("solved_partition"), row.get("solved_offset")
+        if isinstance(partition, int) and isinstance(offset, int) and partition >= 0 and offset >= 0 and row.get("solved_topic"):
+            self.located += 1
+            self.topics[str(row["solved_topic"])] += 1
+        else:
+            self.unlocated += 1
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready summary: runs, solved topics, examples with and without a solved record, versions."""
+        return {
+            "runs": dict(sorted(self.runs.items())),
+            "solved_topics": dict(sorted(self.topics.items())),
+            "with_solved_record": self.located,
+            "without_solved_record": self.unlocated,
+            "model_versions": dict(sorted(self.model_versions.items())),
+            "solver_versions": dict(sorted(self.solver_versions.items())),
+        }
 
 
 def _sorted_buckets(paths: Sequence[Path], limit: int | None, chunk: int = 4096) -> Iterator[list[str]]:

@@ -2,7 +2,8 @@
 
 ``sparq up --train-every N`` turns on the trainer's fine-tuning (TRL ``SFTTrainer``, LoRA)
 every N new training examples, per-version evaluation on the held-out GSM8K (in
-distribution) and MATH500 (out of distribution) slices when they are found, and hot reload of
+distribution) and MATH500 (out of distribution) slices (packaged with sparq_stream, plus any
+``--heldout`` file), the base model scored once as version 0, and hot reload of
 each published version in the mutator and the solver, which load only from the run's
 ``models/`` folder; a version published after the last step gets up to two more steps, so
 the run ends with it in use on both sides. The training defaults are sized for a CPU (a few optimiser steps, short
@@ -14,34 +15,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["CPU_TRAINING_DEFAULTS", "MODEL_NAME", "NEW_MODEL_STEPS", "default_eval_sets", "follower_flags", "trainer_flags"]
+from sparq_stream.heldout import PACKAGED, eval_sets
+
+__all__ = [
+    "CPU_EVAL_DEFAULTS", "CPU_TRAINING_DEFAULTS", "MODEL_NAME", "NEW_MODEL_STEPS", "default_eval_sets", "eval_flags",
+    "follower_flags", "trainer_flags",
+]
 
 #: The model name the trainer publishes and the followers follow.
 MODEL_NAME = "student"
+#: Small evaluation settings for a CPU run (flags of ``sparq run trainer``).
+CPU_EVAL_DEFAULTS: tuple[str, ...] = ("--eval-limit", "8", "--eval-max-tokens", "192")
 #: Small training and evaluation settings for a CPU run (flags of ``sparq run trainer``).
 CPU_TRAINING_DEFAULTS: tuple[str, ...] = (
     "--train-max-steps", "4",
     "--train-max-seq-len", "320",
     "--train-batch-size", "4",
-    "--eval-limit", "8",
-    "--eval-max-tokens", "192",
+    *CPU_EVAL_DEFAULTS,
 )  # fmt: skip
 #: Steps the mutator may run past ``--steps`` until a trained version is used (see MutatorConfig).
 NEW_MODEL_STEPS = 4
-#: Held-out sets evaluated per version: name -> file name in the shared data folder.
-EVAL_FILES = {"gsm8k": "gsm8k_test.jsonl", "math500": "math500_test.jsonl"}
+#: Held-out sets evaluated per version: name -> packaged file name (sparq_stream/data/heldout).
+EVAL_FILES = dict(PACKAGED)
 
 
-def default_eval_sets(paths: list[Path] | None = None) -> dict[str, str]:
-    """The held-out sets to evaluate on: the given files by stem, else GSM8K and MATH500 from the shared data folder."""
-    if paths is not None:
-        return {Path(p).stem.removesuffix("_test"): str(Path(p).resolve()) for p in paths}
-    from sparq_stream.cores.novelty import default_heldout_paths
-
-    found = {Path(p).name: p for p in default_heldout_paths()}
-    return {name: str(found[file].resolve()) for name, file in EVAL_FILES.items() if file in found}
+def default_eval_sets(extra: Sequence[str | Path] | None = None) -> dict[str, str]:
+    """The held-out sets to evaluate on: the packaged GSM8K test and MATH500, then each extra file by its stem."""
+    return eval_sets(list(extra or []))
 
 
 def trainer_flags(train_every: int, models_dir: Path, config: Any, backend_options: dict[str, Any]) -> list[str]:
@@ -52,9 +54,23 @@ def trainer_flags(train_every: int, models_dir: Path, config: Any, backend_optio
         flags += ["--base-model", str(backend_options["model"])]
     if config.threads:
         flags += ["--train-threads", str(config.threads)]
-    sets = default_eval_sets(config.contamination)
-    if sets:
-        flags += ["--eval-sets", json.dumps(sets)]
+    return flags + eval_flags(config, backend_options, defaults=False)
+
+
+def eval_flags(config: Any, backend_options: dict[str, Any], *, defaults: bool = True) -> list[str]:
+    """``sparq run trainer`` flags of the evaluation: the sets (packaged + ``--heldout``), base scoring, backend.
+
+    The scripted backend scores with itself (``--eval-backend scripted``, seconds); any other run
+    scores each version's model folder with transformers. ``defaults`` adds the small CPU slice.
+    """
+    flags = list(CPU_EVAL_DEFAULTS) if defaults else []
+    flags += ["--eval-sets", json.dumps(default_eval_sets(list(config.heldout)))]
+    if config.backend == "scripted":
+        flags += ["--eval-backend", "scripted"]
+        if backend_options:
+            flags += ["--eval-backend-options", json.dumps(backend_options)]
+    if config.threads and defaults:
+        flags += ["--train-threads", str(config.threads)]
     return flags
 
 

@@ -21,16 +21,18 @@ pytestmark = pytest.mark.broker
 
 def test_seed_then_tail_round_trips_the_shared_seed_file(broker: str, prefix: str, shared_data: Path) -> None:
     seeds_file = shared_data / "gsm8k_train.jsonl"
-    expected = [s for s in read_seeds(seeds_file) if isinstance(s, Seed)]
-    assert len(expected) == 7473
+    # two of the 512 training problems share a word 13-gram with a GSM8K test problem: refused
+    expected = [s for s in read_seeds(seeds_file) if isinstance(s, Seed) and s.line not in (21, 407)]
+    assert len(expected) == 510
     assert sparq("topics", "create", "-b", broker, "--prefix", prefix).returncode == 0
-    done = sparq("seed", str(seeds_file), "-b", broker, "--prefix", prefix)
+    done = sparq("seed", str(seeds_file), "-b", broker, "--prefix", prefix, "--embedder", "hash")
     assert done.returncode == 0, done.stderr
-    assert "published 7473 seed(s)" in done.stderr
-    tailed = sparq("tail", "seeds", "-b", broker, "--prefix", prefix, "--from-beginning", "--max", "7473")
+    assert "published 510 seed(s)" in done.stderr and "refused 2 held-out seed(s)" in done.stderr
+    assert "gsm8k_train.jsonl:21: a held-out test problem (contamination_ngram: gsm8k_test.jsonl" in done.stderr
+    tailed = sparq("tail", "seeds", "-b", broker, "--prefix", prefix, "--from-beginning", "--max", "510")
     assert tailed.returncode == 0, tailed.stderr
     rows = [json.loads(line) for line in tailed.stdout.splitlines()]
-    assert len(rows) == 7473
+    assert len(rows) == 510
     got = Counter(
         (r["key"], r["id"], r["problem"], r["answer"], r["solution"], r["line"], r["schema"], r["version"]) for r in rows
     )
@@ -55,7 +57,7 @@ def test_seed_reports_bad_lines_and_publishes_only_good_ones(broker: str, prefix
         + "\n"
     )
     sparq("topics", "create", "-b", broker, "--prefix", prefix)
-    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix)
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--embedder", "hash")
     assert done.returncode == 0
     assert "published 2 seed(s)" in done.stderr and "skipped 4 bad line(s)" in done.stderr
     for line in (2, 3, 5, 7):
@@ -71,7 +73,7 @@ def test_seed_names_a_too_long_or_non_utf8_line_and_publishes_the_rest(broker: s
     huge = json.dumps({"question": "x" * 3_000_000, "answer": "#### 1"})
     path.write_bytes(f"{good}\n{huge}\n".encode() + b'{"question": "\xff", "answer": "#### 1"}\n' + good.replace("2+2", "3+3").encode() + b"\n")
     sparq("topics", "create", "-b", broker, "--prefix", prefix)
-    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--max-line-bytes", "1000000")
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--max-line-bytes", "1000000", "--embedder", "hash")
     assert done.returncode == 0, done.stderr
     assert f"seeds.jsonl:2: line of {len(huge) + 1:,} bytes is longer than the 1,000,000-byte limit (skipped)" in done.stderr
     assert "seeds.jsonl:3: not UTF-8: byte 0xff at byte 15 (skipped)" in done.stderr

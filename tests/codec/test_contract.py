@@ -27,6 +27,7 @@ from sparq_stream.schema_export import (
     incompatible_changes,
     json_schema,
     released_problems,
+    schema_filename,
 )
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -115,7 +116,7 @@ def test_dead_letter_headers_match_their_schema() -> None:
     assert [k for k, _ in headers][: len(DLQ_HEADERS)] == list(DLQ_HEADERS)  # wire order as documented
     jsonschema.validate(as_text, schema)
     assert as_text["sparq.dlq.offset"] == "41" and as_text["trace"] == "abc"
-    optional = {**as_text, "sparq.dlq.original_size": "2000000", "sparq.dlq.original_sha256": "0" * 64, "sparq.dlq.truncated": "1"}
+    optional = {**as_text, "sparq.dlq.original_size": "2000000", "sparq.dlq.original_sha256": "0" * 64, "sparq.dlq.truncated": "true"}
     jsonschema.validate(optional, schema)
     assert set(DLQ_OPTIONAL_HEADERS) <= set(schema["properties"])
     for bad in ({k: v for k, v in as_text.items() if k != "sparq.dlq.error"}, {**as_text, "sparq.dlq.partition": "two"}):
@@ -124,13 +125,13 @@ def test_dead_letter_headers_match_their_schema() -> None:
 
 
 def test_dead_letter_schema_has_no_made_up_format() -> None:
-    text = (SCHEMAS / "sparq.dead_letter.v1.json").read_text()
+    text = (SCHEMAS / schema_filename(DeadLetter)).read_text()
     assert "base64url" not in text and '"contentEncoding": "base64"' in text
 
 
 def test_a_wrong_id_still_decodes_the_check_is_separate() -> None:
-    wire = encode(Candidate(id="c1", problem="p", solution="s", answer="1"))
-    assert decode(wire).id == "c1"  # decode validates the shape; check_id (run by every service) the content
+    wire = encode(Candidate(id="c" * 32, problem="p", solution="s", answer="1"))
+    assert decode(wire).id == "c" * 32  # decode validates the shape and the id pattern; check_id (every service) the hash
 
 
 def test_whitespace_is_what_the_doc_says() -> None:
@@ -151,3 +152,23 @@ def test_docs_wire_md_is_current() -> None:
         assert f"`<prefix>.{name}`" in text
     for header in [*DLQ_HEADERS, *DLQ_OPTIONAL_HEADERS]:
         assert f"`{header}`" in text
+
+
+def test_released_files_are_locked_by_their_hashes(tmp_path: Path) -> None:
+    import shutil
+
+    from sparq_stream.schema_export import LOCK_FILE, lock_problems
+
+    copy_dir = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS, copy_dir)
+    assert lock_problems(copy_dir) == []
+    locked = sorted((copy_dir / "released").glob("*.json"))
+    assert {p.name for p in locked} >= {"sparq.dropped.v1.json", "sparq.dropped.v2.json", "sparq.dead_letter.v1.json"}
+    edited = copy_dir / "released" / "sparq.dropped.v1.json"
+    edited.write_text(edited.read_text().replace('"contamination"', '"contamination", "boring"'))
+    (copy_dir / "released" / "sparq.extra.v1.json").write_text("{}\n")
+    problems = lock_problems(copy_dir)
+    assert any("sparq.dropped.v1.json: changed in place" in p for p in problems)
+    assert any("sparq.extra.v1.json: not in " + LOCK_FILE in p for p in problems)
+    (copy_dir / "released" / "sparq.seed.v1.json").unlink()
+    assert any("sparq.seed.v1.json: locked but missing" in p for p in lock_problems(copy_dir))

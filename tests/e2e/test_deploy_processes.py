@@ -41,7 +41,7 @@ def _without(args: list[str], flags: set[str]) -> list[str]:
 def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster, prefix: str, shared_data: Path,
                                                                     tmp_path: Path) -> None:
     config = UpConfig(seeds=shared_data / "gsm8k_train.jsonl", out=tmp_path, steps=2, variant="qd", backend="scripted",
-                      embedder="hash", batch_size=8, k=4, seed=7, contamination=[], label_seeds=False, seed_limit=40,
+                      embedder="hash", batch_size=8, k=4, seed=7, contamination_check=False, label_seeds=False, seed_limit=40,
                       partitions=6)
     bootstrap = kafka_cluster.bootstrap
     settings = ServiceSettings(bootstrap=bootstrap, prefix=prefix)

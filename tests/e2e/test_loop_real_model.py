@@ -21,8 +21,6 @@ STEPS, BATCH, K = 2, 6, 2
 
 
 def test_real_tiny_model_end_to_end(shared_data: Path, tmp_path: Path) -> None:
-    heldout = tmp_path / "heldout.jsonl"
-    heldout.write_text("".join((shared_data / "gsm8k_test.jsonl").read_text().splitlines(keepends=True)[:50]))
     config = UpConfig(
         seeds=shared_data / "gsm8k_train.jsonl",
         out=tmp_path / "run",
@@ -34,7 +32,6 @@ def test_real_tiny_model_end_to_end(shared_data: Path, tmp_path: Path) -> None:
         embedder="sentence-transformers",
         seed_limit=100,
         label_seeds=False,
-        contamination=[heldout],
         timeout_s=1500,
         # a low temperature keeps the 135M model closer to the requested tag format
         extra={"mutator": ["--temperature", "0.2"]},

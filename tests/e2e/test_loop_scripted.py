@@ -85,7 +85,8 @@ def test_each_variant_reaches_the_exact_reference_archive(variant: str, tansu: s
     assert all(r.k == K and r.rollouts_used == K and r.quality == (1 - r.solve_rate if 0.1 <= r.solve_rate <= 0.9 else 0.0) for r in archive)
     assert all(isinstance(e, Elite) and e.quality > 0 for e in elites.values())
     published = read_latest(ServiceSettings(bootstrap=tansu, prefix=prefix), f"{prefix}.seeds")
-    assert len(published) == SEEDS and all(1 <= len(s.skills) <= 3 for s in published.values())
+    # the 21st training problem shares a word 13-gram with a GSM8K test problem: refused as held-out
+    assert len(published) == SEEDS - 1 and all(1 <= len(s.skills) <= 3 for s in published.values())
     if variant.startswith("static"):
         assert elites == {}  # static variants never put children into W
         parents = {p for r in archive for p in r.parent_ids}

@@ -41,11 +41,10 @@ def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: 
     seeds = tmp_path / "seeds.jsonl"
     seeds.write_text("".join(json.dumps({"question": q, "answer": f"{q.removeprefix('What is ').rstrip('?')} = {a}\n#### {a}"}) + "\n"
                              for q, a in EASY))  # fmt: skip
-    heldout = [shared_data / "gsm8k_test.jsonl", shared_data / "math500_test.jsonl"]
     out = tmp_path / "run"
     config = UpConfig(
         seeds=seeds, out=out, steps=3, batch_size=8, k=4, max_tokens=96, backend="transformers", embedder="hash",
-        label_seeds=False, contamination=heldout, timeout_s=3000, train_every=1,
+        label_seeds=False, timeout_s=3000, train_every=1,
         extra={
             "novelty": ["--no-classify"],  # the skill classifier is one more CPU-heavy model call per candidate
             # a step of the 135M model yields 1-2 scored children, ~1 in 4 kept (most outputs do not parse, are not
@@ -70,8 +69,10 @@ def test_up_trains_publishes_and_both_sides_reload(shared_data: Path, tmp_path: 
     trained = json.loads((version_dir / "train_result.json").read_text())
     assert trained["steps"] == 2 and trained["settings"]["trainer"].startswith("trl.SFTTrainer")
     assert (version_dir / "adapter" / "adapter_config.json").is_file()  # LoRA by default
-    first = summary["model_versions"][0]
+    base, first = summary["model_versions"][:2]  # version 0 is the base model, scored at the start
+    assert base["version"] == 0 and base["base"] and {base["eval"]["gsm8k"]["n"], base["eval"]["math500"]["n"]} == {2}
     assert first["version"] == 1 and {first["eval"]["gsm8k"]["n"], first["eval"]["math500"]["n"]} == {2}
+    assert set(first["delta_vs_base"]) == {"gsm8k", "math500"}  # each version shows its change against version 0
     assert 0.0 <= first["eval"]["gsm8k"]["accuracy"] <= 1.0 and 0.0 <= first["eval"]["math500"]["accuracy"] <= 1.0
     in_use = summary["models_in_use"]
     assert set(in_use) == {"mutator", "solver-0"} and min(in_use.values()) >= 1  # both ended on a trained version

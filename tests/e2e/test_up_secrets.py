@@ -53,7 +53,7 @@ def _watch(proc: subprocess.Popen[bytes], key: str) -> tuple[dict[int, list[str]
 def test_a_run_given_a_key_leaks_it_nowhere(given: str, shared_data: Path, tmp_path: Path) -> None:
     key = f"sk-sparq-test-{uuid.uuid4().hex}"
     out = tmp_path / "run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARQ_") or k in ("SPARQ_DATA_DIR", "SPARQ_CACHE_DIR")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARQ_") or k == "SPARQ_CACHE_DIR"}
     args = [
         "up", "--seeds", str(shared_data / "gsm8k_train.jsonl"), "--seed-limit", "16", "--steps", "1", "--batch-size", "4",
         "--k", "2", "--backend", "scripted", "--embedder", "hash", "--out", str(out), "--timeout", "300",

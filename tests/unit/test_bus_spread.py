@@ -65,7 +65,7 @@ def _process(partitions: int, instance: str = "novelty", core: Any = None) -> Se
 
 def _novel(i: int) -> NovelCandidate:
     problem = f"Problem number {i}: what is {i} + 1?"
-    return NovelCandidate(id=problem_id(problem), problem=problem, solution="\\boxed{1}", answer=str(i + 1), parent_ids=["p"], step=i // 64)
+    return NovelCandidate(id=problem_id(problem), problem=problem, solution="\\boxed{1}", answer=str(i + 1), parent_ids=[problem_id("p")], step=i // 64)
 
 
 def _send_novel(process: ServiceProcess, candidates: list[NovelCandidate], per_batch: int) -> list[tuple[str, bytes | None, bytes | None, int | None]]:

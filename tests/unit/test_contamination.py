@@ -53,7 +53,7 @@ def test_the_mutation_prompts_worked_example_is_found() -> None:
 def test_novelty_drops_the_prompts_example_and_held_out_overlap_by_reason(tmp_path: Path) -> None:
     heldout = tmp_path / "gsm8k_test.jsonl"
     heldout.write_text(json.dumps({"question": HELD}) + "\n")
-    config = NoveltyConfig(contamination=[str(heldout)], classify=False)
+    config = NoveltyConfig(heldout=[str(heldout)], classify=False)
     empty = HeldOut((), (), np.zeros((0, 64), dtype=np.float32))  # no embedding check: the text checks alone
     core = NoveltyCore(config, embedder=HashingEmbedder(dim=64), heldout=empty)
     texts = [
@@ -70,6 +70,6 @@ def test_novelty_drops_the_prompts_example_and_held_out_overlap_by_reason(tmp_pa
     assert m[f"dropped_{PROMPT_EXAMPLE}"] == 1 and m[f"dropped_{CONTAMINATION_NGRAM}"] == 1
     stages = {f"novelty.{k}": v for k, v in m.items()}
     assert contamination_counts(stages) == {"contamination": 0, CONTAMINATION_NGRAM: 1, PROMPT_EXAMPLE: 1}
-    off = NoveltyCore(NoveltyConfig(contamination=[str(heldout)], classify=False, ngram_n=0, prompt_example_n=0),
+    off = NoveltyCore(NoveltyConfig(heldout=[str(heldout)], classify=False, ngram_n=0, prompt_example_n=0),
                       embedder=HashingEmbedder(dim=64), heldout=empty)  # fmt: skip
     assert all(isinstance(o[0].message, NovelCandidate) for o in off.handle_batch([Inbound("candidates", c.id, c) for c in cands[:2]]))

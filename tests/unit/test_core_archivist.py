@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from sparq_stream.core import EVERY_PARTITION, Core, Inbound, Outgoing
 from sparq_stream.cores.archivist import (
@@ -104,11 +105,17 @@ def test_w_follows_the_update_policy_and_the_topic_holds_w(tmp_path: Path, varia
     core = _core(tmp_path, variant=variant, cap=None if variant != "dynamic-uniform" else 5)
     outputs = _feed(core, results)
     reference = make_working_set(variant, None if variant != "dynamic-uniform" else 5)
-    reference.offer_many(results)
+    for offset, result in enumerate(results):  # _feed puts result i at offset i of solved partition 0
+        reference.offer(result, solved_at=(0, offset))
     assert core.working_set == reference
     assert _as_table(_elite_records(outputs)) == reference.elites()
     assert [o.message for o in outputs if o.topic == "archive"] == results
     assert all(o.resolved_key() == o.message.id for o in outputs if o.topic == "archive")
+    # lineage: every elite and every archive record names the solved record it came from
+    offsets = {r.id: i for i, r in enumerate(results)}
+    assert all((e.solved_partition, e.solved_offset) == (0, offsets[e.id]) for e in reference.elites().values())
+    archived = [o for o in outputs if o.topic == "archive"]
+    assert [o.headers for o in archived] == [(("sparq.solved.at", f"0/{offsets[o.message.id]}".encode()),) for o in archived]
     if not VARIANTS[variant].dynamic:
         assert _elite_records(outputs) == []
     else:
@@ -167,7 +174,7 @@ def test_a_restarted_archivist_ends_in_exactly_the_same_state(tmp_path: Path, va
     # and it goes on exactly like an uninterrupted archivist
     uninterrupted = _core(tmp_path, "b", variant=variant, cap=3)
     _feed(uninterrupted, results)
-    records += _elite_records(_feed(second, results[50:], start=2000))
+    records += _elite_records(_feed(second, results[50:], start=50))  # on from the committed offset, like the wrapper
     assert second.working_set == uninterrupted.working_set
     assert _as_table(records) == uninterrupted.working_set.elites()
     assert second.metrics()["scored"] == uninterrupted.metrics()["scored"] == 80
@@ -282,10 +289,11 @@ def test_bad_records_never_stop_the_archivist(tmp_path: Path) -> None:
     core.on_table(Inbound("seeds", "s", Seed(id="s", problem="p", answer="1", skills=["a", "b", "c", "d"])))
     m = core.metrics()
     assert m["table_skipped"] == 2 and m["table_errors"] == 1
-    bad = _result(1, 0.5, ("a", "b", "c", "d"))  # four skills: no niche
-    out = _feed(core, [bad, _result(2, 0.5)])
-    assert [o.topic for o in _no_marks(out)] == ["archive", "archive", "elites"]
-    assert core.metrics()["bad_niche"] == 1 and len(load_archive(tmp_path / "a")) == 2
+    with pytest.raises(ValidationError, match="skills"):  # four skills: the message rules refuse it (a dead letter on the wire)
+        _result(1, 0.5, ("a", "b", "c", "d"))
+    out = _feed(core, [_result(2, 0.5)])
+    assert [o.topic for o in _no_marks(out)] == ["archive", "elites"]
+    assert core.metrics().get("bad_niche", 0) == 0 and len(load_archive(tmp_path / "a")) == 1
     with pytest.raises(FatalError, match="SolveResult"):
         core.handle(Inbound("solved", "c", Candidate(id="c", problem="p", solution="s", answer="1"), 0, 99))
     assert _no_marks(core.handle(Inbound("solved", "t", None, 0, 100))) == []
@@ -434,3 +442,30 @@ def test_a_wiped_archive_dir_is_rebuilt_from_the_topics_alone(tmp_path: Path) ->
         third.on_table(record)
     third.tick(0.0)
     assert third.metrics().get("restored_from_topic", 0) == 0 and third.metrics()["scored"] == len(results)
+
+
+def test_lineage_every_elite_and_archived_row_names_its_solved_record(tmp_path: Path) -> None:
+    """Elites, archive records (header) and disk rows name the solved (partition, offset); a rebuild from the topic keeps them."""
+    from sparq_stream.qd.archive_log import iter_archive_lineage, solved_at_of
+
+    results = _stream(30, seed=5)
+    first = _core(tmp_path, "first", parquet_rows=8)
+    outputs = _feed(first, results, start=100)
+    first.close()
+    at = {r.id: (0, 100 + i) for i, r in enumerate(results)}
+    elites = [o.message for o in outputs if o.topic == "elites" and isinstance(o.message, Elite)]
+    assert elites and all((e.solved_partition, e.solved_offset) == at[e.id] for e in elites)
+    archived = [o for o in outputs if o.topic == "archive"]
+    assert {o.message.id: solved_at_of(o.headers) for o in archived} == at
+    assert dict((r.id, a) for r, a in iter_archive_lineage(tmp_path / "first")) == at
+    # a standby's (or a wiped) archive_dir rebuilt from the archive topic keeps the coordinates
+    wiped = _core(tmp_path, "wiped", parquet_rows=8)
+    for i, o in enumerate(archived):
+        wiped.on_table(Inbound("archive", o.resolved_key(), o.message, 0, i, headers=o.headers))
+    wiped.tick(0.0)
+    wiped.close()
+    assert dict((r.id, a) for r, a in iter_archive_lineage(tmp_path / "wiped")) == at
+    # and W rebuilt from that archive (the elites topic lost) names them too
+    rebuilt = _core(tmp_path, "wiped", parquet_rows=8)
+    rebuilt.tick(0.0)
+    assert rebuilt.working_set.elites() and all((e.solved_partition, e.solved_offset) == at[e.id] for e in rebuilt.working_set.elites().values())

@@ -553,7 +553,7 @@ class Loop:
         self.mutator = MutatorCore(MutatorConfig(variant=variant, **config), backend=self.backend, clock=FakeClock())
         heldout = HeldOut((), (), np.zeros((0, 128), dtype=np.float32))
         self.novelty = NoveltyCore(
-            NoveltyConfig(contamination=[], dup_threshold=0.97), embedder=HashingEmbedder(dim=128), backend=self.backend, heldout=heldout
+            NoveltyConfig(contamination_check=False, dup_threshold=0.97), embedder=HashingEmbedder(dim=128), backend=self.backend, heldout=heldout
         )
         self.archivist = make_working_set(variant)
         for seed in seeds:
@@ -694,10 +694,10 @@ class MutatorKillBus(LocalBus):
 def _kill_loop(tmp_path, kills: dict[int, str], **mutator_flags):
     from sparq_stream.orchestrator.local import build_local_cores
     from sparq_stream.orchestrator.up import UpConfig, load_seed_set, service_args
-    from tests.conftest import SHARED_DATA
+    from tests.conftest import SEEDS_FILE
 
     config = UpConfig(
-        seeds=SHARED_DATA / "gsm8k_train.jsonl", out=tmp_path, steps=3, batch_size=64, k=4, backend="scripted",
+        seeds=SEEDS_FILE, out=tmp_path, steps=3, batch_size=64, k=4, backend="scripted",
         embedder="hash", variant="qd", seed_limit=40, seed=7,
         extra={"mutator": ["--chunk-size", "16", *[str(v) for kv in mutator_flags.items() for v in (f"--{kv[0].replace('_', '-')}", kv[1])]]},
     )

@@ -42,7 +42,7 @@ def inbound(message, offset: int = 0, topic: str = "candidates", partition: int 
 
 
 def make(config: NoveltyConfig | None = None, backend=None, heldout: HeldOut | None = NO_HELDOUT) -> NoveltyCore:
-    config = config or NoveltyConfig(contamination=[])
+    config = config or NoveltyConfig(contamination_check=False)
     return NoveltyCore(config, embedder=EMBEDDER, backend=backend or ScriptedBackend(), heldout=heldout)
 
 
@@ -76,7 +76,7 @@ def test_a_new_candidate_gets_novelty_nearest_and_skills() -> None:
 
 
 def test_novelty_uses_only_the_k_nearest() -> None:
-    core = make(NoveltyConfig(contamination=[], k_neighbours=1, classify=False), backend=None)
+    core = make(NoveltyConfig(contamination_check=False, k_neighbours=1, classify=False), backend=None)
     run(core, cand(PROBLEMS[0]), cand(PROBLEMS[1]))
     (out,) = run(core, cand(PROBLEMS[2]))
     assert out.message.novelty == pytest.approx(1 - out.message.nearest_similarity, abs=1e-6)
@@ -105,7 +105,7 @@ def test_exact_duplicates_by_id_and_of_seeds_are_dropped_with_a_notice() -> None
 
 
 def test_near_duplicates_are_dropped_and_the_second_of_a_pair_in_one_batch() -> None:
-    core = make(NoveltyConfig(contamination=[], dup_threshold=0.9))
+    core = make(NoveltyConfig(contamination_check=False, dup_threshold=0.9))
     variant = PROBLEMS[0].replace("12 cows", "13 cows")
     sim = float((EMBEDDER.embed([PROBLEMS[0]]) @ EMBEDDER.embed([variant]).T)[0, 0])
     assert 0.9 <= sim < 0.999
@@ -121,7 +121,7 @@ def test_near_duplicates_are_dropped_and_the_second_of_a_pair_in_one_batch() -> 
 
 def test_decisions_do_not_depend_on_batching() -> None:
     texts = [PROBLEMS[0], PROBLEMS[0].replace("12", "14"), PROBLEMS[1], PROBLEMS[1], PROBLEMS[2]]
-    config = NoveltyConfig(contamination=[], dup_threshold=0.9)
+    config = NoveltyConfig(contamination_check=False, dup_threshold=0.9)
     together = run(make(config), *[cand(t, step=i) for i, t in enumerate(texts)])
     one_by_one_core = make(config)
     apart = [run(one_by_one_core, cand(t, step=i))[0] for i, t in enumerate(texts)]
@@ -208,7 +208,7 @@ def test_other_messages_are_fatal() -> None:
 
 
 def test_restart_from_a_snapshot_still_drops_duplicates(tmp_path) -> None:
-    config = NoveltyConfig(contamination=[], state_dir=str(tmp_path), dup_threshold=0.9)
+    config = NoveltyConfig(contamination_check=False, state_dir=str(tmp_path), dup_threshold=0.9)
     core = make(config)
     run(core, cand(PROBLEMS[0]), cand(PROBLEMS[1]))
     core.close()  # writes the snapshot
@@ -222,7 +222,7 @@ def test_restart_from_a_snapshot_still_drops_duplicates(tmp_path) -> None:
 
 
 def test_restart_replays_what_was_accepted_after_the_snapshot(tmp_path) -> None:
-    config = NoveltyConfig(contamination=[], state_dir=str(tmp_path))
+    config = NoveltyConfig(contamination_check=False, state_dir=str(tmp_path))
     core = make(config)
     (a,) = run(core, cand(PROBLEMS[0]))
     core.on_table(inbound(a.message, 0, topic="novel"))  # its own output comes back on the novel table
@@ -243,7 +243,7 @@ def test_restart_replays_what_was_accepted_after_the_snapshot(tmp_path) -> None:
 
 
 def test_snapshots_are_taken_when_due(tmp_path) -> None:
-    core = make(NoveltyConfig(contamination=[], state_dir=str(tmp_path), snapshot_every_items=2))
+    core = make(NoveltyConfig(contamination_check=False, state_dir=str(tmp_path), snapshot_every_items=2))
     run(core, cand(PROBLEMS[0]))
     core.tick(0.0)
     assert core.metrics().get("snapshots", 0) == 0
@@ -255,7 +255,7 @@ def test_snapshots_are_taken_when_due(tmp_path) -> None:
 
 
 def test_a_snapshot_of_another_embedder_is_refused(tmp_path) -> None:
-    config = NoveltyConfig(contamination=[], state_dir=str(tmp_path))
+    config = NoveltyConfig(contamination_check=False, state_dir=str(tmp_path))
     core = make(config)
     run(core, cand(PROBLEMS[0]))
     core.close()
@@ -265,15 +265,15 @@ def test_a_snapshot_of_another_embedder_is_refused(tmp_path) -> None:
 
 def test_tables_and_config_validation() -> None:
     assert make().tables == ("seeds", "novel")
-    assert make(NoveltyConfig(contamination=[], follow_novel=False)).tables == ("seeds",)
+    assert make(NoveltyConfig(contamination_check=False, follow_novel=False)).tables == ("seeds",)
     with pytest.raises(ValueError):
         NoveltyConfig(dup_threshold=0.99, exact_threshold=0.9)
     with pytest.raises(ConfigError, match="backend"):
-        NoveltyCore(NoveltyConfig(contamination=[]), embedder=EMBEDDER, heldout=NO_HELDOUT)
+        NoveltyCore(NoveltyConfig(contamination_check=False), embedder=EMBEDDER, heldout=NO_HELDOUT)
 
 
 def test_build_novelty_from_names(tmp_path) -> None:
-    config = NoveltyConfig(embedder="hash", embedder_options={"dim": 64}, backend="scripted", contamination=[])
+    config = NoveltyConfig(embedder="hash", embedder_options={"dim": 64}, backend="scripted", contamination_check=False)
     core = build_novelty(config)
     try:
         (out,) = run(core, cand(PROBLEMS[0]))

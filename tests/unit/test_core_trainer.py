@@ -17,6 +17,7 @@ from sparq_stream.errors import ConfigError
 from sparq_stream.messages import Elite, ModelVersion, SolveResult
 from sparq_stream.training.export import JSONL_NAME, MANIFEST_NAME, PARQUET_NAME, read_examples
 from sparq_stream.training.sft import MODEL_SUBDIR, RESULT_NAME, TrainingCancelled, TrainResult
+from tests._scores import scores
 
 T0 = 1_000_000.0
 
@@ -27,11 +28,7 @@ def _elite(i: int, slot: str | None = None, rollouts: int = 2, quality: float = 
         problem=f"Problem number {i}",
         solution=f"\\boxed{{{i}}}",
         answer=str(i),
-        k=16,
-        rollouts_used=16,
-        n_correct=rollouts,
-        solve_rate=0.5,
-        quality=quality,
+        **scores(quality),
         correct_rollouts=[f"r{j} \\boxed{{{i}}}" for j in range(rollouts)],
         slot=slot or f"slot{i}",
         niche="a|b",
@@ -42,7 +39,8 @@ def _elite(i: int, slot: str | None = None, rollouts: int = 2, quality: float = 
 
 def _archived(i: int, quality: float = 0.5, rollouts: int = 1) -> SolveResult:
     data = _elite(i, rollouts=rollouts, quality=quality).model_dump()
-    data.pop("slot"), data.pop("inserted_step")
+    for name in ("slot", "inserted_step", "solved_partition", "solved_offset"):
+        data.pop(name)
     return SolveResult(**data)
 
 
@@ -347,3 +345,79 @@ def test_a_wiped_export_dir_is_rebuilt_from_the_tables_alone(tmp_path: Path) -> 
         wiped.on_table(record)
     wiped.tick(T0)
     assert {p.name: p.read_bytes() for p in wiped.config.export_dir.iterdir() if p.is_file()} == files
+
+
+# ---------------------------------------------------------------------- version 0: the base model is evaluated too
+class FakeEval:
+    """Stands in for evaluate: pass@1 by model (None = the base), recording what it scored."""
+
+    def __init__(self, accuracy: dict[str | None, float]) -> None:
+        self.accuracy = accuracy
+        self.calls: list[tuple[Any, str]] = []
+
+    def __call__(self, model: Any, path: Path, limit: int, **kw: Any) -> Any:
+        from sparq_stream.training.evaluate import EvalResult
+
+        self.calls.append((model if model is None or not isinstance(model, Path) else str(model), Path(path).name))
+        key = None if model is None else ("trained" if "student-v" in str(model) else str(model))
+        return EvalResult(accuracy=self.accuracy[key], n=limit, seconds=0.01)
+
+
+def _heldout_file(tmp_path: Path) -> Path:
+    path = tmp_path / "sums_test.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    return path
+
+
+def test_the_base_model_is_scored_once_as_version_0_and_each_version_shows_its_change(tmp_path: Path) -> None:
+    from sparq_stream.cores.trainer import BASE_VERSION, EVAL_NAME
+    from sparq_stream.orchestrator.learning_summary import model_versions
+
+    scores = FakeEval({None: 0.25, "trained": 0.5})
+    sets = {"sums": _heldout_file(tmp_path)}
+    core = _core(tmp_path, train_every=1, train_in_background=False, export_every=1, eval_sets=sets, eval_limit=2,
+                 train_fn=FakeTrainer(), eval_fn=scores)  # fmt: skip
+    core.on_table(_rec("elites", _elite(1)))
+    (published,) = core.tick(T0)
+    assert scores.calls == [(None, "sums_test.jsonl"), (str(tmp_path / "models" / "student-v0001" / MODEL_SUBDIR), "sums_test.jsonl")]
+    base = json.loads((tmp_path / "models" / version_dir_name("student", BASE_VERSION) / EVAL_NAME).read_text())
+    assert base["sums"]["accuracy"] == 0.25 and "delta_vs_base" not in base["sums"]
+    assert published.message.number == 1 and published.message.metrics["eval_sums_delta_vs_base"] == pytest.approx(0.25)
+    assert core.metrics()["base_eval_sums_accuracy"] == 0.25
+    versions = model_versions(tmp_path / "models")
+    assert [(v["version"], v["base"]) for v in versions] == [(0, True), (1, False)]
+    assert versions[0]["eval"]["sums"]["accuracy"] == 0.25 and versions[0]["delta_vs_base"] == {}
+    assert versions[1]["delta_vs_base"] == {"sums": pytest.approx(0.25)}
+    again = _core(tmp_path, train_every=1, train_in_background=False, eval_sets=sets, train_fn=FakeTrainer(), eval_fn=scores)
+    again.tick(T0)  # a restart reads version 0 back instead of scoring the base again
+    assert len(scores.calls) == 2 and again.metrics()["base_eval_sums_accuracy"] == 0.25
+
+
+def test_the_base_is_scored_in_the_background_at_start_even_before_anything_is_kept(tmp_path: Path) -> None:
+    scores = FakeEval({None: 0.0})
+    core = _core(tmp_path, eval_sets={"sums": _heldout_file(tmp_path)}, eval_fn=scores)
+    core.tick(T0)
+    deadline = T0
+    while core.training and deadline < T0 + 1000:  # the training gauge covers the base evaluation (sparq up waits for it)
+        threading.Event().wait(0.01)
+        deadline += 1
+    core.close()
+    assert scores.calls == [(None, "sums_test.jsonl")] and (tmp_path / "models" / "student-v0000" / "eval.json").is_file()
+    quiet = _core(tmp_path / "off", eval_sets={"sums": _heldout_file(tmp_path)}, eval_fn=scores, eval_base=False)
+    quiet.tick(T0)
+    quiet.close()
+    assert len(scores.calls) == 1  # eval_base off: nothing scored
+
+
+def test_the_scripted_eval_backend_scores_the_base_in_seconds(tmp_path: Path) -> None:
+    from sparq_stream.heldout import packaged_paths
+    from sparq_stream.training import evaluate
+    from tests.unit._tiny_lm import InProcessChecker
+
+    in_process = functools.partial(evaluate, checker=InProcessChecker())
+    core = _core(tmp_path, eval_sets={"gsm8k": packaged_paths()[0]}, eval_limit=4, eval_backend="scripted",
+                 train_in_background=False, eval_fn=in_process)  # fmt: skip
+    core.tick(T0)
+    core.close()
+    scored = json.loads((tmp_path / "models" / "student-v0000" / "eval.json").read_text())
+    assert scored["gsm8k"]["n"] == 4 and 0.0 <= scored["gsm8k"]["accuracy"] <= 1.0

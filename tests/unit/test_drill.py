@@ -68,7 +68,7 @@ def test_hostile_texts_hold_the_shapes_the_issue_names(tmp_path: Path) -> None:
 
 def _result(i: int, step: int = 0) -> SolveResult:
     return SolveResult(id=f"id{i}", problem=f"p{i}", solution="s", answer="1", k=4, rollouts_used=4, n_correct=2,
-                       solve_rate=0.5, quality=0.5, niche="a", step=step)
+                       solve_rate=0.5, quality=0.5, skills=["a"], step=step)
 
 
 def test_compare_counts_lost_extra_changed_and_duplicate_lines(tmp_path: Path) -> None:

@@ -17,12 +17,14 @@ from sparq_stream.training import export as export_mod
 from sparq_stream.training.export import (
     EXPORT_SCHEMA,
     JSONL_NAME,
+    LINEAGE_FIELDS,
     MANIFEST_NAME,
     PARQUET_NAME,
     export_from_archive,
     export_training_set,
     read_examples,
 )
+from tests._scores import scores
 
 
 def _result(i: int, quality: float = 0.5, rollouts: int = 2, cls: type[SolveResult] = Elite) -> SolveResult:
@@ -36,11 +38,7 @@ def _result(i: int, quality: float = 0.5, rollouts: int = 2, cls: type[SolveResu
         skills=["addition", "doubling"],
         niche="addition|doubling",
         novelty=0.25,
-        k=16,
-        rollouts_used=16,
-        n_correct=rollouts,
-        solve_rate=0.5 if quality else 0.0,
-        quality=quality,
+        **scores(quality),
         correct_rollouts=[f"rollout {j} of {i}: \\boxed{{{2 * i}}}" for j in range(rollouts)],
         model="gen",
         model_version=3,
@@ -194,3 +192,46 @@ def test_sparq_export_reads_the_jsonl_rows_newer_than_the_parts_and_matches_the_
     assert _files(tmp_path / "streamed") == _files(tmp_path / "in-memory")
     assert reference.sha256 == info.sha256
     assert not list((tmp_path / "streamed").glob(".export-buckets-*"))  # the spill folder is gone
+
+
+# ---------------------------------------------------------------------- lineage
+def test_every_example_names_its_run_solved_record_and_model_versions(tmp_path: Path) -> None:
+    elite = _result(1, rollouts=2).model_copy(update={"solved_partition": 2, "solved_offset": 40})
+    archived = _result(2, rollouts=1, cls=SolveResult)
+    unknown = _result(3, rollouts=1, cls=SolveResult)
+    info = export_training_set([elite, archived, unknown], tmp_path, run="sparq-ab12", solved_at={archived.id: (0, 7)})
+    rows = {(r["problem_id"], r["rollout_index"]): r for r in read_examples(tmp_path)}
+    lineage = {k: {f: r[f] for f in LINEAGE_FIELDS} for k, r in rows.items()}
+    assert lineage[(elite.id, 1)] == {
+        "run": "sparq-ab12", "problem_id": elite.id, "parent_ids": list(elite.parent_ids), "model_version": elite.model_version,
+        "solver_version": elite.solver_version, "solved_topic": "sparq-ab12.solved", "solved_partition": 2, "solved_offset": 40,
+    }  # fmt: skip
+    assert (lineage[(archived.id, 0)]["solved_partition"], lineage[(archived.id, 0)]["solved_offset"]) == (0, 7)
+    assert (lineage[(unknown.id, 0)]["solved_topic"], lineage[(unknown.id, 0)]["solved_offset"]) == ("", -1)
+    manifest = json.loads(info.manifest_path.read_text())
+    assert manifest["run"] == "sparq-ab12"
+    assert manifest["lineage"] == {
+        "runs": {"sparq-ab12": 4}, "solved_topics": {"sparq-ab12.solved": 3}, "with_solved_record": 3,
+        "without_solved_record": 1, "model_versions": {str(elite.model_version): 4}, "solver_versions": {str(elite.solver_version): 4},
+    }  # fmt: skip
+    parquet = pq.read_table(info.parquet_path, columns=list(LINEAGE_FIELDS)).to_pylist()
+    assert parquet == [{f: r[f] for f in LINEAGE_FIELDS} for r in read_examples(info.jsonl_path)]
+
+
+def test_export_from_archive_names_each_rows_solved_record(tmp_path: Path) -> None:
+    archive = tmp_path / "archive"
+    results = [_result(i, rollouts=1, cls=SolveResult) for i in range(6)]
+    with ArchiveLog(archive, rows_per_part=4) as log:  # one part of 4 rows, then 2 rows in the JSONL only
+        for i, result in enumerate(results):
+            log.append(result, (i % 3, 100 + i))
+    info = export_from_archive(archive, tmp_path / "out", run="runx")
+    rows = read_examples(info.jsonl_path)
+    assert {r["problem_id"]: (r["solved_topic"], r["solved_partition"], r["solved_offset"]) for r in rows} == {
+        r.id: ("runx.solved", i % 3, 100 + i) for i, r in enumerate(results)
+    }
+    assert json.loads(info.manifest_path.read_text())["lineage"]["with_solved_record"] == 6
+    from sparq_stream.qd.archive_log import iter_archive_lineage
+
+    pairs = list(iter_archive_lineage(archive))
+    export_training_set([r for r, _ in pairs], tmp_path / "mem", source="archive", run="runx", solved_at={r.id: at for r, at in pairs})
+    assert (tmp_path / "out" / JSONL_NAME).read_bytes() == (tmp_path / "mem" / JSONL_NAME).read_bytes()

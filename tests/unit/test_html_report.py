@@ -24,7 +24,7 @@ from sparq_stream.qd.audit import ANSWER_IN_PROBLEM, VERIFIER_REJECTS
 def _result(i: int, quality: float, audit: list[str] | None, niche: str, versions: tuple[int, int] = (0, 0)) -> SolveResult:
     text = f"Ann has {i} pens and buys {i + 1} more. How many pens?"
     return SolveResult(id=problem_id(text), problem=text, solution="", answer=str(2 * i + 1), k=4, rollouts_used=4,
-                       n_correct=2 if quality else 4, solve_rate=0.5 if quality else 1.0, quality=quality,
+                       n_correct=round(4 * (1 - quality)), solve_rate=1.0 - quality, quality=quality,
                        correct_rollouts=["\\boxed{1}"], audit=audit, niche=niche, skills=[niche], step=i,
                        model="student", model_version=versions[0], solver_model="student", solver_version=versions[1])  # fmt: skip
 

@@ -17,7 +17,7 @@ TEXT = "Tom has 3 apples and buys 4 more apples at the market. How many apples d
 
 def _core(basis: str = "random", partitions: int = 4) -> NoveltyCore:
     heldout = HeldOut((), (), np.zeros((0, EMBEDDER.dim), np.float32))
-    config = NoveltyConfig(classify=False, contamination=[], route_partitions=partitions, route_planes=2, route_basis=basis)
+    config = NoveltyConfig(classify=False, contamination_check=False, route_partitions=partitions, route_planes=2, route_basis=basis)
     return NoveltyCore(config, embedder=EMBEDDER, heldout=heldout)
 
 

@@ -15,14 +15,19 @@ from sparq_stream.qd.archive_log import (
     JSONL_NAME,
     OFFSET_NAME,
     PARTS_DIR,
+    LINEAGE_COLUMNS,
     ArchiveLog,
     dedupe_by_id,
+    iter_archive_lineage,
     iter_batches,
     part_files,
     read_archive,
     read_offset,
     read_table,
+    solved_at_header,
+    solved_at_of,
 )
+from tests._scores import scores
 
 
 def _result(i: int, q: float = 0.5) -> SolveResult:
@@ -35,19 +40,14 @@ def _result(i: int, q: float = 0.5) -> SolveResult:
         skills=["algebra", "ratio"],
         niche="algebra|ratio",
         nearest_id=None if i % 2 else "x",
-        k=16,
-        rollouts_used=16,
-        n_correct=8,
-        solve_rate=0.5,
-        quality=q,
-        early_stopped=bool(i % 3),
+        **{**scores(q), "early_stopped": True} if i % 3 else scores(q),
         correct_rollouts=["r1", "r2"] if i % 2 else [],
         step=i,
     )
 
 
 def test_schema_has_a_column_per_field() -> None:
-    assert ARCHIVE_SCHEMA.names == list(SolveResult.model_fields)
+    assert ARCHIVE_SCHEMA.names == list(SolveResult.model_fields) + list(LINEAGE_COLUMNS)
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
@@ -69,7 +69,7 @@ def test_both_formats_hold_the_same_rows(tmp_path: Path) -> None:
         log.extend(rows)
     assert read_archive(tmp_path, "jsonl") == read_archive(tmp_path, "parquet") == rows
     first = json.loads((tmp_path / JSONL_NAME).read_text().splitlines()[0])
-    assert (first["schema"], first["version"]) == ("sparq.solved", 1)
+    assert (first["schema"], first["version"]) == ("sparq.solved", SolveResult.VERSION)
 
 
 def test_a_crash_loses_only_the_unflushed_buffer(tmp_path: Path) -> None:
@@ -153,3 +153,37 @@ def test_empty_and_bad_settings(tmp_path: Path) -> None:
         ArchiveLog(tmp_path, rows_per_part=0)
     with pytest.raises(ConfigError):
         read_archive(tmp_path, "csv")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_rows_keep_the_solved_record_they_came_from(tmp_path: Path, fmt: str) -> None:
+    rows = [_result(i) for i in range(5)]
+    with ArchiveLog(tmp_path, formats=[fmt], rows_per_part=3) as log:
+        for i, row in enumerate(rows[:4]):
+            log.append(row, (i % 2, 10 + i))
+        log.append(rows[4])  # coordinates unknown
+    got = list(iter_archive_lineage(tmp_path, fmt))
+    assert [r for r, _ in got] == rows  # the SolveResult objects are unchanged
+    assert [at for _, at in got] == [(0, 10), (1, 11), (0, 12), (1, 13), None]
+    assert read_archive(tmp_path, fmt) == rows
+    table = read_table(tmp_path, ["id", *LINEAGE_COLUMNS])
+    assert table.column("solved_offset").to_pylist() == [10, 11, 12, 13, -1]
+
+
+def test_an_elite_archives_its_own_coordinates_and_old_rows_read_as_unknown(tmp_path: Path) -> None:
+    elite = Elite(**_result(1).model_dump(), slot="s", solved_partition=2, solved_offset=7)
+    with ArchiveLog(tmp_path) as log:
+        log.append(elite)
+    assert [at for _, at in iter_archive_lineage(tmp_path)] == [(2, 7)]
+    old = tmp_path / "old"  # a JSONL archive written before the lineage columns existed
+    old.mkdir()
+    body = {"schema": "sparq.solved", "version": 1, **_result(2).model_dump(mode="json")}
+    (old / JSONL_NAME).write_text(json.dumps(body) + "\n")
+    assert [at for _, at in iter_archive_lineage(old)] == [None]
+
+
+def test_the_solved_at_header_round_trips() -> None:
+    assert solved_at_header((3, 42)) == ("sparq.solved.at", b"3/42")
+    assert solved_at_of([("other", b"x"), solved_at_header((3, 42))]) == (3, 42)
+    assert solved_at_of([("sparq.solved.at", b"nonsense")]) is None
+    assert solved_at_of([]) is None

@@ -20,16 +20,18 @@ def _rows(n: int, seed: int) -> list[SolveResult]:
     out = []
     for i in range(n):
         k = 8
-        correct = rng.randint(0, k)
-        rate = correct / k
+        early = rng.random() < 0.2
+        used = k - rng.randint(0, 2) if early else k
+        correct = rng.randint(0, used)
+        rate = correct / used if used else 0.0
         skills = rng.choice(SKILLS)
         out.append(
             SolveResult(
                 id=f"p{i:05d}", problem=f"problem {i}", solution="s", answer="1", skills=skills,
                 niche="" if rng.random() < 0.5 or not skills else "|".join(sorted(skills)),
-                k=k, rollouts_used=k - rng.randint(0, 2), n_correct=correct, solve_rate=rate,
-                quality=rate * (1 - rate) * 4 if 0.1 <= rate <= 0.9 else 0.0,
-                early_stopped=rng.random() < 0.2, correct_rollouts=["r"] * correct, step=rng.randint(0, 9),
+                k=k, rollouts_used=used, n_correct=correct, solve_rate=rate,
+                quality=1.0 - rate if 0.1 <= rate <= 0.9 else 0.0,
+                early_stopped=early, correct_rollouts=["r"] * correct, step=rng.randint(0, 9),
             )
         )
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,7 +43,7 @@ SEQUENCE = [
     _result("c3", 0.75),
     _result("c4", 0.25, ("geometry",)),
     _result("c5", 0.75),  # ties c3; the smaller id (c3) ranks higher
-    _result("c6", 0.875, ("geometry", "algebra")),
+    _result("c6", 0.875, ("algebra", "geometry")),
     _result("c1", 0.5),  # redelivered
 ]
 
@@ -133,8 +134,10 @@ def test_a_present_id_is_ignored_even_with_another_quality() -> None:
 
 
 def test_a_non_canonical_niche_is_rejected() -> None:
-    with pytest.raises(DescriptorError):
-        make_working_set("qd").offer(_result("c1", 0.5, niche="b|a"))
+    with pytest.raises(ValidationError, match="niche"):  # a result cannot even be built with it
+        _result("c1", 0.5, niche="b|a")
+    with pytest.raises(DescriptorError):  # nor offered, if one got past the message rules
+        make_working_set("qd").offer(_result("c1", 0.5).model_copy(update={"niche": "b|a"}))
 
 
 def test_variant_and_cap_validation() -> None:

@@ -92,7 +92,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
     for key in list(os.environ):
-        if key.startswith("SPARQ_") and key not in ("SPARQ_DATA_DIR", "SPARQ_CACHE_DIR"):
+        if key.startswith("SPARQ_") and key != "SPARQ_CACHE_DIR":
             monkeypatch.delenv(key)
 
 
@@ -162,9 +162,13 @@ def test_flag_spellings_of_the_docs_and_tools_still_parse() -> None:
     merged = cli_values(CLASSES["solver"], ["--backend-options", '{"a": 1}', "--backend-options", '{"b": 2}'])
     assert merged == {"backend_options": {"a": 1, "b": 2}}  # a repeated mapping flag merges (as --with appends)
     novelty = CLASSES["novelty"]
-    assert cli_values(novelty, ["--contamination", "[]"]) == {"contamination": []}  # as sparq up passes "no held-out files"
-    assert cli_values(novelty, ["--contamination", "null"]) == {"contamination": None}
-    assert cli_values(novelty, ["--contamination", "a.jsonl,b.jsonl"]) == {"contamination": ["a.jsonl", "b.jsonl"]}
+    assert cli_values(novelty, ["--no-contamination-check"]) == {"contamination_check": False}  # the one off switch
+    assert cli_values(novelty, ["--heldout", "a.jsonl", "--heldout", "b.jsonl"]) == {"heldout": ["a.jsonl", "b.jsonl"]}
+    assert cli_values(novelty, ["--heldout", '["a.jsonl"]']) == {"heldout": ["a.jsonl"]}  # as sparq up passes them
+    assert cli_values(novelty, ["--contamination", "a.jsonl,b.jsonl"]) == {"contamination": ["a.jsonl", "b.jsonl"]}  # deprecated
+    up = load_settings(UpSettings, args=["--seeds", "s.jsonl", "--heldout", "x.jsonl", "--heldout", "y.jsonl", "--no-contamination-check"],
+                       read_file=False)  # fmt: skip
+    assert (up.heldout, up.contamination_check) == ([Path("x.jsonl"), Path("y.jsonl")], False)
 
 
 def test_flags_beat_environment_beat_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sparq_stream.heldout import PACKAGED, packaged_paths
 from sparq_stream.orchestrator.up import UpConfig, service_args
 from sparq_stream.services import service_spec
 from sparq_stream.settings import cli_values
@@ -19,14 +20,18 @@ def _parsed(config: UpConfig) -> dict[str, dict]:
 def test_train_every_turns_on_training_evaluation_and_following(tmp_path: Path) -> None:
     heldout = tmp_path / "gsm8k_test.jsonl"
     heldout.write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
-    config = UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=1, train_every=5, contamination=[heldout],
+    config = UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=1, train_every=5, heldout=[heldout],
                       backend="transformers", model="/m/base.gguf", extra={"trainer": ["--train-max-steps", "3"]})  # fmt: skip
     flags = _parsed(config)
     models = str((tmp_path / "run" / "models").resolve())
     trainer = flags["trainer"]
     assert trainer["train_every"] == "5" and trainer["models_dir"] == models and trainer["model_name"] == MODEL_NAME
     assert trainer["train_max_steps"] == "3"  # --with flags come last and win over the CPU defaults
-    assert trainer["base_model"] == "/m/base.gguf" and trainer["eval_sets"] == {"gsm8k": str(heldout.resolve())}
+    assert trainer["base_model"] == "/m/base.gguf"
+    # the packaged sets are always evaluated; a user's --heldout file is added by its stem
+    packaged = {name: str(path) for name, path in zip(PACKAGED, packaged_paths())}
+    assert trainer["eval_sets"] == {**packaged, "gsm8k_2": str(heldout.resolve())}
+    assert "eval_backend" not in trainer and "eval_base" not in trainer  # transformers on each version; v0 scored at start
     for name in ("mutator", "solver"):
         assert flags[name]["follow_models"] is True and flags[name]["models_root"] == models
         assert flags[name]["follow_model_name"] == MODEL_NAME
@@ -38,11 +43,25 @@ def test_train_every_turns_on_training_evaluation_and_following(tmp_path: Path) 
 def test_without_train_every_nothing_trains_or_follows(tmp_path: Path) -> None:
     flags = _parsed(UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=1))
     assert "train_every" not in flags["trainer"] and "follow_models" not in flags["solver"] and "follow_models" not in flags["mutator"]
+    assert "eval_sets" not in flags["trainer"]  # nothing is trained: nothing is evaluated unless --eval-base
 
 
-def test_default_eval_sets_name_the_in_and_out_of_distribution_files(tmp_path: Path) -> None:
-    files = [tmp_path / "gsm8k_test.jsonl", tmp_path / "math500_test.jsonl"]
-    assert default_eval_sets(files) == {"gsm8k": str(files[0].resolve()), "math500": str(files[1].resolve())}
+def test_eval_base_without_training_scores_version_0_with_the_runs_scripted_backend(tmp_path: Path) -> None:
+    config = UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=1, backend="scripted", eval_base=True,
+                      backend_options={"script": {"seed": 3}})  # fmt: skip
+    trainer = _parsed(config)["trainer"]
+    assert "train_every" not in trainer and set(trainer["eval_sets"]) == set(PACKAGED)
+    assert trainer["eval_backend"] == "scripted" and trainer["eval_backend_options"] == {"script": {"seed": 3}}
+    service_spec("trainer").settings_cls(**trainer)
+
+
+def test_default_eval_sets_are_the_packaged_files_plus_a_users_own(tmp_path: Path) -> None:
+    assert default_eval_sets() == {"gsm8k": str(packaged_paths()[0]), "math500": str(packaged_paths()[1])}
+    own = tmp_path / "algebra_test.jsonl"
+    own.write_text(json.dumps({"problem": "x+1=2", "answer": "1"}) + "\n")
+    same = tmp_path / "copy.jsonl"
+    same.write_bytes(packaged_paths()[1].read_bytes())  # the packaged MATH500 under another name: not evaluated twice
+    assert default_eval_sets([own, same]) == {**default_eval_sets(), "algebra": str(own.resolve())}
 
 
 class _Snapshot:

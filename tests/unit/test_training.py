@@ -14,6 +14,7 @@ from sparq_stream.models.base import SamplingParams
 from sparq_stream.models.scripted import ScriptedBackend
 from sparq_stream.training import TrainingCancelled, evaluate, export_training_set, load_heldout, train_sft
 from sparq_stream.training.sft import ADAPTER_SUBDIR, MODEL_SUBDIR, RESULT_NAME, encode_example, load_chats
+from tests._scores import scores
 from tests.unit._tiny_lm import InProcessChecker, make_tiny_lm
 
 
@@ -31,8 +32,8 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         answer = str(2 * i + 5)
         rollouts = [f"{i + 3} + {i + 2} = {answer}. \\boxed{{{answer}}}", f"So \\boxed{{{answer}}}"]
         elites.append(
-            Elite(id=f"{i:032x}", problem=problem, solution=rollouts[0], answer=answer, k=4, rollouts_used=4,
-                  n_correct=2, solve_rate=0.5, quality=0.5, correct_rollouts=rollouts, slot=f"s{i}")
+            Elite(id=f"{i:032x}", problem=problem, solution=rollouts[0], answer=answer, **scores(0.5, k=4),
+                  correct_rollouts=rollouts, slot=f"s{i}")
         )  # fmt: skip
     out = tmp_path_factory.mktemp("export")
     assert export_training_set(elites, out).examples == 8
