@@ -55,12 +55,7 @@ def _generation_options(backend: str, options_json: Optional[str]) -> dict[str, 
     from sparq_stream.credentials import OpenAIKey, openai_key_option, refuse_secret_options
     from sparq_stream.settings import BaseSparqSettings, load_settings
 
-    try:
-        options = json.loads(options_json) if options_json else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--backend-options: not a JSON object ({exc.msg})") from None
-    if not isinstance(options, dict):
-        raise ConfigError("--backend-options: not a JSON object")
+    options = _json_object("--backend-options", options_json)
     try:
         refuse_secret_options("backend_options", options)
     except ValueError as exc:

@@ -224,8 +224,7 @@ class SolveResult(NovelCandidate):
         "n_correct <= rollouts_used <= k",
         "len(correct_rollouts) <= n_correct",
         "not early_stopped: rollouts_used == k and solve_rate * k within half a rollout of n_correct",
-        "quality is 0, or 1 - solve_rate with 0 < solve_rate < 1 (the run's band lies inside (0, 1); "
-        "the archivist also checks the band itself)",
+        "quality is 0, or 1 - solve_rate with 0 < solve_rate < 1 (the run's band lies inside (0, 1))",
     )
 
     k: int = Field(ge=1, description="rollouts asked for")

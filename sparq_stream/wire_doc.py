@@ -85,7 +85,7 @@ TOPICS: dict[str, TopicDoc] = {
         "problem id",
         f"{_v(SolveResult)} (every scored child: A), with the header `sparq.solved.at` = `<partition>/<offset>` of the "
         "`solved` record it was read from (lineage; absent when unknown)",
-        "archivist", "trainer (`include_archive`, `sparq export --verify`)",
+        "archivist", "trainer (`include_archive`), archivist (rebuilds a wiped or standby archive folder), `sparq export --verify`",
     ),
     "models": TopicDoc("model name (`sparq.model.name`)", _v(ModelVersion), "trainer", "mutator, solver (`follow_models`), trainer (table)"),
     "mutator-state": TopicDoc(
@@ -289,9 +289,9 @@ def render_wire_doc() -> str:
         "that breaks a rule with `error_type` `InvalidValue` and an error naming the field",
         "(`sparq.solved v2: field quality: 0.9 contradicts solve_rate 0.5 ...`). The Python structs",
         "apply the same rules when they are built, so no sparq service writes what a reader refuses.",
-        "Beyond the message: readers of `models` refuse a `path` outside their model root",
-        "(`--model-root`), and the archivist refuses a `quality` that is not the quality of its",
-        "`solve_rate` in the run's band (`--t-low`/`--t-high`).",
+        "Beyond the message: readers of `models` refuse a `path` outside their models folder (the",
+        "mutator's and solver's `models_root`, the trainer's own `models_dir`): dead-lettered as",
+        "`UntrustedModelPath`.",
         "",
     ]
     for cls in MESSAGE_TYPES.values():

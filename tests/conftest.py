@@ -9,10 +9,11 @@ from typing import Iterator
 
 import pytest
 
+from tests.broker._util import start_or_skip
+
 REPO = Path(__file__).resolve().parents[1]
 #: The tests' GSM8K seeds: the first 512 training problems, shipped in the repository.
 SEEDS_FILE = REPO / "examples" / "seeds" / "gsm8k_train_512.jsonl"
-IN_CI = bool(os.environ.get("CI"))
 
 
 def _wanted_brokers() -> list[str]:
@@ -37,12 +38,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from sparq_stream.brokers.apache import ApacheKafka
 
     broker = ApacheKafka(workdir=tmp_path_factory.mktemp("kafka"))
-    try:
-        broker.start()
-    except Exception as exc:
-        if IN_CI:
-            raise
-        pytest.skip(f"Apache Kafka could not start here: {exc}")
+    start_or_skip(broker, "Apache Kafka")
     yield broker.bootstrap
     broker.stop()
 
@@ -96,12 +92,6 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator["object"
     from sparq_stream.brokers.apache import KafkaCluster
 
     cluster = KafkaCluster(nodes=3, workdir=tmp_path_factory.mktemp("kafka-cluster"))
-    try:
-        cluster.start()
-    except Exception as exc:
-        cluster.close()
-        if IN_CI:
-            raise
-        pytest.skip(f"an Apache Kafka cluster could not start here: {exc}")
+    start_or_skip(cluster, "an Apache Kafka cluster")
     yield cluster
     cluster.close()

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.errors import ConfigError
 from sparq_stream.messages import WATERMARK_KEY, Elite, ModelVersion, SolveResult
+from sparq_stream.models.model_root import model_path_inside
 from sparq_stream.qd.archive_log import solved_at_of
 from sparq_stream.training.evaluate import EvalResult, evaluate
 from sparq_stream.training.export import ExportInfo, build_examples, read_examples, write_examples
@@ -229,6 +230,8 @@ class TrainerCore(BaseCore):
         message = inbound.message
         if not isinstance(message, ModelVersion) or message.name != self.config.model_name:
             return
+        # a version of ours lies in our models folder: anything else is a foreign record (dead-lettered)
+        model_path_inside(message.path, self.config.models_dir)
         if self._latest is None or message.number > self._latest.number:
             self._latest = message
             self._trained_ids = None  # reload lazily from the version's data folder

@@ -194,6 +194,7 @@ def compare_with_reference(reference: Any, archive_dir: Path, elites: dict[str, 
         "changed": len(changed),
         "duplicate_lines": len(raw) - len(set(raw)),
         "elites": len(w_got),
+        "reference_elites": len(w_want),
         "elites_equal": w_got == w_want,
         "elites_differ": len(set(w_got.items()) ^ set(w_want.items())),
     }
@@ -202,6 +203,7 @@ def compare_with_reference(reference: Any, archive_dir: Path, elites: dict[str, 
 def result_checks(diff: dict[str, Any]) -> dict[str, bool]:
     """The checks every drill makes of its run's outcome against the reference."""
     return {
+        "reference_not_empty": diff["reference_rows"] > 0 and diff["reference_elites"] > 0,
         "archive_equals_reference": diff["lost"] == 0 and diff["extra"] == 0 and diff["changed"] == 0,
         "elites_equal_reference": bool(diff["elites_equal"]),
         "nothing_lost": diff["lost"] == 0,

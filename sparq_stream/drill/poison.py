@@ -2,10 +2,13 @@
 
 Kinds: random bytes, wrong shape (valid msgpack that is not this topic's struct), truncated
 (a valid value cut short), large (random bytes up to the broker's record limit), unknown
-version, key != id (a valid message under a key it does not own) and tombstones (on topics whose
-records are never deleted: on elites and models a tombstone is a legitimate delete). Each one
-must reach the dead-letter topic with a reason, the services must not crash, and the run
-must end equal to its undisturbed reference. Dead letters are matched to injected records
+version, key != id (a valid message under a key it does not own), tombstones (on topics whose
+records are never deleted: on elites and models a tombstone is a legitimate delete) and invalid
+values (well-formed, schema-typed records that break a value rule: NaN, a rate of 7.5, a quality
+its solve-rate contradicts, n_correct > k, a negative step: what a foreign producer that read the
+JSON Schemas might write). Each one must reach the dead-letter topic with a reason (an invalid
+value as ``InvalidValue``), the services must not crash, and the run must end equal to its
+undisturbed reference. Dead letters are matched to injected records
 by their source topic, partition and offset headers.
 """
 
@@ -40,7 +43,19 @@ POISON_TOPICS: dict[str, type] = {
     "seeds": Seed, "candidates": Candidate, "novel": NovelCandidate, "solved": SolveResult,
     "drops": Dropped, "elites": Elite, "models": ModelVersion,
 }
-KINDS = ("random_bytes", "wrong_shape", "truncated", "large", "unknown_version", "key_not_id", "tombstone")
+KINDS = ("random_bytes", "wrong_shape", "truncated", "large", "unknown_version", "key_not_id", "tombstone", "invalid_value")
+_NAN = float("nan")
+#: Per topic, the value-rule breaches an ``invalid_value`` record carries (one set per record, in turn).
+INVALID_VALUES: dict[str, list[dict[str, Any]]] = {
+    "seeds": [{"line": -5}, {"id": "not-a-problem-id"}],
+    "candidates": [{"step": -3}, {"model_version": -1}, {"created_at": _NAN}, {"variant": "evil"}],
+    "novel": [{"novelty": _NAN}, {"nearest_similarity": 7.5}, {"step": -1}, {"niche": "foreign|niche"}],
+    "solved": [{"novelty": _NAN, "quality": 0.9}, {"n_correct": 9}, {"solve_rate": -3.5}, {"solve_rate": float("inf")},
+               {"quality": 0.9}],
+    "drops": [{"similarity": float("inf")}, {"step": -1}, {"reason": "boring"}],
+    "elites": [{"quality": 0.9}, {"solve_rate": 7.5}, {"inserted_step": -2}, {"novelty": _NAN}],
+    "models": [{"number": -1}, {"parent_version": 10_000}, {"metrics": {"accuracy": _NAN}}],
+}
 RECORD_LIMIT = 1_048_400  # Apache Kafka's default message.max.bytes (1,048,588) less the key and batch overhead
 
 
@@ -84,6 +99,10 @@ def make_poison(topic: str, kind: str, n: int, rng: random.Random, size: int = 0
         return key, encode(message)
     if kind == "tombstone":
         return key, None
+    if kind == "invalid_value":  # under the message's own key: only the value rule can refuse it
+        breaches = INVALID_VALUES[topic]
+        body = {**msgpack.unpackb(encode(message)), **breaches[n % len(breaches)]}
+        return (message.kafka_key() or "").encode(), msgpack.packb(body)
     raise ValueError(f"unknown poison kind {kind!r}")
 
 
@@ -217,6 +236,8 @@ def run(ctx: DrillContext) -> DrillResult:
     held = _keys_at(up.bootstrap, missing) if missing else {}
     not_held = [w for w in missing if w not in held or held[w] != sent[w][2]]
     by_reason = Counter(f"{sent[w][0]}: {letter.error_type}" for w, letter in covered.items())
+    invalid = [w for w in sent if sent[w][1] == "invalid_value"]
+    invalid_as_invalid = [w for w in invalid if w in covered and covered[w].error_type == "InvalidValue"]
     last = max((letter.ts for letter in covered.values()), default=None)
     # the poison written to the elites topic stays there whatever the services did with it: W is the rest
     elites = {k: v for k, v in read_elites(config, up.bootstrap, up.prefix).items() if not k.startswith("poison-")}
@@ -232,11 +253,13 @@ def run(ctx: DrillContext) -> DrillResult:
         drain_s=round(last - record["t_end"], 1) if last and "t_end" in record else None,
         rejected_by_broker=record.get("rejected_by_broker", {}), reason=up.reason, restarts=up.restarts,
         largest=max((s for _, k, s in plan if k == "large"), default=0),
+        invalid_values=len(invalid), invalid_values_as_invalid_value=len(invalid_as_invalid),
     )
     result.checks.update(
         all_injected=len(sent) == len(plan),
         all_dead_lettered=bool(sent) and len(covered) == len(sent),
         every_dead_letter_has_reason=len(with_reason) == len(covered),
+        invalid_values_dead_lettered_as_invalid_value=bool(invalid) and len(invalid_as_invalid) == len(invalid),
         no_crash=not up.restarts,
         run_completed=up.reason == "budget reached",
         **result_checks(diff),

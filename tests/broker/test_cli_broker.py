@@ -36,7 +36,7 @@ def test_seed_then_tail_round_trips_the_shared_seed_file(broker: str, prefix: st
     got = Counter(
         (r["key"], r["id"], r["problem"], r["answer"], r["solution"], r["line"], r["schema"], r["version"]) for r in rows
     )
-    want = Counter((s.id, s.id, s.problem, s.answer, s.solution, s.line, "sparq.seed", 1) for s in expected)
+    want = Counter((s.id, s.id, s.problem, s.answer, s.solution, s.line, "sparq.seed", Seed.VERSION) for s in expected)
     assert got == want
 
 

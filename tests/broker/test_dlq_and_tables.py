@@ -11,6 +11,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import NewTopic
 
+from tests._scores import scores
 from sparq_stream.bus import ServiceProcess, create_topics, dead_letter_from_record, read_latest
 from sparq_stream.bus.topics import admin_client
 from sparq_stream.core import BaseCore, Inbound, Outgoing
@@ -138,10 +139,8 @@ def test_compacted_rebuild_returns_last_value_per_key(broker: str, prefix: str) 
     topic = f"{prefix}.elites"
 
     def elite(slot: str, quality: float) -> Elite:
-        return Elite(
-            id=f"id-{slot}-{quality}", problem="p", solution="s", answer="1", k=16, rollouts_used=16,
-            n_correct=8, solve_rate=0.5, quality=quality, slot=slot,
-        )
+        text = f"problem of {slot} at {quality}"
+        return Elite(id=problem_id(text), problem=text, solution="s", answer="1", **scores(quality), slot=slot)
 
     producer = KafkaProducer(bootstrap_servers=broker, acks="all")
     expected: dict[str, Elite] = {}

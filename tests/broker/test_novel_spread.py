@@ -24,7 +24,7 @@ STEP = 64
 
 def _novel(i: int) -> NovelCandidate:
     problem = f"Step problem {i}: what is {i} times 3?"
-    return NovelCandidate(id=problem_id(problem), problem=problem, solution="\\boxed{0}", answer=str(3 * i), parent_ids=["p"])
+    return NovelCandidate(id=problem_id(problem), problem=problem, solution="\\boxed{0}", answer=str(3 * i), parent_ids=[problem_id("p")])
 
 
 def test_a_step_of_novel_records_reaches_two_solver_members_half_each(broker: str, prefix: str, group: str) -> None:

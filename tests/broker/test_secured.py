@@ -27,11 +27,11 @@ from sparq_stream.orchestrator.local import run_local
 from sparq_stream.orchestrator.up import run_up
 from sparq_stream.settings import ServiceSettings
 
+from ._util import start_or_skip
 from ._secured import WRITTEN, count_records, elites_as, login, loop_config, refused_writes
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-IN_CI = bool(os.environ.get("CI"))
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +40,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sparq_stream.brokers.apache import ApacheKafka
 
     broker = ApacheKafka(workdir=tmp_path_factory.mktemp("kafka-secured"), auth="scram")
-    try:
-        broker.start()
-    except Exception as exc:
-        broker.stop()
-        if IN_CI:
-            raise
-        pytest.skip(f"a secured Apache Kafka could not start here: {exc}")
+    start_or_skip(broker, "a secured Apache Kafka")
     yield broker
     broker.stop()
 

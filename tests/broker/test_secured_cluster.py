@@ -15,11 +15,11 @@ from sparq_stream.drill.common import compare_with_reference, result_checks
 from sparq_stream.orchestrator.local import run_local
 from sparq_stream.orchestrator.up import run_up
 
+from ._util import start_or_skip
 from ._secured import WRITTEN, count_records, elites_as, login, loop_config, refused_writes
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow, pytest.mark.e2e]
 
-IN_CI = bool(os.environ.get("CI"))
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +28,7 @@ def secured_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sparq_stream.brokers.apache import KafkaCluster
 
     cluster = KafkaCluster(nodes=3, workdir=tmp_path_factory.mktemp("kafka-secured-cluster"), auth="scram")
-    try:
-        cluster.start()
-    except Exception as exc:
-        cluster.close()
-        if IN_CI:
-            raise
-        pytest.skip(f"a secured Apache Kafka cluster could not start here: {exc}")
+    start_or_skip(cluster, "a secured Apache Kafka cluster")
     yield cluster
     cluster.close()
 

@@ -22,11 +22,11 @@ from sparq_stream.ids import problem_id
 from sparq_stream.messages import Seed
 from sparq_stream.settings import ServiceSettings
 
+from ._util import start_or_skip
 from ._secured import count_records, login, refused_writes
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-IN_CI = bool(os.environ.get("CI"))
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from sparq_stream.brokers.apache import ApacheKafka
 
     broker = ApacheKafka(workdir=tmp_path_factory.mktemp("kafka-tls"), auth="scram", tls=True)
-    try:
-        broker.start()
-    except Exception as exc:
-        broker.stop()
-        if IN_CI:
-            raise
-        pytest.skip(f"a TLS Apache Kafka could not start here: {exc}")
+    start_or_skip(broker, "a TLS Apache Kafka")
     yield broker
     broker.stop()
 

@@ -182,9 +182,12 @@ def test_kill_9_of_a_service_mid_run_ends_in_the_same_archive(victim: str, tansu
     assert stages[f"{victim.split('-')[0]}.incarnations"] == 2
     assert stages["archivist.scored"] == len(archive) == reference.metrics["archivist"]["scored"]
     assert stages["mutator.emitted"] == reference.metrics["mutator"]["emitted"]
-    # work a killed process did after its last metrics snapshot is redone by the next one (as redelivered)
+    # Counters are not durable: what a killed process counted after its last metrics snapshot is lost, and is
+    # counted again (as redelivered) only when its input offsets were not committed yet. So the summed count
+    # can fall short of the reference's (CI saw 40 of 48 with 0 redelivered), never exceed it; the archive and
+    # W above are the exact checks. Durable counters belong to the framework's state (issue 18).
     accepted = reference.metrics["novelty"]["accepted"]
-    assert accepted - stages["novelty.redelivered"] <= stages["novelty.accepted"] <= accepted
+    assert 0 < stages["novelty.accepted"] <= accepted
     assert stages["solver.candidates"] >= len(archive)
     export = (tmp_path / "run" / "export")
     assert any(export.glob("*.jsonl"))

@@ -34,7 +34,8 @@ def test_a_stable_member_without_partitions_is_left_alone() -> None:
     process = _process(MemberState.STABLE, join_timeout_s=0.05)
     process._watch_membership()
     time.sleep(0.1)
-    process._watch_membership()  # a standby replica: joined, nothing assigned
+    process._watch_membership()  # a standby replica: joined, nothing assigned: no error
+    assert process._outside_since is None  # and no clock running
 
 
 def test_joining_again_resets_the_clock_and_zero_disables_the_watch() -> None:
@@ -42,9 +43,13 @@ def test_joining_again_resets_the_clock_and_zero_disables_the_watch() -> None:
     process._watch_membership()
     process._consumer._coordinator.state = MemberState.STABLE
     process._watch_membership()
+    assert process._outside_since is None  # joined: the clock is reset
     process._consumer._coordinator.state = MemberState.REBALANCING
+    before = time.monotonic()
     process._watch_membership()  # a new rebalance: a fresh 0.2 s
+    assert process._outside_since is not None and process._outside_since >= before
     off = _process(MemberState.UNJOINED, join_timeout_s=0)
     off._watch_membership()
     time.sleep(0.05)
     off._watch_membership()
+    assert off._outside_since is None  # 0 disables the watch: no clock, no error

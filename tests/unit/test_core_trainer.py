@@ -170,7 +170,7 @@ def test_include_archive_adds_kept_archived_children_once(tmp_path: Path) -> Non
 def test_train_every_trains_on_a_snapshot_and_publishes_the_next_version(tmp_path: Path) -> None:
     fake = FakeTrainer()
     core = _core(tmp_path, train_every=4, train_in_background=False, train_fn=fake, base_model="base.gguf")
-    core.on_table(_rec("models", _version(4, tmp_path / "elsewhere" / "model")))
+    core.on_table(_rec("models", _version(4, tmp_path / "models" / "student-v0004" / "model")))
     core.on_table(_rec("models", ModelVersion(name="another-model", number=9, path="x")))  # other names ignored
     for i in range(3):
         core.on_table(_rec("elites", _elite(i)))
@@ -231,7 +231,7 @@ def test_a_finished_but_unpublished_version_is_published_on_start(tmp_path: Path
     (tmp_path / "models" / ".pending-student-v0004").mkdir()  # a run killed mid-way
     (tmp_path / "models" / version_dir_name("student", 2)).mkdir()  # incomplete: not published
     core = _core(tmp_path)
-    core.on_table(_rec("models", _version(1, tmp_path / "v1")))
+    core.on_table(_rec("models", _version(1, tmp_path / "models" / "v1")))
     out = core.tick(T0)
     assert [(o.message.number, o.message.parent_version) for o in out] == [(3, 1)]
     assert out[0].message.path == str((folder / MODEL_SUBDIR).resolve()) and out[0].message.train_examples == 1
@@ -421,3 +421,17 @@ def test_the_scripted_eval_backend_scores_the_base_in_seconds(tmp_path: Path) ->
     core.close()
     scored = json.loads((tmp_path / "models" / "student-v0000" / "eval.json").read_text())
     assert scored["gsm8k"]["n"] == 4 and 0.0 <= scored["gsm8k"]["accuracy"] <= 1.0
+
+
+def test_a_models_record_outside_the_models_folder_is_refused(tmp_path: Path) -> None:
+    """A foreign models record (a path the trainer never wrote) is an error the wrapper dead-letters, and changes nothing."""
+    from sparq_stream.models.model_root import UntrustedModelPath
+
+    fake = FakeTrainer()
+    core = _core(tmp_path, train_every=4, train_in_background=False, train_fn=fake)
+    with pytest.raises(UntrustedModelPath, match="outside the models root"):
+        core.on_table(_rec("models", _version(40, Path("/etc/sparq-foreign"))))
+    for i in range(3):
+        core.on_table(_rec("elites", _elite(i)))
+    out = core.tick(T0)
+    assert [o.message.number for o in out] == [1]  # numbered after nothing: the foreign version 40 was not taken

@@ -42,7 +42,7 @@ POD_INDEX_FIELD = "metadata.labels['apps.kubernetes.io/pod-index']"
 #: Settings each service's default file must define (the documented defaults).
 REQUIRED_KEYS = {
     "mutator": {"variant": "qd", "batch_size": 64, "max_in_flight": None, "backend": None},
-    "novelty": {"dup_threshold": None, "contamination": None, "embedder": None},
+    "novelty": {"dup_threshold": None, "embedder": None},
     "solver": {"k": 16, "t_low": 0.1, "t_high": 0.9, "early_stop": None, "backend": None},
     "archivist": {"variant": "qd", "archive_dir": None},
     "trainer": {"export_dir": None, "train_every": None},
@@ -263,8 +263,9 @@ def test_settings_file_values_are_ones_the_library_accepts(name: str) -> None:
     for key in ("k", "batch_size", "max_in_flight"):
         if key in data:
             assert isinstance(data[key], int) and data[key] >= 1, f"{name}: {key}"
-    if "contamination" in data:
-        paths = data["contamination"]
+    assert "contamination" not in data, f"{name}: the held-out sets ship in the package; extra ones go in 'heldout'"
+    if "heldout" in data:
+        paths = data["heldout"]
         assert paths and all(PurePosixPath(p).is_absolute() and p.endswith(".jsonl") for p in paths)
     for key in ("archive_dir", "export_dir"):
         if key in data:
@@ -489,7 +490,7 @@ def test_compose_volumes_hold_outputs_and_inputs() -> None:
             assert vol_a != vol_b or not (dir_a.is_relative_to(dir_b) or dir_b.is_relative_to(dir_a)), (
                 f"two archivist replicas write one archive: {vol_a}:{dir_a} and {vol_b}:{dir_b}"
             )
-    for path in _settings_toml("novelty")["contamination"]:
+    for path in _settings_toml("novelty").get("heldout", []):
         assert any(PurePosixPath(path).is_relative_to(dst) for dst in mounts("novelty")), f"novelty: {path} not mounted"
     seed_file = _interpolate(services["seed"]["command"][1])
     assert any(PurePosixPath(seed_file).is_relative_to(dst) for dst in mounts("seed"))
@@ -709,7 +710,7 @@ def test_k8s_volumes_and_claims_exist() -> None:
     assert outputs["archivist"] == outputs["trainer"], "archive and export share one claim"
     novelty = _workload("novelty")["spec"]["template"]["spec"]
     paths = {m["mountPath"] for m in novelty["containers"][0]["volumeMounts"]}
-    for held_out in _settings_toml("novelty")["contamination"]:
+    for held_out in _settings_toml("novelty").get("heldout", []):
         assert any(PurePosixPath(held_out).is_relative_to(p) for p in paths), f"novelty: {held_out} not mounted"
 
 

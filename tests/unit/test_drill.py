@@ -12,7 +12,7 @@ import pytest
 
 from sparq_stream.bus.topics import spec_of
 
-from sparq_stream.drill.common import BUDGETS, DrillResult, archive_ids, compare_with_reference
+from sparq_stream.drill.common import BUDGETS, DrillResult, archive_ids, compare_with_reference, result_checks
 from sparq_stream.drill.hostile import hostile_texts
 from sparq_stream.drill.kill import kill_plan
 from sparq_stream.drill.poison import KINDS, POISON_TOPICS, RECORD_LIMIT, _plan, make_poison
@@ -74,11 +74,19 @@ def _result(i: int, step: int = 0) -> SolveResult:
 def test_compare_counts_lost_extra_changed_and_duplicate_lines(tmp_path: Path) -> None:
     rows = [_result(0), _result(1, step=1), _result(1, step=1), _result(3)]
     (tmp_path / JSONL_NAME).write_text("".join(json.dumps(to_jsonable(r)) + "\n" for r in rows))
-    reference = SimpleNamespace(results=[_result(0), _result(1), _result(2)], elites={})
+    w = {"a": SimpleNamespace(id="id0", quality=0.5, niche="a"), "b": SimpleNamespace(id="id1", quality=0.25, niche="b")}
+    reference = SimpleNamespace(results=[_result(0), _result(1), _result(2)], elites=w)
     assert archive_ids(tmp_path) == ["id0", "id1", "id1", "id3"]
-    diff = compare_with_reference(reference, tmp_path, {})
+    diff = compare_with_reference(reference, tmp_path, dict(w))
     assert (diff["lost"], diff["extra"], diff["changed"], diff["duplicate_lines"]) == (1, 1, 1, 1)
-    assert diff["elites_equal"] is True
+    assert diff["elites_equal"] is True and (diff["elites"], diff["reference_elites"]) == (2, 2)
+    checks = result_checks(diff)
+    assert checks["reference_not_empty"] and checks["elites_equal_reference"] and not checks["archive_equals_reference"]
+    other = {**w, "b": SimpleNamespace(id="id3", quality=0.25, niche="b")}
+    diff = compare_with_reference(reference, tmp_path, other)
+    assert diff["elites_equal"] is False and diff["elites_differ"] == 2
+    empty = compare_with_reference(SimpleNamespace(results=[], elites={}), tmp_path, {})
+    assert not result_checks(empty)["reference_not_empty"]  # two empty sides are no evidence
 
 
 def test_table_names_failed_checks_and_skips() -> None:

@@ -31,6 +31,8 @@ import org.msgpack.value.Value;
  * and each invalid record; exits 1 on any invalid record that the services did not dead-letter.
  */
 public final class WireCheck {
+  /** The schema of a dead letter's headers (docs/wire.md, "Dead letters"). */
+  static final String DLQ_HEADERS_FILE = "sparq.dead_letter.headers.v2.json";
   static final List<String> TOPICS = List.of(
       "seeds", "candidates", "novel", "drops", "solved", "elites", "archive", "models", "metrics", "dlq", "mutator-state");
   static final JsonNodeFactory JSON = JsonNodeFactory.instance;
@@ -65,8 +67,10 @@ public final class WireCheck {
         for (ConsumerRecord<byte[], byte[]> rec : consumer.poll(Duration.ofMillis(500))) {
           String schemaName;
           JsonNode node;
+          String file = null;  // the schema file: the dlq headers' own, else named by the record's schema and version
           if (rec.topic().equals(prefix + ".dlq")) {  // a dead letter: original bytes + UTF-8 headers
             schemaName = "sparq.dead_letter.headers";
+            file = DLQ_HEADERS_FILE;
             ObjectNode headers = JSON.objectNode();
             for (Header h : rec.headers()) {
               headers.put(h.key(), h.value() == null ? "" : new String(h.value(), StandardCharsets.UTF_8));
@@ -88,8 +92,14 @@ public final class WireCheck {
             JsonNode s = node.get("schema");
             schemaName = s == null ? "(no schema)" : s.asText();
           }
-          JsonNode version = node.get("version");
-          String file = schemaName + ".v" + (version == null ? "1" : version.asText()) + ".json";
+          if (file == null) {
+            JsonNode version = node.get("version");
+            if (version == null || !version.isIntegralNumber()) {  // a record without its version names no contract
+              invalid.put(where(rec), schemaName + ": missing or non-integer version");
+              continue;
+            }
+            file = schemaName + ".v" + version.asText() + ".json";
+          }
           if (!Files.isRegularFile(schemas.resolve(file))) {
             invalid.put(where(rec), "no schema file " + file);
             continue;
