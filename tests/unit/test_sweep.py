@@ -52,12 +52,15 @@ def test_the_sweep_command_on_a_small_budget_then_the_report_shows_it(tmp_path: 
     )  # fmt: skip
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     printed = json.loads(sweep.stdout.strip().splitlines()[-1])
-    assert printed["sizes"] == [2, 4] and set(printed["power_law"]) == {"filtered/gsm8k", "unfiltered/gsm8k"}
+    # --heldout adds the user's set (here also named gsm8k: scored as gsm8k_2) to the packaged GSM8K test and MATH500
+    fits = {f"{kind}/{name}" for kind in ("filtered", "unfiltered") for name in ("gsm8k", "math500", "gsm8k_2")}
+    assert printed["sizes"] == [2, 4] and set(printed["power_law"]) == fits
     saved = json.loads((run / "sweep" / "sweep.json").read_text())
     assert saved["available"] == {"filtered": 6, "unfiltered": 12}  # sizes above the smaller set are skipped
     assert [(r["set"], r["examples"], r["gsm8k"]["n"], r["steps"]) for r in saved["runs"]] == [
         ("filtered", 2, 2, 1), ("filtered", 4, 2, 1), ("unfiltered", 2, 2, 1), ("unfiltered", 4, 2, 1)]  # fmt: skip
     assert all(0.0 <= r["gsm8k"]["accuracy"] <= 1.0 and not math.isnan(r["loss_last"]) for r in saved["runs"])
+    assert all(r["gsm8k_2"]["n"] == 2 and r["math500"]["n"] == 2 for r in saved["runs"])  # --limit 2 on every set
     small = (run / "sweep" / "filtered-000002" / "data" / "train.jsonl").read_text().splitlines()
     large = (run / "sweep" / "filtered-000004" / "data" / "train.jsonl").read_text().splitlines()
     assert large[:2] == small  # nested slices
