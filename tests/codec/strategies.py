@@ -176,7 +176,8 @@ def _breakers(cls: type[Message], body: dict[str, Any]) -> list[tuple[str, st.Se
         set_to("n_correct", st.integers(body["rollouts_used"] + 1, body["rollouts_used"] + 50))
         set_to("rollouts_used", st.integers(body["k"] + 1, body["k"] + 50))
         if not body["early_stopped"]:
-            set_to("solve_rate", st.floats(0.0, 1.0).filter(lambda v: abs(v - body["n_correct"] / body["k"]) > 1e-6))
+            # more than half a rollout away from n_correct / k (the rule's tolerance for a rate written as a rounded count)
+            set_to("solve_rate", st.floats(0.0, 1.0).filter(lambda v: abs(v * body["k"] - body["n_correct"]) > 0.5 + 1e-6))
         set_to("quality", st.floats(0.01, 1.0).filter(lambda v: abs(v - (1.0 - body["solve_rate"])) > 1e-6))
     if cls is ModelVersion:
         set_to("parent_version", st.integers(body["number"], body["number"] + 10))
