@@ -324,7 +324,7 @@ def render_wire_doc() -> str:
         "error a handler raised that a retry cannot fix.",
         f"[`schemas/{DLQ_HEADERS_FILE}`](../schemas/{DLQ_HEADERS_FILE}) is the JSON Schema of that header",
         "map (header name to UTF-8 text); validate a dead letter by decoding its headers into a JSON",
-        "object and checking it against that schema. `schemas/sparq.dead_letter.v{DeadLetter.VERSION}.json` describes the",
+        f"object and checking it against that schema. `schemas/sparq.dead_letter.v{DeadLetter.VERSION}.json` describes the",
         "*typed view* built from such a record (`sparq tail dlq`, `sparq_stream.bus.dlq.dead_letter_from_record`):",
         "`original_key` and `original` hold the key and value bytes (base64 in JSON), the other fields",
         "the headers. No `sparq.dead_letter` msgpack value is ever written to a topic.",

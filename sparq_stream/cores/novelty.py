@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.routing import ROUTED_HEADER, EmbeddingRouter

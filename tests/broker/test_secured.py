@@ -10,7 +10,6 @@ writes is refused, and no service may write another service's output.
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 from typing import Any, Iterator

@@ -4,7 +4,6 @@ service logged in as itself; the run ends equal to the in-memory reference and `
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -7,7 +7,6 @@ or without a login, gets nowhere; with them, the ACLs hold as on SASL_PLAINTEXT.
 
 from __future__ import annotations
 
-import os
 import stat
 from typing import Any, Iterator
 
