@@ -2,7 +2,7 @@
 and the base model is evaluated as version 0 on the packaged GSM8K test and MATH500 (issue 17, part 1).
 
 ``sparq up`` runs as a user would start it: its own process, no ``SPARQ_*`` variable set, from a working
-folder with no ``../shared`` next to it, the scripted backend and the hash embedder.
+folder with no development data folder beside it, the scripted backend and the hash embedder.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def test_the_packaged_files_are_the_published_sets_byte_for_byte() -> None:
 
 def test_the_package_data_is_declared_and_no_machine_path_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     assert '"data/heldout/*.jsonl"' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
-    monkeypatch.chdir("/")  # no ../shared anywhere near
+    monkeypatch.chdir("/")  # from the file-system root: no development data folder anywhere near
     assert [sha256_of(p) for p in heldout_files()] == list(PACKAGED_SHA256.values())
 
 
