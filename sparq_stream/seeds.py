@@ -15,7 +15,7 @@ from sparq_stream.messages import Seed
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "BadLine", "MAX_LINE_BYTES", "parse_seed_line", "read_seeds", "collect_seeds", "bad_line_report", "label_seeds",
+    "BadLine", "MAX_LINE_BYTES", "parse_seed_line", "read_seeds", "collect_seeds", "bad_line_report",
     "refuse_heldout", "refused_report",
 ]
 
@@ -140,25 +140,6 @@ def bad_line_report(path: str | Path, bad: list[BadLine], shown: int = 20) -> li
     if len(bad) > shown:
         lines.append(f"{path}: ... and {len(bad) - shown:,} more bad line(s) not shown")
     return lines
-
-
-def label_seeds(
-    seeds: list[Seed],
-    backend: str,
-    *,
-    backend_options: dict | None = None,
-    vocabulary: str | Path | None = None,
-    batch_size: int = 64,
-) -> list[Seed]:
-    """Give each seed its skill-set with the skill-classification prompt (the diverse variants need it)."""
-    from sparq_stream.models.registry import make_generation_backend
-    from sparq_stream.skills import annotate_seeds, load_vocabulary
-
-    generator = make_generation_backend(backend, **(backend_options or {}))
-    try:
-        return annotate_seeds(seeds, generator, load_vocabulary(vocabulary), batch_size=batch_size)
-    finally:
-        generator.close()
 
 
 def refuse_heldout(

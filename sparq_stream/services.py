@@ -17,10 +17,7 @@ __all__ = [
     "ServiceSpec",
     "RelaySettings",
     "SERVICES",
-    "build_service",
     "service_settings",
-    "prepare_service",
-    "register",
     "service_spec",
     "service_names",
 ]
@@ -95,40 +92,8 @@ def service_names() -> list[str]:
     return sorted(set(SERVICES) | set(_CORES))
 
 
-def register(spec: ServiceSpec) -> None:
-    """Add (or replace) a service in the registry."""
-    SERVICES[spec.name] = spec
-
-
 def service_settings(
     name: str, args: Sequence[str] = (), *, config: str | Path | None = None, **values: Any
 ) -> ServiceSettings:
     """A service's frozen settings from its flags (``args``), ``values``, ``SPARQ_*`` environment and a settings file."""
     return load_settings(service_spec(name).settings_cls, config=config, args=args, **values)
-
-
-def prepare_service(
-    name: str,
-    *,
-    bootstrap: str | None = None,
-    prefix: str | None = None,
-    config: str | Path | None = None,
-    args: Sequence[str] = (),
-) -> tuple[Callable[[], Core], ServiceSettings]:
-    """A service's frozen settings (flags, environment, settings file) and a function that builds its core."""
-    spec = service_spec(name)
-    settings = service_settings(name, args, config=config, bootstrap=bootstrap, prefix=prefix)
-    return (lambda: spec.factory(settings)), settings
-
-
-def build_service(
-    name: str,
-    *,
-    bootstrap: str | None = None,
-    prefix: str | None = None,
-    config: str | Path | None = None,
-    args: Sequence[str] = (),
-) -> tuple[Core, ServiceSettings]:
-    """Build a service's core and frozen settings from flags, environment and a settings file."""
-    build, settings = prepare_service(name, bootstrap=bootstrap, prefix=prefix, config=config, args=args)
-    return build(), settings

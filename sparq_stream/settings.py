@@ -12,6 +12,7 @@ naming the field and what it accepts. Secret fields (``SecretStr``) are never fl
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
 import json
 import os
@@ -24,7 +25,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, CliSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -32,16 +33,33 @@ from sparq_stream.credentials import is_secret_field, is_secret_name, refuse_sec
 from sparq_stream.errors import ConfigError
 
 __all__ = [
+    "Backend",
     "BaseSparqSettings",
+    "Embedder",
     "KafkaSettings",
+    "LABEL_SEEDS",
     "ServiceSettings",
     "SettingRow",
+    "Variant",
+    "child_environment",
     "cli_values",
     "config_error",
     "flag_names",
     "load_settings",
     "setting_rows",
+    "shared_field",
+    "write_settings_file",
 ]
+
+#: The four SPARQ variants (the one list: settings, the wire's ``variant`` and the working sets follow it).
+Variant = Literal["static-uniform", "static-diverse", "dynamic-uniform", "qd"]
+#: The generation backends (the one list: ``sparq_stream.models.registry`` builds each of them).
+Backend = Literal["transformers", "openai", "vllm", "scripted"]
+#: The embedding backends of the novelty filter (and of the seeds' held-out check).
+Embedder = Literal["sentence-transformers", "hash"]
+#: Whether seeds are classified into their skill-sets before they are published (``sparq up --label-seeds``,
+#: ``sparq seed --label``; environment ``SPARQ_LABEL_SEEDS``): the diverse variants sample parents by skill-set.
+LABEL_SEEDS = True
 
 S = TypeVar("S", bound="BaseSparqSettings")
 
@@ -140,7 +158,7 @@ class KafkaSettings(BaseSparqSettings):
         if self.security_protocol in ("SSL", "SASL_SSL"):
             opts["ssl_check_hostname"] = self.ssl_check_hostname
         if self.kafka_client_config is not None:
-            from sparq_stream.bus.security import client_security_options
+            from sparq_stream.security import client_security_options
 
             opts.update(client_security_options(self.kafka_client_config))
         opts.update(self.kafka_options)
@@ -151,7 +169,7 @@ class KafkaSettings(BaseSparqSettings):
     def _readable_client_config(cls, value: Path | None) -> Path | None:
         """Read the client properties file once when the settings are made: a bad file fails at start, naming the key."""
         if value is not None:
-            from sparq_stream.bus.security import client_security_options
+            from sparq_stream.security import client_security_options
 
             client_security_options(value)
             return value.resolve()
@@ -428,3 +446,41 @@ def load_settings(
         raise config_error(exc, where) from None
     finally:
         _FILE_VALUES.reset(token)
+
+
+def shared_field(cls: type[BaseModel], name: str, **changes: Any) -> Any:
+    """Field ``name`` of settings class ``cls`` for another settings class: declared once, same default, limits, meaning.
+
+    ``changes`` (``description=...``) adjust the copy, never the original.
+    """
+    info = copy.copy(cls.model_fields[name])
+    for key, value in changes.items():
+        setattr(info, key, value)
+    return info
+
+
+def _file_values(settings: BaseModel) -> dict[str, Any]:
+    """Every field of a settings object as JSON values, secrets left out (they travel in the environment)."""
+    fields = type(settings).model_fields
+    public = {name for name, info in fields.items() if not is_secret_field(name, info)}
+    return settings.model_dump(mode="json", include=public)
+
+
+def write_settings_file(settings: BaseModel, path: Path) -> Path:
+    """Write a frozen settings object as a JSON settings file (``--config``) its service reads back whole; no secret."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_file_values(settings), indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def child_environment(settings: BaseModel) -> dict[str, str]:
+    """Environment of a process handed ``settings`` as a file: its fields' ``SPARQ_*`` names blanked (empty is ignored).
+
+    The environment outranks a settings file; blanking them keeps a stray ``SPARQ_<FIELD>`` of the parent
+    from changing what the parent resolved (the parent already read it). Secrets stay (they are not in the file).
+    """
+    cls = type(settings)
+    prefix = str(cls.model_config.get("env_prefix", ""))
+    return {prefix + name.upper(): "" for name in _file_values(settings)}

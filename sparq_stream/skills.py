@@ -6,8 +6,8 @@
 - :func:`classify_skills` runs the skill-classification prompt (a problem plus the
   numbered vocabulary) and reads the answer with
   :func:`sparq_stream.qd.vocabulary.parse_skill_answer`: the descriptor of the novelty
-  core, and of the seeds themselves (:func:`annotate_seeds`, which the static-diverse
-  variant needs: seeds read from JSONL carry no skills).
+  core, and of the seeds themselves (:func:`annotate_seeds`, or :func:`label_seeds` with a
+  backend named, which the static-diverse variant needs: seeds read from JSONL carry no skills).
 - :func:`load_vocabulary` reads a saved vocabulary, or the packaged hand-written fallback
   (``sparq_stream/data/default_skills.json``) when no path is given.
 """
@@ -27,7 +27,7 @@ from sparq_stream.errors import ConfigError, FatalError
 from sparq_stream.messages import Seed
 from sparq_stream.models.base import GenerationBackend, SamplingParams
 from sparq_stream.prompts import SKILL_CLASSIFICATION, SKILL_EXTRACTION, PromptTemplate, load_prompt
-from sparq_stream.qd.descriptors import MAX_SKILLS
+from sparq_stream.descriptors import MAX_SKILLS
 from sparq_stream.qd.vocabulary import DEFAULT_M, Vocabulary, build_vocabulary, parse_skill_answer
 from sparq_stream.seeds import BadLine, read_seeds
 
@@ -40,6 +40,7 @@ __all__ = [
     "extract_skills",
     "classify_skills",
     "annotate_seeds",
+    "label_seeds",
     "build_skill_vocabulary",
 ]
 
@@ -167,6 +168,24 @@ def annotate_seeds(
     """Return the seeds with ``skills`` set by the classifier (seeds whose generation failed keep theirs)."""
     answers = classify_skills([s.problem for s in seeds], backend, vocab, batch_size=batch_size)
     return [s.model_copy(update={"skills": a.skills}) if a.ok else s for s, a in zip(seeds, answers)]
+
+
+def label_seeds(
+    seeds: list[Seed],
+    backend: str,
+    *,
+    backend_options: dict | None = None,
+    vocabulary: str | Path | None = None,
+    batch_size: int = 64,
+) -> list[Seed]:
+    """Give each seed its skill-set with the skill-classification prompt, on a backend made by name (the diverse variants need it)."""
+    from sparq_stream.models.registry import make_generation_backend
+
+    generator = make_generation_backend(backend, **(backend_options or {}))
+    try:
+        return annotate_seeds(seeds, generator, load_vocabulary(vocabulary), batch_size=batch_size)
+    finally:
+        generator.close()
 
 
 def _sample(seeds: list[Seed], limit: int | None, seed: int) -> list[Seed]:

@@ -328,7 +328,7 @@ class ApacheKafka:
 
         login: dict[str, object] = {}
         if self.auth != "none":
-            from sparq_stream.bus.security import client_security_options
+            from sparq_stream.security import client_security_options
 
             try:
                 login = {**client_security_options(self.client_config("admin")), "bootstrap_timeout_ms": 5000}

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from sparq_stream.children import die_with_parent
 from sparq_stream.errors import BrokerUnavailable, ConfigError
 
 __all__ = ["find_tansu_binary", "free_port", "wait_for_port", "require_reachable", "wait_for_kafka", "EmbeddedBroker"]
@@ -90,19 +91,27 @@ def wait_for_kafka(bootstrap: str, timeout_s: float = 30.0) -> None:
 
 
 class EmbeddedBroker:
-    """Runs the Tansu broker as a child process on 127.0.0.1 (memory storage: a restart loses topics)."""
+    """Runs the Tansu broker as a child process (memory storage: a restart loses topics).
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: str | Path | None = None) -> None:
+    It listens on ``host`` (default 127.0.0.1) and tells clients to connect to ``advertised_host``
+    (default: ``host``, or 127.0.0.1 when ``host`` is a wildcard such as 0.0.0.0).
+    """
+
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: str | Path | None = None,
+                 advertised_host: str | None = None) -> None:
         self.host = host
         self.port = port or free_port(host)
+        # the address clients are told to connect to (Kafka metadata); listening on 0.0.0.0 needs
+        # a real one (a container's network name), or clients would be sent to 0.0.0.0
+        self.advertised_host = advertised_host or (host if host not in ("0.0.0.0", "::", "") else "127.0.0.1")
         self.log_path = Path(log_path) if log_path else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = None
 
     @property
     def bootstrap(self) -> str:
-        """The broker's bootstrap address, host:port."""
-        return f"{self.host}:{self.port}"
+        """The broker's bootstrap address as it advertises it, host:port."""
+        return f"{self.advertised_host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -113,22 +122,22 @@ class EmbeddedBroker:
         """Start the broker, wait until it answers Kafka requests and return its bootstrap address."""
         binary = find_tansu_binary()
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        advertised = f"tcp://{self.advertised_host}:{self.port}"
+        cmd = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", advertised]
         if self.log_path:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "ab")
         out = self._log_file or subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
-        from sparq_stream.orchestrator.lifetime import die_with_parent
-
         # its own session (a Ctrl-C at the terminal is ours to handle), and it dies with its parent
         self._proc = subprocess.Popen(
             cmd, stdout=out, stderr=out, env=env, start_new_session=True, preexec_fn=die_with_parent()
         )
-        if not wait_for_port(self.host, self.port, timeout_s):
+        probe = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        if not wait_for_port(probe, self.port, timeout_s):
             self.stop()
             raise BrokerUnavailable(f"tansu did not listen on {self.bootstrap} within {timeout_s}s")
-        wait_for_kafka(self.bootstrap, timeout_s)
+        wait_for_kafka(f"{probe}:{self.port}", timeout_s)
         log.info("embedded Tansu broker ready at %s (pid %s)", self.bootstrap, self._proc.pid)
         return self.bootstrap
 

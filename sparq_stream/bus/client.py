@@ -1,7 +1,7 @@
 """kafka-python clients configured for the loop: fast group joins, manual commits, acks=all.
 
 Every client takes its login from the settings (``KafkaSettings.client_options``: the security settings
-and ``kafka_client_config``, a Java client properties file; see :mod:`sparq_stream.bus.security`)."""
+and ``kafka_client_config``, a Java client properties file; see :mod:`sparq_stream.security`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaTimeoutError
 
-from sparq_stream.bus.security import login_hint
+from sparq_stream.security import login_hint
 from sparq_stream.errors import BrokerUnavailable
 from sparq_stream.messages import Message, encode
 from sparq_stream.settings import KafkaSettings, ServiceSettings

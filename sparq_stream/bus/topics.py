@@ -198,7 +198,7 @@ class TopicNames:
 
 def admin_client(settings: KafkaSettings, timeout_s: float = 10.0) -> KafkaAdminClient:
     """Connect an admin client with the settings' login, turning 'no broker' into a clear BrokerUnavailable."""
-    from sparq_stream.bus.security import login_hint
+    from sparq_stream.security import login_hint
 
     options = settings.client_options()
     try:

@@ -53,7 +53,7 @@ wrapper commits (at-least-once: a crash after the flush and before the commit re
 the batch; the id window and the readers' de-duplication make that harmless); Parquet part
 files of ``parquet_rows`` rows, with a small ``parquet.offset`` file saying how much of the
 JSONL the parts cover, so the rows of a part lost in a crash are recovered from the JSONL
-on restart. :func:`load_archive` reads the directory back the same way.
+on restart. :func:`~sparq_stream.qd.archive_log.read_archive` reads the directory back the same way.
 
 Lineage: every result is archived with the partition and offset of the ``solved`` record it
 came from (the archive's ``solved_partition`` / ``solved_offset`` columns, and the
@@ -83,7 +83,6 @@ from sparq_stream.qd.archive_log import (
     ArchiveLog,
     SolvedAt,
     dedupe_by_id,
-    iter_archive,
     iter_archive_lineage,
     iter_batches,
     iter_jsonl,
@@ -93,19 +92,18 @@ from sparq_stream.qd.archive_log import (
     solved_at_of,
 )
 from sparq_stream.qd.archive_summary import INVALID_NICHE, SUMMARY_COLUMNS, SummaryAccumulator, batch_of
-from sparq_stream.qd.descriptors import DescriptorError, niche_of
+from sparq_stream.descriptors import DescriptorError, niche_of
 from sparq_stream.qd.quality import T_HIGH, T_LOW
 from sparq_stream.qd.update import Update
 from sparq_stream.qd.working_set import WorkingSet, make_working_set
+from sparq_stream.settings import Variant
 
 __all__ = [
     "OFFSET_NAME",
     "INVALID_NICHE",
-    "iter_results",
     "ArchivistConfig",
     "ArchivistCore",
     "build_archivist",
-    "load_archive",
     "run_summary",
     "summarize_archive",
 ]
@@ -121,7 +119,7 @@ class ArchivistConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    variant: Literal["static-uniform", "static-diverse", "dynamic-uniform", "qd"] = Field(
+    variant: Variant = Field(
         default="qd", description="the SPARQ variant: its update policy U and cap"
     )
     cap: int | None = Field(
@@ -534,16 +532,6 @@ def _read_jsonl(path: Path, start: int = 0) -> Iterator[tuple[SolveResult, Solve
 def _archive_record(result: SolveResult, solved_at: SolvedAt | None) -> Outgoing:
     """The archive record of a result, naming its solved record in the ``sparq.solved.at`` header when known."""
     return Outgoing("archive", result, headers=(solved_at_header(solved_at),) if solved_at is not None else ())
-
-
-def iter_results(directory: str | Path) -> Iterator[SolveResult]:
-    """Yield every result of an archive directory once (newest write wins): the one archive reader, as objects."""
-    return iter_archive(directory)
-
-
-def load_archive(directory: str | Path) -> list[SolveResult]:
-    """Return every archived result of ``directory`` once (see :func:`~sparq_stream.qd.archive_log.iter_batches`)."""
-    return list(iter_results(directory))
 
 
 def build_archivist(config: ArchivistConfig) -> ArchivistCore:

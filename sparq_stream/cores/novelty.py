@@ -18,7 +18,7 @@ it costs K generations. For every batch of candidates it
    nearest seen problems (as pyribs' ProximityArchive; 1.0 when nothing was seen yet),
    ``nearest_id`` and ``nearest_similarity``;
 4. classifies the survivors with the skill-classification prompt over the vocabulary
-   (``niche`` = :func:`~sparq_stream.qd.descriptors.niche_key` of the skills);
+   (``niche`` = :func:`~sparq_stream.descriptors.niche_key` of the skills);
 5. adds the survivors to the index and emits a :class:`NovelCandidate` to ``novel``; every
    dropped candidate becomes a :class:`Dropped` notice on ``drops`` (it returns the
    mutator's flow-control credit: a duplicate never reaches ``solved``).
@@ -86,8 +86,9 @@ from sparq_stream.index.scalable import SCALABLE_KINDS, ScalableIndex
 from sparq_stream.messages import Candidate, Dropped, NovelCandidate, Seed
 from sparq_stream.models.base import EmbeddingBackend, GenerationBackend, SamplingParams
 from sparq_stream.prompts import MUTATION, SKILL_CLASSIFICATION, load_prompt
-from sparq_stream.qd.descriptors import niche_key
+from sparq_stream.descriptors import niche_key
 from sparq_stream.qd.vocabulary import Vocabulary
+from sparq_stream.settings import Backend, Embedder
 from sparq_stream.skills import classify_skills, load_vocabulary
 from sparq_stream.verify.contamination import NgramIndex, prompt_examples
 
@@ -97,7 +98,6 @@ __all__ = [
     "NoveltyConfig",
     "HeldOut",
     "load_heldout",
-    "default_heldout_paths",
     "text_contamination_checks",
     "NoveltyCore",
     "build_novelty",
@@ -125,18 +125,18 @@ class NoveltyConfig(OpenAIKey):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    embedder: str = Field(default="sentence-transformers", description="embedding backend: sentence-transformers | hash")
+    embedder: Embedder = Field(default="sentence-transformers", description="embedding backend")
     embedder_options: dict[str, Any] = Field(default_factory=dict, description="embedding backend constructor options")
-    backend: str = Field(default="transformers", description="skill classifier backend: transformers | openai | vllm | scripted")
+    backend: Backend = Field(default="transformers", description="skill classifier backend")
     model: str | None = Field(default=None, description="classifier model (path or served name); unset: the backend's default")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="generation backend constructor options")
-    vocabulary: str | None = Field(default=None, description="skill vocabulary JSON (sparq skills build); unset: the packaged fallback")
+    vocabulary: Path | None = Field(default=None, description="skill vocabulary JSON (sparq skills build); unset: the packaged fallback")
     classify: bool = Field(default=True, description="attach the skill-set descriptor (off: every problem is in the empty niche)")
     skill_batch_size: int = Field(default=64, ge=1, description="prompts per skill-classification call")
     skill_max_tokens: int = Field(default=96, ge=8, description="token limit of a skill-classification answer")
     dup_threshold: float = Field(default=0.95, gt=0.0, le=1.0, description="cosine at or above which a candidate is a near duplicate")
     exact_threshold: float = Field(default=0.999, gt=0.0, le=1.0, description="cosine at or above which it counts as an exact duplicate")
-    heldout: list[str] = Field(
+    heldout: list[Path] = Field(
         default_factory=list,
         description="your own held-out JSONL files (question or problem field), checked besides the packaged "
         "GSM8K test and MATH500 (always on)",
@@ -200,11 +200,6 @@ class NoveltyConfig(OpenAIKey):
     def heldout_files(self) -> list[Path]:
         """The held-out files checked: the packaged sets plus ``heldout`` (and deprecated ``contamination``); [] when off."""
         return heldout_files([*self.heldout, *(self.contamination or [])], check=self.contamination_check)
-
-
-def default_heldout_paths() -> list[Path]:
-    """The packaged held-out files (GSM8K test, MATH500), read through importlib.resources."""
-    return packaged_paths()
 
 
 @dataclass

@@ -46,7 +46,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.credentials import OpenAIKey, openai_key_option
@@ -63,6 +63,7 @@ from sparq_stream.models.base import (
 from sparq_stream.prompts import SOLVE, PromptTemplate, load_prompt
 from sparq_stream.qd.early_stop import COMPLETE, StopDecision, StopRule, make_stop_rule
 from sparq_stream.qd.quality import T_HIGH, T_LOW, validate_thresholds
+from sparq_stream.settings import Backend
 from sparq_stream.verify.equivalence import BAD_GOLD, CheckResult, prepare
 
 __all__ = ["SolverConfig", "Checker", "SolverCore", "build_solver", "BAD_GOLD_REASON"]
@@ -81,7 +82,7 @@ class SolverConfig(OpenAIKey):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    backend: str = Field(default="transformers", description="generation backend: transformers, openai, vllm or scripted")
+    backend: Backend = Field(default="transformers", description="generation backend")
     backend_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword options of the backend's constructor (a JSON object on the command line)"
     )

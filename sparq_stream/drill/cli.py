@@ -20,7 +20,7 @@ _BROKERS = {"tansu": ["tansu"], "kafka": ["kafka"], "both": ["tansu", "kafka"]}
 
 def _run(names: list[str], out: Path, broker: str, budget: str, seeds: Optional[Path], doc: Optional[Path], verbose: bool) -> None:
     from sparq_stream.drill.runner import run_drills
-    from sparq_stream.drill.table import write_reliability_doc
+    from sparq_stream.drill.table import row_counts, write_reliability_doc
     from sparq_stream.errors import ConfigError
 
     if broker not in _BROKERS:
@@ -36,6 +36,9 @@ def _run(names: list[str], out: Path, broker: str, budget: str, seeds: Optional[
         state = "skipped" if r.skipped else ("pass" if r.passed else "FAIL")
         failed = [n for n, ok in r.checks.items() if not ok]
         typer.echo(f"{r.drill:8} {r.broker:6} {state:7} {r.wall_s:7.1f}s  {r.error or r.skipped or ', '.join(failed)}")
+        rows = row_counts(r.figures)
+        if rows:
+            typer.echo(f"{'':8} {'':6} rows: {rows}")
     typer.echo(f"figures in {out / 'drills.json'}")
     if doc is not None:
         typer.echo(f"table in {write_reliability_doc(out / 'drills.json', doc)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -131,11 +132,12 @@ def reference_for(ctx: DrillContext, config: UpConfig) -> Any:
     """The undisturbed run of the same seed and settings: the in-memory bus with the same cores and flags.
 
     The end-to-end tests hold the streaming run equal to it exactly, so a disturbed run must equal it too.
-    Cached per step count.
+    Cached per step count and extra flags.
     """
     from sparq_stream.orchestrator.local import run_local
 
-    key = f"{config.steps}"
+    flags = json.dumps(config.extra, sort_keys=True)  # the stall drill caps the mutator: its own reference
+    key = f"{config.steps}-{hashlib.sha256(flags.encode()).hexdigest()[:8]}"
     if key not in ctx._references:
         ref_out = ctx.out / f"reference-{key}"
         shutil.rmtree(ref_out, ignore_errors=True)  # the mutator would resume from an old checkpoint
@@ -178,9 +180,9 @@ def _row(result: Any) -> tuple[Any, ...]:
 
 def compare_with_reference(reference: Any, archive_dir: Path, elites: dict[str, Any]) -> dict[str, Any]:
     """Lost, extra, changed and duplicate archive rows, and whether W (the elites) equals the reference's."""
-    from sparq_stream.cores.archivist import load_archive
+    from sparq_stream.qd.archive_log import read_archive
 
-    got = {r.id: r for r in load_archive(archive_dir)}
+    got = {r.id: r for r in read_archive(archive_dir)}
     want = {r.id: r for r in reference.results}
     raw = archive_ids(archive_dir)
     changed = sorted(i for i in set(got) & set(want) if _row(got[i]) != _row(want[i]))
@@ -200,15 +202,21 @@ def compare_with_reference(reference: Any, archive_dir: Path, elites: dict[str, 
     }
 
 
-def result_checks(diff: dict[str, Any]) -> dict[str, bool]:
-    """The checks every drill makes of its run's outcome against the reference."""
-    return {
-        "reference_not_empty": diff["reference_rows"] > 0 and diff["reference_elites"] > 0,
+def result_checks(diff: dict[str, Any], *, with_elites: bool = True) -> dict[str, bool]:
+    """The checks every drill makes of its run's outcome against the reference (W left out where ``with_elites`` is False).
+
+    Both sides must hold rows (and elites): two empty sides compare equal and prove nothing.
+    """
+    checks = {
+        "reference_not_empty": diff["reference_rows"] > 0 and (diff["reference_elites"] > 0 or not with_elites),
+        "result_not_empty": diff["archive_rows"] > 0 and (diff["elites"] > 0 or not with_elites),
         "archive_equals_reference": diff["lost"] == 0 and diff["extra"] == 0 and diff["changed"] == 0,
-        "elites_equal_reference": bool(diff["elites_equal"]),
         "nothing_lost": diff["lost"] == 0,
         "no_duplicate_lines": diff["duplicate_lines"] == 0,
     }
+    if with_elites:
+        checks["elites_equal_reference"] = bool(diff["elites_equal"])
+    return checks
 
 
 def read_elites(config: UpConfig, bootstrap: str, prefix: str) -> dict[str, Any]:

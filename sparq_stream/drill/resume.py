@@ -21,6 +21,7 @@ from sparq_stream.drill.common import (
     proc_start_time,
     read_elites,
     reference_for,
+    result_checks,
     wait_until,
 )
 
@@ -118,14 +119,10 @@ def run(ctx: DrillContext) -> DrillResult:
         killed_mid_run=reached and not ended_early and 0 < rows_at_kill < diff["reference_rows"],
         no_process_left_behind=not left,
         rerun_completed=code == 0 and summary.get("stopped") == "budget reached",
-        nothing_lost=diff["lost"] == 0,
-        nothing_repeated=diff["duplicate_lines"] == 0 and diff["extra"] == 0,
-        archive_equals_reference=diff["lost"] == 0 and diff["extra"] == 0 and diff["changed"] == 0,
         summary_counts_archive=summary.get("scored") == diff["archive_rows"] - diff["duplicate_lines"],
+        **result_checks(diff, with_elites=ctx.broker == "kafka"),
     )
-    if ctx.broker == "kafka":
-        result.checks["elites_equal_reference"] = bool(diff["elites_equal"])
-    else:
+    if ctx.broker != "kafka":
         result.notes.append("W is not compared: the embedded broker and its elites topic end with the run")
         for name in ("elites", "elites_equal", "elites_differ"):
             result.figures[name] = None

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 from sparq_stream.drill import broker, hostile, kill, poison, resume, stall
 from sparq_stream.drill.common import BUDGETS, DrillContext, DrillResult
+from sparq_stream.drill.table import row_counts
 
 __all__ = ["DRILLS", "BROKER_INDEPENDENT", "default_seeds", "run_drills", "write_results"]
 
@@ -108,8 +109,8 @@ def run_drills(names: list[str], out: Path, brokers: list[str], budget: str = "s
                     result = DrillResult(name, name_of_broker, budget, error=f"{type(exc).__name__}: {exc}")
                     log.warning("drill %s on %s raised:\n%s", name, name_of_broker, traceback.format_exc())
                 result.wall_s = round(time.monotonic() - started, 1)
-                log.info("drill %s on %s: %s", name, name_of_broker,
-                         "skipped" if result.skipped else ("passed" if result.passed else "FAILED"))
+                log.info("drill %s on %s: %s; rows: %s", name, name_of_broker,
+                         "skipped" if result.skipped else ("passed" if result.passed else "FAILED"), row_counts(result.figures) or "none")
                 results.append(result)
                 write_results(out, [result], command)
     return results

@@ -6,18 +6,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BEGIN", "END", "render_table", "write_reliability_doc"]
+__all__ = ["BEGIN", "END", "ROW_COUNTS", "render_table", "row_counts", "write_reliability_doc"]
 
 BEGIN = "<!-- drills:begin (written by `sparq drill`; do not edit by hand) -->"
 END = "<!-- drills:end -->"
+
+#: The row counts a drill's report prints, in this order, with their labels (those a drill has).
+ROW_COUNTS = (
+    ("reference_rows", "reference rows"), ("archive_rows", "result rows"), ("lost", "lost"), ("extra", "extra"),
+    ("changed", "changed"), ("duplicate_lines", "duplicate lines"), ("reference_elites", "reference W"),
+    ("elites", "result W"), ("rows_at_kill", "rows at kill"), ("injected", "injected"),
+    ("dead_lettered", "dead-lettered"), ("dlq_records", "dlq records"),
+)
+
+
+def row_counts(figures: dict[str, Any]) -> str:
+    """The drill's row counts as one line (``reference rows 128, result rows 128, ...``); empty for a drill without rows."""
+    return ", ".join(f"{label} {figures[key]}" for key, label in ROW_COUNTS if figures.get(key) is not None)
 
 
 def _figures(entry: dict[str, Any]) -> str:
     """The few figures that say how a drill went."""
     f = entry.get("figures", {})
     drill = entry["drill"]
-    common = (f"lost {f.get('lost', '?')}, extra {f.get('extra', '?')}, changed {f.get('changed', '?')}, "
-              f"dup lines {f.get('duplicate_lines', '?')}, W equal {f.get('elites_equal', '?')}")
+    common = f"{row_counts(f)}, W equal {f.get('elites_equal', '?')}"
     if drill == "kill":
         per = f.get("kills_per_service", {})
         return f"{f.get('kills', 0)} kills (max {max(per.values(), default=0)} of one); {common}; {f.get('reason', '')}"

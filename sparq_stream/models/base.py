@@ -7,6 +7,8 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from sparq_stream.prompts.templates import ChatMessage, Prompt  # the chat types: a template renders, a backend takes
+
 __all__ = [
     "ChatMessage",
     "Prompt",
@@ -16,11 +18,6 @@ __all__ = [
     "GenerationBackend",
     "EmbeddingBackend",
 ]
-
-#: One chat turn: {"role": "system"|"user"|"assistant", "content": "..."}.
-ChatMessage = dict[str, str]
-#: A chat prompt: a list of turns.
-Prompt = list[ChatMessage]
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,14 @@ variants at an equal budget.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, Core, Inbound, Outgoing
+from sparq_stream.bus.outputs import fanout_copies, send_phases
+from sparq_stream.core import Core, Inbound, Outgoing
 from sparq_stream.messages import Elite, Message
 
 __all__ = ["LocalBus", "LocalResult", "build_local_cores", "run_local"]
@@ -30,18 +32,24 @@ class _Record:
 
 @dataclass
 class LocalBus:
-    """Runs cores against in-memory topic logs (one partition per topic, offsets from 0)."""
+    """Runs cores against in-memory topic logs (one partition per topic, offsets from 0).
+
+    A :class:`~sparq_stream.bus.runner.Runner`, as the Kafka process wrapper is, placing outputs
+    by the same rules (:mod:`sparq_stream.bus.outputs`).
+    """
 
     cores: list[Core]
     max_batch: int = 500
     logs: dict[str, list[_Record]] = field(default_factory=lambda: defaultdict(list))
     _cursors: dict[tuple[int, str], int] = field(default_factory=lambda: defaultdict(int))
+    _stop: threading.Event = field(default_factory=threading.Event)
 
     def publish(self, outputs: list[Outgoing]) -> None:
         """Append outputs to their topics' logs (``after`` ones last, as the wrapper acknowledges them)."""
-        for out in [o for o in outputs if not o.after] + [o for o in outputs if o.after]:
-            headers = out.headers + (((FANOUT_HEADER, b"0/1"),) if out.partition == EVERY_PARTITION else ())
-            self.logs[out.topic].append(_Record(out.resolved_key(), out.message, headers))
+        first, last = send_phases(outputs, lambda o: o.after)
+        for out in first + last:
+            for _partition, extra in fanout_copies(out.partition, (0,)):
+                self.logs[out.topic].append(_Record(out.resolved_key(), out.message, out.headers + extra))
 
     def _pending(self, index: int, topic: str) -> list[Inbound]:
         log = self.logs.get(topic, [])
@@ -94,17 +102,25 @@ class LocalBus:
         """The next offset core ``index`` reads of each topic (what it would commit)."""
         return {topic: self._cursors[(index, topic)] for topic in topics}
 
-    def run(self, until: Any, idle_sleep_s: float = 0.01, timeout_s: float = 600.0) -> None:
-        """Step until ``until()`` holds and nothing moves; raise TimeoutError after ``timeout_s``."""
+    def run(self, until: Callable[[], bool] | None = None, idle_sleep_s: float = 0.01, timeout_s: float = 600.0) -> int:
+        """Step until stopped, or until ``until()`` holds (None: at once) and nothing moves; return 0.
+
+        Raises TimeoutError (not retriable: the loop is stuck or too slow) after ``timeout_s``.
+        """
         deadline = time.monotonic() + timeout_s
-        while True:
+        while not self._stop.is_set():
             moved = self.step()
-            if not moved and until():
-                return
+            if not moved and (until is None or until()):
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError("the in-memory loop did not finish in time")
             if not moved:
-                time.sleep(idle_sleep_s)
+                self._stop.wait(idle_sleep_s)
+        return 0
+
+    def stop(self) -> None:
+        """End :meth:`run` after the step in flight (thread-safe)."""
+        self._stop.set()
 
     def latest(self, topic: str) -> dict[str, Message]:
         """Last value per key of a topic (tombstones delete): a compacted view."""
@@ -122,11 +138,11 @@ class LocalBus:
             core.close()
 
 
-def build_local_cores(args: dict[str, list[str]], order: tuple[str, ...] = ("mutator", "novelty", "solver", "archivist", "trainer")) -> dict[str, Core]:
-    """Build the loop's cores from the same ``sparq run`` flags that ``sparq up`` passes."""
-    from sparq_stream.services import service_settings, service_spec
+def build_local_cores(settings: dict[str, Any], order: tuple[str, ...] = ("mutator", "novelty", "solver", "archivist", "trainer")) -> dict[str, Core]:
+    """Build the loop's cores from the same settings objects that ``sparq up`` gives its services."""
+    from sparq_stream.services import service_spec
 
-    return {name: service_spec(name).factory(service_settings(name, args[name])) for name in order}
+    return {name: service_spec(name).factory(settings[name]) for name in order}
 
 
 @dataclass
@@ -140,16 +156,16 @@ class LocalResult:
 
 
 def run_local(config: Any, timeout_s: float = 600.0) -> LocalResult:
-    """Run the loop of an ``UpConfig`` in memory (same cores, same flags as ``sparq up``)."""
-    from sparq_stream.orchestrator.up import load_seed_set, service_args
+    """Run the loop of an ``UpConfig`` in memory (same cores, same settings as ``sparq up``)."""
+    from sparq_stream.orchestrator.up import load_seed_set, run_settings
 
     config.out.mkdir(parents=True, exist_ok=True)
     seeds, _bad = load_seed_set(config)
-    cores = build_local_cores(service_args(config, "local", "in-memory:0"))
+    cores = build_local_cores(run_settings(config, "local", "in-memory:0"))
     bus = LocalBus(list(cores.values()))
     bus.publish([Outgoing("seeds", s) for s in seeds])
     try:
-        bus.run(lambda: bool(getattr(cores["mutator"], "done", False)), timeout_s=timeout_s)
+        bus.run(lambda: cores["mutator"].done, timeout_s=timeout_s)
         return LocalResult(
             elites={slot: e for slot, e in bus.latest("elites").items() if isinstance(e, Elite)},
             results=[r.message for r in bus.logs.get("solved", []) if r.message is not None],

@@ -8,7 +8,7 @@ predecessor. How the replicas of each service share the work:
 - solver: the partitions of ``novel`` (a consumer group);
 - novelty: the partitions of ``candidates``, each candidate first moved to the partition of its
   embedding bucket (``--route-partitions``), so near duplicates meet on one replica; each replica
-  snapshots its own index (replica 0 in ``out/state/novelty``);
+  snapshots its own index (replica 0 in ``out/state/<prefix>/novelty``);
 - archivist, trainer: one active replica, the others hot standbys (``sparq_stream.bus.lease``);
   each archivist replica writes its own copy of the archive on disk (replica 0 in ``out/archive``);
 - mutator: replica 0 samples each step's parents from W and publishes the plan on
@@ -20,11 +20,12 @@ predecessor. How the replicas of each service share the work:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from sparq_stream.cores.routing import default_planes
 from sparq_stream.errors import ConfigError
 
-__all__ = ["REPLICATED", "SERVICES", "parse_replicas", "replica_names", "replica_flags"]
+__all__ = ["REPLICATED", "SERVICES", "check_replicas", "replica_names", "replica_values"]
 
 SERVICES = ("archivist", "trainer", "novelty", "solver", "mutator")
 """Every service of the loop, in the order ``sparq up`` starts them."""
@@ -37,20 +38,6 @@ REPLICATED = {
     "mutator": "replicas share each step's parents; replica 0 samples and plans each step",
 }
 """Services that run as more than one process, and how the replicas share the work."""
-
-
-def parse_replicas(items: list[str] | None) -> dict[str, int]:
-    """``["archivist=2", "trainer=2"]`` -> ``{"archivist": 2, "trainer": 2}``; a bad item raises ConfigError."""
-    out: dict[str, int] = {}
-    allowed = ", ".join(sorted(REPLICATED))
-    for item in items or []:
-        service, sep, count = item.partition("=")
-        service = service.strip()
-        if not sep or not count.strip().lstrip("-").isdigit():
-            raise ConfigError(f"--replicas {item!r}: expected SERVICE=N, N a whole number >= 1 (SERVICE: {allowed})")
-        check_replicas(service, int(count))
-        out[service] = int(count)
-    return out
 
 
 def check_replicas(service: str, count: int) -> None:
@@ -71,17 +58,20 @@ def replica_names(service: str, count: int) -> list[str]:
     return [service]
 
 
-def replica_flags(service: str, index: int, name: str, out: Path, count: int = 1, partitions: int = 1) -> list[str]:
-    """Flags one replica needs besides its service's (after them, so they win): its own folders, the routing."""
-    flags: list[str] = []
+def replica_values(service: str, index: int, name: str, out: Path, state: Path, count: int = 1, partitions: int = 1) -> dict[str, Any]:
+    """Settings one replica needs besides its service's (they win): its own folders, the routing.
+
+    ``state`` is the run's folder of local caches (``out/state/<prefix>``): a replica's cache is bound to its run.
+    """
+    values: dict[str, Any] = {}
     if service == "archivist" and index > 0:
-        flags += ["--archive-dir", str(out.resolve() / "replicas" / name / "archive")]
+        values["archive_dir"] = str(out.resolve() / "replicas" / name / "archive")
     if service == "mutator" and count > 1:
-        flags += ["--replica-count", str(count), "--replica-index", str(index)]
+        values.update(replica_count=count, replica_index=index)
         if index > 0:
-            flags += ["--state-dir", str(out.resolve() / "state" / name)]
+            values["state_dir"] = str(state / name)
     if service == "novelty" and count > 1:
-        flags += ["--route-partitions", str(partitions), "--route-planes", str(default_planes(count))]
+        values.update(route_partitions=partitions, route_planes=default_planes(count))
         if index > 0:
-            flags += ["--state-dir", str(out.resolve() / "state" / name)]
-    return flags
+            values["state_dir"] = str(state / name)
+    return values

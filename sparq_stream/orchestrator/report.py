@@ -125,7 +125,7 @@ def plot_report(out: Path, summary: dict[str, Any]) -> list[Path]:
 
 def _niche_heatmap(plt: Any, best: dict[str, float], path: Path) -> Path:
     """Skill x skill grid: the best quality among niches holding both skills (diagonal: the skill alone)."""
-    from sparq_stream.qd.descriptors import parse_niche
+    from sparq_stream.descriptors import parse_niche
 
     cells: dict[tuple[str, str], float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)

@@ -22,7 +22,7 @@ from typing import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sparq_stream.orchestrator.lifetime import die_with_parent
+from sparq_stream.children import die_with_parent
 
 __all__ = ["RestartPolicy", "ServiceProc", "Supervisor", "OPTIONAL_SERVICES"]
 

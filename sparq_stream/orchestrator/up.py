@@ -12,36 +12,46 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sparq_stream.cores.mutator.core import MutatorConfig
+from sparq_stream.cores.novelty import NoveltyConfig
+from sparq_stream.cores.solver import SolverConfig
+from sparq_stream.cores.trainer import TrainerConfig
 from sparq_stream.credentials import OpenAIKey, openai_key_option, refuse_secret_options
 from sparq_stream.errors import ConfigError
-from sparq_stream.settings import BaseSparqSettings
+from sparq_stream.settings import (
+    LABEL_SEEDS, Backend, BaseSparqSettings, Embedder, ServiceSettings, Variant, load_settings, shared_field,
+)
 
-__all__ = ["UpConfig", "UpSettings", "UpResult", "RunEnd", "run_up", "service_args", "service_env", "load_seed_set"]
+__all__ = [
+    "UpConfig", "UpSettings", "UpResult", "RunEnd", "run_up", "run_state_dir", "run_settings", "service_env", "service_values",
+    "load_seed_set",
+]
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["static-uniform", "static-diverse", "dynamic-uniform", "qd"]
-Backend = Literal["scripted", "transformers", "openai", "vllm"]
-
-
 class UpConfig(OpenAIKey):
-    """Everything ``sparq up`` needs; per-service details go through ``extra`` flags (``--with``)."""
+    """Everything ``sparq up`` needs: its own settings, and the services' shared ones taken from their settings classes.
+
+    A field that is also a service's (``variant``, ``k``, ``heldout``, ...) is that service's field, declared
+    once in its settings class (same default, limits and meaning); each service gets its whole settings
+    object from :func:`run_settings`. Per-service details go through ``extra`` flags (``--with``).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     seeds: Path = Field(description="seed JSONL (GSM8K or MATH style)")
     out: Path = Field(default=Path("runs/latest"), description="output folder: export, archive, summary.json, plots, logs, state")
-    steps: int | None = Field(default=None, ge=1, description="mutation steps (rounds of b parents)")
-    max_candidates: int | None = Field(default=None, ge=1, description="stop after this many candidates")
-    variant: Variant = Field(default="qd", description="how W is kept and parents are sampled")
-    backend: Backend = Field(default="transformers", description="generation backend of every model service")
-    model: str | None = Field(default=None, description="model path or served name (default: the packaged SmolLM2)")
-    backend_options: dict[str, Any] = Field(default_factory=dict, description="generation backend options (JSON; no secrets)")
-    embedder: Literal["sentence-transformers", "hash"] = Field(default="sentence-transformers", description="novelty's embedder")
+    steps: int | None = shared_field(MutatorConfig, "steps", description="mutation steps (rounds of b parents)")
+    max_candidates: int | None = shared_field(MutatorConfig, "max_candidates", description="stop after this many candidates")
+    variant: Variant = shared_field(MutatorConfig, "variant")
+    backend: Backend = shared_field(MutatorConfig, "backend", description="generation backend of every model service")
+    model: str | None = shared_field(MutatorConfig, "model", description="model path or served name (default: the packaged SmolLM2)")
+    backend_options: dict[str, Any] = shared_field(MutatorConfig, "backend_options", description="generation backend options (JSON; no secrets)")
+    embedder: Embedder = shared_field(NoveltyConfig, "embedder", description="novelty's embedder (also of the seeds' held-out check)")
     bootstrap: str | None = Field(default=None, description="Kafka to use; default: start the embedded Tansu broker")
     kafka_auth_dir: Path | None = Field(
         default=None,
@@ -50,29 +60,21 @@ class UpConfig(OpenAIKey):
         "creates the run's ACLs (docs/security.md)",
     )
     prefix: str | None = Field(default=None, description="topic prefix; default: a new one per run")
-    partitions: int = Field(default=3, ge=1, description="partitions per topic")
+    partitions: int = shared_field(ServiceSettings, "partitions")
     solvers: int = Field(default=1, ge=1, description="solver replicas (processes)")
     replicas: dict[str, int] = Field(
         default_factory=dict, description="processes per service (solver: overrides solvers); see orchestrator.replicas"
     )
-    batch_size: int = Field(default=64, ge=1, description="parents per step (b)")
-    k: int = Field(default=16, ge=1, description="solver rollouts per candidate (K)")
-    max_tokens: int | None = Field(default=None, ge=16, description="token limit of mutations and rollouts")
-    cap: int | None = Field(default=None, ge=1, description="W's cap (top-T or per niche)")
-    seed: int = Field(default=0, description="random seed of the mutator (and the hash embedder)")
+    batch_size: int = shared_field(MutatorConfig, "batch_size")
+    k: int = shared_field(SolverConfig, "k")
+    max_tokens: int | None = Field(default=None, ge=16, description="token limit of mutations and rollouts (unset: each service's own)")
+    cap: int | None = shared_field(MutatorConfig, "cap")
+    seed: int = shared_field(MutatorConfig, "seed", description="random seed of the mutator (and the hash embedder)")
     seed_limit: int | None = Field(default=None, ge=1, description="publish only the first N seeds")
-    label_seeds: bool = Field(default=True, description="classify the seeds' skills before publishing (diverse selection needs them)")
-    vocabulary: Path | None = Field(default=None, description="skill vocabulary JSON (default: packaged fallback)")
-    heldout: list[Path] = Field(
-        default_factory=list,
-        description="your own held-out JSONL files (--heldout FILE, repeatable): checked for contamination and evaluated "
-        "besides the packaged GSM8K test and MATH500",
-    )
-    contamination_check: bool = Field(
-        default=True,
-        description="refuse held-out seeds and drop held-out candidates (off: --no-contamination-check; summary.json, "
-        "report.html and the live view then say 'contamination check OFF')",
-    )
+    label_seeds: bool = Field(default=LABEL_SEEDS, description="classify the seeds' skills before publishing (diverse selection needs them)")
+    vocabulary: Path | None = shared_field(NoveltyConfig, "vocabulary")
+    heldout: list[Path] = shared_field(NoveltyConfig, "heldout")
+    contamination_check: bool = shared_field(NoveltyConfig, "contamination_check")
     eval_base: bool = Field(
         default=False,
         description="score the base model (version 0) on the held-out sets at the start also without --train-every "
@@ -80,8 +82,8 @@ class UpConfig(OpenAIKey):
     )
     threads: int | None = Field(default=1, ge=1, description="torch threads per model service (5 processes share the cores)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop the run after this long, whatever is left")
-    train_every: int = Field(default=0, ge=0, description="fine-tune a new student version every N new examples (0 = never)")
-    metrics_interval_s: float = Field(default=1.0, gt=0, description="how often each service publishes its metrics")
+    train_every: int = shared_field(TrainerConfig, "train_every")
+    metrics_interval_s: float = Field(default=1.0, gt=0, description="how often each service publishes its metrics (a live view's pace)")
     max_restarts: int = Field(default=5, ge=0, description="restarts allowed per service within --restart-window-s")
     restart_window_s: float = Field(default=300.0, gt=0, description="the sliding window of --max-restarts, seconds")
     stop_grace_s: float = Field(default=30.0, gt=0, description="how long services get to finish and commit on stop")
@@ -92,7 +94,7 @@ class UpConfig(OpenAIKey):
     @field_validator("backend_options", mode="after")
     @classmethod
     def _no_secret_options(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """Options go on the services' command lines and into run.json: no secret may ride along."""
+        """Options go into the services' settings files and run.json: no secret may ride along."""
         refuse_secret_options("backend_options", value)
         return value
 
@@ -148,17 +150,6 @@ class UpResult(BaseModel):
     detail: str = ""
 
 
-def _common(config: UpConfig, prefix: str, bootstrap: str, name: str) -> list[str]:
-    return [
-        "--bootstrap", bootstrap,
-        "--prefix", prefix,
-        "--partitions", str(config.partitions),
-        "--metrics-interval-s", str(config.metrics_interval_s),
-        "--instance", name,
-        "--log-level", "INFO",
-    ]
-
-
 def _http_ports(names: list[str]) -> dict[str, int]:
     """A free local port per service for its /metrics, /healthz, /readyz (kept across its restarts)."""
     import socket
@@ -173,10 +164,6 @@ def _http_ports(names: list[str]) -> dict[str, int]:
             sock.close()
 
 
-def _http_flags(port: int) -> list[str]:
-    return ["--http-host", "127.0.0.1", "--http-port", str(port)]
-
-
 def _backend_options(config: UpConfig) -> dict[str, Any]:
     options = dict(config.backend_options)
     if config.model and config.backend != "scripted":
@@ -186,97 +173,115 @@ def _backend_options(config: UpConfig) -> dict[str, Any]:
     return options
 
 
-def _backend_flags(config: UpConfig) -> list[str]:
-    options = _backend_options(config)
-    key_file = ["--openai-api-key-file", str(config.openai_api_key_file.resolve())] if config.openai_api_key_file else []
-    return ["--backend", config.backend, *(["--backend-options", json.dumps(options)] if options else []), *key_file]
+def _generation(config: UpConfig) -> dict[str, Any]:
+    """The generation settings of every model service (the API key itself travels in the environment)."""
+    key_file = config.openai_api_key_file.resolve() if config.openai_api_key_file else None
+    return {"backend": config.backend, "backend_options": _backend_options(config), "openai_api_key_file": key_file}
 
 
 def service_env(config: UpConfig) -> dict[str, str]:
-    """Environment of the services: the API key, when it was given as a value, goes here and never on argv."""
+    """Environment of the services: the API key, when it was given as a value, goes here and never in a file or on argv."""
     if config.openai_api_key is None:
         return {}
     return {"SPARQ_OPENAI_API_KEY": config.openai_api_key.get_secret_value()}
 
 
-def service_args(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, list[str]]:
-    """The ``sparq run`` flags of every service of a run (the solver's are shared by its replicas)."""
+def run_state_dir(out: Path, prefix: str) -> Path:
+    """The run's local caches (mutator state, novelty index): bound to its topic prefix, never restored into another run."""
+    return out.resolve() / "state" / prefix
+
+
+def service_values(config: UpConfig, prefix: str, bootstrap: str) -> dict[str, dict[str, Any]]:
+    """The settings ``sparq up`` gives each service (replica 0's; before ``--with``), as field values."""
     out = config.out.resolve()
-    state = out / "state"
-    tokens = ["--max-tokens", str(config.max_tokens)] if config.max_tokens else []
-    cap = ["--cap", str(config.cap)] if config.cap else []
-    budget: list[str] = []
-    if config.steps is not None:
-        budget += ["--steps", str(config.steps)]
-    if config.max_candidates is not None:
-        budget += ["--max-candidates", str(config.max_candidates)]
-    embedder_options = {"seed": config.seed} if config.embedder == "hash" else {}
-    novelty = [
-        "--embedder", config.embedder,
-        *(["--embedder-options", json.dumps(embedder_options)] if embedder_options else []),
-        *_backend_flags(config),
-        "--state-dir", str(state / "novelty"),
-        "--max-poll-records", "64", "--max-poll-interval-ms", str(3_600_000),
-    ]
-    if config.vocabulary:
-        novelty += ["--vocabulary", str(config.vocabulary.resolve())]
-    if config.heldout:
-        novelty += ["--heldout", json.dumps([str(p.resolve()) for p in config.heldout])]
-    if not config.contamination_check:
-        novelty += ["--no-contamination-check"]
-    args = {
-        "archivist": ["--variant", config.variant, *cap, "--archive-dir", str(out / "archive")],
-        "trainer": ["--export-dir", str(out / "export"), "--models-dir", str(out / "models"), "--export-every", "1"],
-        "solver": [
-            *_backend_flags(config), "--k", str(config.k), *tokens, "--max-batch", str(config.batch_size),
+    state = run_state_dir(out, prefix)
+    common = {
+        "bootstrap": bootstrap, "prefix": prefix, "partitions": config.partitions,
+        "metrics_interval_s": config.metrics_interval_s, "log_level": "INFO",
+    }
+    tokens = {"max_tokens": config.max_tokens} if config.max_tokens else {}
+    generation = _generation(config)
+    values: dict[str, dict[str, Any]] = {
+        "archivist": {"variant": config.variant, "cap": config.cap, "archive_dir": str(out / "archive")},
+        "trainer": {"export_dir": out / "export", "models_dir": out / "models", "export_every": 1},
+        "solver": {
+            **generation, "k": config.k, **tokens, "max_batch": config.batch_size,
             # a poll's batch is one backend call: keep it to b candidates and give slow CPU models time
-            "--max-poll-records", str(config.batch_size), "--max-poll-interval-ms", str(3_600_000),
-        ],
-        "novelty": novelty,
-        "mutator": [
-            "--variant", config.variant, *cap,
-            "--batch-size", str(config.batch_size),
-            "--seed", str(config.seed),
-            *_backend_flags(config),
-            *tokens,
-            *budget,
-            "--state-dir", str(state / "mutator"),
-        ],
+            "max_poll_records": config.batch_size, "max_poll_interval_ms": 3_600_000,
+        },
+        "novelty": {
+            "embedder": config.embedder, "embedder_options": {"seed": config.seed} if config.embedder == "hash" else {},
+            **generation, "state_dir": str(state / "novelty"), "max_poll_records": 64, "max_poll_interval_ms": 3_600_000,
+            "vocabulary": config.vocabulary.resolve() if config.vocabulary else None,
+            "heldout": [p.resolve() for p in config.heldout], "contamination_check": config.contamination_check,
+        },
+        "mutator": {
+            "variant": config.variant, "cap": config.cap, "batch_size": config.batch_size, "seed": config.seed,
+            **generation, **tokens, "steps": config.steps, "max_candidates": config.max_candidates,
+            "state_dir": str(state / "mutator"),
+        },
     }
     if config.train_every > 0:
-        _add_training(args, config, out)
+        _add_training(values, config, out)
     elif config.eval_base:  # no training: only version 0 (the base model) is scored
-        from sparq_stream.training.loop import MODEL_NAME, eval_flags
+        from sparq_stream.training.loop import MODEL_NAME, eval_values
 
-        args["trainer"] += ["--model-name", MODEL_NAME, *eval_flags(config, _backend_options(config))]
+        values["trainer"].update(model_name=MODEL_NAME, **eval_values(config, _backend_options(config)))
     if config.kafka_auth_dir is not None:  # each service logs in as its own principal: a file path, never a password
-        from sparq_stream.bus.security import principal_file
+        from sparq_stream.security import principal_file
 
-        for name in args:
-            args[name] += ["--kafka-client-config", str(principal_file(config.kafka_auth_dir, name).resolve())]
-    for name, extra in config.extra.items():
-        if name not in args:
-            raise ConfigError(f"extra flags for unknown service {name!r}; allowed: {', '.join(sorted(args))}")
-        args[name] = args[name] + list(extra)
-    return args
+        for name in values:
+            values[name]["kafka_client_config"] = principal_file(config.kafka_auth_dir, name).resolve()
+    unknown = sorted(set(config.extra) - set(values))
+    if unknown:
+        raise ConfigError(f"extra flags for unknown service {unknown[0]!r}; allowed: {', '.join(sorted(values))}")
+    return {name: {**common, **own} for name, own in values.items()}
 
 
-def _add_training(args: dict[str, list[str]], config: UpConfig, out: Path) -> None:
+def _add_training(values: dict[str, dict[str, Any]], config: UpConfig, out: Path) -> None:
     """Training in the loop: the trainer fine-tunes every N examples; mutator and solver follow its versions."""
-    from sparq_stream.training.loop import follower_flags, trainer_flags
+    from sparq_stream.training.loop import follower_values, trainer_values
 
-    args["trainer"] += trainer_flags(config.train_every, out / "models", config, _backend_options(config))
+    values["trainer"].update(trainer_values(config.train_every, out / "models", config, _backend_options(config)))
     for name in ("mutator", "solver"):
-        args[name] += follower_flags(out / "models", name)
+        values[name].update(follower_values(out / "models", name))
 
 
-def load_seed_set(config: UpConfig, refused: list[Any] | None = None) -> tuple[list[Any], int]:
+def _settings(service: str, values: dict[str, Any], flags: list[str] | None = None) -> ServiceSettings:
+    """One service's frozen settings object from ``values``; ``flags`` (``--with``) win over them."""
+    from sparq_stream.services import service_spec
+    from sparq_stream.settings import cli_values
+
+    cls = service_spec(service).settings_cls
+    given = {**values, **cli_values(cls, flags, prog=f"sparq up --with '{service} ...'")} if flags else values
+    return load_settings(cls, ignore_unknown_file_keys=True, where=f"{service} setting", **given)
+
+
+def run_settings(config: UpConfig, prefix: str, bootstrap: str, *, extra: bool = True) -> dict[str, ServiceSettings]:
+    """Each service's frozen settings object for a run (replica 0's), with its ``--with`` flags unless ``extra`` is off."""
+    return {
+        name: _settings(name, values, config.extra.get(name) if extra else None)
+        for name, values in service_values(config, prefix, bootstrap).items()
+    }
+
+
+def _child_settings(config: UpConfig, base: dict[str, dict[str, Any]], service: str, index: int, name: str, http_port: int, prefix: str) -> ServiceSettings:
+    """The settings object of one process of a run: its service's, its replica's folders, its name and HTTP port."""
+    from sparq_stream.orchestrator.replicas import replica_values
+
+    own = replica_values(service, index, name, config.out, run_state_dir(config.out, prefix), config.replica_count(service), config.partitions)
+    return _settings(service, {**base[service], **own, "instance": name, "http_host": "127.0.0.1", "http_port": http_port})
+
+
+def load_seed_set(config: UpConfig, refused: list[Any] | None = None, cache_dir: Path | None = None) -> tuple[list[Any], int]:
     """The run's seeds (first ``seed_limit``, less held-out problems), labelled unless disabled; and the bad lines.
 
     Seeds that are held-out test problems (``sparq seed``'s rule: 13-gram or embedding, novelty's
-    embedder) are refused and appended to ``refused`` as (seed, match) pairs.
+    embedder) are refused and appended to ``refused`` as (seed, match) pairs. ``cache_dir`` keeps the
+    held-out vectors (by content; default ``out/state``): the run's novelty folder, so novelty finds them.
     """
-    from sparq_stream.seeds import bad_line_report, collect_seeds, label_seeds, refuse_heldout, refused_report
+    from sparq_stream.seeds import bad_line_report, collect_seeds, refuse_heldout, refused_report
+    from sparq_stream.skills import label_seeds
 
     seeds, bad_lines = collect_seeds(config.seeds, config.seed_limit)
     for line in bad_line_report(config.seeds, bad_lines):
@@ -285,7 +290,7 @@ def load_seed_set(config: UpConfig, refused: list[Any] | None = None) -> tuple[l
         raise ConfigError(f"{config.seeds}: no valid seed line ({len(bad_lines):,} bad line(s))")
     seeds, held = refuse_heldout(
         seeds, heldout=config.heldout, check=config.contamination_check, embedder=config.embedder,
-        embedder_options={"seed": config.seed} if config.embedder == "hash" else {}, cache_dir=config.out / "state" / "novelty",
+        embedder_options={"seed": config.seed} if config.embedder == "hash" else {}, cache_dir=cache_dir or config.out / "state",
     )
     for line in refused_report(config.seeds, held):
         log.warning("%s", line)
@@ -430,6 +435,29 @@ def _write_run_json(out: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, out / "run.json")
 
 
+def _finished_before(previous: dict[str, Any], out: Path) -> bool:
+    """The folder holds a run that reached its budget: its summary stands, nothing is left to do."""
+    return previous.get("status") == "finished" and bool(previous.get("prefix")) and (out / "summary.json").is_file()
+
+
+def _result_of_finished(out: Path, previous: dict[str, Any]) -> UpResult:
+    """The result of the finished run in ``out``, read back; no file of the folder is written."""
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--out {out}: the finished run's summary.json cannot be read ({exc}); 'sparq report {out}' rebuilds it") from None
+    if not isinstance(summary, dict):
+        raise ConfigError(f"--out {out}: the finished run's summary.json is not an object; 'sparq report {out}' rebuilds it")
+    report = out / "report.html"
+    where = f"{out / 'summary.json'}" + (f" and {report}" if report.is_file() else "")
+    reason = f"already finished (run {previous['prefix']}: {previous.get('ended', 'budget reached')})"
+    log.info("the run in %s finished before: its result is in %s; give another --out for a new run", out, where)
+    return UpResult(
+        out=out, prefix=str(previous["prefix"]), bootstrap=str(previous.get("bootstrap", "")), reason=reason,
+        summary=summary, restarts=dict(summary.get("restarts", {})), exit_code=int(RunEnd.BUDGET),
+    )
+
+
 def _resumable(config: UpConfig, previous: dict[str, Any], journal_dir: Path) -> bool:
     """A run in this folder did not finish, on the same kind of broker, and (embedded) left a journal."""
     from sparq_stream.orchestrator.journal import has_snapshot
@@ -460,7 +488,10 @@ def run_up(
     """Run the loop to its budget (or Ctrl-C / SIGTERM / timeout / a failure), stop every service, write the outputs.
 
     A rerun on the same ``--out`` after a crash resumes the run (same prefix; with the embedded
-    broker, its topics and committed offsets are restored from ``out/journal`` first).
+    broker, its topics and committed offsets are restored from ``out/journal`` first). A rerun on
+    a finished run's ``--out`` ends at once with that run's result (exit 0), writing nothing there.
+    Each process gets its settings object as a file (``out/settings/<instance>.json``); local
+    caches live in ``out/state/<prefix>``, so a new run never restores another run's.
     ``on_tick(supervisor, monitor)`` is called twice a second (tests use it to kill services mid-run).
     While ``hold()`` is true the run does not end at its budget (a drill still producing records
     of its own); the 2 s of idleness are counted from its release.
@@ -488,13 +519,15 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
     from sparq_stream.bus.topics import TopicNames, create_topics
     from sparq_stream.orchestrator import journal as journal_mod
     from sparq_stream.orchestrator.monitor import MetricsMonitor
-    from sparq_stream.orchestrator.replicas import SERVICES, replica_flags, replica_names
+    from sparq_stream.orchestrator.replicas import SERVICES, replica_names
     from sparq_stream.orchestrator.supervisor import RestartPolicy, Supervisor
-    from sparq_stream.settings import ServiceSettings
+    from sparq_stream.settings import child_environment, write_settings_file
 
     out = config.out
     journal_dir = out / "journal"
     previous = _read_run_json(out)
+    if _finished_before(previous, out):
+        return _result_of_finished(out, previous)
     resumed = _resumable(config, previous, journal_dir)
     prefix = previous["prefix"] if resumed else (config.prefix or f"sparq-{uuid.uuid4().hex[:8]}")
     started_at = float(previous.get("started_at", time.time())) if resumed else time.time()
@@ -506,14 +539,16 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
 
         require_reachable(config.bootstrap)
     if config.kafka_auth_dir is not None:  # every principal's login is there before anything starts
-        from sparq_stream.bus.security import PRINCIPALS, principal_file
+        from sparq_stream.security import PRINCIPALS, principal_file
 
         if config.bootstrap is None:
             raise ConfigError("--kafka-auth-dir needs --bootstrap: the embedded Tansu broker has no logins (it is open on loopback)")
         for principal in PRINCIPALS:
             principal_file(config.kafka_auth_dir, principal)
+    run_settings(config, prefix, config.bootstrap or "127.0.0.1:9092", extra=False)  # a bad setting: exit 2 before anything starts
     refused: list[Any] = []
-    seeds, bad = load_seed_set(config, refused) if not resumed else ([], 0)  # bad seeds fail before any broker starts
+    novelty_dir = run_state_dir(out, prefix) / "novelty"  # the held-out vectors of the seed check, where novelty finds them
+    seeds, bad = load_seed_set(config, refused, novelty_dir) if not resumed else ([], 0)  # bad seeds fail before any broker starts
     contamination = _contamination_info(config, len(refused) if not resumed else int(previous.get("seeds_refused_heldout", 0)))
     with ExitStack() as stack:
         bootstrap = config.bootstrap
@@ -560,7 +595,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
         supervisor = Supervisor(out / "logs", RestartPolicy(max_restarts=config.max_restarts, window_s=config.restart_window_s))
         signals.supervisor = supervisor
         watch = _BrokerWatch(broker, config.broker_timeout_s)
-        args = service_args(config, prefix, bootstrap)
+        base = service_values(config, prefix, bootstrap)
         env = service_env(config)
         final_metrics: dict[str, Any] = {}
         error: Exception | None = None
@@ -569,11 +604,12 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
             http = _http_ports([name for service in SERVICES for name in names[service]])
             run_info["http"] = {name: f"http://127.0.0.1:{port}" for name, port in http.items()}
             _write_run_json(out, run_info)
-            for service in SERVICES:
-                count = len(names[service])
+            for service in SERVICES:  # each process reads its whole settings object from its file; --with flags win
                 for index, name in enumerate(names[service]):
-                    flags = args[service] + replica_flags(service, index, name, out, count, config.partitions)
-                    supervisor.add(name, service, _common(config, prefix, bootstrap, name) + flags + _http_flags(http[name]), env)
+                    child = _child_settings(config, base, service, index, name, http[name], prefix)
+                    path = write_settings_file(child, out / "settings" / f"{name}.json")
+                    args = ["--config", str(path.resolve()), *config.extra.get(service, [])]
+                    supervisor.add(name, service, args, {**child_environment(child), **env})
             started = time.monotonic()
             idle: dict[str, float] = {}
             live = view(monitor, supervisor) if view else None

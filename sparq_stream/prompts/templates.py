@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sparq_stream.errors import ConfigError
-from sparq_stream.models.base import Prompt
 
 __all__ = [
+    "ChatMessage",
+    "Prompt",
     "MUTATION",
     "SOLVE",
     "SKILL_CLASSIFICATION",
@@ -33,6 +34,11 @@ __all__ = [
     "parse_template",
     "available_prompts",
 ]
+
+#: One chat turn: {"role": "system"|"user"|"assistant", "content": "..."}.
+ChatMessage = dict[str, str]
+#: A chat prompt: a list of turns (what a template renders, and what every generation backend takes).
+Prompt = list[ChatMessage]
 
 #: Name of the generic mutation prompt (parent problem -> new problem + solution).
 MUTATION = "mutation"

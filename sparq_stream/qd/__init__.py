@@ -1,9 +1,10 @@
-"""Quality-diversity logic, pure and broker-free: descriptors, quality, early stopping,
-selection policies C, update policies U and the working set W, the archive log A, run
-statistics and the skill vocabulary."""
+"""Quality-diversity logic, pure and broker-free: quality, early stopping, selection
+policies C, update policies U and the working set W, the archive log A, run statistics and
+the skill vocabulary; the descriptor (:mod:`sparq_stream.descriptors`, which the messages
+validate with) is handed on here too."""
 
 from sparq_stream.qd.archive_log import ArchiveLog, dedupe_by_id, iter_archive, read_archive, read_table
-from sparq_stream.qd.descriptors import EMPTY_NICHE, MAX_SKILLS, DescriptorError, niche_key, niche_of, parse_niche
+from sparq_stream.descriptors import EMPTY_NICHE, MAX_SKILLS, DescriptorError, niche_key, niche_of, parse_niche
 from sparq_stream.qd.early_stop import (
     ExactStop,
     NeverStop,

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sparq_stream.errors import ConfigError
-from sparq_stream.qd.descriptors import DescriptorError, niche_key
+from sparq_stream.descriptors import DescriptorError, niche_key
 from sparq_stream.qd.quality import T_HIGH, T_LOW
 
 __all__ = ["SUMMARY_COLUMNS", "INVALID_NICHE", "SummaryAccumulator", "batch_of"]

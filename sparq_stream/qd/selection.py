@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence, TypeVar
 import numpy as np
 
 from sparq_stream.errors import ConfigError
-from sparq_stream.qd.descriptors import niche_of
+from sparq_stream.descriptors import niche_of
 
 __all__ = [
     "Rng",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from sparq_stream.errors import ConfigError
-from sparq_stream.qd.descriptors import niche_of
+from sparq_stream.descriptors import niche_of
 
 __all__ = [
     "Histogram",

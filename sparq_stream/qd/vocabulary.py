@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from sparq_stream.errors import ConfigError
-from sparq_stream.qd.descriptors import MAX_SKILLS
+from sparq_stream.descriptors import MAX_SKILLS
 
 __all__ = [
     "DEFAULT_M",

@@ -30,7 +30,7 @@ from typing import Iterable
 
 from sparq_stream.errors import ConfigError
 from sparq_stream.messages import Elite, Seed, SolveResult
-from sparq_stream.qd.descriptors import niche_of, parse_niche
+from sparq_stream.descriptors import niche_of, parse_niche
 from sparq_stream.qd.selection import DiverseSelection, Rng, SelectionPolicy, UniformSelection
 from sparq_stream.qd.update import (
     DEFAULT_NICHE_CAP,

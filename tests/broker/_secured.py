@@ -11,7 +11,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from sparq_stream.bus.compacted import iter_records, read_latest
-from sparq_stream.bus.security import client_security_options
+from sparq_stream.security import client_security_options
 from sparq_stream.messages import Elite, decode
 from sparq_stream.orchestrator.up import UpConfig
 from sparq_stream.settings import ServiceSettings

@@ -25,7 +25,7 @@ def test_seed_then_tail_round_trips_the_shared_seed_file(broker: str, prefix: st
     expected = [s for s in read_seeds(seeds_file) if isinstance(s, Seed) and s.line not in (21, 407)]
     assert len(expected) == 510
     assert sparq("topics", "create", "-b", broker, "--prefix", prefix).returncode == 0
-    done = sparq("seed", str(seeds_file), "-b", broker, "--prefix", prefix, "--embedder", "hash")
+    done = sparq("seed", str(seeds_file), "-b", broker, "--prefix", prefix, "--embedder", "hash", "--no-label")
     assert done.returncode == 0, done.stderr
     assert "published 510 seed(s)" in done.stderr and "refused 2 held-out seed(s)" in done.stderr
     assert "gsm8k_train.jsonl:21: a held-out test problem (contamination_ngram: gsm8k_test.jsonl" in done.stderr
@@ -57,7 +57,7 @@ def test_seed_reports_bad_lines_and_publishes_only_good_ones(broker: str, prefix
         + "\n"
     )
     sparq("topics", "create", "-b", broker, "--prefix", prefix)
-    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--embedder", "hash")
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--embedder", "hash", "--no-label")
     assert done.returncode == 0
     assert "published 2 seed(s)" in done.stderr and "skipped 4 bad line(s)" in done.stderr
     for line in (2, 3, 5, 7):
@@ -73,7 +73,7 @@ def test_seed_names_a_too_long_or_non_utf8_line_and_publishes_the_rest(broker: s
     huge = json.dumps({"question": "x" * 3_000_000, "answer": "#### 1"})
     path.write_bytes(f"{good}\n{huge}\n".encode() + b'{"question": "\xff", "answer": "#### 1"}\n' + good.replace("2+2", "3+3").encode() + b"\n")
     sparq("topics", "create", "-b", broker, "--prefix", prefix)
-    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--max-line-bytes", "1000000", "--embedder", "hash")
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--max-line-bytes", "1000000", "--embedder", "hash", "--no-label")
     assert done.returncode == 0, done.stderr
     assert f"seeds.jsonl:2: line of {len(huge) + 1:,} bytes is longer than the 1,000,000-byte limit (skipped)" in done.stderr
     assert "seeds.jsonl:3: not UTF-8: byte 0xff at byte 15 (skipped)" in done.stderr
@@ -84,7 +84,7 @@ def test_seed_of_nothing_but_junk_reports_briefly_and_fails(broker: str, prefix:
     path = tmp_path / "junk.jsonl"
     path.write_bytes(b"\n".join(b"junk %d \x00\x01" % i for i in range(5000)) + b"\n")
     sparq("topics", "create", "-b", broker, "--prefix", prefix)
-    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix)
+    done = sparq("seed", str(path), "-b", broker, "--prefix", prefix, "--no-label")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 22

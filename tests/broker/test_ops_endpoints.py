@@ -128,7 +128,7 @@ def test_exactly_once_lag_counts_to_the_last_stable_offset_not_an_open_transacti
         for key, value in _seeds(5, prefix):
             upstream.send(f"{prefix}.seeds", key=key, value=value)
         upstream.flush()  # written, not committed: above the last stable offset
-        hw = wait_until(lambda: proc._consumer and proc._consumer.highwater(next(iter(proc._consumer.assignment()))), "the new high watermark")
+        hw = wait_until(lambda: proc.intake.consumer and proc.intake.consumer.highwater(next(iter(proc.intake.consumer.assignment()))), "the new high watermark")
         assert hw >= 5
         time.sleep(1.0)  # several metrics intervals with the transaction open
         assert _drained(address, 0, 1) is not None  # nothing readable yet: lag 0, not 5

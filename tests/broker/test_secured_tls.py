@@ -14,7 +14,7 @@ import pytest
 from kafka import KafkaProducer
 
 from sparq_stream.bus.client import publish_all
-from sparq_stream.bus.security import client_security_options
+from sparq_stream.security import client_security_options
 from sparq_stream.bus.topics import TopicNames, acl_grants, apply_acls, ensure_topics
 from sparq_stream.errors import BrokerUnavailable
 from sparq_stream.ids import problem_id

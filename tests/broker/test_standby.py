@@ -79,12 +79,12 @@ def test_the_standby_handles_nothing_until_the_active_stops_then_takes_over_with
         thread.start()
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(p._lease is not None and p._lease.joined for p in procs.values()):
+        while time.monotonic() < deadline and not all(p.role.joined for p in procs.values()):
             time.sleep(0.1)
         items = _items("input", N)
         produce(broker, f"{prefix}.candidates", items)
         read_all(broker, f"{prefix}.novel", until=lambda recs: len(recs) >= N // 4, timeout_s=60)
-        active = [n for n, p in procs.items() if p._active]
+        active = [n for n, p in procs.items() if p.role.active]
         assert len(active) == 1, "exactly one replica is active"
         first, standby = active[0], next(n for n in procs if n not in active)
         assert cores[standby].handled == [] and cores[standby].ticks == 0  # a standby handles and ticks nothing
@@ -107,4 +107,4 @@ def test_the_standby_handles_nothing_until_the_active_stops_then_takes_over_with
     assert cores[standby].roles == [False, True] and cores[standby].ticks > 0
     assert len(cores[standby].table_keys) == 25  # it followed the table while standing by, the late records too
     assert procs[standby].metrics.counters["takeovers"] == 1
-    assert procs[standby]._txn_id() == f"{group}.active" and procs[first]._txn_id() == f"{group}.active"
+    assert procs[standby].role.transactional_id() == f"{group}.active" and procs[first].role.transactional_id() == f"{group}.active"

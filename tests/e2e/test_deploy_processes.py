@@ -13,29 +13,25 @@ from sparq_stream.bus.client import publish_all
 from sparq_stream.bus.topics import TopicNames, create_topics
 from sparq_stream.orchestrator.monitor import MetricsMonitor
 from sparq_stream.orchestrator.supervisor import RestartPolicy, Supervisor
-from sparq_stream.orchestrator.up import UpConfig, _common, _finished, load_seed_set, service_args
+from sparq_stream.orchestrator.up import UpConfig, _finished, load_seed_set, service_values
 from sparq_stream.settings import ServiceSettings
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("archivist", "trainer", "novelty", "solver", "mutator")
-#: Flags the settings files cannot hold here: local folders, and the scripted backend and hash
-#: embedder instead of the real models (the deployment's own files name the real ones).
-LOCAL_ONLY = {"--max-poll-records", "--max-poll-interval-ms"}  # the solver's poll limits come from its file
+#: Settings the files cannot hold here (local folders, and the scripted backend and hash embedder
+#: instead of the real models; the deployment's own files name the real ones) go in the environment,
+#: which outranks the file, as a Deployment's env does; these come from the solver's file.
+LOCAL_ONLY = {"max_poll_records", "max_poll_interval_ms"}
 
 
-def _without(args: list[str], flags: set[str]) -> list[str]:
-    out, skip = [], False
-    for part in args:
-        if skip:
-            skip = False
-            continue
-        if part in flags:
-            skip = True
-            continue
-        out.append(part)
-    return out
+def _as_env(values: dict) -> dict[str, str]:
+    """``SPARQ_<FIELD>`` variables of settings values (JSON for mappings and lists)."""
+    return {
+        f"SPARQ_{name.upper()}": str(value) if isinstance(value, (str, Path, int, float)) and not isinstance(value, bool) else json.dumps(value, default=str)
+        for name, value in values.items() if value is not None
+    }  # fmt: skip
 
 
 def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster, prefix: str, shared_data: Path,
@@ -50,13 +46,13 @@ def test_every_service_from_its_own_settings_file_completes_a_loop(kafka_cluster
     publish_all(settings, TopicNames(prefix).topic("seeds"), seeds)
     monitor = MetricsMonitor(settings).start()
     supervisor = Supervisor(tmp_path / "logs", RestartPolicy(max_restarts=0))
-    args = service_args(config, prefix, bootstrap)
+    values = service_values(config, prefix, bootstrap)
     finished = False
     try:
         for name in SERVICES:
-            extra = _without(args[name], LOCAL_ONLY) if name == "solver" else args[name]
-            env = {"SPARQ_CONFIG": str(REPO / "services" / name / "settings.toml")}
-            supervisor.add(name, name, _common(config, prefix, bootstrap, name) + extra, env=env)
+            own = {k: v for k, v in values[name].items() if not (name == "solver" and k in LOCAL_ONLY)}
+            env = {"SPARQ_CONFIG": str(REPO / "services" / name / "settings.toml"), **_as_env({**own, "instance": name})}
+            supervisor.add(name, name, [], env=env)
         idle: dict[str, float] = {}
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:

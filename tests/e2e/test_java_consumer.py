@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from sparq_stream.bus import create_topics, dead_letter_from_record
-from sparq_stream.ids import problem_id
 from sparq_stream.messages import MESSAGE_TYPES, Candidate, encode
 from sparq_stream.seeds import read_seeds
 from sparq_stream.settings import ServiceSettings

@@ -20,7 +20,7 @@ from sparq_stream.messages import WATERMARK_KEY, Elite, MutatorState, SolveResul
 from sparq_stream.orchestrator.local import run_local
 from sparq_stream.orchestrator.up import UpConfig, run_up
 from sparq_stream.qd.archive_log import read_archive
-from sparq_stream.qd.descriptors import niche_of
+from sparq_stream.descriptors import niche_of
 from sparq_stream.settings import ServiceSettings
 
 pytestmark = [pytest.mark.broker, pytest.mark.e2e]

@@ -104,7 +104,7 @@ def test_two_novelty_replicas_one_killed_route_by_bucket_and_end_equal_to_one(
     assert all(result_checks(diff).values()), diff
     stages = up.summary["stages"]
     assert stages["novelty.instances"] == 2 and stages["novelty.routed"] > 0  # candidates moved to their bucket's partition
-    assert (config.out / "state" / "novelty-1").is_dir()  # each replica snapshots its own index
+    assert (config.out / "state" / up.prefix / "novelty-1").is_dir()  # each replica snapshots its own index, bound to its run
 
 
 def test_two_solver_replicas_one_killed_end_equal_to_one(kafka_cluster, reference: Any, shared_data: Path, tmp_path: Path) -> None:

@@ -161,3 +161,21 @@ def test_an_essential_service_that_keeps_failing_ends_the_run_with_a_summary(sha
     assert summary["exit_code"] == RunEnd.SERVICE_FAILED and summary["given_up"] == ["novelty"]
     assert summary["restarts"] == {"novelty": 1}
 
+
+
+def test_the_same_command_on_a_finished_run_ends_at_once_with_its_result_and_rewrites_nothing(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "sparq_stream.cli", *_flags(shared_data, out, 2)]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = ("summary.json", "report.html", "run.json", "archive/archive.jsonl")
+    before = {name: (out / name).read_bytes() for name in kept}
+    logs = {p.name: p.read_bytes() for p in (out / "logs").iterdir()}
+    prefix = json.loads(before["run.json"])["prefix"]
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.startswith(f"already finished (run {prefix}: budget reached): scored {json.loads(before['summary.json'])['scored']}")
+    assert f"outputs in {out}" in again.stdout and f"its result is in {out / 'summary.json'}" in again.stderr
+    assert {name: (out / name).read_bytes() for name in kept} == before  # byte for byte: the finished summary stands
+    assert {p.name: p.read_bytes() for p in (out / "logs").iterdir()} == logs  # no broker, no service was started
+    assert [p.name for p in (out / "state").iterdir() if p.is_dir()] == [prefix]  # no new run, no new caches

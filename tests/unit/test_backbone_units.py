@@ -14,7 +14,7 @@ from sparq_stream.errors import ConfigError, DecodeError, FatalError, RetriableE
 from sparq_stream.ids import normalise_text, problem_id
 from sparq_stream.messages import Elite, Seed
 from sparq_stream.seeds import BadLine, parse_seed_line, read_seeds
-from sparq_stream.services import RelaySettings, build_service
+from sparq_stream.services import RelaySettings, service_settings, service_spec
 from sparq_stream.settings import cli_values
 from sparq_stream.settings import ServiceSettings, load_settings
 
@@ -125,7 +125,8 @@ def test_topic_names() -> None:
 def test_flags_parse_into_settings() -> None:
     values = cli_values(RelaySettings, ["--source", "novel", "--target=solved", "--ssl-check-hostname", "--no-ssl-check-hostname"])
     assert values == {"source": "novel", "target": "solved", "ssl_check_hostname": False}
-    core, settings = build_service("relay", bootstrap="h:1", prefix="p", args=["--source", "novel", "--max-poll-records", "5"])
+    settings = service_settings("relay", ["--source", "novel", "--max-poll-records", "5"], bootstrap="h:1", prefix="p")
+    core = service_spec("relay").factory(settings)
     assert core.inputs == ("novel",) and settings.max_poll_records == 5 and settings.bootstrap == "h:1"
     with pytest.raises(ConfigError, match="needs a value"):
         cli_values(RelaySettings, ["--source"])

@@ -6,6 +6,7 @@ from typing import Any
 
 from kafka.errors import KafkaTimeoutError
 
+from sparq_stream.bus.intake import HeldBatch
 from sparq_stream.bus.process import ServiceProcess
 from sparq_stream.core import EVERY_PARTITION, FANOUT_HEADER, BaseCore, Inbound, Outgoing, fanout_of
 from sparq_stream.messages import MutatorState, Seed, Watermark
@@ -56,10 +57,9 @@ class _Record:
 
 def _process(fail_topic: str | None = None) -> ServiceProcess:
     core = BaseCore()
-    process = ServiceProcess(core, ServiceSettings(bootstrap="localhost:1", prefix="t"), install_signals=False)
-    process._producer = _Producer(fail_topic)
-    process._consumer = _Consumer(process._producer.events)
-    process.settings = process.settings.model_copy(update={"retry_backoff_ms": 1})
+    process = ServiceProcess(core, ServiceSettings(bootstrap="localhost:1", prefix="t", retry_backoff_ms=1), install_signals=False)
+    process.producers.producer = _Producer(fail_topic)
+    process.intake.consumer = _Consumer(process.producers.producer.events)
     return process
 
 
@@ -73,14 +73,14 @@ OUTPUTS = [
 
 def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_commit() -> None:
     process = _process()
-    assert process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
-    events = [e[:2] if e[0] == "send" else e for e in process._producer.events]
+    assert process.delivery.deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
+    events = [e[:2] if e[0] == "send" else e for e in process.producers.producer.events]
     assert events == [
         ("send", "t.seeds"), ("send", "t.seeds"), ("flush",),
         ("send", "t.mutator-state"), ("send", "t.elites"), ("send", "t.elites"), ("send", "t.elites"), ("flush",),
         ("commit",),
     ]
-    sends = [e for e in process._producer.events if e[0] == "send"]
+    sends = [e for e in process.producers.producer.events if e[0] == "send"]
     assert sends[1][3] == 1  # an explicit partition
     marks = [e for e in sends if e[1] == "t.elites"]
     assert [m[3] for m in marks] == [0, 1, 2]
@@ -91,10 +91,10 @@ def test_after_outputs_are_sent_once_the_others_are_acknowledged_then_offsets_co
 
 def test_a_failed_first_phase_sends_no_state_and_commits_nothing() -> None:
     process = _process(fail_topic="t.seeds")
-    assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
-    sent = {e[1] for e in process._producer.events if e[0] == "send"}
-    assert sent == {"t.seeds"} and ("commit",) not in process._producer.events
-    assert not any(e[0] == "seek" for e in process._producer.events)  # no rewind: the caller holds the batch
+    assert not process.delivery.deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
+    sent = {e[1] for e in process.producers.producer.events if e[0] == "send"}
+    assert sent == {"t.seeds"} and ("commit",) not in process.producers.producer.events
+    assert not any(e[0] == "seek" for e in process.producers.producer.events)  # no rewind: the caller holds the batch
 
 
 class _PausingConsumer(_Consumer):
@@ -124,20 +124,18 @@ class _PausingConsumer(_Consumer):
 def test_a_failed_batch_is_delivered_again_as_it_was_with_input_paused() -> None:
     """The core already applied the batch: the same outputs are resent, the records are not handled again."""
     process = _process(fail_topic="t.seeds")
-    process._consumer = _PausingConsumer(process._producer.events)
+    process.intake.consumer = _PausingConsumer(process.producers.producer.events)
     pairs = [(o, _Record()) for o in OUTPUTS]
-    assert not process._deliver(pairs, [], {"tp": "offset"})
-    from sparq_stream.bus.process import _Redo
-
-    process._hold(_Redo(pairs, [], {"tp": "offset"}))
-    assert process._consumer.paused_parts == {"tp0", "tp1"}
-    process._redeliver()  # still failing: held, still paused
-    assert process._redo is not None and process._consumer.paused_parts == {"tp0", "tp1"}
-    process._producer.fail_topic = None
-    process._producer.events.clear()
-    process._redeliver()
-    assert process._redo is None and process._consumer.paused_parts == set()
-    events = [e[:2] if e[0] == "send" else e for e in process._producer.events]
+    assert not process.delivery.deliver(pairs, [], {"tp": "offset"})
+    process.intake.hold(HeldBatch(pairs, [], {"tp": "offset"}))
+    assert process.intake.consumer.paused_parts == {"tp0", "tp1"}
+    process.intake.redeliver(process.delivery)  # still failing: held, still paused
+    assert process.intake.held is not None and process.intake.consumer.paused_parts == {"tp0", "tp1"}
+    process.producers.producer.fail_topic = None
+    process.producers.producer.events.clear()
+    process.intake.redeliver(process.delivery)
+    assert process.intake.held is None and process.intake.consumer.paused_parts == set()
+    events = [e[:2] if e[0] == "send" else e for e in process.producers.producer.events]
     assert events == [
         ("poll",), ("send", "t.seeds"), ("send", "t.seeds"), ("flush",),
         ("send", "t.mutator-state"), ("send", "t.elites"), ("send", "t.elites"), ("send", "t.elites"), ("flush",),
@@ -147,31 +145,31 @@ def test_a_failed_batch_is_delivered_again_as_it_was_with_input_paused() -> None
 
 def test_a_producer_whose_deliveries_keep_timing_out_is_replaced() -> None:
     process = _process(fail_topic="t.seeds")
-    wedged = process._producer
+    wedged = process.producers.producer
     fresh = _Producer()
-    process._new_producer = lambda: fresh  # type: ignore[method-assign]
+    process.producers.new = lambda: fresh  # type: ignore[method-assign]
     pairs = [(o, _Record()) for o in OUTPUTS]
-    assert not process._deliver(pairs, [], {"tp": "offset"})
-    assert process._producer is wedged  # one failure: could be the broker, keep it
-    assert not process._deliver(pairs, [], {"tp": "offset"})
-    assert process._producer is fresh and process.metrics.snapshot({}).counters["producer_replacements"] == 1
-    assert process._deliver(pairs, [], {"tp": "offset"})  # the fresh producer delivers
-    assert ("commit",) in process._consumer.events or ("commit",) in fresh.events
+    assert not process.delivery.deliver(pairs, [], {"tp": "offset"})
+    assert process.producers.producer is wedged  # one failure: could be the broker, keep it
+    assert not process.delivery.deliver(pairs, [], {"tp": "offset"})
+    assert process.producers.producer is fresh and process.metrics.snapshot({}).counters["producer_replacements"] == 1
+    assert process.delivery.deliver(pairs, [], {"tp": "offset"})  # the fresh producer delivers
+    assert ("commit",) in process.intake.consumer.events or ("commit",) in fresh.events
 
 
 def test_no_replacement_while_no_broker_answers_a_new_producer() -> None:
     process = _process(fail_topic="t.seeds")
-    wedged = process._producer
+    wedged = process.producers.producer
 
     def _unreachable() -> None:
         from sparq_stream.errors import BrokerUnavailable
 
         raise BrokerUnavailable("no Kafka broker answered at localhost:1")
 
-    process._new_producer = _unreachable  # type: ignore[method-assign]
+    process.producers.new = _unreachable  # type: ignore[method-assign]
     for _ in range(3):
-        assert not process._deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
-    assert process._producer is wedged
+        assert not process.delivery.deliver([(o, _Record()) for o in OUTPUTS], [], {"tp": "offset"})
+    assert process.producers.producer is wedged
 
 
 class _Rebalancing(_Consumer):
@@ -184,8 +182,8 @@ class _Rebalancing(_Consumer):
 
 def test_a_commit_refused_during_a_rebalance_does_not_resend_the_acknowledged_outputs() -> None:
     process = _process()
-    process._consumer = _Rebalancing(process._producer.events)
-    assert process._deliver([(o, _Record()) for o in OUTPUTS[1:2]], [], {"tp": "offset"})  # delivered: not held
-    assert [e[0] for e in process._producer.events] == ["send", "flush", "commit"]
-    assert process.metrics.counters["commit_failures"] == 1 and process._failed_deliveries == 0
+    process.intake.consumer = _Rebalancing(process.producers.producer.events)
+    assert process.delivery.deliver([(o, _Record()) for o in OUTPUTS[1:2]], [], {"tp": "offset"})  # delivered: not held
+    assert [e[0] for e in process.producers.producer.events] == ["send", "flush", "commit"]
+    assert process.metrics.counters["commit_failures"] == 1 and process.delivery._failed_deliveries == 0
     assert process.metrics.counters["produced"] == 1  # acknowledged: counted as any delivered output

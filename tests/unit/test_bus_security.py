@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sparq_stream.bus.security import (
+from sparq_stream.security import (
     PRINCIPALS,
     SERVICE_PRINCIPALS,
     client_security_options,
@@ -177,7 +177,8 @@ def test_the_wire_contract_names_no_writer_or_reader_the_acls_would_refuse() -> 
 
 
 def test_up_gives_each_service_its_own_principal_file(tmp_path: Path) -> None:
-    from sparq_stream.orchestrator.up import UpConfig, service_args
+    from sparq_stream.orchestrator.up import UpConfig, run_settings
+    from sparq_stream.settings import write_settings_file
 
     clients = tmp_path / "clients"
     clients.mkdir()
@@ -185,11 +186,9 @@ def test_up_gives_each_service_its_own_principal_file(tmp_path: Path) -> None:
         (clients / f"{name}.properties").write_text(_scram(name, "pw"))
     config = UpConfig(seeds=tmp_path / "s.jsonl", out=tmp_path / "out", steps=1, backend="scripted", bootstrap="h:1",
                       kafka_auth_dir=clients)  # fmt: skip
-    args = service_args(config, "p", "h:1")
-    for service, flags in args.items():
-        at = flags.index("--kafka-client-config")
-        assert flags[at + 1] == str((clients / f"{service}.properties").resolve())
-        assert not any("pw" == f for f in flags)
+    for service, settings in run_settings(config, "p", "h:1").items():
+        assert settings.kafka_client_config == (clients / f"{service}.properties").resolve()
+        assert '"pw"' not in write_settings_file(settings, tmp_path / f"{service}.json").read_text()
 
 
 def test_a_broken_jaas_value_is_named_by_its_key_never_shown() -> None:

@@ -55,11 +55,11 @@ class _Consumer:
         return {TopicPartition("t.novel", 0)}
 
 
-def _process(partitions: int, instance: str = "novelty", core: Any = None) -> ServiceProcess:
-    settings = ServiceSettings(bootstrap="localhost:1", prefix="t", instance=instance, poll_timeout_ms=200)
-    process = ServiceProcess(core or BaseCore(), settings, install_signals=False)
-    process._producer = _Producer(partitions)
-    process._consumer = _Consumer()
+def _process(partitions: int, instance: str = "novelty", core: Any = None, **settings: Any) -> ServiceProcess:
+    options = {"poll_timeout_ms": 200, **settings}
+    process = ServiceProcess(core or BaseCore(), ServiceSettings(bootstrap="localhost:1", prefix="t", instance=instance, **options), install_signals=False)
+    process.producers.producer = _Producer(partitions)
+    process.intake.consumer = _Consumer()
     return process
 
 
@@ -71,8 +71,8 @@ def _novel(i: int) -> NovelCandidate:
 def _send_novel(process: ServiceProcess, candidates: list[NovelCandidate], per_batch: int) -> list[tuple[str, bytes | None, bytes | None, int | None]]:
     for start in range(0, len(candidates), per_batch):
         outs = [(Outgoing("novel", c), None) for c in candidates[start : start + per_batch]]
-        assert process._deliver(outs, [], {})
-    return [s for s in process._producer.sent if s[0] == "t.novel"]
+        assert process.delivery.deliver(outs, [], {})
+    return [s for s in process.producers.producer.sent if s[0] == "t.novel"]
 
 
 def _replica_loads(partitions_of_records: list[int], replicas: int, *, ranges: int = 0) -> list[int]:
@@ -114,8 +114,8 @@ def test_replicas_start_their_turns_apart_and_other_topics_keep_key_placement() 
     assert len(firsts) > 1  # two novelty replicas do not both start on partition 0
     process = _process(4)
     result = SolveResult(**_novel(1).model_dump(), k=4, rollouts_used=4, n_correct=2, solve_rate=0.5, quality=0.5)
-    assert process._deliver([(Outgoing("solved", result), None), (Outgoing("novel", _novel(2), partition=3), None)], [], {})
-    assert [(s[0], s[3]) for s in process._producer.sent] == [("t.solved", None), ("t.novel", 3)]
+    assert process.delivery.deliver([(Outgoing("solved", result), None), (Outgoing("novel", _novel(2), partition=3), None)], [], {})
+    assert [(s[0], s[3]) for s in process.producers.producer.sent] == [("t.solved", None), ("t.novel", 3)]
 
 
 class _Emitter(BaseCore):
@@ -137,7 +137,7 @@ def test_the_poll_after_a_tick_that_emitted_does_not_wait() -> None:
     for _ in range(3):
         process._step()
     assert process.core.ticks == 3
-    first, second, third = process._consumer.timeouts  # no tables: one poll per step
+    first, second, third = process.intake.consumer.timeouts  # no tables: one poll per step
     assert second == 0 and first > 0 and third > 0
 
 
@@ -161,25 +161,22 @@ class _Burst(_Consumer):
 
 def test_a_short_batch_lingers_for_the_rest_of_a_burst_only_when_asked() -> None:
     process = _process(4)
-    process._consumer = _Burst([3, 2, 4])
-    assert len(process._poll_input()) == 3  # default: no linger, the short batch goes at once
+    process.intake.consumer = _Burst([3, 2, 4])
+    assert len(process.intake.poll(process.tables)) == 3  # default: no linger, the short batch goes at once
     for want, got in ((8, 9), (4, 5)):  # a poll never takes more than max_poll_records in all
-        process = _process(4)
-        process.settings = process.settings.model_copy(update={"batch_linger_records": want, "batch_linger_ms": 60_000, "max_poll_records": 9})
-        process._consumer = _Burst([3, 2, 4, 7])
-        records = process._poll_input()
+        process = _process(4, batch_linger_records=want, batch_linger_ms=60_000, max_poll_records=9)
+        process.intake.consumer = _Burst([3, 2, 4, 7])
+        records = process.intake.poll(process.tables)
         assert len(records) == got and [r.offset for r in records] == list(range(got))
 
 
 def test_a_table_record_ends_the_wait_of_an_input_poll() -> None:
-    process = _process(4)
-    process.settings = process.settings.model_copy(update={"poll_timeout_ms": 60_000})
-    process._tables = object()
-    process._table_wakeup = True  # a core that acts on table records: the wait is cut in slices, the tables read between
+    process = _process(4, poll_timeout_ms=60_000)
+    process.tables.wakeup = True  # a core that acts on table records: the wait is cut in slices, the tables read between
     read = [0, 0, 2]  # table records read after each slice: the third brings a watermark
-    process._poll_tables = lambda timeout_ms=0: read.pop(0)
-    assert process._poll_input() == [] and read == []
-    assert len(process._consumer.timeouts) == 3 and max(process._consumer.timeouts) <= 20
+    process.tables.poll = lambda timeout_ms=0: read.pop(0)  # type: ignore[method-assign]
+    assert process.intake.poll(process.tables) == [] and read == []
+    assert len(process.intake.consumer.timeouts) == 3 and max(process.intake.consumer.timeouts) <= 20
 
 
 def test_only_a_synchronous_dynamic_mutator_wakes_on_table_records() -> None:
@@ -192,8 +189,7 @@ def test_only_a_synchronous_dynamic_mutator_wakes_on_table_records() -> None:
     assert wakes(variant="qd") and wakes(variant="dynamic-uniform")
     assert not wakes(variant="static-uniform") and not wakes(variant="qd", synchronous=False)
     process = _process(4)  # a core with tables that does not act on them: one poll, the whole wait
-    process._tables = object()
-    process._poll_tables = lambda timeout_ms=0: 1
-    assert process._poll_input() == []
-    (wait,) = process._consumer.timeouts
+    process.tables.poll = lambda timeout_ms=0: 1  # type: ignore[method-assign]
+    assert process.intake.poll(process.tables) == []
+    (wait,) = process.intake.consumer.timeouts
     assert wait > 20

@@ -16,13 +16,12 @@ from sparq_stream.cores.archivist import (
     ArchivistConfig,
     ArchivistCore,
     build_archivist,
-    load_archive,
     run_summary,
     summarize_archive,
 )
 from sparq_stream.errors import FatalError
 from sparq_stream.messages import WATERMARK_KEY, Candidate, Elite, Seed, SolveResult, Watermark
-from sparq_stream.qd.archive_log import JSONL_NAME, part_files, read_table
+from sparq_stream.qd.archive_log import JSONL_NAME, part_files, read_archive, read_table
 from sparq_stream.qd.stats import summary
 from sparq_stream.qd.working_set import VARIANTS, make_working_set
 
@@ -142,7 +141,7 @@ def test_the_archive_on_disk_holds_every_result_once(tmp_path: Path) -> None:
     core = _core(tmp_path, parquet_rows=10)
     _feed(core, results, batch=4)
     # JSONL is flushed every batch; Parquet parts every 10 rows
-    assert [r.id for r in load_archive(tmp_path / "a")] == [r.id for r in results]
+    assert [r.id for r in read_archive(tmp_path / "a")] == [r.id for r in results]
     assert len(part_files(tmp_path / "a")) == 2
     core.close()
     assert len(part_files(tmp_path / "a")) == 3
@@ -169,7 +168,7 @@ def test_a_restarted_archivist_ends_in_exactly_the_same_state(tmp_path: Path, va
     again = _feed(second, results[:50], start=1000)
     assert _elite_records(again) == [] and second.working_set == first.working_set
     assert [o.message.id for o in again if o.topic == "archive"] == [r.id for r in results[:50]]
-    assert len(load_archive(tmp_path / "a")) == 50
+    assert len(read_archive(tmp_path / "a")) == 50
     assert len((tmp_path / "a" / JSONL_NAME).read_text().splitlines()) == 50
     # and it goes on exactly like an uninterrupted archivist
     uninterrupted = _core(tmp_path, "b", variant=variant, cap=3)
@@ -189,7 +188,7 @@ def test_a_duplicate_changes_nothing_and_publishes_nothing(tmp_path: Path) -> No
     assert _no_marks(dup) == [] and core.working_set.elites() == before
     assert {o.message.offsets["0"] for o in dup} == {507, 514, 520}  # the watermark still moves on
     assert core.metrics()["duplicates"] == 20
-    assert len(load_archive(tmp_path / "a")) == 20
+    assert len(read_archive(tmp_path / "a")) == 20
     assert len((tmp_path / "a" / JSONL_NAME).read_text().splitlines()) == 20
 
 
@@ -219,7 +218,7 @@ def test_elite_records_lost_in_a_crash_are_repaired_on_redelivery(tmp_path: Path
     out = _feed(second, results[35:], start=35)  # the uncommitted batch is redelivered
     assert _as_table(kept + _elite_records(out)) == first.working_set.elites()
     assert second.working_set == first.working_set
-    assert len(load_archive(tmp_path / "a")) == 41
+    assert len(read_archive(tmp_path / "a")) == 41
 
 
 def test_reconcile_on_going_live_fixes_a_cap_broken_by_a_crash(tmp_path: Path) -> None:
@@ -260,7 +259,7 @@ def test_parquet_rows_lost_in_a_crash_are_recovered_from_the_jsonl(tmp_path: Pat
     assert second.metrics()["pending_rows"] == 3
     second.close()
     assert read_table(tmp_path / "a").column("id").to_pylist() == [r.id for r in results]
-    assert [r.id for r in load_archive(tmp_path / "a")] == [r.id for r in results]
+    assert [r.id for r in read_archive(tmp_path / "a")] == [r.id for r in results]
 
 
 def test_live_table_echoes_are_ignored(tmp_path: Path) -> None:
@@ -293,7 +292,7 @@ def test_bad_records_never_stop_the_archivist(tmp_path: Path) -> None:
         _result(1, 0.5, ("a", "b", "c", "d"))
     out = _feed(core, [_result(2, 0.5)])
     assert [o.topic for o in _no_marks(out)] == ["archive", "elites"]
-    assert core.metrics().get("bad_niche", 0) == 0 and len(load_archive(tmp_path / "a")) == 1
+    assert core.metrics().get("bad_niche", 0) == 0 and len(read_archive(tmp_path / "a")) == 1
     with pytest.raises(FatalError, match="SolveResult"):
         core.handle(Inbound("solved", "c", Candidate(id="c", problem="p", solution="s", answer="1"), 0, 99))
     assert _no_marks(core.handle(Inbound("solved", "t", None, 0, 100))) == []
@@ -353,14 +352,14 @@ def test_build_archivist_and_config_validation(tmp_path: Path) -> None:
     only_jsonl = _core(tmp_path, "j", archive_formats="jsonl")
     _feed(only_jsonl, _stream(5))
     only_jsonl.close()
-    assert part_files(tmp_path / "j") == [] and len(load_archive(tmp_path / "j")) == 5
+    assert part_files(tmp_path / "j") == [] and len(read_archive(tmp_path / "j")) == 5
 
 
 def test_parquet_only_writes_a_part_per_batch(tmp_path: Path) -> None:
     core = _core(tmp_path, "p", archive_formats=("parquet",))
     _feed(core, _stream(10), batch=4)
     assert len(part_files(tmp_path / "p")) == 3 and not (tmp_path / "p" / JSONL_NAME).exists()
-    assert len(load_archive(tmp_path / "p")) == 10
+    assert len(read_archive(tmp_path / "p")) == 10
     assert _core(tmp_path, "p", archive_formats=("parquet",)).metrics()["scored"] == 10
 
 
@@ -373,7 +372,7 @@ def test_the_id_window_is_bounded_and_readers_still_dedupe(tmp_path: Path) -> No
     assert [o.topic for o in _no_marks(out)] == ["archive", "archive"] and core.working_set.elites() == before
     assert len((tmp_path / "a" / JSONL_NAME).read_text().splitlines()) == 14
     # once each; an id written twice sits at its newest write
-    assert [r.id for r in load_archive(tmp_path / "a")] == [r.id for r in results[2:] + results[:2]]
+    assert [r.id for r in read_archive(tmp_path / "a")] == [r.id for r in results[2:] + results[:2]]
 
 
 def test_config_merges_with_service_settings(tmp_path: Path) -> None:
@@ -431,7 +430,7 @@ def test_a_wiped_archive_dir_is_rebuilt_from_the_topics_alone(tmp_path: Path) ->
         assert m_wiped[name] == m_first[name], name
     assert m_wiped["restored_from_topic"] == len(results)
     # the disk export is written again, and redeliveries are recognised without re-publishing
-    assert [r.id for r in load_archive(tmp_path / "wiped")] == [r.id for r in results]
+    assert [r.id for r in read_archive(tmp_path / "wiped")] == [r.id for r in results]
     again = wiped.handle_batch([_inbound(results[0], 900)])
     assert _no_marks(again[0]) == [] and wiped.metrics()["duplicates"] == 1
     wiped.close()

@@ -693,7 +693,7 @@ class MutatorKillBus(LocalBus):
 
 def _kill_loop(tmp_path, kills: dict[int, str], **mutator_flags):
     from sparq_stream.orchestrator.local import build_local_cores
-    from sparq_stream.orchestrator.up import UpConfig, load_seed_set, service_args
+    from sparq_stream.orchestrator.up import UpConfig, load_seed_set, run_settings
     from tests.conftest import SEEDS_FILE
 
     config = UpConfig(
@@ -701,10 +701,10 @@ def _kill_loop(tmp_path, kills: dict[int, str], **mutator_flags):
         embedder="hash", variant="qd", seed_limit=40, seed=7,
         extra={"mutator": ["--chunk-size", "16", *[str(v) for kv in mutator_flags.items() for v in (f"--{kv[0].replace('_', '-')}", kv[1])]]},
     )
-    args = service_args(config, "local", "in-memory:0")
+    settings = run_settings(config, "local", "in-memory:0")
     seeds, _ = load_seed_set(config)
-    cores = build_local_cores(args)
-    bus = MutatorKillBus(list(cores.values()), lambda: build_local_cores(args, order=("mutator",))["mutator"], kills)
+    cores = build_local_cores(settings)
+    bus = MutatorKillBus(list(cores.values()), lambda: build_local_cores(settings, order=("mutator",))["mutator"], kills)
     bus.publish([Outgoing("seeds", s) for s in seeds])
     idle = 0
     while not bus.cores[0].done:

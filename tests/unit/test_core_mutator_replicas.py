@@ -14,7 +14,7 @@ from sparq_stream.errors import ConfigError
 from sparq_stream.messages import MutatorState, SolveResult
 from sparq_stream.skills import annotate_seeds, load_vocabulary
 
-from tests.unit.test_core_mutator import SEEDS, FakeClock, Loop, key, make, watermark
+from tests.unit.test_core_mutator import SEEDS, FakeClock, Loop, key, make
 
 
 class ReplicaLoop(Loop):
@@ -163,3 +163,16 @@ def test_replica_settings_are_checked() -> None:
         alien = MutatorState(key="mutator.plan", variant="qd", seed=5, batch_size=64)
         core.on_table(Inbound("mutator-state", alien.key, alien))
         core.tick(0.0)
+
+
+def test_each_replica_role_has_its_own_step_planner() -> None:
+    from sparq_stream.cores.mutator.planners import FollowerPlanner, LeaderPlanner, LonePlanner, make_planner
+    from sparq_stream.cores.mutator.replicas import ReplicaSet
+
+    lone, leader, follower = (make_planner(ReplicaSet("m", n, i)) for n, i in ((1, 0), (3, 0), (3, 2)))
+    assert isinstance(lone, LonePlanner) and isinstance(leader, LeaderPlanner) and isinstance(follower, FollowerPlanner)
+    assert (lone.group_member, leader.group_member, follower.group_member) == (None, "0", "2")
+    assert (lone.foreign_outcome, follower.foreign_outcome) == ("unknown_outcomes", "peer_outcomes")
+    core = make(changelog=False, replica_count=3, replica_index=2, synchronous=True)
+    core._waits = {0: {0: 5}}
+    assert follower.settled(core, 0) and core._waits == {0: {0: 5}}  # the leader settles: the waits stay for it to read

@@ -17,7 +17,7 @@ from sparq_stream.messages import Candidate, Dropped, NovelCandidate, Seed
 from sparq_stream.models.base import GenerationResult, Prompt, SamplingParams
 from sparq_stream.models.hashing_embedder import HashingEmbedder
 from sparq_stream.models.scripted import ScriptedBackend
-from sparq_stream.qd.descriptors import EMPTY_NICHE, niche_key
+from sparq_stream.descriptors import EMPTY_NICHE, niche_key
 from sparq_stream.skills import load_vocabulary
 
 PROBLEMS = [

@@ -12,11 +12,13 @@ import pytest
 
 from sparq_stream.bus.topics import spec_of
 
-from sparq_stream.drill.common import BUDGETS, DrillResult, archive_ids, compare_with_reference, result_checks
+from sparq_stream.drill import common
+from sparq_stream.drill.common import BATCH, BUDGETS, DrillContext, DrillResult, archive_ids, compare_with_reference, drill_config, result_checks
 from sparq_stream.drill.hostile import hostile_texts
 from sparq_stream.drill.kill import kill_plan
 from sparq_stream.drill.poison import KINDS, POISON_TOPICS, RECORD_LIMIT, _plan, make_poison
-from sparq_stream.drill.table import render_table
+from sparq_stream.drill.stall import STALL_CAP, in_flight_checks
+from sparq_stream.drill.table import render_table, row_counts
 from sparq_stream.errors import SparqError
 from sparq_stream.messages import SolveResult, decode, to_jsonable
 from sparq_stream.qd.archive_log import JSONL_NAME
@@ -85,16 +87,67 @@ def test_compare_counts_lost_extra_changed_and_duplicate_lines(tmp_path: Path) -
     other = {**w, "b": SimpleNamespace(id="id3", quality=0.25, niche="b")}
     diff = compare_with_reference(reference, tmp_path, other)
     assert diff["elites_equal"] is False and diff["elites_differ"] == 2
+    requalified = {**w, "b": SimpleNamespace(id="id1", quality=0.5, niche="b")}  # same id, another quality
+    assert compare_with_reference(reference, tmp_path, requalified)["elites_differ"] == 2
     empty = compare_with_reference(SimpleNamespace(results=[], elites={}), tmp_path, {})
     assert not result_checks(empty)["reference_not_empty"]  # two empty sides are no evidence
 
 
+def test_an_empty_result_fails_however_the_reference_compares(tmp_path: Path) -> None:
+    reference = SimpleNamespace(results=[_result(0)], elites={"a": SimpleNamespace(id="id0", quality=0.5, niche="a")})
+    (tmp_path / "empty").mkdir()
+    diff = compare_with_reference(reference, tmp_path / "empty", {})
+    checks = result_checks(diff)
+    assert checks["reference_not_empty"] and not checks["result_not_empty"] and not checks["nothing_lost"]
+    assert (diff["reference_rows"], diff["archive_rows"], diff["elites"]) == (1, 0, 0)
+    (tmp_path / "one" / JSONL_NAME).parent.mkdir()
+    (tmp_path / "one" / JSONL_NAME).write_text(json.dumps(to_jsonable(_result(0))) + "\n")
+    rows_only = result_checks(compare_with_reference(reference, tmp_path / "one", {}), with_elites=False)
+    assert all(rows_only.values()) and "elites_equal_reference" not in rows_only  # resume on Tansu: W not compared
+    assert not result_checks(compare_with_reference(reference, tmp_path / "one", {}))["result_not_empty"]  # W empty
+
+
+def test_the_stall_cap_binds_and_its_checks_can_fail() -> None:
+    assert 0 < STALL_CAP < BATCH  # a step is larger than the cap: the mutator must wait for credits
+    assert all(in_flight_checks([0.0, 16.0, float(STALL_CAP), 20.0], [float(STALL_CAP)] * 4).values())
+    assert not in_flight_checks([], [])["in_flight_within_cap"] and not in_flight_checks([], [])["in_flight_seen"]
+    assert not in_flight_checks([0.0, 0.0], [float(STALL_CAP)] * 2)["in_flight_seen"]
+    assert not in_flight_checks([float(STALL_CAP + 1)], [float(STALL_CAP)])["in_flight_within_cap"]
+    assert not in_flight_checks([float(STALL_CAP - 1)], [float(STALL_CAP)])["cap_reached"]
+    assert not in_flight_checks([float(STALL_CAP)], [256.0])["cap_in_force"]  # the default cap: the flag was lost
+
+
+def test_each_extra_flag_set_gets_its_own_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sparq_stream.orchestrator.local as local
+
+    runs: list[list[str]] = []
+    monkeypatch.setattr(local, "run_local", lambda config: runs.append(config.extra["mutator"]) or SimpleNamespace())
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text('{"question": "q", "answer": "#### 1"}\n')
+    ctx = DrillContext(out=tmp_path, broker="tansu", budget=BUDGETS["small"], seeds=seeds)
+    plain = drill_config(ctx, tmp_path / "a")
+    capped = drill_config(ctx, tmp_path / "b", extra={"mutator": ["--max-in-flight", "32"]})
+    for config in (plain, capped, plain, capped):
+        common.reference_for(ctx, config)
+    assert runs == [["--chunk-size", "16"], ["--max-in-flight", "32"]]  # one run each, then cached
+
+
+def test_row_counts_name_every_count_a_drill_has() -> None:
+    figures = {"reference_rows": 128, "archive_rows": 128, "lost": 0, "extra": 0, "changed": 0, "duplicate_lines": 0,
+               "reference_elites": 45, "elites": None, "injected": 600, "dead_lettered": 600, "kills": 6}
+    line = row_counts(figures)
+    assert line == ("reference rows 128, result rows 128, lost 0, extra 0, changed 0, duplicate lines 0, reference W 45, "
+                    "injected 600, dead-lettered 600")
+    assert row_counts({"max_s": {"answer_final": 0.1}}) == ""  # the hostile drill has no rows
+
+
 def test_table_names_failed_checks_and_skips() -> None:
-    ok = DrillResult("kill", "tansu", "small", checks={"a": True}, figures={"kills": 6, "kills_per_service": {"x": 3}})
+    ok = DrillResult("kill", "tansu", "small", checks={"a": True},
+                     figures={"kills": 6, "kills_per_service": {"x": 3}, "reference_rows": 384, "archive_rows": 384})
     bad = DrillResult("resume", "tansu", "small", checks={"no_process_left_behind": False})
     skipped = DrillResult("broker", "tansu", "small", skipped="memory only")
     text = render_table({"results": [r.to_json() for r in (ok, bad, skipped)], "command": "sparq drill all", "cpus": 2})
-    assert "| kill | tansu | small | pass | 6 kills (max 3 of one)" in text
+    assert "| kill | tansu | small | pass | 6 kills (max 3 of one); reference rows 384, result rows 384, W equal ?" in text
     assert "| resume | tansu | small | **FAIL**: no_process_left_behind |" in text
     assert "| broker | tansu | small | skipped | memory only |" in text
     assert "`sparq drill all`" in text

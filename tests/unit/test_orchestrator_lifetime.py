@@ -44,7 +44,7 @@ def test_a_file_or_an_impossible_out_is_a_config_error(tmp_path: Path) -> None:
 
 _PARENT = """
 import subprocess, sys, time
-from sparq_stream.orchestrator.lifetime import die_with_parent
+from sparq_stream.children import die_with_parent
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True, preexec_fn=die_with_parent())
 print(child.pid, flush=True)
 time.sleep(120)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from sparq_stream.errors import FatalError
 from sparq_stream.messages import Seed
-from sparq_stream.qd.descriptors import (
+from sparq_stream.descriptors import (
     EMPTY_NICHE,
     DescriptorError,
     canonical_skills,

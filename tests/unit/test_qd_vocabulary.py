@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sparq_stream.errors import ConfigError
-from sparq_stream.qd.descriptors import niche_key
+from sparq_stream.descriptors import niche_key
 from sparq_stream.qd.vocabulary import Vocabulary, build_vocabulary, normalise_skill, parse_skill_answer
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from sparq_stream.errors import ConfigError
 from sparq_stream.messages import Elite, Seed, SolveResult
-from sparq_stream.qd.descriptors import DescriptorError, niche_key
+from sparq_stream.descriptors import DescriptorError, niche_key
 from sparq_stream.qd.update import NicheCapUpdate, StaticUpdate, TopTUpdate, Update, rank_key
 from sparq_stream.qd.working_set import VARIANTS, WorkingSet, make_working_set, variant_spec
 

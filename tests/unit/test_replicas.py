@@ -10,8 +10,9 @@ import pytest
 
 from sparq_stream.bus.lease import OneActiveAssignor, choose_active
 from sparq_stream.errors import ConfigError
-from sparq_stream.orchestrator.replicas import parse_replicas, replica_flags, replica_names
-from sparq_stream.orchestrator.up import UpConfig
+from sparq_stream.orchestrator.replicas import replica_names, replica_values
+from sparq_stream.orchestrator.up import UpConfig, UpSettings
+from sparq_stream.settings import load_settings
 
 
 class _Cluster:
@@ -55,17 +56,21 @@ def test_choose_active_breaks_ties_by_instance_name() -> None:
     assert choose_active([]) is None
 
 
+def _up(*flags: str) -> UpSettings:
+    return load_settings(UpSettings, args=["--seeds", "s.jsonl", *flags], read_file=False)
+
+
 def test_replicas_flag_parses_and_names_the_allowed_values() -> None:
-    assert parse_replicas(["archivist=2", "trainer=3", "solver=4"]) == {"archivist": 2, "trainer": 3, "solver": 4}
+    assert _up("--replicas", "archivist=2", "--replicas", "trainer=3", "--replicas", "solver=4").replicas == {
+        "archivist": 2, "trainer": 3, "solver": 4
+    }
+    assert _up("--replicas", '{"mutator": 2}').replicas == {"mutator": 2}
     with pytest.raises(ConfigError, match="unknown service 'archivst'; allowed: archivist, mutator, novelty, solver, trainer"):
-        parse_replicas(["archivst=2"])
-    with pytest.raises(ConfigError, match="expected SERVICE=N"):
-        parse_replicas(["archivist"])
-    with pytest.raises(ConfigError, match="expected SERVICE=N"):
-        parse_replicas(["archivist=two"])
+        _up("--replicas", "archivst=2")
+    with pytest.raises(ConfigError, match="replicas"):
+        _up("--replicas", "archivist=two")
     with pytest.raises(ConfigError, match="N must be >= 1"):
-        parse_replicas(["trainer=0"])
-    assert parse_replicas(["mutator=2"]) == {"mutator": 2}
+        _up("--replicas", "trainer=0")
     with pytest.raises(ValueError, match="give steps, not max_candidates"):
         UpConfig(seeds=Path("s.jsonl"), out=Path("o"), replicas={"mutator": 2}, max_candidates=10)
     with pytest.raises(ConfigError, match="allowed"):
@@ -78,16 +83,17 @@ def test_replica_names_are_stable_and_distinct_and_each_archivist_has_its_own_fo
     assert replica_names("solver", 1) == ["solver-0"]
     config = UpConfig(seeds=Path("s.jsonl"), out=tmp_path, solvers=2, replicas={"trainer": 2})
     assert (config.replica_count("solver"), config.replica_count("trainer"), config.replica_count("archivist")) == (2, 2, 1)
-    assert replica_flags("archivist", 0, "archivist-0", tmp_path) == []
-    assert replica_flags("archivist", 1, "archivist-1", tmp_path) == ["--archive-dir", str(tmp_path.resolve() / "replicas" / "archivist-1" / "archive")]
-    assert replica_flags("trainer", 1, "trainer-1", tmp_path) == []
-    assert replica_flags("novelty", 0, "novelty-0", tmp_path, count=2, partitions=6) == ["--route-partitions", "6", "--route-planes", "1"]
-    assert replica_flags("novelty", 1, "novelty-1", tmp_path, count=3, partitions=6) == [
-        "--route-partitions", "6", "--route-planes", "2", "--state-dir", str(tmp_path.resolve() / "state" / "novelty-1")
-    ]
-    assert replica_flags("novelty", 0, "novelty", tmp_path, count=1, partitions=6) == []
-    assert replica_flags("mutator", 0, "mutator-0", tmp_path, count=2) == ["--replica-count", "2", "--replica-index", "0"]
-    assert replica_flags("mutator", 1, "mutator-1", tmp_path, count=2) == [
-        "--replica-count", "2", "--replica-index", "1", "--state-dir", str(tmp_path.resolve() / "state" / "mutator-1")
-    ]
-    assert replica_flags("mutator", 0, "mutator", tmp_path, count=1) == []
+    state = tmp_path.resolve() / "state" / "run-1"
+    assert replica_values("archivist", 0, "archivist-0", tmp_path, state) == {}
+    assert replica_values("archivist", 1, "archivist-1", tmp_path, state) == {"archive_dir": str(tmp_path.resolve() / "replicas" / "archivist-1" / "archive")}
+    assert replica_values("trainer", 1, "trainer-1", tmp_path, state) == {}
+    assert replica_values("novelty", 0, "novelty-0", tmp_path, state, count=2, partitions=6) == {"route_partitions": 6, "route_planes": 1}
+    assert replica_values("novelty", 1, "novelty-1", tmp_path, state, count=3, partitions=6) == {
+        "route_partitions": 6, "route_planes": 2, "state_dir": str(state / "novelty-1")
+    }
+    assert replica_values("novelty", 0, "novelty", tmp_path, state, count=1, partitions=6) == {}
+    assert replica_values("mutator", 0, "mutator-0", tmp_path, state, count=2) == {"replica_count": 2, "replica_index": 0}
+    assert replica_values("mutator", 1, "mutator-1", tmp_path, state, count=2) == {
+        "replica_count": 2, "replica_index": 1, "state_dir": str(state / "mutator-1")
+    }
+    assert replica_values("mutator", 0, "mutator", tmp_path, state, count=1) == {}

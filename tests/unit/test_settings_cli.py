@@ -18,9 +18,12 @@ from typer.testing import CliRunner
 from sparq_stream.cli import app
 from sparq_stream.credentials import is_secret_field
 from sparq_stream.errors import ConfigError
-from sparq_stream.orchestrator.up import UpConfig, UpSettings, _common, service_args, service_env
+from sparq_stream.orchestrator.up import UpConfig, UpSettings, _child_settings, run_settings, service_env, service_values
 from sparq_stream.services import service_names, service_settings, service_spec
-from sparq_stream.settings import ServiceSettings, cli_values, flag_names, load_settings, setting_rows
+from sparq_stream.settings import (
+    Backend, Embedder, ServiceSettings, Variant, child_environment, cli_values, flag_names, load_settings, setting_rows,
+    write_settings_file,
+)
 
 CLASSES = {name: service_spec(name).settings_cls for name in service_names()} | {"up": UpSettings}
 #: Values for fields whose generic sample would break a cross-field rule or a pattern.
@@ -164,7 +167,7 @@ def test_flag_spellings_of_the_docs_and_tools_still_parse() -> None:
     novelty = CLASSES["novelty"]
     assert cli_values(novelty, ["--no-contamination-check"]) == {"contamination_check": False}  # the one off switch
     assert cli_values(novelty, ["--heldout", "a.jsonl", "--heldout", "b.jsonl"]) == {"heldout": ["a.jsonl", "b.jsonl"]}
-    assert cli_values(novelty, ["--heldout", '["a.jsonl"]']) == {"heldout": ["a.jsonl"]}  # as sparq up passes them
+    assert cli_values(novelty, ["--heldout", '["a.jsonl"]']) == {"heldout": ["a.jsonl"]}  # a JSON list
     assert cli_values(novelty, ["--contamination", "a.jsonl,b.jsonl"]) == {"contamination": ["a.jsonl", "b.jsonl"]}  # deprecated
     up = load_settings(UpSettings, args=["--seeds", "s.jsonl", "--heldout", "x.jsonl", "--heldout", "y.jsonl", "--no-contamination-check"],
                        read_file=False)  # fmt: skip
@@ -200,11 +203,65 @@ def test_sparq_up_forwards_its_settings_and_with_flags_to_the_children(tmp_path:
     assert isinstance(done.exception, ConfigError) and str(done.exception) == "stop here"
     config = captured["config"]
     assert config.extra == {"solver": ["--early-stop", "exact", "--max-batch", "5"], "trainer": ["--train-max-steps", "200"]}
-    args = service_args(config, "p", "h:1")
-    solver = service_settings("solver", _common(config, "p", "h:1", "solver-0") + args["solver"])
-    assert (solver.k, solver.early_stop, solver.max_batch, solver.backend, solver.instance) == (3, "exact", 5, "scripted", "solver-0")
-    trainer = service_settings("trainer", _common(config, "p", "h:1", "trainer") + args["trainer"])
+    settings = run_settings(config, "p", "h:1")
+    solver = settings["solver"]
+    assert (solver.k, solver.early_stop, solver.max_batch, solver.backend, solver.prefix) == (3, "exact", 5, "scripted", "p")
+    trainer = settings["trainer"]
     assert trainer.train_max_steps == 200 and trainer.prefix == "p"
+
+
+def test_a_child_reads_back_the_whole_settings_object_sparq_up_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not flags rendered and parsed back: each process gets its settings object as a file, and --with flags win."""
+    (tmp_path / "h.jsonl").write_text(json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    config = UpConfig(
+        seeds=tmp_path / "s.jsonl", out=tmp_path / "run", steps=2, k=3, backend="scripted", embedder="hash",
+        heldout=[tmp_path / "h.jsonl"], contamination_check=False, train_every=2, replicas={"mutator": 2},
+        extra={"solver": ["--early-stop", "exact"]})  # fmt: skip
+    base = service_values(config, "run-a", "h:1")
+    monkeypatch.setenv("SPARQ_K", "99")  # a stray variable of the parent's environment: read once, by the parent
+    for service, index, name in (("solver", 0, "solver-0"), ("novelty", 0, "novelty"), ("mutator", 1, "mutator-1"), ("trainer", 0, "trainer")):
+        child = _child_settings(config, base, service, index, name, 4321, "run-a")
+        path = write_settings_file(child, tmp_path / "settings" / f"{name}.json")
+        for key, value in child_environment(child).items():
+            monkeypatch.setenv(key, value)
+        again = service_settings(service, config.extra.get(service, []), config=path)
+        expected = child.model_dump() | ({"early_stop": "exact"} if service == "solver" else {})
+        assert again.model_dump() == expected
+        assert (again.instance, again.http_port, again.prefix, again.bootstrap) == (name, 4321, "run-a", "h:1")
+        for key in child_environment(child):
+            monkeypatch.delenv(key)
+    state = (tmp_path / "run").resolve() / "state" / "run-a"
+    mutator = _child_settings(config, base, "mutator", 1, "mutator-1", 1, "run-a")
+    assert (mutator.replica_index, mutator.replica_count, mutator.state_dir) == (1, 2, str(state / "mutator-1"))
+    novelty = run_settings(config, "run-a", "h:1")["novelty"]
+    assert (novelty.heldout, novelty.contamination_check, novelty.embedder) == ([(tmp_path / "h.jsonl").resolve()], False, "hash")
+    assert run_settings(config, "run-a", "h:1")["solver"].k == 3  # the parent's flag, not the stray SPARQ_K
+
+
+def test_one_declaration_per_choice_and_per_shared_setting() -> None:
+    from sparq_stream.cores.novelty import NoveltyConfig
+    from sparq_stream.cores.solver import SolverConfig
+    from sparq_stream.messages import VARIANT_VALUES
+    from sparq_stream.models.registry import EMBEDDING_BACKENDS, GENERATION_BACKENDS
+    from sparq_stream.qd.working_set import VARIANTS
+
+    assert typing.get_args(Variant) == tuple(VARIANTS) == VARIANT_VALUES[1:]
+    assert set(typing.get_args(Backend)) == set(GENERATION_BACKENDS)
+    assert set(typing.get_args(Embedder)) == set(EMBEDDING_BACKENDS)
+    for service in ("mutator", "archivist"):
+        assert CLASSES[service].model_fields["variant"].annotation is Variant
+    for service in ("mutator", "solver", "novelty"):
+        assert CLASSES[service].model_fields["backend"].annotation is Backend
+    # sparq up's fields that are also a service's are that service's: one default, one set of limits
+    for name, cls in (("heldout", NoveltyConfig), ("contamination_check", NoveltyConfig), ("k", SolverConfig), ("embedder", NoveltyConfig)):
+        ours, theirs = UpConfig.model_fields[name], cls.model_fields[name]
+        assert (ours.default, ours.default_factory, ours.metadata) == (theirs.default, theirs.default_factory, theirs.metadata), name
+    # one default for labelling the seeds: sparq up --label-seeds and sparq seed --label
+    import inspect
+
+    from sparq_stream.cli import seed
+
+    assert inspect.signature(seed).parameters["label"].default.default is UpConfig.model_fields["label_seeds"].default
 
 
 def test_the_api_key_is_never_a_flag_nor_an_option(tmp_path: Path) -> None:
@@ -246,14 +303,15 @@ def test_the_api_key_comes_from_the_environment_or_a_file_and_prints_redacted(tm
 def test_sparq_up_hands_the_key_to_the_children_by_environment_or_file_never_argv(tmp_path: Path) -> None:
     seeds = tmp_path / "s.jsonl"
     config = UpConfig(seeds=seeds, out=tmp_path / "run", steps=1, backend="openai", openai_api_key=SecretStr("sk-up-111"))
-    args = service_args(config, "p", "h:1")
-    assert all("sk-up-111" not in " ".join(a) for a in args.values())
+    files = [write_settings_file(s, tmp_path / f"{n}.json").read_text() for n, s in run_settings(config, "p", "h:1").items()]
+    assert all("sk-up-111" not in text and "openai_api_key\"" not in text for text in files)
     assert service_env(config) == {"SPARQ_OPENAI_API_KEY": "sk-up-111"}
     assert "sk-up-111" not in json.dumps(config.model_dump(mode="json"))  # what run.json records
     key_file = tmp_path / "key"
     key_file.write_text("sk-up-222")
     by_file = UpConfig(seeds=seeds, out=tmp_path / "run", steps=1, backend="openai", openai_api_key_file=key_file)
-    args = service_args(by_file, "p", "h:1")
+    settings = run_settings(by_file, "p", "h:1")
     for name in ("mutator", "novelty", "solver"):
-        assert args[name][args[name].index("--openai-api-key-file") + 1] == str(key_file.resolve())
-    assert service_env(by_file) == {} and all("sk-up-222" not in " ".join(a) for a in args.values())
+        assert settings[name].openai_api_key_file == key_file.resolve()
+    files = [write_settings_file(s, tmp_path / f"{n}.json").read_text() for n, s in settings.items()]
+    assert service_env(by_file) == {} and all("sk-up-222" not in text for text in files)

@@ -18,6 +18,7 @@ from sparq_stream.skills import (
     build_skill_vocabulary,
     classify_skills,
     extract_skills,
+    label_seeds,
     load_vocabulary,
     parse_extracted_skills,
 )
@@ -120,6 +121,15 @@ def test_annotate_seeds() -> None:
     annotated = annotate_seeds(seeds, scripted_skills({QUESTIONS[0]: ["ratio"], QUESTIONS[1]: ["fraction", "ratio"]}), vocab)
     assert [s.skills for s in annotated] == [["ratio"], ["fraction", "ratio"]]
     assert [s.id for s in annotated] == [s.id for s in seeds]
+
+
+def test_label_seeds_builds_the_named_backend_with_the_saved_vocabulary(tmp_path) -> None:
+    seeds = [Seed(id=problem_id(q), problem=q, answer="1") for q in QUESTIONS[:2]]
+    Vocabulary(("fraction", "ratio")).save(tmp_path / "vocab.json")
+    script = {"problems": {QUESTIONS[0]: {"skills": ["ratio"]}, QUESTIONS[1]: {"skills": ["fraction", "geometry"]}}}
+    labelled = label_seeds(seeds, "scripted", backend_options={"script": script}, vocabulary=tmp_path / "vocab.json")
+    assert [s.skills for s in labelled] == [["ratio"], ["fraction"]]  # geometry is not in the saved vocabulary
+    assert [s.skills for s in seeds] == [[], []]  # the seeds given are left as they were
 
 
 def test_the_packaged_fallback_vocabulary() -> None:

@@ -85,12 +85,13 @@ from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from sparq_stream.core import BaseCore, Inbound, Outgoing
 from sparq_stream.cores.mutator.barrier import WatermarkBarrier
 from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
 from sparq_stream.cores.mutator.reload import ModelFollower
+from sparq_stream.cores.mutator.planners import make_planner, units_of
 from sparq_stream.cores.mutator.replicas import ReplicaSet
 from sparq_stream.cores.mutator.state import Credit, MutatorSnapshot, StepState, Unit, read_cache, write_cache
 from sparq_stream.credentials import OpenAIKey, openai_key_option
@@ -99,7 +100,8 @@ from sparq_stream.ids import problem_id
 from sparq_stream.messages import WATERMARK_KEY, Candidate, Dropped, Elite, ModelVersion, MutatorState, Seed, SolveResult
 from sparq_stream.models.base import GenerationBackend, GenerationResult, SamplingParams
 from sparq_stream.prompts import MUTATION, load_prompt
-from sparq_stream.qd.working_set import VARIANTS, WorkingSet, make_working_set, variant_spec
+from sparq_stream.qd.working_set import WorkingSet, make_working_set, variant_spec
+from sparq_stream.settings import Backend, Variant
 
 __all__ = ["MutatorConfig", "MutatorCore", "build_mutator", "parse_child"]
 
@@ -116,11 +118,11 @@ class MutatorConfig(OpenAIKey):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    variant: str = Field(default="qd", description="static-uniform | static-diverse | dynamic-uniform | qd (the archivist's too)")
+    variant: Variant = Field(default="qd", description="how W is kept and parents are sampled (the archivist's too)")
     cap: int | None = Field(default=None, ge=1, description="W's cap (top-T or per-niche); unset: the variant's default; match the archivist")
     batch_size: int = Field(default=64, ge=1, description="parents per step (the paper's b = 64), one child each")
     seed: int = Field(default=0, ge=0, description="seed of parent sampling (per step) and of generation")
-    backend: str = Field(default="transformers", description="generation backend: transformers | openai | vllm | scripted")
+    backend: Backend = Field(default="transformers", description="generation backend")
     model: str | None = Field(default=None, description="generator model (path or served name); unset: the backend's default")
     backend_options: dict[str, Any] = Field(default_factory=dict, description="generation backend constructor options")
     prompt_dir: str | None = Field(default=None, description="folder with a custom mutation.txt; unset: the packaged prompt")
@@ -162,13 +164,6 @@ class MutatorConfig(OpenAIKey):
         default=1, ge=1, description="mutator replicas sharing each step's parents (synchronous rounds; replica 0 plans each step)"
     )
     replica_index: int = Field(default=0, ge=0, description="this replica's index, 0 .. replica_count - 1")
-
-    @field_validator("variant")
-    @classmethod
-    def _variant(cls, value: str) -> str:
-        if value not in VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(VARIANTS)}")
-        return value
 
     @model_validator(mode="after")
     def _replicas(self) -> "MutatorConfig":
@@ -236,8 +231,7 @@ class MutatorCore(BaseCore):
         self._models = ModelFollower(config.follow_models, config.follow_model_name, self.counters, root=config.models_root)
         self._timers: Counter[str] = Counter()
         self._replicas = ReplicaSet(config.state_key, config.replica_count, config.replica_index)
-        self._replicated, self._leader = self._replicas.replicated, self._replicas.leader
-        self._replan_checked = False
+        self._planner = make_planner(self._replicas)
         if config.state_dir:
             cached = read_cache(config.state_dir)
             if cached is not None:
@@ -262,14 +256,16 @@ class MutatorCore(BaseCore):
     @property
     def group_member(self) -> str | None:
         """With replicas, each reads every outcome: its own consumer group ``<group>.<index>`` (None: the service's group)."""
-        return str(self.config.replica_index) if self._replicated else None
+        return self._planner.group_member
 
     @property
     def exhausted(self) -> bool:
         """True once the budget is spent: nothing more will be emitted."""
+        return self._planner.exhausted(self)
+
+    def _budget_spent(self) -> bool:
+        """True once this mutator's own budget (steps, candidates) is spent."""
         cfg = self.config
-        if self._replicated and not self._leader:  # the leader's plan says when the run ends
-            return self._replicas.ended(self._step) and not (self._open is not None and self._open.queue)
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
             return True
         open_work = self._open is not None and bool(self._open.queue)
@@ -291,7 +287,7 @@ class MutatorCore(BaseCore):
     @property
     def wakes_on_tables(self) -> bool:
         """True when a table record can let this core emit (the archivist's watermark settles a step)."""
-        return self.config.synchronous and (self.spec.dynamic or self._replicated)
+        return self.config.synchronous and (self.spec.dynamic or self._planner.replicated)
 
     # ------------------------------------------------------------------ tables
     def on_table(self, inbound: Inbound) -> list[Outgoing]:
@@ -323,11 +319,8 @@ class MutatorCore(BaseCore):
                 self.counters["state_echoes"] += 1  # our own record coming back
             else:
                 self._restore(message, "the changelog")
-        elif message.key == replicas.plan_key and self._replicated:
-            if self._leader and self._live:
-                self.counters["state_echoes"] += 1  # the leader's own plan coming back
-            else:
-                replicas.plan = self._read_shared(message)
+        elif message.key == replicas.plan_key:
+            self._planner.on_plan(self, message)
         elif message.key in replicas.peer_keys:
             snap = self._read_shared(message)
             if snap is not None:
@@ -353,7 +346,7 @@ class MutatorCore(BaseCore):
                 continue
             flight = self._in_flight.pop(message.id, None)
             if flight is None:
-                self.counters["peer_outcomes" if self._replicated else "unknown_outcomes"] += 1
+                self.counters[self._planner.foreign_outcome] += 1
                 continue
             self._dirty = True
             step = flight.step
@@ -377,13 +370,11 @@ class MutatorCore(BaseCore):
     def tick(self, now: float) -> list[Outgoing]:
         """Start steps and generate chunks while credits, budget and the tick budget allow; then the state record."""
         self._go_live()
-        if self._replicated and self._leader and not self._replan_checked:
-            self._replan_checked = True
-            if self._replan():  # the plan first: no child of the step before it is delivered
-                return [self._plan_output(), self._state_output()]
+        first = self._planner.before_emit(self)
+        if first is not None:
+            return first
         out = self._emit_chunks()
-        if self._replicated and self._leader:
-            self._plan_end()
+        self._planner.after_emit(self)
         if self._replicas.pending is not None:
             out.append(self._plan_output())
         if self._dirty:
@@ -400,36 +391,6 @@ class MutatorCore(BaseCore):
         assert replicas.pending is not None
         plan, replicas.pending = replicas.pending, None
         return Outgoing(STATE_TOPIC, plan.to_message(replicas.plan_key, self._fingerprint()), key=replicas.plan_key, after=True)
-
-    def _replan(self) -> bool:
-        """After a restart: the leader's open step whose plan never reached the topic is planned again.
-
-        The plan and the leader's state go out in one tick; a crash between the two sends can
-        leave the state alone. No child of that step exists then (the leader generates only
-        after that tick is delivered, the others need the plan), so W is unchanged and the same
-        draw gives the same parents: checked against the leader's own share before sending.
-        """
-        opened, plan = self._open, self._replicas.plan
-        if opened is None or not opened.queue or (plan is not None and plan.open is not None and plan.open.number >= opened.number):
-            return False
-        units = _units(self._draw(opened.number))
-        if [(u.parent.id, u.n, u.offset) for u in self._replicas.share(units)] != [(u.parent.id, u.n, u.offset) for u in opened.queue]:
-            raise ConfigError(f"step {opened.number}: its plan is missing and W no longer gives the same parents; start a new run (new prefix)")
-        self.counters["plans_resent"] += 1
-        self._replicas.publish(opened.number + 1, StepState(opened.number, units))
-        return True
-
-    def _plan_end(self) -> None:
-        """The leader's budget is spent: tell the other replicas that no step follows (once).
-
-        Only once every replica has opened the last step: the plan is one record on a compacted
-        topic, and a replica that read the end before the last step's plan would skip that step.
-        """
-        plan = self._replicas.plan
-        if not self.exhausted or (plan is not None and plan.open is None and plan.step == self._step):
-            return
-        if self._replicas.all_opened(self._step):
-            self._replicas.publish(self._step)
 
     def _emit_chunks(self) -> list[Outgoing]:
         self._expire_credits()
@@ -468,8 +429,11 @@ class MutatorCore(BaseCore):
             self.counters["steps_finished"] += 1
             self._open = None
             self._dirty = True
-        if self._replicated and not self._leader:
-            return self._adopt_plan()
+        return self._planner.open_step(self)
+
+    def _open_drawn_step(self) -> bool:
+        """Open the next step with parents drawn from W if the budget, credits and W allow (a lone mutator, the leader)."""
+        cfg = self.config
         if self.exhausted:
             return False
         if cfg.max_candidates is not None and self._emitted >= cfg.max_candidates:
@@ -479,8 +443,8 @@ class MutatorCore(BaseCore):
             return False
         if cfg.synchronous and self._in_flight:
             return False
-        if self._replicated and self._replicas.planned(self._step):
-            return self._adopt_plan()  # planned before a restart: the other replicas may hold its parents already
+        if self._planner.planned(self._step):
+            return self._adopt_plan()
         parents = self._draw(self._step)
         if not parents:
             return False
@@ -488,10 +452,9 @@ class MutatorCore(BaseCore):
             self.counters["new_model_steps"] += 1
             reason = f"so that model version {self._models.newest} is used" if self._models.seen else "while no model version is published yet"
             log.info("step %d: one step past the budget %s", self._step, reason)
-        units = _units(parents)
+        units = units_of(parents)
         self._open = StepState(self._step, self._replicas.share(units))
-        if self._replicated:  # the plan goes out with this tick's state, before any child of the step
-            self._replicas.publish(self._step + 1, StepState(self._step, units))
+        self._planner.opened(self._step, units)
         log.info(
             "step %d opened: %d parents from W of %d (parents %s, emitted so far %d)",
             self._step, len(parents), len(self.W), _digest(p.id for p in parents), self._emitted,
@@ -621,13 +584,10 @@ class MutatorCore(BaseCore):
         """True once every candidate of step ``number`` is accounted for and W shows their results."""
         if any(credit.step == number for credit in self._in_flight.values()):
             return False
-        if self._replicated and not self._leader:
-            return True  # the leader settles the step; the waits stay in the state for it to read
-        need = self._waits.get(number)
-        if self._replicated:
-            if not self._replicas.peers_done(number):
-                return False
-            need = self._replicas.waits_of(number, need)
+        return self._planner.settled(self, number)
+
+    def _results_shown(self, number: int, need: dict[int, int] | None) -> bool:
+        """True once W shows the results of step ``number`` at the solved positions ``need`` (static: at once)."""
         if not self.spec.dynamic or not need:
             self._waits.pop(number, None)
             return True
@@ -742,16 +702,6 @@ class MutatorCore(BaseCore):
 def _digest(ids: Any) -> str:
     """A short digest of a sequence of ids (equal steps log equal digests)."""
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
-
-
-def _units(parents: list[Seed | Elite]) -> list[Unit]:
-    """Group a step's parents by id (first appearance order): a parent drawn k times gets n = k."""
-    counts: dict[str, int] = {}
-    first: dict[str, Seed | Elite] = {}
-    for parent in parents:
-        counts[parent.id] = counts.get(parent.id, 0) + 1
-        first.setdefault(parent.id, parent)
-    return [Unit(first[pid], counts[pid], 0) for pid in counts]
 
 
 def build_mutator(config: MutatorConfig, *, backend: GenerationBackend | None = None, clock: Any = time.time) -> MutatorCore:
