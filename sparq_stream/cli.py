@@ -250,6 +250,8 @@ def tail(
                 for rec in polled[tp]:
                     last = time.monotonic()
                     row = _tail_row(rec, is_dlq, decode, to_jsonable, dead_letter_from_record)
+                    if row is None:  # a run's end marker: the wrapper's, not a message of the topic
+                        continue
                     typer.echo(_json_line(row))
                     count += 1
                     if max_messages is not None and count >= max_messages:
@@ -268,7 +270,7 @@ def _json_line(row: dict[str, Any]) -> str:
     return json.dumps(row, sort_keys=True, ensure_ascii=False).translate(_LINE_BREAKS)
 
 
-def _tail_row(rec: Any, is_dlq: bool, decode: Any, to_jsonable: Any, dead_letter_from_record: Any) -> dict[str, Any]:
+def _tail_row(rec: Any, is_dlq: bool, decode: Any, to_jsonable: Any, dead_letter_from_record: Any) -> dict[str, Any] | None:
     meta = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
     key = rec.key.decode("utf-8", "replace") if rec.key is not None else None
     if is_dlq:
@@ -278,8 +280,13 @@ def _tail_row(rec: Any, is_dlq: bool, decode: Any, to_jsonable: Any, dead_letter
         return {"_meta": meta, "key": key, **row}
     if rec.value is None:
         return {"_meta": meta, "key": key, "tombstone": True}
+    from sparq_stream.messages import EndMarker
+
     try:
-        return {"_meta": meta, "key": key, **to_jsonable(decode(rec.value))}
+        message = decode(rec.value)
+        if isinstance(message, EndMarker):
+            return None
+        return {"_meta": meta, "key": key, **to_jsonable(message)}
     except SparqError as exc:
         return {"_meta": meta, "key": key, "undecodable": str(exc)}
 

@@ -13,7 +13,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 from sparq_stream.messages import Message
 
-__all__ = ["EVERY_PARTITION", "FANOUT_HEADER", "Inbound", "Outgoing", "Core", "BaseCore", "fanout_of"]
+__all__ = ["EVERY_PARTITION", "FANOUT_HEADER", "Inbound", "Outgoing", "Core", "BaseCore", "SourceEnd", "fanout_of"]
 
 #: ``Outgoing.partition`` meaning: one copy of the record on every partition of its topic.
 EVERY_PARTITION = -1
@@ -68,6 +68,19 @@ def fanout_of(inbound: Inbound) -> tuple[int, int] | None:
     return None
 
 
+@dataclass(frozen=True)
+class SourceEnd:
+    """A bounded source's end: its ``share`` (of ``shares``) of the run is spent and accounted for, at ``epoch``.
+
+    ``epoch`` grows when the source is given more work after an end (a new model's steps); the
+    wrapper then writes a new end marker behind that work.
+    """
+
+    epoch: int
+    share: int = 0
+    shares: int = 1
+
+
 @runtime_checkable
 class Core(Protocol):
     """What the process wrapper and the in-memory runner read of a service core.
@@ -80,7 +93,10 @@ class Core(Protocol):
     partition of its inputs joins a group of its own, ``<group>.<group_member>``.
     ``wakes_on_tables``: a table record can let the core emit, so an input poll's wait is cut
     in slices with the tables read between them. ``done``: a bounded source has nothing left
-    to do (the in-memory runner stops there).
+    to do (the in-memory runner stops there). ``source_end``: a bounded source (the mutator)
+    says here when its share of the run has ended; the wrapper then writes the end marker (cores
+    never see or write markers). ``settled``: False while work in progress may still emit (a
+    trainer's run): the wrapper does not report the end passed meanwhile.
     """
 
     name: str
@@ -91,6 +107,8 @@ class Core(Protocol):
     group_member: str | None = None
     wakes_on_tables: bool = False
     done: bool = False
+    source_end: SourceEnd | None = None
+    settled: bool = True
 
     def handle(self, inbound: Inbound) -> list[Outgoing]:
         """Handle one message; raise a retriable SparqError to be retried, any other to dead-letter it."""

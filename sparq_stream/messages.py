@@ -46,6 +46,8 @@ __all__ = [
     "OPERATOR_VALUES",
     "VARIANT_VALUES",
     "MutatorState",
+    "EndMarker",
+    "END_KEY_PREFIX",
     "Watermark",
     "WATERMARK_KEY",
     "ID_PATTERN",
@@ -402,6 +404,48 @@ class Watermark(Message):
         return WATERMARK_KEY
 
 
+#: The key of every end marker starts with this (no problem id, slot or watermark key does).
+END_KEY_PREFIX = "~end."
+
+
+class EndMarker(Message):
+    """The end of a bounded run on one partition (a final watermark): no record of the run follows it there.
+
+    The process wrapper writes one copy to every partition of each output topic (header
+    ``sparq.fanout``), behind every output of the run: a source (the mutator) once its share of
+    the run is spent and accounted for, any other stage once every input partition it ``covers``
+    is ended and everything before it there is delivered. A reader's partition is ended for a
+    writing stage when the ``covers`` of that stage's markers (from any of its instances) add up
+    to all ``of`` of its input partitions (docs/reliability.md, "How a bounded run ends").
+    Cores never see one; ``sparq tail`` and the example consumers skip it.
+    """
+
+    SCHEMA: ClassVar[str] = "sparq.end_marker"
+    VERSION: ClassVar[int] = 2
+
+    RULES: ClassVar[tuple[str, ...]] = ("covers: distinct, each below of",)
+
+    run: str = Field(min_length=1, description="the run (topic prefix) the marker ends")
+    stage: str = Field(min_length=1, description="the service that wrote it (mutator, novelty, solver, archivist, trainer)")
+    instance: str = Field(default="", description="the instance of that service that wrote it")
+    epoch: Count = Field(default=1, description="which end: a source that was given more work after an end ends again with a larger epoch")
+    source: str = Field(default="", description="the logical input topic whose partitions it covers ('' for a source: its shares of the run)")
+    covers: list[Count] = Field(default_factory=list, description="the input partitions (a source: the shares) this writer has ended")
+    of: Annotated[int, Field(ge=1)] = Field(default=1, description="how many partitions (shares) the input has in all")
+    ts: Epoch = Field(default_factory=time.time, description=_CREATED)
+
+    @model_validator(mode="after")
+    def _covers_within(self) -> "EndMarker":
+        """Covers are distinct partitions below ``of``."""
+        if len(set(self.covers)) != len(self.covers) or any(c >= self.of for c in self.covers):
+            raise ValueError(f"covers: {self.covers[:20]} must be distinct partitions below of={self.of}")
+        return self
+
+    def kafka_key(self) -> str | None:
+        """One key per writing instance (a compacted topic keeps its newest end)."""
+        return f"{END_KEY_PREFIX}{self.stage}.{self.instance}"
+
+
 class MutatorState(Message):
     """The mutator's state, the one record per mutator key of its compacted changelog topic.
 
@@ -455,7 +499,7 @@ _ENVELOPE = frozenset({"schema", "version"})
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.SCHEMA: cls
-    for cls in (Seed, Candidate, NovelCandidate, SolveResult, Elite, ModelVersion, Metric, DeadLetter, Dropped, Watermark, MutatorState)
+    for cls in (Seed, Candidate, NovelCandidate, SolveResult, Elite, ModelVersion, Metric, DeadLetter, Dropped, Watermark, MutatorState, EndMarker)
 }
 
 

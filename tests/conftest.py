@@ -16,6 +16,30 @@ REPO = Path(__file__).resolve().parents[1]
 SEEDS_FILE = REPO / "examples" / "seeds" / "gsm8k_train_512.jsonl"
 
 
+def _is_slow(item: pytest.Item) -> bool:
+    return item.get_closest_marker("slow") is not None or item.get_closest_marker("e2e") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, start the slow modules first on both workers (a module's tests stay together).
+
+    Work stealing hands each worker one contiguous half of this order: the slow modules are
+    dealt alternately to the head of each half, so neither worker is left with a several-minute
+    end-to-end test at the end of the run.
+    """
+    if not getattr(config.option, "numprocesses", None):
+        return
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    slow = [group for group in modules.values() if any(_is_slow(i) for i in group)]
+    fast = [i for group in modules.values() if not any(_is_slow(i) for i in group) for i in group]
+    first = [i for group in slow[0::2] for i in group]
+    second = [i for group in slow[1::2] for i in group]
+    fill = max(0, len(items) // 2 - len(first))
+    items[:] = first + fast[:fill] + second + fast[fill:]
+
+
 def _wanted_brokers() -> list[str]:
     raw = os.environ.get("SPARQ_TEST_BROKERS", "tansu,kafka")
     return [b.strip() for b in raw.split(",") if b.strip()]

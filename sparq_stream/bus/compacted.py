@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from sparq_stream.bus.client import make_consumer
 from sparq_stream.errors import BrokerUnavailable, ConfigError
-from sparq_stream.messages import Message, decode
+from sparq_stream.messages import END_KEY_PREFIX, Message, decode
 from sparq_stream.settings import ServiceSettings
 
 __all__ = ["partitions_of", "caught_up", "iter_records", "read_latest"]
@@ -71,10 +71,12 @@ def read_latest(
     decoder: Callable[[bytes], Any] = decode,
     timeout_s: float = 60.0,
 ) -> dict[str, Message | Any]:
-    """Rebuild key -> latest value from a (compacted) topic read from the beginning."""
+    """Rebuild key -> latest value from a (compacted) topic read from the beginning (a run's end markers left out)."""
     table: dict[str, Any] = {}
     for rec in iter_records(settings, topic, timeout_s=timeout_s):
         key = rec.key.decode("utf-8", "replace") if rec.key is not None else ""
+        if key.startswith(END_KEY_PREFIX):
+            continue
         if rec.value is None:
             table.pop(key, None)
         else:

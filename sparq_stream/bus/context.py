@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sparq_stream.bus.lifecycle import Lifecycle
 from sparq_stream.bus.metrics import ServiceMetrics
@@ -26,6 +27,7 @@ class ProcessContext:
     metrics: ServiceMetrics
     probes: Probes
     lifecycle: Lifecycle
+    ends: Any = None  # the end-marker plan (sparq_stream.bus.markers.EndPlan), set once the core is known
 
     @classmethod
     def create(cls, name: str, settings: ServiceSettings) -> ProcessContext:

@@ -23,6 +23,8 @@ transactional id ``<group>.<instance>`` and fences its predecessor.
   and :class:`~sparq_stream.bus.producer.ProducerSlot`): produce, acknowledge, commit or
   transact, dead letters, refused records, producer replacement.
 - :class:`~sparq_stream.bus.tables.TableFollower`: table topics read whole on start, then followed.
+- :class:`~sparq_stream.bus.ending.Ending`: end markers of a bounded run read, written and forwarded
+  behind the outputs, commits held at a marker not forwarded yet (:mod:`sparq_stream.bus.markers`).
 - :class:`~sparq_stream.bus.role.Role`: one active replica and hot standbys for an ``exclusive`` core.
 - :class:`~sparq_stream.bus.telemetry.MetricsPublisher` and ``/metrics``, ``/healthz``,
   ``/readyz`` (with ``http_port``) from the start, the model load included.
@@ -43,6 +45,7 @@ from kafka.structs import OffsetAndMetadata
 
 from sparq_stream.bus.context import ProcessContext
 from sparq_stream.bus.delivery import Delivery
+from sparq_stream.bus.ending import Ending
 from sparq_stream.bus.handling import Handler
 from sparq_stream.bus.intake import HeldBatch, Intake
 from sparq_stream.bus.loading import load_in_thread
@@ -97,6 +100,7 @@ class ServiceProcess:
         self.delivery = Delivery(ctx, self.producers, lambda: self.intake.consumer)
         self.tables = TableFollower(ctx, core, self.delivery)
         self.handler = Handler(ctx, core)
+        self.ending = Ending(ctx, core)
         self.telemetry = MetricsPublisher(ctx, core, self.producers, self.intake, self.tables, self.role)
 
     @property
@@ -190,6 +194,8 @@ class ServiceProcess:
         intake = self.intake
         if intake.held is not None:
             intake.redeliver(self.delivery)
+            if intake.held is None:
+                self.ending.delivered()
             self.telemetry.publish()
             return False
         if intake.consumer is None and self.role.consumer is not None:
@@ -220,8 +226,12 @@ class ServiceProcess:
         ticked = self.core.tick(time.time())
         intake.eager = bool(ticked)
         pairs.extend((out, None) for out in ticked)
+        pairs.extend((out, None) for out in self.ending.outputs(intake.consumer, self.tables.consumer))  # behind all else
+        self.ending.hold(offsets)
         if (records or pairs or dead) and not self.delivery.deliver(pairs, dead, offsets):
             intake.hold(HeldBatch(pairs, dead, offsets))
+        else:
+            self.ending.delivered()
         self.metrics.set("in_flight", 0)
         if records:
             self.metrics.inc("consumed", len(records))
@@ -247,7 +257,8 @@ class ServiceProcess:
                 self.metrics.inc("decode_errors")
                 dead.append(DeadLetter(rec, type(exc).__name__, str(exc)))
                 continue
-            inbound.append(to_inbound(self.ctx.names, rec, message))
+            if not self.ending.take(rec, message):  # an end marker is the wrapper's, never the core's
+                inbound.append(to_inbound(self.ctx.names, rec, message))
         return offsets, inbound, dead
 
 

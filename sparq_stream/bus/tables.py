@@ -20,6 +20,7 @@ from sparq_stream.bus.delivery import Delivery
 from sparq_stream.bus.records import DeadLetter, UnexpectedTombstone, decode_record, flatten, to_inbound
 from sparq_stream.core import Core, Outgoing
 from sparq_stream.errors import RetriableError, SparqError
+from sparq_stream.messages import EndMarker
 
 __all__ = ["TableFollower"]
 
@@ -129,6 +130,12 @@ class TableFollower:
             self.ctx.log.warning("%s dead-lettered: %s", where, exc)
             self.ctx.metrics.inc("table_tombstones_rejected" if isinstance(exc, UnexpectedTombstone) else "table_decode_errors")
             return DeadLetter(rec, type(exc).__name__, str(exc))
+        if isinstance(message, EndMarker):  # the wrapper's, never the core's
+            if self.ctx.ends is not None and message.run == self.ctx.settings.prefix:
+                logical = self.ctx.names.logical(rec.topic) or rec.topic
+                self.ctx.ends.book.add(logical, rec.partition, message)
+            self.ctx.metrics.inc("end_markers_seen")
+            return None
         try:
             outputs = self.core.on_table(to_inbound(self.ctx.names, rec, message))
         except Exception as exc:  # noqa: BLE001 - a bad table record must not stop the service

@@ -312,6 +312,11 @@ class TrainerCore(BaseCore):
         """True from the start of a fine-tuning run until its version is published, and while the base is scored."""
         return self._job is not None or (self._base_job is not None and not self._base_job.done())
 
+    @property
+    def settled(self) -> bool:
+        """False while training (its version may give the mutator more steps): the end is not passed meanwhile."""
+        return not self.training
+
     def _maybe_train(self) -> list[Outgoing]:
         """Start a fine-tuning run on the last export when ``train_every`` new examples have accumulated."""
         self._recheck = False

@@ -60,9 +60,9 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "small": Budget("small", steps=2, run_timeout_s=100.0, kills=6, kill_interval_s=1.5, kills_of_one=3,
+    "small": Budget("small", steps=2, run_timeout_s=300.0, kills=6, kill_interval_s=1.5, kills_of_one=3,
                     poison=600, poison_large=7, stall_s=10.0, outage_s=20.0, hostile_scale=1, long_steps=6),
-    "full": Budget("full", steps=10, run_timeout_s=300.0, kills=20, kill_interval_s=2.5, kills_of_one=5,
+    "full": Budget("full", steps=10, run_timeout_s=600.0, kills=20, kill_interval_s=2.5, kills_of_one=5,
                    poison=10_000, poison_large=14, stall_s=60.0, outage_s=30.0, hostile_scale=4),
 }
 

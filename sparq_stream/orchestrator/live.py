@@ -42,8 +42,8 @@ def contamination_line(novelty: dict[str, Any] | None) -> str:
 def render(snapshot: dict[str, dict[str, Any]], rate: float, elapsed: float, services: list[Any]) -> Group:
     """Build the view: per-stage table, drops by reason, SR histogram, coverage and elites."""
     table = Table(title=f"sparq up — {elapsed:,.0f}s", expand=False)
-    for col in ("stage", "procs", "in", "out", "lag", "details"):
-        table.add_column(col, justify="right" if col in ("procs", "in", "out", "lag") else "left")
+    for col in ("stage", "procs", "in", "out", "lag", "end", "details"):  # end: the end-marker epoch the stage passed
+        table.add_column(col, justify="right" if col in ("procs", "in", "out", "lag", "end") else "left")
     mut, nov, sol, arc, tra = (snapshot.get(n) for n in ("mutator", "novelty", "solver", "archivist", "trainer"))
     drops = {
         k.removeprefix("dropped_"): v
@@ -67,6 +67,7 @@ def render(snapshot: dict[str, dict[str, Any]], rate: float, elapsed: float, ser
             f"{_v(row, 'consumed'):.0f}",
             f"{_v(row, 'produced'):.0f}",
             f"{_v(row, 'lag'):.0f}",
+            f"{_v(row, 'end_passed'):.0f}" if _v(row, "end_passed") > 0 else "-",
             details[name],
         )
     bins = [_v(arc, f"sr_bin_{i}") for i in range(10)]

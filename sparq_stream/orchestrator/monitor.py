@@ -28,7 +28,7 @@ from sparq_stream.errors import SparqError
 from sparq_stream.messages import Metric, decode
 from sparq_stream.settings import ServiceSettings
 
-__all__ = ["MetricsMonitor", "MetricsBook", "INSTANT_GAUGES"]
+__all__ = ["MetricsMonitor", "MetricsBook", "HIGH_WATER_GAUGES", "INSTANT_GAUGES"]
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,14 @@ INSTANT_GAUGES = frozenset(
         "lag", "lag_unknown", "in_flight", "max_in_flight", "step", "w_size", "w_elites", "model_version",
         "exhausted", "done", "index_size", "index_bytes", "heldout_size", "contamination_check", "pending", "coverage", "qd_score",
         "yield_rate", "archive_size", "pending_rows", "elites", "problems", "examples", "latest_version",
-        "training", "pending_changes", "batch_seconds", "model_seen",
+        "training", "pending_changes", "batch_seconds", "model_seen", "end_passed",
     }
 )
 """Gauges that are a state now, not a running total: taken from the newest incarnation only."""
+
+HIGH_WATER_GAUGES = frozenset({"end_passed"})
+"""Gauges that record a fact once reached (the end epoch a stage passed): the highest over incarnations.
+A restarted stage that had forwarded the end before its kill does not read those markers again."""
 
 _STARTED = "started_at"
 
@@ -97,7 +101,9 @@ class MetricsBook:
                 if leaders[service] == instance:
                     incs = [inc for inc in incs if inc.last.gauges.get("active", 0.0) >= 1.0][-1:] or incs[-1:]
             for k in names:
-                if k in INSTANT_GAUGES:
+                if k in HIGH_WATER_GAUGES:
+                    row["gauges"][k] = max(row["gauges"].get(k, 0.0), max(inc.last.gauges.get(k, 0.0) for inc in incs))
+                elif k in INSTANT_GAUGES:
                     row["gauges"][k] += newest.get(k, 0.0)
                 else:
                     row["gauges"][k] += _total(incs, k)
@@ -128,6 +134,8 @@ class MetricsBook:
                 continue
             if any(name in inc.last.counters for inc in incs):
                 out[instance] = sum(inc.last.counters.get(name, 0.0) for inc in incs)
+            elif name in HIGH_WATER_GAUGES:
+                out[instance] = max(inc.last.gauges.get(name, 0.0) for inc in incs)
             elif name in INSTANT_GAUGES:
                 out[instance] = incs[-1].last.gauges.get(name, 0.0)
             else:

@@ -310,30 +310,76 @@ def load_seed_set(config: UpConfig, refused: list[Any] | None = None, cache_dir:
 
 
 
-def _finished(monitor: Any, idle_since: dict[str, float], supervisor: Any, training: bool = False, fresh_s: float = 1.5) -> bool:
-    """The mutator is done (every candidate solved or dropped) and every service has read all of its input.
+#: Seconds the lag check must hold before it ends a run whose end markers have not passed (a fallback).
+FALLBACK_IDLE_S = 30.0
 
-    Every stage must report a known zero lag for 2 s: a record that arrives after the last
-    candidate's outcome (a late duplicate, a malformed record) is still handled, or dead-lettered,
-    before the services are stopped. Only a live process's own report counts: while a service
-    waits to be restarted, or its new process has not reported yet, the last figures of the
-    dead one (often a lag of 0) say nothing about what is still unread. With ``training`` the
-    mutator must also report having seen the trainer's newest version: a new version can undo
-    its ``done`` (a step past the budget), and a ``done`` published before it saw the version is
-    out of date. Every live process's newest report must also be at most ``fresh_s`` old: a
-    process too busy to report (a large batch on a loaded machine) may be reading records that
-    arrived after its last "lag 0", so that report no longer stands.
+
+def _finished(
+    monitor: Any, idle_since: dict[str, float], supervisor: Any, training: bool = False, fresh_s: float = 1.5,
+    held: bool = False,
+) -> bool:
+    """The run is over: the end markers have passed its last stages (the lag check only as a fallback).
+
+    Every mutator replica is done (its share spent, every candidate solved or dropped) and has
+    written its end marker (epoch E); the run ends once the archivist has forwarded epoch E (it
+    holds every solver's marker for every partition, so every result before it is archived) and,
+    with ``training``, the trainer has passed E (its tables are ended, no training in progress)
+    and every mutator has seen the trainer's newest version (a new version can undo a ``done``:
+    the mutator then ends again, later, with a larger epoch). ``held``: a drill's ``hold`` was
+    used, its records written while the run went on must also be read: the lag check must hold too.
+
+    The lag check (:func:`_lag_idle`) ends a run whose markers have not passed only after it has
+    held for :data:`FALLBACK_IDLE_S` (a stage that gave up, or a build without markers), with a
+    warning naming the stage the end is waiting on.
     """
     snap = monitor.snapshot()
     mutators = [p.name for p in supervisor.services if p.service == "mutator"]
     done = monitor.per_instance("mutator", "done")
     if not snap.get("mutator") or not mutators or any(done.get(name, 0.0) < 1.0 for name in mutators):
+        idle_since.pop("mutator", None)
         return False  # every mutator replica: each holds the credits of its own share
     trainer = snap.get("trainer")
     seen = monitor.per_instance("mutator", "model_seen")
     if training and trainer and trainer["gauges"].get("latest_version", 0.0) > min(seen.get(name, 0.0) for name in mutators):
         idle_since.pop("mutator", None)
         return False
+    waiting = _end_waits_on(monitor, supervisor, mutators, training)
+    idle = _lag_idle(monitor, snap, idle_since, supervisor, fresh_s)
+    if waiting is None:
+        if held and not idle:
+            return False
+        log.info("the end markers have passed every stage: the run is finished")
+        return True
+    if idle and all(time.monotonic() - since >= FALLBACK_IDLE_S for since in idle_since.values()):
+        log.warning("the end marker has not passed %s, but every service has read all of its input for %.0fs: "
+                    "ending on the lag check (fallback)", waiting, FALLBACK_IDLE_S)
+        return True
+    return False
+
+
+def _end_waits_on(monitor: Any, supervisor: Any, mutators: list[str], training: bool) -> str | None:
+    """None once the end markers have passed the last stages, else the stage the end waits on."""
+    written = monitor.per_instance("mutator", "end_passed")
+    epoch = min(written.get(name, 0.0) for name in mutators)
+    if epoch <= 0:
+        return "mutator"
+    for stage in ("archivist", "trainer") if training else ("archivist",):
+        if not any(p.service == stage and not p.gave_up for p in supervisor.services):
+            return stage  # not run, or given up on: only the fallback can end the run
+        if max(monitor.per_instance(stage, "end_passed").values(), default=0.0) < epoch:
+            return stage
+    return None
+
+
+def _lag_idle(monitor: Any, snap: dict[str, Any], idle_since: dict[str, float], supervisor: Any, fresh_s: float) -> bool:
+    """Every service has reported a known zero lag since ``idle_since`` (its fresh reports confirm it) for 2 s.
+
+    Only a live process's own report counts: while a service waits to be restarted, or its new
+    process has not reported yet, the last figures of the dead one (often a lag of 0) say
+    nothing about what is still unread. Every live process's newest report must also be at most
+    ``fresh_s`` old: a process too busy to report may be reading records that arrived after its
+    last "lag 0".
+    """
     now, wall = time.monotonic(), time.time()
     confirmed = True
     for name in ("mutator", "novelty", "solver", "archivist", "trainer"):
@@ -494,7 +540,8 @@ def run_up(
     caches live in ``out/state/<prefix>``, so a new run never restores another run's.
     ``on_tick(supervisor, monitor)`` is called twice a second (tests use it to kill services mid-run).
     While ``hold()`` is true the run does not end at its budget (a drill still producing records
-    of its own); the 2 s of idleness are counted from its release.
+    of its own); after its release the run ends once the end markers have passed and every
+    service has read all of its input for 2 s (the drill's records too: they may follow the markers).
     """
     from sparq_stream.orchestrator.lifetime import RunLock, check_out_dir
 
@@ -612,6 +659,7 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
                     supervisor.add(name, service, args, {**child_environment(child), **env})
             started = time.monotonic()
             idle: dict[str, float] = {}
+            held = False  # a drill's hold was used: its records must be read too
             live = view(monitor, supervisor) if view else None
             if live is not None:
                 stack.enter_context(live)
@@ -633,7 +681,8 @@ def _run_locked(config: UpConfig, signals: _Signals, *, view: Any, on_tick: Any,
                     break
                 if hold is not None and hold():
                     idle.clear()
-                elif _finished(monitor, idle, supervisor, training=config.train_every > 0, fresh_s=2.0 * config.metrics_interval_s):
+                    held = True
+                elif _finished(monitor, idle, supervisor, training=config.train_every > 0, fresh_s=2.0 * config.metrics_interval_s, held=held):
                     break
                 if config.timeout_s is not None and time.monotonic() - started > config.timeout_s:
                     reason, end = f"timeout after {config.timeout_s:.0f}s", RunEnd.TIMEOUT

@@ -19,7 +19,7 @@ from pydantic import StringConstraints, WithJsonSchema
 from pydantic.fields import FieldInfo
 
 from sparq_stream.ids import problem_id
-from sparq_stream.messages import ID_PATTERN, Elite, Message, ModelVersion, MutatorState, NovelCandidate, SolveResult, Watermark, encode
+from sparq_stream.messages import ID_PATTERN, Elite, EndMarker, Message, ModelVersion, MutatorState, NovelCandidate, SolveResult, Watermark, encode
 
 _TEXT = st.text(max_size=40)
 _SKILL = st.text(alphabet="abcdefghij klmn", min_size=1, max_size=12).map(lambda s: " ".join(s.split()) or "a")
@@ -127,6 +127,8 @@ def _valid(draw: Callable[[st.SearchStrategy[Any]], Any], cls: type[Message]) ->
         if kw["open_step"] is not None:
             kw["step"] = max(kw["step"], 1)
             kw["open_step"] = kw["open_step"] % kw["step"]
+    if cls is EndMarker:  # covers: distinct partitions below of
+        kw["covers"] = sorted({c % kw["of"] for c in kw["covers"]})
     return cls(**kw)
 
 
@@ -186,6 +188,8 @@ def _breakers(cls: type[Message], body: dict[str, Any]) -> list[tuple[str, st.Se
         set_to("open_step", st.integers(body["step"], body["step"] + 10))
     if cls is Watermark:
         set_to("offsets", st.just({"p1": 3}))
+    if cls is EndMarker:
+        out.append(("covers", st.just({**body, "covers": [body["of"]]})))
     return out
 
 

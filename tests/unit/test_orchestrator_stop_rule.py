@@ -1,4 +1,4 @@
-"""The stop rule of ``sparq up``: only a live process's own report of zero lag counts."""
+"""The stop rule of ``sparq up``: the end markers passing; the lag check (a live process's own zero lag) as a fallback."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from pathlib import Path
 from sparq_stream.messages import Metric
 from sparq_stream.orchestrator.monitor import MetricsBook
 from sparq_stream.orchestrator.supervisor import ServiceProc
-from sparq_stream.orchestrator.up import _finished
+from sparq_stream.orchestrator.up import FALLBACK_IDLE_S, _finished
 
 _SERVICES = ("mutator", "novelty", "solver", "archivist", "trainer")
+#: Idle for longer than the fallback window (seconds).
+_LONG = FALLBACK_IDLE_S + 10
 
 
 class _Proc:
@@ -60,14 +62,59 @@ def _world(now: float) -> tuple[MetricsBook, list[ServiceProc]]:
     return book, procs
 
 
-def test_all_idle_and_live_for_two_seconds_finishes() -> None:
+def test_without_markers_the_lag_check_ends_the_run_only_after_the_fallback_window() -> None:
     now = time.time()
     book, procs = _world(now)
     idle: dict[str, float] = {}
     assert not _finished(_Monitor(book), idle, _Supervisor(procs))  # idle only just now
     for name in idle:
         idle[name] -= 3.0
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs))  # the old 2 s: no longer enough
+    for name in idle:
+        idle[name] -= FALLBACK_IDLE_S
     assert _finished(_Monitor(book), idle, _Supervisor(procs))
+
+
+def test_the_run_ends_once_the_archivist_passed_the_mutators_end() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    _report(book, "mutator", "mutator", now - 99, lag=0.0, lag_unknown=0.0, done=1.0, end_passed=3.0)
+    _report(book, "archivist", "archivist", now - 99, lag=5.0, lag_unknown=0.0, end_passed=2.0)  # an earlier end only
+    idle: dict[str, float] = {}
+    assert not _finished(_Monitor(book), idle, _Supervisor(procs))
+    _report(book, "archivist", "archivist", now - 99, lag=5.0, lag_unknown=0.0, end_passed=3.0)
+    assert _finished(_Monitor(book), {}, _Supervisor(procs))  # no lag to watch: the marker says it all
+
+
+def test_a_mutator_given_more_work_after_its_end_is_not_finished() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    _report(book, "mutator", "mutator", now - 99, lag=0.0, lag_unknown=0.0, done=0.0, end_passed=3.0)
+    _report(book, "archivist", "archivist", now - 99, lag=0.0, lag_unknown=0.0, end_passed=3.0)
+    assert not _finished(_Monitor(book), {}, _Supervisor(procs))
+
+
+def test_with_training_the_trainer_must_pass_the_end_too() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    _report(book, "mutator", "mutator", now - 99, lag=0.0, lag_unknown=0.0, done=1.0, end_passed=3.0, model_seen=2.0)
+    _report(book, "archivist", "archivist", now - 99, lag=0.0, lag_unknown=0.0, end_passed=3.0)
+    _report(book, "trainer", "trainer", now - 99, lag=0.0, lag_unknown=0.0, latest_version=2.0, end_passed=0.0)
+    assert not _finished(_Monitor(book), {}, _Supervisor(procs), training=True)
+    assert _finished(_Monitor(book), {}, _Supervisor(procs))  # without training the archivist is the last stage
+    _report(book, "trainer", "trainer", now - 99, lag=0.0, lag_unknown=0.0, latest_version=2.0, end_passed=3.0)
+    assert _finished(_Monitor(book), {}, _Supervisor(procs), training=True)
+
+
+def test_after_a_hold_the_markers_and_the_lag_check_must_both_hold() -> None:
+    now = time.time()
+    book, procs = _world(now)
+    _report(book, "mutator", "mutator", now - 99, lag=0.0, lag_unknown=0.0, done=1.0, end_passed=1.0)
+    _report(book, "archivist", "archivist", now - 99, lag=4.0, lag_unknown=0.0, end_passed=1.0)  # a drill's records
+    assert not _finished(_Monitor(book), {}, _Supervisor(procs), held=True)
+    _report(book, "archivist", "archivist", now - 99, lag=0.0, lag_unknown=0.0, end_passed=1.0)
+    idle = {name: time.monotonic() - 3 for name in _SERVICES}
+    assert _finished(_Monitor(book), idle, _Supervisor(procs), held=True)
 
 
 def test_a_dead_service_with_a_stale_zero_lag_holds_the_stop() -> None:
@@ -75,7 +122,7 @@ def test_a_dead_service_with_a_stale_zero_lag_holds_the_stop() -> None:
     book, procs = _world(now)
     archivist = next(p for p in procs if p.name == "archivist")
     archivist.proc = _Proc(alive=False)  # type: ignore[assignment]  # killed: waits for its restart
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert not _finished(_Monitor(book), idle, _Supervisor(procs))
     assert "archivist" not in idle
 
@@ -85,10 +132,10 @@ def test_a_restarted_service_counts_only_once_its_new_process_reported() -> None
     book, procs = _world(now)
     archivist = next(p for p in procs if p.name == "archivist")
     archivist.started_wall = now - 5  # restarted 5 s ago; the book holds only the old process's lag 0
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert not _finished(_Monitor(book), idle, _Supervisor(procs))
     _report(book, "archivist", "archivist", now - 4, lag=0.0, lag_unknown=0.0)
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs))
 
 
@@ -98,7 +145,7 @@ def test_a_given_up_optional_service_is_not_waited_for() -> None:
     trainer = next(p for p in procs if p.name == "trainer")
     trainer.proc = _Proc(alive=False)  # type: ignore[assignment]
     trainer.gave_up = True
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs))
 
 
@@ -113,10 +160,10 @@ def test_every_mutator_replica_must_be_done() -> None:
     for proc in procs:
         done = 1.0 if proc.name == "mutator-0" else 0.0
         _report(book, proc.service, proc.name, now - 99, lag=0.0, lag_unknown=0.0, done=done)
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert not _finished(_Monitor(book), idle, _Supervisor(procs))  # replica 1 still holds credits
     book.add(Metric(service="mutator", instance="mutator-1", ts=time.time(), counters={}, gauges={"started_at": now - 99, "lag": 0.0, "lag_unknown": 0.0, "done": 1.0}))
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs))
 
 
@@ -124,12 +171,12 @@ def test_a_zero_lag_report_older_than_fresh_s_holds_the_stop() -> None:
     """A process too busy to report may be reading records that came after its last lag 0."""
     now = time.time()
     book, procs = _world(now)
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs), fresh_s=5.0)
     time.sleep(0.3)
     assert not _finished(_Monitor(book), idle, _Supervisor(procs), fresh_s=0.2)  # every report is 0.3 s old now
     assert "mutator" not in idle  # its idle window starts again
     for proc in procs:
         _report(book, proc.service, proc.name, now - 99, lag=0.0, lag_unknown=0.0, done=1.0 if proc.service == "mutator" else 0.0)
-    idle = {name: time.monotonic() - 10 for name in _SERVICES}
+    idle = {name: time.monotonic() - _LONG for name in _SERVICES}
     assert _finished(_Monitor(book), idle, _Supervisor(procs), fresh_s=0.2)  # fresh reports: the stop stands

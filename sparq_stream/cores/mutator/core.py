@@ -87,7 +87,7 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import ConfigDict, Field, model_validator
 
-from sparq_stream.core import BaseCore, Inbound, Outgoing
+from sparq_stream.core import BaseCore, Inbound, Outgoing, SourceEnd
 from sparq_stream.cores.mutator.barrier import WatermarkBarrier
 from sparq_stream.cores.mutator.parsing import DEFAULT_MAX_CHARS, ParseWork, parse_child
 from sparq_stream.cores.mutator.reload import ModelFollower
@@ -283,6 +283,13 @@ class MutatorCore(BaseCore):
     def done(self) -> bool:
         """True once the budget is spent and every emitted candidate is solved or dropped."""
         return self.exhausted and not self._in_flight
+
+    @property
+    def source_end(self) -> SourceEnd | None:
+        """This replica's end of the run once :attr:`done` (epoch: steps started + 1, so more steps end anew)."""
+        if not self.done:
+            return None
+        return SourceEnd(self._step + 1, self._replicas.index, self._replicas.count)
 
     @property
     def wakes_on_tables(self) -> bool:
