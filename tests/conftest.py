@@ -27,8 +27,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     dealt alternately to the head of each half, so neither worker is left with a several-minute
     end-to-end test at the end of the run.
     """
-    if not getattr(config.option, "numprocesses", None):
-        return
+    if not hasattr(config, "workerinput"):
+        return  # not an xdist worker (the workers collect; the controller only schedules)
     modules: dict[str, list[pytest.Item]] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)

@@ -15,7 +15,7 @@ __all__ = ["HANDLE_BUCKETS", "WRAPPER_COUNTERS", "WRAPPER_GAUGES", "Histogram", 
 
 #: The wrapper's counters, exported (at 0) before their first increment.
 WRAPPER_COUNTERS: dict[str, str] = {
-    "consumed": "input records polled",
+    "consumed": "input records polled (end markers apart: end_markers_seen)",
     "produced": "output records acknowledged by the broker",
     "dead_lettered": "records sent to the dead-letter topic",
     "retries": "retries of a retriable handler error",

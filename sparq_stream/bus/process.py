@@ -215,7 +215,7 @@ class ServiceProcess:
             self.telemetry.publish()
             return False
         self.tables.poll()
-        offsets, inbound, dead = self._decode(records)
+        offsets, inbound, dead, markers = self._decode(records)
         started = time.monotonic()
         pairs: list[tuple[Outgoing, Any]] = []
         if inbound:
@@ -234,17 +234,18 @@ class ServiceProcess:
             self.ending.delivered()
         self.metrics.set("in_flight", 0)
         if records:
-            self.metrics.inc("consumed", len(records))
+            self.metrics.inc("consumed", len(records) - markers)  # the data records: end markers are counted apart
             self.metrics.inc("batches")
             self.metrics.set("batch_seconds", time.monotonic() - started)
         self.telemetry.publish()
         return bool(records)
 
-    def _decode(self, records: list[Any]) -> tuple[dict[TopicPartition, OffsetAndMetadata], list[Inbound], list[DeadLetter]]:
-        """The offsets to commit, the decoded inputs, and dead letters for what does not decode or was refused."""
+    def _decode(self, records: list[Any]) -> tuple[dict[TopicPartition, OffsetAndMetadata], list[Inbound], list[DeadLetter], int]:
+        """The offsets to commit, the decoded inputs, dead letters for what does not decode or was refused, and the end markers taken."""
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         inbound: list[Inbound] = []
         dead: list[DeadLetter] = []
+        markers = 0
         for rec in records:
             offsets[TopicPartition(rec.topic, rec.partition)] = OffsetAndMetadata(rec.offset + 1, "", -1)
             refused = self.delivery.refused(rec)
@@ -257,9 +258,11 @@ class ServiceProcess:
                 self.metrics.inc("decode_errors")
                 dead.append(DeadLetter(rec, type(exc).__name__, str(exc)))
                 continue
-            if not self.ending.take(rec, message):  # an end marker is the wrapper's, never the core's
+            if self.ending.take(rec, message):  # an end marker is the wrapper's, never the core's
+                markers += 1
+            else:
                 inbound.append(to_inbound(self.ctx.names, rec, message))
-        return offsets, inbound, dead
+        return offsets, inbound, dead, markers
 
 
 def _configure_logging(settings: ServiceSettings) -> None:

@@ -58,7 +58,7 @@ class _KillActive:
 
 
 class _KillOnce:
-    """on_tick: ``kill -9`` the process ``name`` once the first result is scored, while the mutator still works."""
+    """on_tick: ``kill -9`` the process ``name`` once the first result is scored and it has consumed input, while the mutator still works."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -68,6 +68,9 @@ class _KillOnce:
         svc = next(s for s in supervisor.services if s.name == self.name)
         if self.scored_at_kill or not svc.alive or monitor.value("archivist", "scored") < 1 or monitor.value("mutator", "done") >= 1.0:
             return
+        service = self.name.rsplit("-", 1)[0]
+        if monitor.per_instance(service, "consumed").get(self.name, 0.0) < 1:
+            return  # the victim must have taken part (reported input of its own) before it dies
         os.kill(svc.proc.pid, signal.SIGKILL)
         self.scored_at_kill.append(monitor.value("archivist", "scored"))
 
