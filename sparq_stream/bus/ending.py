@@ -29,7 +29,7 @@ class Ending:
     def __init__(self, ctx: ProcessContext, core: Core) -> None:
         self.ctx = ctx
         self.core = core
-        source = getattr(type(core), "source_end", None) is not None  # a core that defines it is a bounded source
+        source = type(core).source_end is not None  # a core class that overrides Core.source_end is a bounded source
         self.plan = EndPlan(ctx.settings.prefix, core.name, ctx.settings.instance, core.inputs, source=source)
         self._passed = 0
         ctx.ends = self.plan
@@ -58,7 +58,7 @@ class Ending:
             due = plan.due(self._assigned(consumer)) if plan.book.seen else []  # nothing can be ended before a marker
         else:  # no inputs (the trainer): the end is passed once its tables are ended and its work settled
             due = []
-            if tables is not None and plan.book.seen and bool(getattr(self.core, "settled", True)):
+            if tables is not None and plan.book.seen and self.core.settled:
                 plan.passed = max(plan.passed, plan.table_passed(self.core.tables, self._counts(tables)))
         for fwd in due:
             self._log(fwd)
